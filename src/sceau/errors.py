@@ -1,0 +1,226 @@
+"""One error root with stable codes (SPEC §3).
+
+Every error Sceau raises on purpose derives from :class:`SceauError`. The class-level
+``code`` is the stable protocol code; :data:`HTTP_STATUS` maps codes to HTTP statuses in
+one place. Messages (``detail``) never carry key material, plaintext or secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sceau.vocab import Reason
+
+
+class SceauError(Exception):
+    """Root of every Sceau error."""
+
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str = "", *, reason: Reason | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.reason = reason
+
+    @property
+    def status(self) -> int:
+        """HTTP status for this error's code."""
+        return HTTP_STATUS[self.code]
+
+    def diagnostics(self) -> str:
+        """A one-paragraph human explanation, for the CLI."""
+        text = f"{self.code}: {self.detail}"
+        if self.reason is not None:
+            text += f" (reason: {self.reason})"
+        return text
+
+    def problem(self, request_id: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 problem object for this error."""
+        body: dict[str, Any] = {
+            "type": f"urn:sceau:error:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+            "request_id": request_id,
+        }
+        if self.reason is not None:
+            body["reason"] = str(self.reason)
+        return body
+
+
+# --- caller input -------------------------------------------------------------------------
+
+
+class CallerError(SceauError):
+    """The caller sent something wrong."""
+
+
+class InvalidRequest(CallerError):
+    """`params` wrong: unknown member, wrong type, out of range, unparseable envelope."""
+
+    code = "invalid_request"
+    title = "Invalid request"
+
+
+class InvalidToken(CallerError):
+    """Anything wrong with the JOSE object or its claims."""
+
+    code = "invalid_token"
+    title = "Invalid token"
+
+
+class TokenExpired(CallerError):
+    """The request token is past `exp` plus the clock skew."""
+
+    code = "token_expired"
+    title = "Token expired"
+
+
+class ReplayedRequest(CallerError):
+    """A `jti` already seen from the same application."""
+
+    code = "replayed_request"
+    title = "Replayed request"
+
+
+class UnknownApplication(CallerError):
+    """The `kid` names no registered application key."""
+
+    code = "unknown_application"
+    title = "Unknown application"
+
+
+class PayloadTooLarge(CallerError):
+    """Body, batch or plaintext over the configured limit."""
+
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class RateLimited(CallerError):
+    """The application exceeded its request rate."""
+
+    code = "rate_limited"
+    title = "Rate limited"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+# --- access ----------------------------------------------------------------------------------
+
+
+class AccessError(SceauError):
+    """The caller is identified but may not do this."""
+
+
+class ApplicationDisabled(AccessError):
+    code = "application_disabled"
+    title = "Application disabled"
+
+
+class UserNotAllowed(AccessError):
+    code = "user_not_allowed"
+    title = "User not allowed"
+
+
+class AccessDenied(AccessError):
+    """Policy refused the access; ``reason`` says which check failed (SPEC §6)."""
+
+    code = "access_denied"
+    title = "Access denied"
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(detail or f"access denied: {reason}", reason=reason)
+
+
+class NotFound(AccessError):
+    """No such key, or a key the caller may not see (same answer on purpose)."""
+
+    code = "not_found"
+    title = "Not found"
+
+
+# --- integrity --------------------------------------------------------------------------------
+
+
+class IntegrityFailure(SceauError):
+    """A seal, signature or ciphertext does not verify."""
+
+    code = "integrity_failure"
+    title = "Integrity failure"
+
+
+class DecryptionFailed(IntegrityFailure):
+    """Opaque failure to open an envelope: bad tag, truncation, trailing data, reordering."""
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+class BackendError(SceauError):
+    """A dependency (store, audit, keystore) failed; the service fails closed."""
+
+    code = "internal_error"
+    title = "Internal error"
+
+
+class AuditUnavailable(BackendError):
+    code = "audit_unavailable"
+    title = "Audit trail unavailable"
+
+
+class KeystoreUnavailable(BackendError):
+    code = "keystore_unavailable"
+    title = "Keystore unavailable"
+
+
+class StoreUnavailable(BackendError):
+    code = "store_unavailable"
+    title = "Store unavailable"
+
+
+class ConfigError(SceauError):
+    """Bad configuration; the message names the setting."""
+
+    code = "internal_error"
+    title = "Configuration error"
+
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_token": 401,
+    "token_expired": 401,
+    "replayed_request": 401,
+    "unknown_application": 401,
+    "application_disabled": 403,
+    "user_not_allowed": 403,
+    "access_denied": 403,
+    "not_found": 404,
+    "integrity_failure": 409,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "audit_unavailable": 503,
+    "keystore_unavailable": 503,
+    "store_unavailable": 503,
+}
+
+_BY_CODE: dict[str, type[SceauError]] = {}
+
+
+def _register(cls: type[SceauError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+def error_for_code(code: str) -> type[SceauError]:
+    """The most specific error class for a stable code (used by the SDK)."""
+    if not _BY_CODE:
+        for sub in SceauError.__subclasses__():
+            _register(sub)
+    return _BY_CODE.get(code, SceauError)

@@ -1,0 +1,160 @@
+"""Vocabularies of the protocol: every operation, reason, right, role and audit action.
+
+String literals for these values appear nowhere else in the code (STYLE example 7).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Op(StrEnum):
+    """API operations (SPEC §4); the value is the `<op>` of `POST /v1/<op>`."""
+
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    GENERATE_DATA_KEY = "generate-data-key"
+    GET_DATA_KEY = "get-data-key"
+    DESCRIBE_KEY = "describe-key"
+    LIST_KEYS = "list-keys"
+    UPDATE_KEY = "update-key"
+    ENABLE_KEY = "enable-key"
+    DISABLE_KEY = "disable-key"
+    DESTROY_KEY = "destroy-key"
+    CANCEL_DESTRUCTION = "cancel-destruction"
+    ADD_AUTHORIZATION = "add-authorization"
+    REMOVE_AUTHORIZATION = "remove-authorization"
+    ENABLE_AUTHORIZATION = "enable-authorization"
+    DISABLE_AUTHORIZATION = "disable-authorization"
+    LIST_ACCESSES = "list-accesses"
+
+    @property
+    def action(self) -> Action:
+        """The audit action recorded for this operation."""
+        return Action(self.value.upper().replace("-", "_"))
+
+
+class Action(StrEnum):
+    """Audit record actions (SPEC §8)."""
+
+    ENCRYPT = "ENCRYPT"
+    DECRYPT = "DECRYPT"
+    GENERATE_DATA_KEY = "GENERATE_DATA_KEY"
+    GET_DATA_KEY = "GET_DATA_KEY"
+    DESCRIBE_KEY = "DESCRIBE_KEY"
+    LIST_KEYS = "LIST_KEYS"
+    UPDATE_KEY = "UPDATE_KEY"
+    ENABLE_KEY = "ENABLE_KEY"
+    DISABLE_KEY = "DISABLE_KEY"
+    DESTROY_KEY = "DESTROY_KEY"
+    CANCEL_DESTRUCTION = "CANCEL_DESTRUCTION"
+    ADD_AUTHORIZATION = "ADD_AUTHORIZATION"
+    REMOVE_AUTHORIZATION = "REMOVE_AUTHORIZATION"
+    ENABLE_AUTHORIZATION = "ENABLE_AUTHORIZATION"
+    DISABLE_AUTHORIZATION = "DISABLE_AUTHORIZATION"
+    LIST_ACCESSES = "LIST_ACCESSES"
+    # Refusals before the operation is known to be valid (bad token, replay, ...).
+    REQUEST = "REQUEST"
+    # Configuration and administration.
+    APP_ADD = "APP_ADD"
+    APP_ENABLE = "APP_ENABLE"
+    APP_DISABLE = "APP_DISABLE"
+    APP_KEY_ADD = "APP_KEY_ADD"
+    APP_KEY_RETIRE = "APP_KEY_RETIRE"
+    ACCOUNT_CREATE = "ACCOUNT_CREATE"
+    ACCOUNT_UPDATE = "ACCOUNT_UPDATE"
+    CONSOLE_LOGIN = "CONSOLE_LOGIN"
+    CONSOLE_LOGOUT = "CONSOLE_LOGOUT"
+    CONSOLE_PASSWORD_CHANGE = "CONSOLE_PASSWORD_CHANGE"
+    SERVICE_INIT = "SERVICE_INIT"
+    SERVICE_START = "SERVICE_START"
+    SERVICE_STOP = "SERVICE_STOP"
+    KEYSTORE_ROTATE = "KEYSTORE_ROTATE"
+    AUDIT_ARCHIVE = "AUDIT_ARCHIVE"
+    PURGE_EXPIRED = "PURGE_EXPIRED"
+
+
+class Outcome(StrEnum):
+    """Audit outcome: GRANTED for 2xx, DENIED for 4xx, ERROR for 5xx (SPEC §10)."""
+
+    GRANTED = "GRANTED"
+    DENIED = "DENIED"
+    ERROR = "ERROR"
+
+
+class Reason(StrEnum):
+    """`access_denied` reasons (SPEC §3, §6)."""
+
+    NOT_AUTHORIZED = "not_authorized"
+    AUTHORIZATION_DISABLED = "authorization_disabled"
+    KEY_DISABLED = "key_disabled"
+    KEY_DESTROYED = "key_destroyed"
+    KEY_EXPIRED = "key_expired"
+    NOT_YET_VALID = "not_yet_valid"
+    DATA_EXPIRED = "data_expired"
+    NETWORK_NOT_ALLOWED = "network_not_allowed"
+    MAX_DECRYPTIONS_REACHED = "max_decryptions_reached"
+    KEY_PENDING_DESTRUCTION = "key_pending_destruction"
+
+
+class Right(StrEnum):
+    """Rights an authorization entry may carry."""
+
+    DECRYPT = "decrypt"
+    MANAGE = "manage"
+
+
+class KeyStatus(StrEnum):
+    """Stored key status (SPEC §5). `expired` is derived, see :class:`ListStatus`."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    PENDING_DESTRUCTION = "pending_destruction"
+    DESTROYED = "destroyed"
+
+
+class ListStatus(StrEnum):
+    """Status filter and display status of `list-keys` (SPEC §10)."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    EXPIRED = "expired"
+    PENDING_DESTRUCTION = "pending_destruction"
+    DESTROYED = "destroyed"
+
+
+class AuthorizationStatus(StrEnum):
+    """Status of one authorization entry."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class AppStatus(StrEnum):
+    """Status of a registered application."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class AppKeyStatus(StrEnum):
+    """Status of one application signing key."""
+
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class Role(StrEnum):
+    """Console account roles (SPEC §2)."""
+
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    USER = "user"
+
+
+class ListRole(StrEnum):
+    """`list-keys` role filter."""
+
+    OWNER = "owner"
+    RECIPIENT = "recipient"
+    ANY = "any"
