@@ -31,7 +31,7 @@ class SceauError(Exception):
     def diagnostics(self) -> str:
         """A one-paragraph human explanation, for the CLI."""
         text = f"{self.code}: {self.detail}"
-        if self.reason is not None:
+        if self.reason is not None and str(self.reason) not in self.detail:
             text += f" (reason: {self.reason})"
         return text
 
@@ -224,3 +224,10 @@ def error_for_code(code: str) -> type[SceauError]:
         for sub in SceauError.__subclasses__():
             _register(sub)
     return _BY_CODE.get(code, SceauError)
+
+
+class InternalError(BackendError):
+    """An unexpected failure; details go to the log, never to the caller."""
+
+    code = "internal_error"
+    title = "Internal error"

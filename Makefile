@@ -1,0 +1,36 @@
+# Sceau developer entry points. Every install step lives here or in scripts/.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ./sceau-data
+
+.PHONY: run test lint bench fuzz system clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+system:
+	@bash scripts/setup-system.sh
+
+run: $(STAMP)
+	@test -d $(DATA_DIR) || $(VENV)/bin/sceau init --data-dir $(DATA_DIR)
+	$(VENV)/bin/sceau serve --data-dir $(DATA_DIR)
+
+test: $(STAMP) system
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy src
+
+bench: $(STAMP) system
+	$(PY) -m bench.run
+
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/fuzz_envelope.py -max_total_time=60
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

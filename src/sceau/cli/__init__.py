@@ -1,0 +1,1 @@
+"""The ``sceau`` command line."""

@@ -1,0 +1,168 @@
+"""``sceau``: init, serve, applications, encryption, audit, keys, database."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sceau.cli import apps
+from sceau.cli.common import DataDir, config_from
+from sceau.config import default_data_dir
+from sceau.errors import SceauError
+
+cli = typer.Typer(
+    name="sceau",
+    help="Sceau: data-centric encryption service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+cli.add_typer(apps.app, name="app")
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+
+@cli.command()
+def init(
+    data_dir: DataDir = None,
+    keystore: Annotated[str, typer.Option(help="keystore backend: file or pkcs11")] = "file",
+) -> None:
+    """Create a data dir: config, keystore, database, TLS certificate, first admin."""
+    from sceau.setup import initialize
+
+    target = data_dir or default_data_dir()
+    result = initialize(target, keystore_backend=keystore)
+    typer.echo(f"initialized {result.data_dir}")
+    if result.admin_password:
+        typer.echo(f"console admin: {result.admin_user}")
+        typer.echo(f"one-time password (shown once, change it at first login): "
+                   f"{result.admin_password}")
+
+
+@cli.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="listen address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default 8443)")] = None,
+) -> None:
+    """Serve the API and console over HTTPS until SIGTERM."""
+    from sceau.service.server import serve as run
+
+    config = config_from(data_dir)
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["server__host"] = host
+    if port is not None:
+        overrides["server__port"] = port
+    if overrides:
+        config = config.with_overrides(**overrides)
+
+    def ready(service_id: str) -> None:
+        typer.echo(f"Sceau serving at {service_id}  (console: {service_id}/console/)", err=True)
+
+    run(config, on_ready=ready)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply pending schema migrations."""
+    from sceau.store.db import create_engines, current_revision, head_revision, upgrade
+
+    config = config_from(data_dir)
+    engines = create_engines(config.database_url)
+    try:
+        before = current_revision(engines.read)
+        upgrade(engines)
+        typer.echo(f"schema: {before or 'empty'} -> {head_revision()}")
+    finally:
+        engines.dispose()
+
+
+def _read_input(path: Path | None) -> bytes:
+    if path is None or str(path) == "-":
+        return sys.stdin.buffer.read()
+    return path.read_bytes()
+
+
+def _write_output(path: Path | None, data: bytes) -> None:
+    if path is None or str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        path.write_bytes(data)
+
+
+Profile = Annotated[
+    Path, typer.Option("--profile", "-p", envvar="SCEAU_PROFILE", help="client profile file")
+]
+User = Annotated[str | None, typer.Option("--user", "-u", help="act for this user (sub)")]
+
+
+@cli.command()
+def encrypt(
+    profile: Profile,
+    user: User = None,
+    input_file: Annotated[Path | None, typer.Option("--in", "-i", help="input (default stdin)")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="output (default stdout)")] = None,
+    armor: Annotated[bool, typer.Option("--armor/--binary", help="text armor or raw envelope")] = True,
+    name: Annotated[str | None, typer.Option(help="document name of the new key")] = None,
+    to: Annotated[list[str] | None, typer.Option("--to", help="recipient (repeatable)")] = None,
+    local: Annotated[bool, typer.Option("--local", help="encrypt here with a data key")] = False,
+) -> None:
+    """Encrypt stdin (or --in) to stdout through the service."""
+    from sceau.client import Client
+    from sceau.core.envelope import armor as to_armor
+
+    data = _read_input(input_file)
+    options: dict[str, object] = {}
+    if name:
+        options["name"] = name
+    if to:
+        options["recipients"] = to
+    with Client.from_profile(profile, user=user) as client:
+        if local:
+            envelope = client.seal_local(data, **options)
+        else:
+            _key_id, envelope = client.encrypt(data, **options)
+    _write_output(output, to_armor(envelope).encode("ascii") if armor else envelope)
+
+
+@cli.command()
+def decrypt(
+    profile: Profile,
+    user: User = None,
+    input_file: Annotated[Path | None, typer.Option("--in", "-i", help="input (default stdin)")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="output (default stdout)")] = None,
+    local: Annotated[bool, typer.Option("--local", help="decrypt here with get-data-key")] = False,
+) -> None:
+    """Decrypt an armored or binary envelope from stdin (or --in) to stdout."""
+    from sceau.client import Client
+    from sceau.core.envelope import MAGIC, dearmor
+
+    data = _read_input(input_file)
+    envelope = data if data.startswith(MAGIC) else dearmor(data.decode("ascii", "replace"))
+    with Client.from_profile(profile, user=user) as client:
+        plaintext = client.open_local(envelope) if local else client.decrypt(envelope)
+    _write_output(output, plaintext)
+
+
+def main() -> None:
+    """Entry point: one place catches every Sceau error and prints it for a person."""
+    try:
+        cli(standalone_mode=True)
+    except SceauError as error:
+        report(error.diagnostics())
+    except ValueError as error:
+        report(str(error))
+    except OSError as error:
+        report(f"{error.strerror or error}: {getattr(error, 'filename', '') or ''}".rstrip(": "))
+
+
+def report(message: str) -> None:
+    sys.stderr.write(f"sceau: error: {message}\n")
+    sys.exit(1)
+
+
+

@@ -1,0 +1,422 @@
+"""The Sceau SDK: :class:`Client` and :class:`AsyncClient` for every API v1 operation.
+
+Requests are signed with the application's key (optionally wrapped in JWE); responses are
+accepted only when signed by the pinned service key and bound to the request. Errors are
+raised as :mod:`sceau.errors` classes carrying the stable ``code`` (and ``reason``).
+
+``seal_local`` / ``open_local`` encrypt on the client with a one-time data key
+(``generate-data-key`` / ``get-data-key``) so the service never sees the data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.envelope import open_gcm, parse_unverified_header, seal_gcm_with_token
+from sceau.errors import AccessDenied, IntegrityFailure, SceauError, error_for_code
+from sceau.jose.client import ClientIdentity, open_response, sign_request, wrap_for_service
+from sceau.vocab import Op, Reason
+
+__all__ = ["AsyncClient", "Client", "DataKey", "Profile", "error_from_problem"]
+
+JOSE = "application/jose"
+KEY_MATERIAL_OPS = frozenset({Op.GENERATE_DATA_KEY, Op.GET_DATA_KEY})
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A client profile file (written by ``sceau app keygen`` and ``sceau app add``)."""
+
+    service_url: str
+    app_id: str
+    kid: str
+    alg: str
+    private_jwk: Mapping[str, Any]
+    enc_private_jwk: Mapping[str, Any] | None
+    user: str | None = None
+    service_id: str | None = None
+    ca_cert: str | None = None
+    service_jwks: Mapping[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not data.get("app_id"):
+            raise ValueError(f"{path}: no app_id yet; register the app with `sceau app add`")
+        fields = {f: data.get(f) for f in cls.__dataclass_fields__}
+        return cls(**fields)
+
+    def identity(self) -> ClientIdentity:
+        return ClientIdentity(
+            app_id=self.app_id,
+            kid=self.kid,
+            alg=self.alg,
+            private_jwk=self.private_jwk,
+            enc_private_jwk=self.enc_private_jwk,
+        )
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A one-time data key from ``generate-data-key``: seal one envelope with ``key``/``iv``."""
+
+    key_id: str
+    key: bytes
+    iv: bytes
+    token: bytes
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id!r})"
+
+
+def error_from_problem(status: int, body: bytes) -> SceauError:
+    """The typed error for an RFC 9457 problem body."""
+    try:
+        problem = json.loads(body)
+        code = str(problem["code"])
+        detail = str(problem.get("detail", ""))
+    except (ValueError, KeyError, TypeError):
+        return SceauError(f"HTTP {status} without a problem body")
+    cls = error_for_code(code)
+    if cls is AccessDenied:
+        try:
+            return AccessDenied(Reason(problem.get("reason")), detail)
+        except ValueError:
+            return AccessDenied(Reason.NOT_AUTHORIZED, detail)
+    error = cls(detail)
+    if cls is SceauError:
+        error.code = code  # type: ignore[misc]
+    return error
+
+
+class _Core:
+    """What both clients share: request building and response checking."""
+
+    def __init__(
+        self,
+        *,
+        service_url: str,
+        identity: ClientIdentity,
+        user: str | None = None,
+        service_id: str | None = None,
+        service_jwks: Mapping[str, Any] | None = None,
+        jwe: bool = False,
+        token_lifetime: int = 60,
+    ) -> None:
+        self.service_url = service_url.rstrip("/")
+        self.identity = identity
+        self.user = user
+        self.service_id = (service_id or self.service_url).rstrip("/")
+        self.jwe = jwe
+        self.token_lifetime = token_lifetime
+        self._pinned: dict[str, Mapping[str, Any]] | None = None
+        self._service_enc: Mapping[str, Any] | None = None
+        if service_jwks is not None:
+            self._pin(service_jwks, None)
+
+    def _pin(self, jwks: Mapping[str, Any], config: Mapping[str, Any] | None) -> None:
+        keys = [k for k in jwks.get("keys", []) if isinstance(k, Mapping)]
+        wanted = config.get("response_signing_kid") if config else None
+        self._pinned = {
+            str(k["kid"]): k
+            for k in keys
+            if k.get("use") == "sig" and (wanted is None or k.get("kid") == wanted)
+        }
+        enc = [k for k in keys if k.get("use") == "enc"]
+        self._service_enc = enc[0] if enc else None
+
+    def _request(self, op: Op, params: Mapping[str, Any], user: str | None, jwe: bool | None) -> tuple[str, str]:
+        sub = user or self.user
+        if not sub:
+            raise ValueError("no user: pass user= or set one in the profile")
+        token = sign_request(
+            self.identity, sub=sub, aud=self.service_id, op=op.value, params=params,
+            now=int(time.time()), lifetime=self.token_lifetime,
+        )
+        jti = json.loads(b64u_decode(token.split(".")[1]))["jti"]
+        if jwe if jwe is not None else self.jwe:
+            if self._service_enc is None:
+                raise IntegrityFailure("the service published no encryption key")
+            token = wrap_for_service(token, self._service_enc)
+        return token, jti
+
+    def _result(self, op: Op, jti: str, response: httpx.Response) -> Any:
+        if response.status_code != 200:
+            raise error_from_problem(response.status_code, response.content)
+        assert self._pinned is not None
+        claims = open_response(
+            response.text,
+            service_keys=self._pinned,
+            enc_private_jwk=self.identity.enc_private_jwk,
+            expected_aud=self.identity.app_id,
+            expected_iss=self.service_id,
+            expected_req=jti,
+            expected_op=op.value,
+            require_jwe=op in KEY_MATERIAL_OPS,
+        )
+        return claims["result"]
+
+
+def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class Client(_Core):
+    """Synchronous client. Use :meth:`from_profile` or pass the parts explicitly."""
+
+    def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._http = httpx.Client(verify=verify, timeout=timeout)
+
+    @classmethod
+    def from_profile(cls, path: str | Path, *, user: str | None = None, **kwargs: Any) -> Client:
+        profile = Profile.load(path)
+        return cls(
+            service_url=profile.service_url,
+            identity=profile.identity(),
+            user=user or profile.user,
+            service_id=profile.service_id,
+            service_jwks=profile.service_jwks,
+            verify=profile.ca_cert or True,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def discover(self) -> None:
+        """Fetch and pin the service's response-signing key (trust on first use over TLS)."""
+        config = self._http.get(f"{self.service_url}/.well-known/sceau-configuration").json()
+        jwks = self._http.get(f"{self.service_url}/.well-known/jwks.json").json()
+        if config.get("service_id") != self.service_id:
+            raise IntegrityFailure("the service id does not match this client's")
+        self._pin(jwks, config)
+
+    def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
+             jwe: bool | None = None) -> Any:
+        """Call one operation; returns its ``result`` or raises the typed error."""
+        op = Op(op)
+        if self._pinned is None:
+            self.discover()
+        token, jti = self._request(op, _clean(params), user, jwe)
+        response = self._http.post(
+            f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
+        )
+        return self._result(op, jti, response)
+
+    # --- operations ---------------------------------------------------------------------
+
+    def encrypt(self, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
+                **key_options: Any) -> tuple[str, bytes]:
+        """Encrypt with a new key (or ``key_id=``); returns ``(key_id, envelope)``."""
+        params = {"plaintext": b64u_encode(plaintext), **key_options}
+        if aad is not None:
+            params["aad"] = b64u_encode(aad)
+        result = self.call(Op.ENCRYPT, params, user=user)
+        return result["key_id"], b64u_decode(result["ciphertext"])
+
+    def encrypt_batch(self, items: list[tuple[bytes, bytes | None]], *, user: str | None = None,
+                      **key_options: Any) -> list[dict[str, Any]]:
+        raw = [
+            {"plaintext": b64u_encode(p), **({"aad": b64u_encode(a)} if a is not None else {})}
+            for p, a in items
+        ]
+        result: list[dict[str, Any]] = self.call(
+            Op.ENCRYPT, {"items": raw, **key_options}, user=user
+        )["items"]
+        return result
+
+    def decrypt(self, ciphertext: bytes, *, aad: bytes | None = None,
+                user: str | None = None) -> bytes:
+        params = {"ciphertext": b64u_encode(ciphertext)}
+        if aad is not None:
+            params["aad"] = b64u_encode(aad)
+        return b64u_decode(self.call(Op.DECRYPT, params, user=user)["plaintext"])
+
+    def decrypt_batch(self, items: list[tuple[bytes, bytes | None]], *,
+                      user: str | None = None) -> list[dict[str, Any]]:
+        raw = [
+            {"ciphertext": b64u_encode(c), **({"aad": b64u_encode(a)} if a is not None else {})}
+            for c, a in items
+        ]
+        result: list[dict[str, Any]] = self.call(Op.DECRYPT, {"items": raw}, user=user)["items"]
+        return result
+
+    def generate_data_key(self, *, user: str | None = None, **key_options: Any) -> DataKey:
+        r = self.call(Op.GENERATE_DATA_KEY, key_options, user=user)
+        return DataKey(r["key_id"], b64u_decode(r["key"]), b64u_decode(r["iv"]),
+                       b64u_decode(r["token"]))
+
+    def get_data_key(self, key_id: str | None = None, *, token: bytes | None = None,
+                     user: str | None = None) -> bytes:
+        params: dict[str, Any] = {"key_id": key_id}
+        if token is not None:
+            params = {"token": b64u_encode(token)}
+        return b64u_decode(self.call(Op.GET_DATA_KEY, params, user=user)["key"])
+
+    def seal_local(self, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
+                   **key_options: Any) -> bytes:
+        """Encrypt on this machine with a one-time data key (suite 1)."""
+        dk = self.generate_data_key(user=user, **key_options)
+        return seal_gcm_with_token(dk.key, dk.token, dk.iv, plaintext, aad)
+
+    def open_local(self, envelope: bytes, *, aad: bytes | None = None,
+                   user: str | None = None) -> bytes:
+        """Decrypt on this machine: fetch the data key with ``get-data-key``, open locally."""
+        header = parse_unverified_header(envelope)
+        key = self.get_data_key(b64u_encode(header.key_id), user=user)
+        return open_gcm(key, envelope, aad)
+
+    def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
+        return result
+
+    def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.LIST_KEYS, filters, user=user)
+        return result
+
+    def update_key(self, key_id: str, *, user: str | None = None, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user)
+        return result
+
+    def _key_op(self, op: Op, key_id: str, user: str | None, **extra: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(op, {"key_id": key_id, **extra}, user=user)
+        return result
+
+    def enable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.ENABLE_KEY, key_id, user)
+
+    def disable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.DISABLE_KEY, key_id, user)
+
+    def destroy_key(self, key_id: str, *, pending_days: int = 0,
+                    user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.DESTROY_KEY, key_id, user, pending_days=pending_days)
+
+    def cancel_destruction(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.CANCEL_DESTRUCTION, key_id, user)
+
+    def add_authorization(self, key_id: str, principal: str, rights: list[str] | None = None, *,
+                          not_before: Any = None, not_after: Any = None,
+                          user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.ADD_AUTHORIZATION, key_id, user, principal=principal,
+                            rights=rights or ["decrypt"], not_before=not_before,
+                            not_after=not_after)
+
+    def remove_authorization(self, key_id: str, principal: str, *,
+                             user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.REMOVE_AUTHORIZATION, key_id, user, principal=principal)
+
+    def enable_authorization(self, key_id: str, principal: str, *,
+                             user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.ENABLE_AUTHORIZATION, key_id, user, principal=principal)
+
+    def disable_authorization(self, key_id: str, principal: str, *,
+                              user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.DISABLE_AUTHORIZATION, key_id, user, principal=principal)
+
+    def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
+                      user: str | None = None) -> dict[str, Any]:
+        return self._key_op(Op.LIST_ACCESSES, key_id, user, limit=limit, cursor=cursor)
+
+
+class AsyncClient(_Core):
+    """Asynchronous client with the same operations as :class:`Client` (``await`` each)."""
+
+    def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._http = httpx.AsyncClient(verify=verify, timeout=timeout)
+
+    @classmethod
+    def from_profile(cls, path: str | Path, *, user: str | None = None,
+                     **kwargs: Any) -> AsyncClient:
+        profile = Profile.load(path)
+        return cls(
+            service_url=profile.service_url,
+            identity=profile.identity(),
+            user=user or profile.user,
+            service_id=profile.service_id,
+            service_jwks=profile.service_jwks,
+            verify=profile.ca_cert or True,
+            **kwargs,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def discover(self) -> None:
+        config = (await self._http.get(f"{self.service_url}/.well-known/sceau-configuration")).json()
+        jwks = (await self._http.get(f"{self.service_url}/.well-known/jwks.json")).json()
+        if config.get("service_id") != self.service_id:
+            raise IntegrityFailure("the service id does not match this client's")
+        self._pin(jwks, config)
+
+    async def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
+                   jwe: bool | None = None) -> Any:
+        op = Op(op)
+        if self._pinned is None:
+            await self.discover()
+        token, jti = self._request(op, _clean(params), user, jwe)
+        response = await self._http.post(
+            f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
+        )
+        return self._result(op, jti, response)
+
+    async def encrypt(self, plaintext: bytes, *, aad: bytes | None = None,
+                      user: str | None = None, **key_options: Any) -> tuple[str, bytes]:
+        params = {"plaintext": b64u_encode(plaintext), **key_options}
+        if aad is not None:
+            params["aad"] = b64u_encode(aad)
+        result = await self.call(Op.ENCRYPT, params, user=user)
+        return result["key_id"], b64u_decode(result["ciphertext"])
+
+    async def decrypt(self, ciphertext: bytes, *, aad: bytes | None = None,
+                      user: str | None = None) -> bytes:
+        params = {"ciphertext": b64u_encode(ciphertext)}
+        if aad is not None:
+            params["aad"] = b64u_encode(aad)
+        return b64u_decode((await self.call(Op.DECRYPT, params, user=user))["plaintext"])
+
+    async def generate_data_key(self, *, user: str | None = None, **key_options: Any) -> DataKey:
+        r = await self.call(Op.GENERATE_DATA_KEY, key_options, user=user)
+        return DataKey(r["key_id"], b64u_decode(r["key"]), b64u_decode(r["iv"]),
+                       b64u_decode(r["token"]))
+
+    async def get_data_key(self, key_id: str, *, user: str | None = None) -> bytes:
+        r = await self.call(Op.GET_DATA_KEY, {"key_id": key_id}, user=user)
+        return b64u_decode(r["key"])
+
+    async def seal_local(self, plaintext: bytes, *, aad: bytes | None = None,
+                         user: str | None = None, **key_options: Any) -> bytes:
+        dk = await self.generate_data_key(user=user, **key_options)
+        return seal_gcm_with_token(dk.key, dk.token, dk.iv, plaintext, aad)
+
+    async def open_local(self, envelope: bytes, *, aad: bytes | None = None,
+                         user: str | None = None) -> bytes:
+        header = parse_unverified_header(envelope)
+        key = await self.get_data_key(b64u_encode(header.key_id), user=user)
+        return open_gcm(key, envelope, aad)
+
+    async def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
+        return result

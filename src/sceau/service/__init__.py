@@ -1,0 +1,1 @@
+"""The HTTPS service: API v1 (JOSE), discovery, health, metrics and the console."""

@@ -1,0 +1,1 @@
+"""API v1 operation handlers, one module per family (crypto, keys)."""

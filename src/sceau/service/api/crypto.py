@@ -1,0 +1,264 @@
+"""encrypt, decrypt, generate-data-key, get-data-key (SPEC §4, §6, §7).
+
+Handlers run inside the writer's transaction (see :mod:`sceau.store.writer`): the decision,
+the decryption counter and the audit record commit together, so ``max_decryptions`` grants
+exactly N even under concurrency, and nothing is answered before its record is durable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sceau.core.b64 import b64u_encode
+from sceau.core.envelope import (
+    NONCE_LEN,
+    TOKEN_LEN,
+    Suite,
+    open_gcm,
+    parse_unverified_header,
+    seal_gcm,
+    token_for,
+)
+from sceau.core.model import KeyRecord, Rules
+from sceau.core.policy import (
+    Caller,
+    can_manage,
+    decide_use,
+    validate_networks,
+    validate_principal,
+)
+from sceau.errors import (
+    AccessDenied,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    SceauError,
+)
+from sceau.service import keyops
+from sceau.service.api.context import Call
+from sceau.service.params import (
+    DecryptItem,
+    DecryptParams,
+    EncryptItem,
+    EncryptParams,
+    GenerateDataKeyParams,
+    GetDataKeyParams,
+    KeyOptions,
+    parse_model,
+)
+from sceau.store import repo
+from sceau.store.writer import Tx
+from sceau.vocab import KeyStatus, Outcome, Reason
+
+DAY = 86_400
+
+
+def _rules(options: KeyOptions) -> Rules:
+    if options.rules is None:
+        return Rules()
+    nets = options.rules.allowed_networks
+    return Rules(
+        allowed_networks=validate_networks(nets) if nets is not None else None,
+        max_decryptions=options.rules.max_decryptions,
+    )
+
+
+def create_key(call: Call, options: KeyOptions, now: int) -> KeyRecord:
+    """A new key for the caller, from the key options of SPEC §4."""
+    if options.expires_at is not None:
+        if options.expires_at <= now:
+            raise InvalidRequest("expires_at: must be in the future")
+        expires_at = options.expires_at
+    else:
+        days = options.lifetime_days or call.rt.default_lifetime_days
+        expires_at = now + days * DAY
+    recipients = tuple(
+        validate_principal(p) for p in (options.recipients or ())
+    )
+    return keyops.new_key(
+        call.rt.keystore,
+        owner=call.user,
+        application=call.app.app_id,
+        now=now,
+        expires_at=expires_at,
+        name=options.name,
+        tag=options.tag,
+        not_before=options.not_before,
+        not_after=options.not_after,
+        recipients=recipients,
+        rules=_rules(options),
+    )
+
+
+def _usable_for_encrypt(record: KeyRecord, now: int) -> None:
+    """A key named by ``encrypt`` must be managed by the caller and usable right now."""
+    if record.status is KeyStatus.DESTROYED:
+        raise AccessDenied(Reason.KEY_DESTROYED)
+    if record.status is KeyStatus.PENDING_DESTRUCTION:
+        raise AccessDenied(Reason.KEY_PENDING_DESTRUCTION)
+    if record.status is KeyStatus.DISABLED:
+        raise AccessDenied(Reason.KEY_DISABLED)
+    if now >= record.expires_at:
+        raise AccessDenied(Reason.KEY_EXPIRED)
+
+
+def _check_plaintext(call: Call, plaintext: bytes) -> None:
+    if len(plaintext) > call.rt.max_plaintext:
+        raise PayloadTooLarge(
+            f"plaintext: over {call.rt.max_plaintext} bytes; use a data key and the STREAM format"
+        )
+
+
+def _error_item(exc: SceauError) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": exc.code, "detail": exc.detail}
+    if exc.reason is not None:
+        error["reason"] = str(exc.reason)
+    return {"error": error}
+
+
+def _check_batch(call: Call, items: list[dict[str, Any]]) -> None:
+    if len(items) > call.rt.max_batch:
+        raise InvalidRequest(f"items: at most {call.rt.max_batch} items")
+    if not items:
+        raise InvalidRequest("items: must not be empty")
+
+
+def _run_items(
+    tx: Tx, items: list[dict[str, Any]], one: Callable[[int, dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run ``one`` per item in its own savepoint; each item gets its own audit record."""
+    out: list[dict[str, Any]] = []
+    for index, raw in enumerate(items):
+        tx.ctx.key = None
+        tx.ctx.details = {"item": index}
+        try:
+            with tx.conn.begin_nested():
+                result = one(index, raw)
+        except SceauError as exc:
+            out.append(_error_item(exc))
+            reason = str(exc.reason) if exc.reason is not None else exc.code
+            tx.item_record(outcome=Outcome.DENIED if exc.status < 500 else Outcome.ERROR,
+                           key=tx.ctx.key, reason=reason, details={"item": index})
+        else:
+            out.append(result)
+            tx.item_record(outcome=Outcome.GRANTED, key=tx.ctx.key, details={"item": index})
+    return out
+
+
+# --- encrypt ------------------------------------------------------------------------------
+
+
+def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
+    now = tx.now
+    rt = call.rt
+    shared: KeyRecord | None = None
+    if params.key_id is not None:
+        tx.ctx.key = b64u_encode(params.key_id)
+        shared = keyops.load_checked(tx.conn, rt.keystore, params.key_id)
+        if not can_manage(shared, call.user, now):
+            raise NotFound("no such key")
+        _usable_for_encrypt(shared, now)
+
+    def seal_one(plaintext: bytes, aad: bytes | None) -> dict[str, Any]:
+        _check_plaintext(call, plaintext)
+        record = shared if shared is not None else create_key(call, params, now)
+        tx.ctx.key = keyops.key_id_text(record.key_id)
+        if shared is None:
+            repo.insert_keys(tx.conn, [record])
+        assert record.seed is not None
+        data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        envelope = seal_gcm(data_key, record.key_id, plaintext, aad)
+        return {"key_id": tx.ctx.key, "ciphertext": b64u_encode(envelope)}
+
+    if params.items is None:
+        assert params.plaintext is not None
+        return seal_one(params.plaintext, params.aad)
+    _check_batch(call, params.items)
+
+    def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+        item = parse_model(EncryptItem, raw, where=f"items.{index}")
+        return seal_one(item.plaintext, item.aad)
+
+    return {"items": _run_items(tx, params.items, one)}
+
+
+# --- decrypt and data keys --------------------------------------------------------------------
+
+
+def _use_key(call: Call, tx: Tx, key_id: bytes) -> tuple[KeyRecord, bytes]:
+    """SPEC §6 for decrypt / get-data-key; counts the use; returns the record and data key."""
+    rt = call.rt
+    tx.ctx.key = keyops.key_id_text(key_id)
+    record = keyops.load_checked(tx.conn, rt.keystore, key_id, for_update=True)
+    reason = decide_use(record, Caller(call.app.app_id, call.user, call.ip), tx.now)
+    if reason is not None:
+        raise AccessDenied(reason)
+    assert record.seed is not None
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    return record, data_key
+
+
+def _count_use(call: Call, tx: Tx, record: KeyRecord) -> None:
+    """Increment ``decryptions`` with the grant (state, not policy: revision unchanged)."""
+    after = keyops.reseal(call.rt.keystore, record, bump=False,
+                          decryptions=record.decryptions + 1)
+    repo.save_key(tx.conn, record, after)
+
+
+def _open(call: Call, tx: Tx, ciphertext: bytes, aad: bytes | None) -> dict[str, Any]:
+    header = parse_unverified_header(ciphertext)
+    if header.suite is not Suite.GCM:
+        raise InvalidRequest("ciphertext: suite 2 (STREAM) is opened client-side with get-data-key")
+    record, data_key = _use_key(call, tx, header.key_id)
+    plaintext = open_gcm(data_key, ciphertext, aad)
+    _count_use(call, tx, record)
+    return {"key_id": keyops.key_id_text(record.key_id), "plaintext": b64u_encode(plaintext)}
+
+
+def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
+    if params.items is None:
+        assert params.ciphertext is not None
+        return _open(call, tx, params.ciphertext, params.aad)
+    _check_batch(call, params.items)
+
+    def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+        item = parse_model(DecryptItem, raw, where=f"items.{index}")
+        return _open(call, tx, item.ciphertext, item.aad)
+
+    return {"items": _run_items(tx, params.items, one)}
+
+
+def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict[str, Any]:
+    record = create_key(call, params, tx.now)
+    tx.ctx.key = keyops.key_id_text(record.key_id)
+    repo.insert_keys(tx.conn, [record])
+    assert record.seed is not None
+    data_key = call.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    return {
+        "key_id": tx.ctx.key,
+        "key": b64u_encode(data_key),
+        "iv": b64u_encode(os.urandom(NONCE_LEN)),
+        "token": b64u_encode(token_for(record.key_id)),
+    }
+
+
+def get_data_key(call: Call, params: GetDataKeyParams, tx: Tx) -> dict[str, Any]:
+    if params.token is not None:
+        key_id = key_id_of_token(params.token)
+    else:
+        assert params.key_id is not None
+        key_id = params.key_id
+    record, data_key = _use_key(call, tx, key_id)
+    _count_use(call, tx, record)
+    return {"key_id": keyops.key_id_text(record.key_id), "key": b64u_encode(data_key)}
+
+
+def key_id_of_token(token: bytes) -> bytes:
+    """The key id in a ``generate-data-key`` token: bytes 0..20 of a suite-1 header."""
+    if len(token) != TOKEN_LEN:
+        raise InvalidRequest(f"token: must be {TOKEN_LEN} bytes")
+    if token != token_for(token[5:TOKEN_LEN]):
+        raise InvalidRequest("token: not a suite-1 envelope header")
+    return bytes(token[5:TOKEN_LEN])

@@ -1,0 +1,317 @@
+"""Key management: describe, list, update, enable/disable, destroy, authorizations, accesses.
+
+Management needs the owner or a ``manage`` authorization (SPEC §6); anyone else gets
+``not_found``, exactly as for a key that does not exist, so a stranger cannot tell the two
+apart. Every change bumps ``revision``, re-seals the record and records what changed in the
+audit ``details``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
+from sceau.core.model import Authorization, KeyRecord, Rules
+from sceau.core.policy import (
+    can_manage,
+    management_refusal,
+    validate_networks,
+    validate_principal,
+)
+from sceau.errors import AccessDenied, InvalidRequest, NotFound
+from sceau.service import keyops
+from sceau.service.api.context import Call
+from sceau.service.params import (
+    AddAuthorizationParams,
+    DestroyKeyParams,
+    KeyRef,
+    ListAccessesParams,
+    ListKeysParams,
+    PrincipalRef,
+    RulesParam,
+    UpdateKeyParams,
+    rfc3339,
+)
+from sceau.store import repo
+from sceau.store.writer import Tx
+from sceau.vocab import AuthorizationStatus, KeyStatus, Reason
+
+DAY = 86_400
+SYSTEM_USER = "sceau"
+
+
+@dataclass(frozen=True)
+class DestroyedKey:
+    """Result of an immediate destruction; the receipt needs the committed audit record."""
+
+    key_id: str
+    destroyed_at: int
+
+
+def managed(
+    call: Call, tx: Tx, key_id: bytes, *, allow_pending: bool = False, change: bool = True
+) -> KeyRecord:
+    """Load, verify and authorize a key for a management operation (locks it for a change)."""
+    tx.ctx.key = keyops.key_id_text(key_id)
+    record = keyops.load_checked(tx.conn, call.rt.keystore, key_id, for_update=change)
+    if not can_manage(record, call.user, tx.now):
+        raise NotFound("no such key")
+    if change:
+        reason = management_refusal(record, allow_pending=allow_pending)
+        if reason is not None:
+            raise AccessDenied(reason)
+    return record
+
+
+def _save(call: Call, tx: Tx, before: KeyRecord, **changes: Any) -> KeyRecord:
+    after = keyops.reseal(call.rt.keystore, before, **changes)
+    repo.save_key(tx.conn, before, after)
+    tx.ctx.details = {"revision": after.revision, **tx.ctx.details}
+    return after
+
+
+def describe_key(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id, change=False)
+    return keyops.metadata(record, tx.now)
+
+
+# --- list-keys ------------------------------------------------------------------------------
+
+
+def _encode_cursor(record: KeyRecord) -> str:
+    return b64u_encode(struct.pack(">q", record.created_at) + record.key_id)
+
+
+def _decode_cursor(text: str) -> tuple[int, bytes]:
+    try:
+        raw = b64u_decode(text)
+    except MalformedBase64:
+        raise InvalidRequest("cursor: not a cursor from this service") from None
+    if len(raw) != 24:
+        raise InvalidRequest("cursor: not a cursor from this service")
+    return struct.unpack(">q", raw[:8])[0], raw[8:]
+
+
+def domain_pattern(user: str) -> str | None:
+    """``*@domain`` for an identity with a domain, the pattern entries that may match it."""
+    _, at, domain = user.rpartition("@")
+    return f"*@{domain.lower()}" if at and domain else None
+
+
+def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
+    flt = repo.KeyFilter(
+        user=call.user,
+        user_domain_pattern=domain_pattern(call.user),
+        role=str(params.role),
+        status=str(params.status) if params.status is not None else None,
+        created_from=params.created_from,
+        created_to=params.created_to,
+        name=params.name,
+        application=params.application,
+        tag=params.tag,
+        now=tx.now,
+    )
+    after = _decode_cursor(params.cursor) if params.cursor else None
+    rows = repo.list_keys(tx.conn, flt, limit=params.limit + 1, after=after)
+    page, more = rows[: params.limit], len(rows) > params.limit
+    keys = []
+    for record in page:
+        call.rt.keystore.verify_seal(record.seal_payload(), record.seal)
+        keys.append(keyops.metadata(record, tx.now))
+    tx.ctx.details = {"count": len(keys)}
+    return {"keys": keys, "next_cursor": _encode_cursor(page[-1]) if more and page else None}
+
+
+# --- key changes --------------------------------------------------------------------------------
+
+
+def _rules(param: RulesParam | None) -> Rules:
+    if param is None:
+        return Rules()
+    nets = param.allowed_networks
+    return Rules(
+        allowed_networks=validate_networks(nets) if nets is not None else None,
+        max_decryptions=param.max_decryptions,
+    )
+
+
+def update_key(call: Call, params: UpdateKeyParams, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    given = params.model_fields_set - {"key_id"}
+    if not given:
+        raise InvalidRequest("params: name at least one field to update")
+    changes: dict[str, Any] = {}
+    for field in ("name", "tag", "not_before", "not_after", "expires_at"):
+        if field in given:
+            changes[field] = getattr(params, field)
+    if "rules" in given:
+        changes["rules"] = _rules(params.rules)
+    if "expires_at" in given and params.expires_at is None:
+        raise InvalidRequest("expires_at: a key always has a lifetime")
+    not_before = changes.get("not_before", record.not_before)
+    not_after = changes.get("not_after", record.not_after)
+    if not_before is not None and not_after is not None and not_after <= not_before:
+        raise InvalidRequest("not_after: must be later than not_before")
+    shown = {
+        k: (v.to_json() if isinstance(v, Rules) else rfc3339(v) if k in _TIMES else v)
+        for k, v in changes.items()
+    }
+    tx.ctx.details = {"changed": shown}
+    after = _save(call, tx, record, **changes)
+    return keyops.metadata(after, tx.now)
+
+
+_TIMES = frozenset({"not_before", "not_after", "expires_at"})
+
+
+def enable_key(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    if record.status is KeyStatus.ACTIVE:
+        tx.ctx.details = {"changed": {}}
+        return keyops.metadata(record, tx.now)
+    tx.ctx.details = {"changed": {"status": str(KeyStatus.ACTIVE)}}
+    return keyops.metadata(_save(call, tx, record, status=KeyStatus.ACTIVE), tx.now)
+
+
+def disable_key(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    if record.status is KeyStatus.DISABLED:
+        tx.ctx.details = {"changed": {}}
+        return keyops.metadata(record, tx.now)
+    tx.ctx.details = {"changed": {"status": str(KeyStatus.DISABLED)}}
+    return keyops.metadata(_save(call, tx, record, status=KeyStatus.DISABLED), tx.now)
+
+
+def shred(call_rt_keystore: Any, tx: Tx, record: KeyRecord) -> KeyRecord:
+    """Crypto-shred: overwrite the seed in place, then empty the column; keep a tombstone.
+
+    The overwrite comes first so that the page holding the old value is rewritten even
+    where the engine would otherwise just mark it free; SQLite's ``secure_delete`` zeroes
+    freed cells as well. Backups taken before this moment still hold the seed (docs/).
+    """
+    repo.overwrite_seed(tx.conn, record.key_id)
+    after = keyops.reseal(
+        call_rt_keystore,
+        record,
+        seed=None,
+        status=KeyStatus.DESTROYED,
+        destroyed_at=tx.now,
+        destroy_at=None,
+    )
+    repo.save_key(tx.conn, record, after)
+    return after
+
+
+def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
+    record = managed(call, tx, params.key_id, allow_pending=True)
+    if params.pending_days == 0:
+        after = shred(call.rt.keystore, tx, record)
+        tx.ctx.details = {"revision": after.revision, "pending_days": 0}
+        return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
+    destroy_at = tx.now + params.pending_days * DAY
+    tx.ctx.details = {"pending_days": params.pending_days, "destroy_at": rfc3339(destroy_at)}
+    after = _save(call, tx, record, status=KeyStatus.PENDING_DESTRUCTION, destroy_at=destroy_at)
+    return keyops.metadata(after, tx.now)
+
+
+def cancel_destruction(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id, allow_pending=True)
+    if record.status is not KeyStatus.PENDING_DESTRUCTION:
+        raise InvalidRequest("key_id: the key is not pending destruction")
+    tx.ctx.details = {"changed": {"status": str(KeyStatus.DISABLED)}}
+    after = _save(call, tx, record, status=KeyStatus.DISABLED, destroy_at=None)
+    return keyops.metadata(after, tx.now)
+
+
+# --- authorizations ------------------------------------------------------------------------------
+
+
+def _principal(record: KeyRecord, raw: str) -> str:
+    principal = validate_principal(raw)
+    if principal == record.owner:
+        raise InvalidRequest("principal: is the key's owner")
+    return principal
+
+
+def add_authorization(call: Call, params: AddAuthorizationParams, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    principal = _principal(record, params.principal)
+    if record.authorization_for(principal) is not None:
+        raise InvalidRequest("principal: already has an authorization on this key")
+    entry = Authorization(
+        principal=principal,
+        rights=frozenset(params.rights),
+        status=AuthorizationStatus.ACTIVE,
+        not_before=params.not_before,
+        not_after=params.not_after,
+        added_by=call.user,
+        added_at=tx.now,
+    )
+    tx.ctx.details = {"principal": principal, "rights": sorted(str(r) for r in params.rights),
+                      "not_before": rfc3339(params.not_before),
+                      "not_after": rfc3339(params.not_after)}
+    auths = tuple(sorted((*record.authorizations, entry), key=lambda a: a.principal))
+    return keyops.metadata(_save(call, tx, record, authorizations=auths), tx.now)
+
+
+def _existing(record: KeyRecord, raw: str) -> str:
+    principal = _principal(record, raw)
+    if record.authorization_for(principal) is None:
+        raise InvalidRequest("principal: has no authorization on this key")
+    return principal
+
+
+def remove_authorization(call: Call, params: PrincipalRef, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    principal = _existing(record, params.principal)
+    tx.ctx.details = {"principal": principal}
+    auths = tuple(a for a in record.authorizations if a.principal != principal)
+    return keyops.metadata(_save(call, tx, record, authorizations=auths), tx.now)
+
+
+def _set_authorization_status(
+    call: Call, params: PrincipalRef, tx: Tx, status: AuthorizationStatus
+) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id)
+    principal = _existing(record, params.principal)
+    tx.ctx.details = {"principal": principal, "status": str(status)}
+    auths = tuple(
+        Authorization(a.principal, a.rights, status, a.not_before, a.not_after, a.added_by,
+                      a.added_at) if a.principal == principal else a
+        for a in record.authorizations
+    )
+    if auths == record.authorizations:
+        return keyops.metadata(record, tx.now)
+    return keyops.metadata(_save(call, tx, record, authorizations=auths), tx.now)
+
+
+def enable_authorization(call: Call, params: PrincipalRef, tx: Tx) -> dict[str, Any]:
+    return _set_authorization_status(call, params, tx, AuthorizationStatus.ACTIVE)
+
+
+def disable_authorization(call: Call, params: PrincipalRef, tx: Tx) -> dict[str, Any]:
+    return _set_authorization_status(call, params, tx, AuthorizationStatus.DISABLED)
+
+
+# --- accesses ----------------------------------------------------------------------------------------
+
+
+def list_accesses(call: Call, params: ListAccessesParams, tx: Tx) -> dict[str, Any]:
+    record = managed(call, tx, params.key_id, change=False)
+    before: int | None = None
+    if params.cursor:
+        try:
+            before = int(b64u_decode(params.cursor).decode("ascii"))
+        except (MalformedBase64, ValueError, UnicodeDecodeError):
+            raise InvalidRequest("cursor: not a cursor from this service") from None
+    rows = repo.key_accesses(
+        tx.conn, keyops.key_id_text(record.key_id), limit=params.limit + 1, before=before
+    )
+    page, more = rows[: params.limit], len(rows) > params.limit
+    accesses = [json.loads(line) for _seq, line in page]
+    cursor = b64u_encode(str(page[-1][0]).encode("ascii")) if more and page else None
+    tx.ctx.details = {"count": len(accesses)}
+    return {"accesses": accesses, "next_cursor": cursor}

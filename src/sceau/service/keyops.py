@@ -1,0 +1,141 @@
+"""Key records in the service: creation, re-sealing after a change, checked loading, metadata.
+
+Every change of a record goes through :func:`reseal`, which bumps ``revision`` (except for
+the decryption counter, which is state rather than policy) and recomputes the seal in the
+keystore, so a record in the store always carries a seal over exactly what it says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import sqlalchemy as sa
+
+from sceau.core.b64 import b64u_encode
+from sceau.core.model import Authorization, KeyRecord, Rules
+from sceau.core.policy import display_status
+from sceau.errors import IntegrityFailure, NotFound
+from sceau.keystore.base import Keystore
+from sceau.service.params import rfc3339
+from sceau.store import repo
+from sceau.vocab import AuthorizationStatus, KeyStatus, Right
+
+KEY_ID_LEN = 16
+SEED_LEN = 32
+
+
+def new_key(
+    keystore: Keystore,
+    *,
+    owner: str,
+    application: str,
+    now: int,
+    expires_at: int,
+    name: str | None,
+    tag: str | None,
+    not_before: int | None,
+    not_after: int | None,
+    recipients: tuple[str, ...],
+    rules: Rules,
+) -> KeyRecord:
+    """A fresh sealed key record: random 16-byte id and 32-byte seed, newest master version."""
+    auths = tuple(
+        Authorization(
+            principal=p,
+            rights=frozenset({Right.DECRYPT}),
+            status=AuthorizationStatus.ACTIVE,
+            not_before=None,
+            not_after=None,
+            added_by=owner,
+            added_at=now,
+        )
+        for p in sorted(set(recipients))
+        if p != owner
+    )
+    record = KeyRecord(
+        key_id=os.urandom(KEY_ID_LEN),
+        seed=os.urandom(SEED_LEN),
+        master_version=keystore.current_master_version(),
+        owner=owner,
+        application=application,
+        name=name,
+        tag=tag,
+        created_at=now,
+        expires_at=expires_at,
+        not_before=not_before,
+        not_after=not_after,
+        status=KeyStatus.ACTIVE,
+        destroy_at=None,
+        destroyed_at=None,
+        authorizations=auths,
+        rules=rules,
+        decryptions=0,
+        revision=1,
+    )
+    return dataclasses.replace(record, seal=keystore.seal(record.seal_payload()))
+
+
+def reseal(keystore: Keystore, record: KeyRecord, *, bump: bool = True, **changes: Any) -> KeyRecord:
+    """``record`` with ``changes`` applied, revision bumped (when ``bump``) and sealed anew."""
+    changed = dataclasses.replace(record, **changes)
+    if bump:
+        changed = dataclasses.replace(changed, revision=record.revision + 1)
+    return dataclasses.replace(changed, seal=keystore.seal(changed.seal_payload()))
+
+
+def load_checked(
+    conn: sa.Connection, keystore: Keystore, key_id: bytes, *, for_update: bool = False
+) -> KeyRecord:
+    """Load a key and verify its seal; ``not_found`` when absent.
+
+    A record whose seal does not verify was changed behind the service's back (a database
+    edit granting access or re-enabling a key): ``integrity_failure``, audited by the caller.
+    """
+    record = repo.load_key(conn, key_id, for_update=for_update)
+    if record is None:
+        raise NotFound("no such key")
+    try:
+        keystore.verify_seal(record.seal_payload(), record.seal)
+    except IntegrityFailure:
+        raise IntegrityFailure("the key record does not match its seal") from None
+    return record
+
+
+def key_id_text(key_id: bytes) -> str:
+    return b64u_encode(key_id)
+
+
+def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
+    """The key's metadata as results carry it (never the seed or the seal)."""
+    return {
+        "key_id": key_id_text(record.key_id),
+        "owner": record.owner,
+        "application": record.application,
+        "name": record.name,
+        "tag": record.tag,
+        "status": str(display_status(record, now)),
+        "created_at": rfc3339(record.created_at),
+        "expires_at": rfc3339(record.expires_at),
+        "not_before": rfc3339(record.not_before),
+        "not_after": rfc3339(record.not_after),
+        "destroy_at": rfc3339(record.destroy_at),
+        "destroyed_at": rfc3339(record.destroyed_at),
+        "master_version": record.master_version,
+        "authorizations": [
+            {
+                "principal": a.principal,
+                "rights": sorted(str(r) for r in a.rights),
+                "status": str(a.status),
+                "not_before": rfc3339(a.not_before),
+                "not_after": rfc3339(a.not_after),
+                "added_by": a.added_by,
+                "added_at": rfc3339(a.added_at),
+            }
+            for a in record.authorizations
+        ],
+        "rules": record.rules.to_json(),
+        "decryptions": record.decryptions,
+        "revision": record.revision,
+    }

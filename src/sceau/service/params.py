@@ -1,0 +1,379 @@
+"""Operation parameters and results (SPEC §4, §10), parsed at the boundary into frozen models.
+
+Pydantic models with ``extra="forbid"`` and strict types; their JSON schemas feed
+``/openapi.json``. Errors name the offending member: ``invalid_request`` with
+``detail = "<member>: <problem>"``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.errors import InvalidRequest
+from sceau.vocab import ListRole, ListStatus, Op, Right
+
+MAX_NAME = 512
+MAX_TAG = 256
+MAX_PRINCIPAL = 254
+MAX_RECIPIENTS = 1000
+# Refuse times outside [1970, 9999] so every value converts to RFC 3339 and back.
+MAX_TIME = 253402300799
+
+
+def _b64(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64url string")
+    try:
+        return b64u_decode(value)
+    except MalformedBase64:
+        raise ValueError("not canonical unpadded base64url") from None
+
+
+def _key_id(value: Any) -> bytes:
+    raw = _b64(value)
+    if len(raw) != 16:
+        raise ValueError("must be 16 bytes")
+    return raw
+
+
+def _time(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 string or a NumericDate")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_TIME:
+            raise ValueError("out of range")
+        return value
+    if isinstance(value, str):
+        if len(value) > 40:
+            raise ValueError("not an RFC 3339 time")
+        text = value.replace("z", "Z")
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("not an RFC 3339 time") from None
+        if parsed.tzinfo is None or "T" not in text.upper():
+            raise ValueError("RFC 3339 time needs a date, a time and an offset")
+        seconds = int(parsed.timestamp())
+        if not 0 <= seconds <= MAX_TIME:
+            raise ValueError("out of range")
+        return seconds
+    raise ValueError("must be an RFC 3339 string or a NumericDate")
+
+
+def rfc3339(seconds: int | None) -> str | None:
+    """Whole-second RFC 3339 UTC, as every result carries times (SPEC §10)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+B64 = Annotated[
+    bytes,
+    BeforeValidator(_b64),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url"}),
+]
+KeyId = Annotated[
+    bytes,
+    BeforeValidator(_key_id),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "description": "16 bytes"}),
+]
+Time = Annotated[
+    int,
+    BeforeValidator(_time),
+    PlainSerializer(rfc3339),
+    WithJsonSchema({"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}]}),
+]
+Principal = Annotated[str, Field(min_length=1, max_length=MAX_PRINCIPAL)]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RulesParam(Params):
+    allowed_networks: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=256)
+    max_decryptions: int | None = Field(None, ge=0, le=2**53)
+
+
+class KeyOptions(Params):
+    """Options of a key created by ``encrypt`` or ``generate-data-key``."""
+
+    name: str | None = Field(None, max_length=MAX_NAME)
+    tag: str | None = Field(None, max_length=MAX_TAG)
+    recipients: list[Principal] | None = Field(None, max_length=MAX_RECIPIENTS)
+    not_before: Time | None = None
+    not_after: Time | None = None
+    expires_at: Time | None = None
+    lifetime_days: int | None = Field(None, ge=1, le=36500)
+    rules: RulesParam | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> KeyOptions:
+        if self.lifetime_days is not None and self.expires_at is not None:
+            raise ValueError("lifetime_days and expires_at are mutually exclusive")
+        if (
+            self.not_before is not None
+            and self.not_after is not None
+            and self.not_after <= self.not_before
+        ):
+            raise ValueError("not_after must be later than not_before")
+        return self
+
+
+class EncryptItem(Params):
+    plaintext: B64
+    aad: B64 | None = None
+
+
+class EncryptParams(KeyOptions):
+    plaintext: B64 | None = None
+    aad: B64 | None = None
+    items: list[dict[str, Any]] | None = None
+    key_id: KeyId | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EncryptParams:
+        if (self.plaintext is None) == (self.items is None):
+            raise ValueError("give either plaintext or items")
+        if self.items is not None and self.aad is not None:
+            raise ValueError("aad goes inside each item of a batch")
+        return self
+
+
+class DecryptItem(Params):
+    ciphertext: B64
+    aad: B64 | None = None
+
+
+class DecryptParams(Params):
+    ciphertext: B64 | None = None
+    aad: B64 | None = None
+    items: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DecryptParams:
+        if (self.ciphertext is None) == (self.items is None):
+            raise ValueError("give either ciphertext or items")
+        if self.items is not None and self.aad is not None:
+            raise ValueError("aad goes inside each item of a batch")
+        return self
+
+
+class GenerateDataKeyParams(KeyOptions):
+    pass
+
+
+class GetDataKeyParams(Params):
+    key_id: KeyId | None = None
+    token: B64 | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> GetDataKeyParams:
+        if (self.key_id is None) == (self.token is None):
+            raise ValueError("give either key_id or token")
+        return self
+
+
+class KeyRef(Params):
+    key_id: KeyId
+
+
+class ListKeysParams(Params):
+    role: Annotated[ListRole, Field(strict=False)] = ListRole.ANY
+    status: Annotated[ListStatus, Field(strict=False)] | None = None
+    created_from: Time | None = None
+    created_to: Time | None = None
+    name: str | None = Field(None, max_length=MAX_NAME)
+    application: str | None = Field(None, max_length=64)
+    tag: str | None = Field(None, max_length=MAX_TAG)
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class UpdateKeyParams(Params):
+    key_id: KeyId
+    name: str | None = Field(None, max_length=MAX_NAME)
+    tag: str | None = Field(None, max_length=MAX_TAG)
+    not_before: Time | None = None
+    not_after: Time | None = None
+    expires_at: Time | None = None
+    rules: RulesParam | None = None
+
+
+class DestroyKeyParams(Params):
+    key_id: KeyId
+    pending_days: int = Field(0, ge=0, le=30)
+
+
+class AddAuthorizationParams(Params):
+    key_id: KeyId
+    principal: Principal
+    rights: list[Annotated[Right, Field(strict=False)]] = Field(min_length=1, max_length=2)
+    not_before: Time | None = None
+    not_after: Time | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> AddAuthorizationParams:
+        if (
+            self.not_before is not None
+            and self.not_after is not None
+            and self.not_after <= self.not_before
+        ):
+            raise ValueError("not_after must be later than not_before")
+        return self
+
+
+class PrincipalRef(Params):
+    key_id: KeyId
+    principal: Principal
+
+
+class ListAccessesParams(Params):
+    key_id: KeyId
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=200)
+
+
+M = TypeVar("M", bound="Params")
+
+PARAMS: dict[Op, type[Params]] = {
+    Op.ENCRYPT: EncryptParams,
+    Op.DECRYPT: DecryptParams,
+    Op.GENERATE_DATA_KEY: GenerateDataKeyParams,
+    Op.GET_DATA_KEY: GetDataKeyParams,
+    Op.DESCRIBE_KEY: KeyRef,
+    Op.LIST_KEYS: ListKeysParams,
+    Op.UPDATE_KEY: UpdateKeyParams,
+    Op.ENABLE_KEY: KeyRef,
+    Op.DISABLE_KEY: KeyRef,
+    Op.DESTROY_KEY: DestroyKeyParams,
+    Op.CANCEL_DESTRUCTION: KeyRef,
+    Op.ADD_AUTHORIZATION: AddAuthorizationParams,
+    Op.REMOVE_AUTHORIZATION: PrincipalRef,
+    Op.ENABLE_AUTHORIZATION: PrincipalRef,
+    Op.DISABLE_AUTHORIZATION: PrincipalRef,
+    Op.LIST_ACCESSES: ListAccessesParams,
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "params"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}"
+
+
+def parse_model(model: type[M], raw: Any, *, where: str = "params") -> M:
+    """Validate ``raw`` into ``model``; ``invalid_request`` naming the member otherwise."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where}: must be an object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+
+
+def parse_params(op: Op, raw: Any) -> Params:
+    return parse_model(PARAMS[op], raw)
+
+
+# --- results (documentation of the wire shapes; handlers build plain dicts) -----------------
+
+
+class AuthorizationOut(BaseModel):
+    principal: str
+    rights: list[Right]
+    status: Literal["active", "disabled"]
+    not_before: str | None
+    not_after: str | None
+    added_by: str
+    added_at: str
+
+
+class KeyMetadata(BaseModel):
+    key_id: str
+    owner: str
+    application: str
+    name: str | None
+    tag: str | None
+    status: ListStatus
+    created_at: str
+    expires_at: str
+    not_before: str | None
+    not_after: str | None
+    destroy_at: str | None
+    destroyed_at: str | None
+    master_version: int
+    authorizations: list[AuthorizationOut]
+    rules: dict[str, Any]
+    decryptions: int
+    revision: int
+
+
+class ItemError(BaseModel):
+    code: str
+    reason: str | None = None
+    detail: str
+
+
+class EncryptResult(BaseModel):
+    key_id: str | None = None
+    ciphertext: str | None = None
+    items: list[dict[str, Any]] | None = None
+
+
+class DecryptResult(BaseModel):
+    key_id: str | None = None
+    plaintext: str | None = None
+    items: list[dict[str, Any]] | None = None
+
+
+class DataKeyResult(BaseModel):
+    key_id: str
+    key: str
+    iv: str | None = None
+    token: str | None = None
+
+
+class ListKeysResult(BaseModel):
+    keys: list[KeyMetadata]
+    next_cursor: str | None
+
+
+class DestroyResult(BaseModel):
+    key_id: str
+    destroyed_at: str
+    receipt: str
+
+
+class ListAccessesResult(BaseModel):
+    accesses: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+RESULTS: dict[Op, type[BaseModel]] = {
+    Op.ENCRYPT: EncryptResult,
+    Op.DECRYPT: DecryptResult,
+    Op.GENERATE_DATA_KEY: DataKeyResult,
+    Op.GET_DATA_KEY: DataKeyResult,
+    Op.LIST_KEYS: ListKeysResult,
+    Op.DESTROY_KEY: DestroyResult,
+    Op.LIST_ACCESSES: ListAccessesResult,
+}
+
+
+def result_model(op: Op) -> type[BaseModel]:
+    return RESULTS.get(op, KeyMetadata)

@@ -1,0 +1,226 @@
+"""The running service's parts, built once at start and handed to every request.
+
+No module-level singletons: :class:`Runtime` is created by :func:`open_runtime` and owned by
+the ASGI application; tests start real servers, each with its own runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from sceau.config import Config
+from sceau.core.policy import principal_matches
+from sceau.errors import (
+    ApplicationDisabled,
+    ConfigError,
+    SceauError,
+    UnknownApplication,
+    UserNotAllowed,
+)
+from sceau.jose.appkeys import AppKey, EncKey, app_key_from_jwk, enc_key_from_jwk
+from sceau.jose.request import RequestVerifier
+from sceau.keystore import open_keystore
+from sceau.keystore.base import Keystore, KeystoreSettings
+from sceau.store import repo
+from sceau.store.db import Engines, check_durability, check_schema, create_engines
+from sceau.store.writer import Writer
+from sceau.vocab import AppKeyStatus, AppStatus
+
+log = logging.getLogger("sceau.service")
+
+ANY_USER = "*"
+APP_KEY_CACHE_S = 30.0
+
+
+def keystore_settings(config: Config) -> KeystoreSettings:
+    """The keystore settings of a data dir's configuration."""
+    return KeystoreSettings(
+        config.data_dir / "keystore",
+        backend=str(config.get("keystore.backend")),
+        passphrase_env=str(config.get("keystore.passphrase_env")) or None,
+        pkcs11_module=str(config.get("keystore.pkcs11_module")) or None,
+        pkcs11_token=str(config.get("keystore.pkcs11_token")) or None,
+        pin_env=str(config.get("keystore.pin_env")) or None,
+        pin_file=Path(str(config.get("keystore.pin_file"))) if config.get("keystore.pin_file") else None,
+        pool_size=int(config.get("keystore.pool_size")),
+    )
+
+
+def user_allowed(patterns: tuple[str, ...], user: str) -> bool:
+    """May an application assert ``user``? Patterns are exact identities, ``*@domain`` or ``*``."""
+    return any(p == ANY_USER or principal_matches(p, user) for p in patterns)
+
+
+class AppKeyCache:
+    """kid -> (app_id, parsed key). Parsing is cached; status is re-read inside every job."""
+
+    def __init__(self, engines: Engines) -> None:
+        self._engines = engines
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, str, AppKey]] = {}
+
+    def lookup(self, kid: str) -> tuple[str, AppKey] | None:
+        now = time.monotonic()
+        entry = self._entries.get(kid)
+        if entry is not None and now - entry[0] < APP_KEY_CACHE_S:
+            return entry[1], entry[2]
+        with self._engines.read.connect() as conn:
+            row = repo.get_app_key(conn, kid)
+        if row is None or row.status != AppKeyStatus.ACTIVE:
+            with self._lock:
+                self._entries.pop(kid, None)
+            return None
+        key = app_key_from_jwk(row.jwk)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[kid] = (now, row.app_id, key)
+        return row.app_id, key
+
+    def forget(self, kid: str | None = None) -> None:
+        with self._lock:
+            if kid is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(kid, None)
+
+
+@dataclass(frozen=True)
+class CallerApp:
+    """The application of a verified request, as read inside the job's transaction."""
+
+    app_id: str
+    name: str
+    enc_key: EncKey | None
+
+
+def check_application(conn: sa.Connection, app_id: str, kid: str, user: str) -> CallerApp:
+    """SPEC §6 step 1: the key is still active, the app enabled, and may assert ``user``.
+
+    Read inside the job's transaction, so a disable or a key retirement committed by any
+    node refuses the very next call.
+    """
+    key = repo.get_app_key(conn, kid)
+    app = repo.get_application(conn, app_id)
+    if key is None or app is None or key.app_id != app_id or key.status != AppKeyStatus.ACTIVE:
+        raise UnknownApplication("the signing key is not registered or was retired")
+    if app.status != AppStatus.ENABLED:
+        raise ApplicationDisabled("this application is disabled")
+    if not user_allowed(app.users, user):
+        raise UserNotAllowed("this application may not act for this user")
+    enc = enc_key_from_jwk(app.enc_jwk) if app.enc_jwk else None
+    return CallerApp(app_id=app.app_id, name=app.name, enc_key=enc)
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs: configuration, store, keystore, writer, verifier."""
+
+    config: Config
+    engines: Engines
+    keystore: Keystore
+    writer: Writer
+    verifier: RequestVerifier
+    app_keys: AppKeyCache
+    started_at: float = field(default_factory=time.time)
+    selftest_error: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def service_id(self) -> str:
+        return self.config.service_id
+
+    @property
+    def max_plaintext(self) -> int:
+        return int(self.config.get("limits.max_plaintext_bytes"))
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.config.get("limits.max_batch_items"))
+
+    @property
+    def default_lifetime_days(self) -> int:
+        return int(self.config.get("keys.default_lifetime_days"))
+
+    def limits(self) -> Mapping[str, int]:
+        c = self.config
+        return {
+            "max_body_bytes": int(c.get("limits.max_body_bytes")),
+            "max_batch_items": int(c.get("limits.max_batch_items")),
+            "max_plaintext_bytes": int(c.get("limits.max_plaintext_bytes")),
+            "max_token_lifetime_s": int(c.get("limits.max_token_lifetime_s")),
+            "clock_skew_s": int(c.get("limits.clock_skew_s")),
+        }
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.keystore.close()
+        self.engines.dispose()
+
+
+def open_store(config: Config) -> Engines:
+    """Engines for the configured database, checked for schema version and durability."""
+    engines = create_engines(
+        config.database_url,
+        pool_size=int(config.get("store.pool_size")),
+        synchronous=str(config.get("audit.synchronous")),
+    )
+    check_schema(engines)
+    check_durability(engines, synchronous=str(config.get("audit.synchronous")))
+    return engines
+
+
+def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str = "n") -> Runtime:
+    """Open store and keystore, run the keystore self-tests, lease a node id, start the writer."""
+    if not config.data_dir.is_dir():
+        raise ConfigError(f"data dir {config.data_dir} does not exist: run `sceau init` first")
+    engines = open_store(config)
+    keystore = open_keystore(keystore_settings(config))
+    selftest_error: str | None = None
+    try:
+        keystore.self_test()
+    except SceauError as exc:
+        selftest_error = exc.detail
+        log.error("keystore self-test failed: %s", exc.detail)
+    writer = Writer(
+        engines,
+        keystore,
+        node_id=str(config.get("audit.node_id")),
+        node_prefix=node_prefix,
+        max_batch=int(config.get("audit.max_batch")),
+        checkpoint_every=int(config.get("audit.checkpoint_every")),
+        checkpoint_interval_s=float(config.get("audit.checkpoint_interval_s")),
+    )
+    cache = AppKeyCache(engines)
+    limits = config
+    verifier = RequestVerifier(
+        service_id=config.service_id,
+        lookup_key=cache.lookup,
+        jwe_private_jwk=keystore.jwe_private_jwk(),
+        jwe_kid=keystore.jwe_kid(),
+        max_lifetime=int(limits.get("limits.max_token_lifetime_s")),
+        skew=int(limits.get("limits.clock_skew_s")),
+        max_token_bytes=int(limits.get("limits.max_body_bytes")),
+    )
+    runtime = Runtime(
+        config=config,
+        engines=engines,
+        keystore=keystore,
+        writer=writer,
+        verifier=verifier,
+        app_keys=cache,
+        selftest_error=selftest_error,
+    )
+    if start_writer:
+        writer.start()
+    else:
+        writer.open()
+    return runtime

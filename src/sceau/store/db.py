@@ -1,0 +1,166 @@
+"""Engines, connection settings, migrations and the start-up checks of the store.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` and ``secure_delete=ON``; every write
+transaction starts with ``BEGIN IMMEDIATE`` so that the single writer never has to upgrade a
+read lock (which could fail with SQLITE_BUSY under WAL). PostgreSQL must run with ``fsync``,
+``synchronous_commit`` and ``full_page_writes`` on; the service refuses to start otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from sceau.errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("sceau.store")
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and select the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Engines:
+    """A write engine (the group-commit writer and admin commands) and a read engine."""
+
+    write: sa.Engine
+    read: sa.Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.write.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def dispose(self) -> None:
+        self.write.dispose()
+        self.read.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool, synchronous: str) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_pre_ping=False,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Driver-level autocommit: SQLAlchemy's "begin" event below emits BEGIN itself, so
+        # the write engine can ask for an immediate (reserved) lock up front.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+def create_engines(url: str, *, pool_size: int = 8, synchronous: str = "FULL") -> Engines:
+    """Engines for a database URL (``sqlite:///path`` or ``postgresql://...``)."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return Engines(
+            write=_sqlite_engine(url, immediate=True, synchronous=synchronous),
+            read=_sqlite_engine(url, immediate=False, synchronous=synchronous),
+        )
+    if url.startswith("postgresql"):
+        kwargs: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_pre_ping": True,
+            "pool_recycle": 1800,
+            "connect_args": {"connect_timeout": 5},
+        }
+        write = sa.create_engine(url, isolation_level="READ COMMITTED", **kwargs)
+        return Engines(write=write, read=write)
+    raise ConfigError(f"store.database_url: unsupported database URL scheme in {url.split(':')[0]!r}")
+
+
+def _alembic_config(conn: sa.Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    location = resources.files("sceau.store") / "migrations"
+    cfg.set_main_option("script_location", str(location))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    with sa.create_engine("sqlite://").connect() as conn:
+        script = ScriptDirectory.from_config(_alembic_config(conn))
+        head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The schema revision recorded in the database, or None for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engines: Engines) -> None:
+    """Apply pending migrations in one transaction (DDL is transactional on both engines)."""
+    with engines.write.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def check_schema(engines: Engines) -> None:
+    """Refuse to serve on a schema older or newer than the code (SECURITY-CASES 33)."""
+    try:
+        current = current_revision(engines.read)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(f"cannot read the schema version: {type(exc).__name__}") from None
+    head = head_revision()
+    if current != head:
+        raise ConfigError(
+            f"database schema is at revision {current or 'none'}, this code needs {head}: "
+            "run `sceau db upgrade`"
+        )
+
+
+def check_durability(engines: Engines, *, synchronous: str = "FULL") -> None:
+    """Refuse settings that could lose acknowledged audit records (SECURITY-CASES 29)."""
+    with engines.write.connect() as conn:
+        if engines.is_sqlite:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            wanted = {"FULL": 2, "EXTRA": 3}[synchronous]
+            if str(mode).lower() != "wal" or sync is None or int(sync) < wanted:
+                raise ConfigError(
+                    f"SQLite must run journal_mode=WAL and synchronous={synchronous} "
+                    f"(got {mode}, {sync})"
+                )
+            return
+        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+            value = conn.exec_driver_sql(f"SHOW {name}").scalar()
+            if str(value).lower() not in ("on", "remote_apply", "remote_write", "local"):
+                raise ConfigError(f"PostgreSQL setting {name} is {value!r}; it must be on")

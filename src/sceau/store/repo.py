@@ -1,0 +1,615 @@
+"""Queries. Every function takes a live connection; transactions belong to the caller."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sceau.core.model import Authorization, KeyRecord, Rules
+from sceau.store.schema import (
+    accounts,
+    app_keys,
+    applications,
+    audit_checkpoints,
+    audit_records,
+    authorizations,
+    keys,
+    node_leases,
+    replay,
+    service_meta,
+)
+from sceau.vocab import AppKeyStatus, AppStatus, AuthorizationStatus, KeyStatus, Right
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def _rules_from_json(text: str) -> Rules:
+    data = json.loads(text)
+    nets = data.get("allowed_networks")
+    return Rules(
+        allowed_networks=tuple(nets) if nets is not None else None,
+        max_decryptions=data.get("max_decryptions"),
+    )
+
+
+def _auth_from_row(row: Any) -> Authorization:
+    return Authorization(
+        principal=row.principal,
+        rights=frozenset(Right(r) for r in row.rights.split(",") if r),
+        status=AuthorizationStatus(row.status),
+        not_before=row.not_before,
+        not_after=row.not_after,
+        added_by=row.added_by,
+        added_at=row.added_at,
+    )
+
+
+def _key_from_row(row: Any, auths: Sequence[Authorization]) -> KeyRecord:
+    return KeyRecord(
+        key_id=bytes(row.key_id),
+        seed=bytes(row.seed) if row.seed is not None else None,
+        master_version=row.master_version,
+        owner=row.owner,
+        application=row.application,
+        name=row.name,
+        tag=row.tag,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        status=KeyStatus(row.status),
+        destroy_at=row.destroy_at,
+        destroyed_at=row.destroyed_at,
+        authorizations=tuple(sorted(auths, key=lambda a: a.principal)),
+        rules=_rules_from_json(row.rules),
+        decryptions=row.decryptions,
+        revision=row.revision,
+        seal=bytes(row.seal),
+    )
+
+
+def _key_values(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "seed": record.seed,
+        "master_version": record.master_version,
+        "owner": record.owner,
+        "application": record.application,
+        "name": record.name,
+        "name_lower": record.name.lower() if record.name is not None else None,
+        "tag": record.tag,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "not_before": record.not_before,
+        "not_after": record.not_after,
+        "status": str(record.status),
+        "destroy_at": record.destroy_at,
+        "destroyed_at": record.destroyed_at,
+        "rules": json.dumps(record.rules.to_json(), sort_keys=True),
+        "decryptions": record.decryptions,
+        "revision": record.revision,
+        "seal": record.seal,
+    }
+
+
+def _auth_values(key_id: bytes, auth: Authorization) -> dict[str, Any]:
+    return {
+        "key_id": key_id,
+        "principal": auth.principal,
+        "rights": ",".join(sorted(str(r) for r in auth.rights)),
+        "status": str(auth.status),
+        "not_before": auth.not_before,
+        "not_after": auth.not_after,
+        "added_by": auth.added_by,
+        "added_at": auth.added_at,
+    }
+
+
+def insert_keys(conn: sa.Connection, records: Sequence[KeyRecord]) -> None:
+    """Insert new key records and their authorizations."""
+    if not records:
+        return
+    conn.execute(keys.insert(), [{"key_id": r.key_id, **_key_values(r)} for r in records])
+    auth_rows = [_auth_values(r.key_id, a) for r in records for a in r.authorizations]
+    if auth_rows:
+        conn.execute(authorizations.insert(), auth_rows)
+
+
+def load_key(conn: sa.Connection, key_id: bytes, *, for_update: bool = False) -> KeyRecord | None:
+    """One key record with its authorizations; ``for_update`` locks the row (PostgreSQL)."""
+    query = sa.select(keys).where(keys.c.key_id == key_id)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    auth_rows = conn.execute(
+        sa.select(authorizations).where(authorizations.c.key_id == key_id)
+    ).all()
+    return _key_from_row(row, [_auth_from_row(a) for a in auth_rows])
+
+
+def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
+    """Write ``after`` over ``before``; fails if the row changed since it was read.
+
+    The revision and seal of ``before`` are part of the WHERE clause, so a concurrent
+    writer on another node cannot be silently overwritten (no lost update).
+    """
+    result = conn.execute(
+        keys.update()
+        .where(keys.c.key_id == before.key_id)
+        .where(keys.c.revision == before.revision)
+        .where(keys.c.decryptions == before.decryptions)
+        .values(**_key_values(after))
+    )
+    if result.rowcount != 1:
+        raise ConcurrentUpdate(before.key_id)
+    if before.authorizations != after.authorizations:
+        conn.execute(authorizations.delete().where(authorizations.c.key_id == before.key_id))
+        rows = [_auth_values(after.key_id, a) for a in after.authorizations]
+        if rows:
+            conn.execute(authorizations.insert(), rows)
+
+
+class ConcurrentUpdate(Exception):
+    """The key row changed between read and write; the caller retries or fails."""
+
+    def __init__(self, key_id: bytes) -> None:
+        super().__init__(f"concurrent update of key {key_id.hex()}")
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    """Filters of ``list-keys`` and the console key table."""
+
+    user: str | None = None  # restrict to keys this user owns / is authorized on; None = all
+    user_domain_pattern: str | None = None
+    role: str = "any"
+    status: str | None = None
+    created_from: int | None = None
+    created_to: int | None = None
+    name: str | None = None
+    application: str | None = None
+    tag: str | None = None
+    now: int = 0
+
+
+def list_keys(
+    conn: sa.Connection, flt: KeyFilter, *, limit: int, after: tuple[int, bytes] | None
+) -> list[KeyRecord]:
+    """Keys newest first; ``after`` is the (created_at, key_id) of the previous page's last."""
+    query = sa.select(keys)
+    conds: list[Any] = []
+    if flt.user is not None:
+        principals = [flt.user] + ([flt.user_domain_pattern] if flt.user_domain_pattern else [])
+        recipient = sa.exists().where(
+            authorizations.c.key_id == keys.c.key_id,
+            authorizations.c.principal.in_(principals),
+        )
+        owner = keys.c.owner == flt.user
+        if flt.role == "owner":
+            conds.append(owner)
+        elif flt.role == "recipient":
+            conds.append(sa.and_(keys.c.owner != flt.user, recipient))
+        else:
+            conds.append(sa.or_(owner, recipient))
+    if flt.status == "expired":
+        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at <= flt.now]
+    elif flt.status == "active":
+        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at > flt.now]
+    elif flt.status is not None:
+        conds.append(keys.c.status == flt.status)
+    if flt.created_from is not None:
+        conds.append(keys.c.created_at >= flt.created_from)
+    if flt.created_to is not None:
+        conds.append(keys.c.created_at <= flt.created_to)
+    if flt.name:
+        escaped = flt.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(keys.c.name_lower.like(f"%{escaped}%", escape="\\"))
+    if flt.application is not None:
+        conds.append(keys.c.application == flt.application)
+    if flt.tag is not None:
+        conds.append(keys.c.tag == flt.tag)
+    if after is not None:
+        created, kid = after
+        conds.append(
+            sa.or_(
+                keys.c.created_at < created,
+                sa.and_(keys.c.created_at == created, keys.c.key_id < kid),
+            )
+        )
+    query = query.where(*conds).order_by(keys.c.created_at.desc(), keys.c.key_id.desc())
+    rows = conn.execute(query.limit(limit)).all()
+    if not rows:
+        return []
+    ids = [r.key_id for r in rows]
+    auths: dict[bytes, list[Authorization]] = {}
+    for a in conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids))):
+        auths.setdefault(bytes(a.key_id), []).append(_auth_from_row(a))
+    return [_key_from_row(r, auths.get(bytes(r.key_id), [])) for r in rows]
+
+
+def keys_due_for_destruction(conn: sa.Connection, now: int, limit: int) -> list[bytes]:
+    rows = conn.execute(
+        sa.select(keys.c.key_id)
+        .where(keys.c.status == str(KeyStatus.PENDING_DESTRUCTION), keys.c.destroy_at <= now)
+        .limit(limit)
+    ).all()
+    return [bytes(r.key_id) for r in rows]
+
+
+def keys_expired_before(conn: sa.Connection, cutoff: int, limit: int) -> list[bytes]:
+    rows = conn.execute(
+        sa.select(keys.c.key_id)
+        .where(keys.c.status != str(KeyStatus.DESTROYED), keys.c.expires_at <= cutoff)
+        .order_by(keys.c.expires_at)
+        .limit(limit)
+    ).all()
+    return [bytes(r.key_id) for r in rows]
+
+
+def count_keys_by_master_version(conn: sa.Connection) -> dict[int, int]:
+    rows = conn.execute(
+        sa.select(keys.c.master_version, sa.func.count())
+        .where(keys.c.status != str(KeyStatus.DESTROYED))
+        .group_by(keys.c.master_version)
+    ).all()
+    return {int(v): int(n) for v, n in rows}
+
+
+def count_keys_by_status(conn: sa.Connection, now: int) -> dict[str, int]:
+    rows = conn.execute(
+        sa.select(
+            keys.c.status,
+            sa.case((keys.c.expires_at <= now, 1), else_=0).label("expired"),
+            sa.func.count(),
+        ).group_by(keys.c.status, "expired")
+    ).all()
+    out: dict[str, int] = {}
+    for status, expired, n in rows:
+        label = "expired" if status == str(KeyStatus.ACTIVE) and expired else status
+        out[label] = out.get(label, 0) + int(n)
+    return out
+
+
+# --- replay cache ------------------------------------------------------------------------------
+
+
+def _insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bool:
+    """Record a request id; False when this application already used it."""
+    result = conn.execute(
+        _insert_ignore(conn, replay).values(iss=iss, jti=jti, expires_at=expires_at)
+    )
+    return result.rowcount == 1
+
+
+def purge_replay(conn: sa.Connection, before: int) -> int:
+    return conn.execute(replay.delete().where(replay.c.expires_at < before)).rowcount
+
+
+# --- applications --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppRow:
+    app_id: str
+    name: str
+    users: tuple[str, ...]
+    status: AppStatus
+    enc_jwk: dict[str, Any] | None
+    created_at: int
+    last_used_at: int | None
+
+
+@dataclass(frozen=True)
+class AppKeyRow:
+    kid: str
+    app_id: str
+    alg: str
+    jwk: dict[str, Any]
+    status: AppKeyStatus
+    added_at: int
+    retired_at: int | None
+
+
+def _app_from_row(row: Any) -> AppRow:
+    return AppRow(
+        app_id=row.app_id,
+        name=row.name,
+        users=tuple(json.loads(row.users)),
+        status=AppStatus(row.status),
+        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _app_key_from_row(row: Any) -> AppKeyRow:
+    return AppKeyRow(
+        kid=row.kid,
+        app_id=row.app_id,
+        alg=row.alg,
+        jwk=json.loads(row.jwk),
+        status=AppKeyStatus(row.status),
+        added_at=row.added_at,
+        retired_at=row.retired_at,
+    )
+
+
+def insert_application(conn: sa.Connection, app: AppRow) -> None:
+    conn.execute(
+        applications.insert().values(
+            app_id=app.app_id,
+            name=app.name,
+            users=json.dumps(list(app.users)),
+            status=str(app.status),
+            enc_jwk=json.dumps(app.enc_jwk) if app.enc_jwk else None,
+            created_at=app.created_at,
+            last_used_at=None,
+        )
+    )
+
+
+def insert_app_key(conn: sa.Connection, key: AppKeyRow, thumbprint: str) -> None:
+    conn.execute(
+        app_keys.insert().values(
+            kid=key.kid,
+            app_id=key.app_id,
+            alg=key.alg,
+            jwk=json.dumps(key.jwk, sort_keys=True),
+            thumbprint=thumbprint,
+            status=str(key.status),
+            added_at=key.added_at,
+            retired_at=key.retired_at,
+        )
+    )
+
+
+def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
+    row = conn.execute(
+        sa.select(app_keys.c.kid).where(
+            sa.or_(app_keys.c.kid == kid, app_keys.c.thumbprint == thumbprint)
+        )
+    ).first()
+    return row is not None
+
+
+def get_application(conn: sa.Connection, app_id: str) -> AppRow | None:
+    row = conn.execute(sa.select(applications).where(applications.c.app_id == app_id)).first()
+    return _app_from_row(row) if row is not None else None
+
+
+def list_applications(conn: sa.Connection) -> list[AppRow]:
+    rows = conn.execute(sa.select(applications).order_by(applications.c.created_at)).all()
+    return [_app_from_row(r) for r in rows]
+
+
+def get_app_key(conn: sa.Connection, kid: str) -> AppKeyRow | None:
+    row = conn.execute(sa.select(app_keys).where(app_keys.c.kid == kid)).first()
+    return _app_key_from_row(row) if row is not None else None
+
+
+def list_app_keys(conn: sa.Connection, app_id: str) -> list[AppKeyRow]:
+    rows = conn.execute(
+        sa.select(app_keys).where(app_keys.c.app_id == app_id).order_by(app_keys.c.added_at)
+    ).all()
+    return [_app_key_from_row(r) for r in rows]
+
+
+def set_application_status(conn: sa.Connection, app_id: str, status: AppStatus) -> bool:
+    result = conn.execute(
+        applications.update().where(applications.c.app_id == app_id).values(status=str(status))
+    )
+    return result.rowcount == 1
+
+
+def retire_app_key(conn: sa.Connection, kid: str, now: int) -> bool:
+    result = conn.execute(
+        app_keys.update()
+        .where(app_keys.c.kid == kid, app_keys.c.status == str(AppKeyStatus.ACTIVE))
+        .values(status=str(AppKeyStatus.RETIRED), retired_at=now)
+    )
+    return result.rowcount == 1
+
+
+def touch_application(conn: sa.Connection, app_id: str, now: int) -> None:
+    conn.execute(
+        applications.update()
+        .where(applications.c.app_id == app_id)
+        .where(sa.or_(applications.c.last_used_at.is_(None), applications.c.last_used_at < now - 60))
+        .values(last_used_at=now)
+    )
+
+
+# --- console accounts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    username: str
+    password_hash: str
+    role: str
+    status: str
+    must_change_password: bool
+    totp_secret: str | None
+    created_at: int
+    updated_at: int
+
+
+def insert_account(conn: sa.Connection, account: AccountRow) -> None:
+    conn.execute(accounts.insert().values(**account.__dict__))
+
+
+def get_account(conn: sa.Connection, username: str) -> AccountRow | None:
+    row = conn.execute(sa.select(accounts).where(accounts.c.username == username)).first()
+    return AccountRow(**row._mapping) if row is not None else None
+
+
+def list_accounts(conn: sa.Connection) -> list[AccountRow]:
+    rows = conn.execute(sa.select(accounts).order_by(accounts.c.username)).all()
+    return [AccountRow(**r._mapping) for r in rows]
+
+
+def update_account(conn: sa.Connection, username: str, **values: Any) -> bool:
+    result = conn.execute(
+        accounts.update().where(accounts.c.username == username).values(**values)
+    )
+    return result.rowcount == 1
+
+
+# --- audit -------------------------------------------------------------------------------------------
+
+
+def max_seq(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))).scalar_one())
+
+
+def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
+    """``count`` fresh global sequence numbers.
+
+    PostgreSQL draws them from a sequence (unique across nodes, gaps allowed). SQLite has one
+    writer at a time (BEGIN IMMEDIATE), so the next numbers follow the current maximum.
+    """
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            sa.text("SELECT nextval('audit_seq') FROM generate_series(1, :n)"), {"n": count}
+        ).all()
+        return [int(r[0]) for r in rows]
+    start = max(max_seq(conn), last)
+    return list(range(start + 1, start + 1 + count))
+
+
+def insert_audit_records(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(audit_records.insert(), list(rows))
+
+
+def insert_checkpoint(
+    conn: sa.Connection, node: str, node_seq: int, after_seq: int, line: str
+) -> None:
+    conn.execute(
+        audit_checkpoints.insert().values(
+            node=node, node_seq=node_seq, after_seq=after_seq, line=line
+        )
+    )
+
+
+def chain_head(conn: sa.Connection, node: str) -> tuple[int, str, int] | None:
+    """(node_seq, hash, seq) of the node's last record, or None."""
+    row = conn.execute(
+        sa.select(audit_records.c.node_seq, audit_records.c.hash, audit_records.c.seq)
+        .where(audit_records.c.node == node)
+        .order_by(audit_records.c.node_seq.desc())
+        .limit(1)
+    ).first()
+    return (int(row.node_seq), row.hash, int(row.seq)) if row is not None else None
+
+
+def last_checkpoint(conn: sa.Connection, node: str) -> int:
+    value = conn.execute(
+        sa.select(sa.func.max(audit_checkpoints.c.node_seq)).where(audit_checkpoints.c.node == node)
+    ).scalar()
+    return int(value or 0)
+
+
+def iter_audit_lines(
+    conn: sa.Connection, *, since: int = 0, until: int | None = None, batch: int = 2000
+) -> Iterator[tuple[int, str, str]]:
+    """(seq, kind, line) in export order: records by seq, each checkpoint after its record."""
+    position = since
+    while True:
+        query = sa.select(audit_records.c.seq, audit_records.c.line).where(
+            audit_records.c.seq > position
+        )
+        if until is not None:
+            query = query.where(audit_records.c.seq <= until)
+        rows = conn.execute(query.order_by(audit_records.c.seq).limit(batch)).all()
+        if not rows:
+            return
+        low, high = rows[0].seq, rows[-1].seq
+        cps: dict[int, list[str]] = {}
+        for cp in conn.execute(
+            sa.select(audit_checkpoints.c.after_seq, audit_checkpoints.c.line)
+            .where(audit_checkpoints.c.after_seq >= low, audit_checkpoints.c.after_seq <= high)
+            .order_by(audit_checkpoints.c.after_seq, audit_checkpoints.c.node_seq)
+        ):
+            cps.setdefault(int(cp.after_seq), []).append(cp.line)
+        for row in rows:
+            yield int(row.seq), "record", row.line
+            for line in cps.get(int(row.seq), []):
+                yield int(row.seq), "checkpoint", line
+        position = int(high)
+
+
+def key_accesses(
+    conn: sa.Connection, key: str, *, limit: int, before: int | None
+) -> list[tuple[int, str]]:
+    """(seq, line) of the audit records naming a key, newest first."""
+    query = sa.select(audit_records.c.seq, audit_records.c.line).where(audit_records.c.key == key)
+    if before is not None:
+        query = query.where(audit_records.c.seq < before)
+    rows = conn.execute(query.order_by(audit_records.c.seq.desc()).limit(limit)).all()
+    return [(int(r.seq), r.line) for r in rows]
+
+
+# --- node leases and metadata ----------------------------------------------------------------------
+
+
+def acquire_lease(conn: sa.Connection, node: str, holder: str, now: int, ttl: int) -> str | None:
+    """Take or renew the node's lease; returns the current foreign holder when refused."""
+    row = conn.execute(sa.select(node_leases).where(node_leases.c.node == node)).first()
+    if row is None:
+        conn.execute(node_leases.insert().values(node=node, holder=holder, expires_at=now + ttl))
+        return None
+    if row.holder == holder or row.expires_at < now:
+        conn.execute(
+            node_leases.update()
+            .where(node_leases.c.node == node, node_leases.c.holder == row.holder)
+            .values(holder=holder, expires_at=now + ttl)
+        )
+        return None
+    return str(row.holder)
+
+
+def force_lease(conn: sa.Connection, node: str, holder: str, old_holder: str, now: int, ttl: int) -> bool:
+    result = conn.execute(
+        node_leases.update()
+        .where(node_leases.c.node == node, node_leases.c.holder == old_holder)
+        .values(holder=holder, expires_at=now + ttl)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(conn: sa.Connection, node: str, holder: str) -> None:
+    conn.execute(
+        node_leases.delete().where(node_leases.c.node == node, node_leases.c.holder == holder)
+    )
+
+
+def list_leases(conn: sa.Connection) -> list[tuple[str, str, int]]:
+    return [(r.node, r.holder, int(r.expires_at)) for r in conn.execute(sa.select(node_leases))]
+
+
+def get_meta(conn: sa.Connection, name: str) -> str | None:
+    row = conn.execute(sa.select(service_meta.c.value).where(service_meta.c.name == name)).first()
+    return str(row.value) if row is not None else None
+
+
+def set_meta(conn: sa.Connection, name: str, value: str) -> None:
+    conn.execute(service_meta.delete().where(service_meta.c.name == name))
+    conn.execute(service_meta.insert().values(name=name, value=value))
+
+
+def overwrite_seed(conn: sa.Connection, key_id: bytes) -> None:
+    """First step of crypto-shredding: replace the seed bytes in place with zeros."""
+    conn.execute(keys.update().where(keys.c.key_id == key_id).values(seed=bytes(32)))

@@ -1,0 +1,468 @@
+"""The group-commit writer: every state change and its audit record, durably, in order.
+
+All writes of a node go through one :class:`Writer`. Requests hand it a :class:`Job` (a
+function of the open transaction plus the audit context) and wait for the outcome. The writer
+takes whatever jobs are queued (up to ``max_batch``), runs each inside its own savepoint,
+appends one audit record per job (or per batch item) to this node's hash chain, signs them,
+and commits the lot: one fsync for many requests. A job's caller is answered only after that
+commit, so no response is ever sent before its audit record is durable; if the commit fails,
+every job of the batch fails with ``audit_unavailable`` and nothing of it persists.
+
+The chain head (``node_seq``, ``hash``) lives in memory and advances only after a successful
+commit; a failed batch leaves it untouched, so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from sceau.core.audit import AuditEvent, ChainHead, build_checkpoint, build_record, record_line
+from sceau.errors import (
+    AuditUnavailable,
+    ConfigError,
+    InternalError,
+    ReplayedRequest,
+    SceauError,
+)
+from sceau.keystore.base import Keystore, KeyPurpose
+from sceau.store import repo
+from sceau.store.db import Engines
+from sceau.vocab import Action, Outcome
+
+log = logging.getLogger("sceau.audit")
+
+LEASE_TTL_S = 15
+LEASE_RENEW_S = 5
+MAX_BATCH_RETRIES = 3
+
+
+@dataclass
+class AuditContext:
+    """What the audit record of a job will say; the job fills ``key`` and ``details``."""
+
+    action: Action
+    app: str | None
+    user: str | None
+    ip: str | None
+    req: str | None
+    key: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ItemRecord:
+    """An extra audit record emitted by a job (one per item of a batch operation)."""
+
+    action: Action
+    outcome: Outcome
+    reason: str | None
+    key: str | None
+    details: dict[str, Any]
+
+
+class Tx:
+    """What a job sees: the open connection, the job's audit context and the clock."""
+
+    def __init__(self, conn: sa.Connection, ctx: AuditContext, now_ms: int) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.now_ms = now_ms
+        self.items: list[ItemRecord] = []
+
+    @property
+    def now(self) -> int:
+        return self.now_ms // 1000
+
+    def item_record(
+        self,
+        *,
+        outcome: Outcome,
+        key: str | None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit one item of a batch; when any is emitted, no job-level record is written."""
+        self.items.append(ItemRecord(self.ctx.action, outcome, reason, key, details or {}))
+
+
+JobFn = Callable[[Tx], Any]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A committed job: what its function returned and the (seq, hash) of its records."""
+
+    value: Any
+    records: tuple[tuple[int, str], ...]
+
+
+@dataclass
+class Job:
+    """One unit of work: remember ``jti`` (replay), run ``fn``, audit, all in one commit."""
+
+    fn: JobFn | None
+    ctx: AuditContext
+    jti: tuple[str, str, int] | None = None
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+def outcome_for(error: SceauError | None) -> Outcome:
+    """GRANTED for 2xx, DENIED for 4xx, ERROR for 5xx (SPEC §10)."""
+    if error is None:
+        return Outcome.GRANTED
+    return Outcome.DENIED if error.status < 500 else Outcome.ERROR
+
+
+def _holder_token() -> str:
+    return f"{socket.gethostname()}|{os.getpid()}|{os.urandom(6).hex()}"
+
+
+def _holder_is_dead_local(holder: str) -> bool:
+    """True when ``holder`` was a process of this host that no longer runs."""
+    try:
+        host, pid_text, _ = holder.split("|")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Writer:
+    """This node's single writer: group commit, audit chain, checkpoints and node lease."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        keystore: Keystore,
+        *,
+        node_id: str = "",
+        node_prefix: str = "n",
+        max_batch: int = 256,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engines = engines
+        self._keystore = keystore
+        self._requested_node = node_id
+        self._node_prefix = node_prefix
+        self._max_batch = max_batch
+        self._cp_every = checkpoint_every
+        self._cp_interval = checkpoint_interval_s
+        self._clock = clock
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._holder = _holder_token()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.node = ""
+        self._head = ChainHead(node="", node_seq=0, hash="0" * 64)
+        self._last_seq = 0
+        self._uncovered = 0
+        self._uncovered_since: float | None = None
+        self._last_lease = 0.0
+        self.healthy = True
+        self.last_error: str | None = None
+        self.on_batch: Callable[[int, float], None] | None = None
+        self.maintenance: list[Callable[[sa.Connection, int], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lease a node id and load this node's chain head. Raises ConfigError if taken."""
+        now = int(self._clock())
+        candidates = (
+            [self._requested_node]
+            if self._requested_node
+            else [f"{self._node_prefix}{i}" for i in range(1, 1000)]
+        )
+        for node in candidates:
+            with self._engines.write.begin() as conn:
+                holder = repo.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
+                if holder is not None and _holder_is_dead_local(holder):
+                    if repo.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
+                        holder = None
+                if holder is None:
+                    self.node = node
+                    break
+        else:
+            raise ConfigError("no free audit node id")
+        if not self.node:
+            raise ConfigError(
+                f"audit.node_id {self._requested_node!r} is held by another running process"
+            )
+        self._last_lease = self._clock()
+        with self._engines.read.connect() as conn:
+            head = repo.chain_head(conn, self.node)
+            self._last_seq = repo.max_seq(conn)
+            last_cp = repo.last_checkpoint(conn, self.node)
+        if head is not None:
+            node_seq, hash_, _seq = head
+            self._head = ChainHead(node=self.node, node_seq=node_seq, hash=hash_)
+            self._uncovered = node_seq - last_cp
+            self._uncovered_since = self._clock() if self._uncovered else None
+        else:
+            self._head = ChainHead(node=self.node, node_seq=0, hash="0" * 64)
+        log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
+
+    def start(self) -> None:
+        """Run the writer loop in a background thread."""
+        if not self.node:
+            self.open()
+        self._thread = threading.Thread(target=self._loop, name=f"sceau-writer-{self.node}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish queued jobs, write a final checkpoint and release the lease."""
+        self._stopping.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            if self._uncovered:
+                self._run_batch([], force_checkpoint=True)
+            with self._engines.write.begin() as conn:
+                repo.release_lease(conn, self.node, self._holder)
+        except (sa.exc.SQLAlchemyError, SceauError):
+            log.warning("could not release the audit node lease cleanly")
+
+    # --- submission ------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> concurrent.futures.Future[Any]:
+        """Queue a job; its future resolves after the commit that made its record durable."""
+        if self._stopping.is_set():
+            job.future.set_exception(AuditUnavailable("the service is shutting down"))
+        else:
+            self._queue.put(job)
+        return job.future
+
+    def run_now(self, job: Job) -> JobOutcome:
+        """Execute one job synchronously in the calling thread (CLI, no loop thread)."""
+        self._run_batch([job])
+        outcome: JobOutcome = job.future.result()
+        return outcome
+
+    # --- loop ------------------------------------------------------------------------------
+
+    def _next_timeout(self) -> float:
+        wait = LEASE_RENEW_S - (self._clock() - self._last_lease)
+        if self._uncovered_since is not None:
+            wait = min(wait, self._cp_interval - (self._clock() - self._uncovered_since))
+        return max(0.01, wait)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._next_timeout())
+            except queue.Empty:
+                first = None
+                if self._stopping.is_set():
+                    return
+            jobs: list[Job] = []
+            stop = False
+            if first is None:
+                stop = self._stopping.is_set()
+            else:
+                jobs.append(first)
+            while len(jobs) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                jobs.append(more)
+            due = (
+                self._uncovered_since is not None
+                and self._clock() - self._uncovered_since >= self._cp_interval
+            )
+            if jobs or due or self._clock() - self._last_lease >= LEASE_RENEW_S:
+                self._run_batch(jobs, force_checkpoint=due)
+            if stop:
+                # Drain anything that raced with the stop request.
+                rest: list[Job] = []
+                while True:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is not None:
+                        rest.append(more)
+                if rest:
+                    self._run_batch(rest)
+                return
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    def _run_batch(self, jobs: Sequence[Job], *, force_checkpoint: bool = False) -> None:
+        started = time.perf_counter()
+        error: Exception | None = None
+        for _attempt in range(MAX_BATCH_RETRIES):
+            try:
+                outcomes = self._attempt(jobs, force_checkpoint)
+            except sa.exc.DBAPIError as exc:
+                error = exc
+                if _is_retryable(exc):
+                    continue
+                break
+            except SceauError as exc:  # keystore failure while signing, lease lost, ...
+                error = exc
+                break
+            else:
+                self.healthy = True
+                self.last_error = None
+                for job, (value, exc_out, refs) in zip(jobs, outcomes, strict=True):
+                    if exc_out is None:
+                        job.future.set_result(JobOutcome(value, tuple(refs)))
+                    else:
+                        job.future.set_exception(exc_out)
+                if self.on_batch is not None and jobs:
+                    self.on_batch(len(jobs), time.perf_counter() - started)
+                return
+        self.healthy = False
+        self.last_error = type(error).__name__ if error else "unknown"
+        log.error("audit batch of %d jobs failed: %s", len(jobs), self.last_error)
+        failure = error if isinstance(error, SceauError) and error.status >= 500 else None
+        for job in jobs:
+            job.future.set_exception(
+                failure or AuditUnavailable("the audit trail cannot be written right now")
+            )
+
+    def _attempt(
+        self, jobs: Sequence[Job], force_checkpoint: bool
+    ) -> list[tuple[Any, SceauError | None, list[tuple[int, str]]]]:
+        results: list[tuple[Any, SceauError | None, list[tuple[int, str]]]] = []
+        events: list[AuditEvent] = []
+        keys_of_events: list[str | None] = []
+        owners: list[int] = []
+        with self._engines.write.begin() as conn:
+            now = self._clock()
+            now_s = int(now)
+            if now - self._last_lease >= LEASE_RENEW_S or not jobs:
+                if repo.acquire_lease(conn, self.node, self._holder, now_s, LEASE_TTL_S):
+                    raise AuditUnavailable("this node lost its audit lease")
+                self._last_lease = now
+                for task in self.maintenance:
+                    with conn.begin_nested():
+                        task(conn, now_s)
+            for job in jobs:
+                tx = Tx(conn, job.ctx, int(self._clock() * 1000))
+                value, err = self._run_job(conn, job, tx)
+                results.append((value, err, []))
+                if tx.items:
+                    for item in tx.items:
+                        events.append(self._event(job.ctx, tx.now_ms, item.outcome, item.reason,
+                                                  item.key, item.details))
+                        keys_of_events.append(item.key)
+                        owners.append(len(results) - 1)
+                else:
+                    reason = str(err.reason) if err is not None and err.reason else (
+                        err.code if err is not None else None
+                    )
+                    events.append(self._event(job.ctx, tx.now_ms, outcome_for(err), reason,
+                                              job.ctx.key, job.ctx.details))
+                    keys_of_events.append(job.ctx.key)
+                    owners.append(len(results) - 1)
+            head = self._head
+            last_seq = self._last_seq
+            rows: list[dict[str, Any]] = []
+            if events:
+                seqs = repo.next_seqs(conn, len(events), self._last_seq)
+                info = self._keystore.signing_key(KeyPurpose.AUDIT)
+                for event, seq, key, owner in zip(events, seqs, keys_of_events, owners,
+                                                  strict=True):
+                    record = build_record(event, seq=seq, head=head, kid=info.kid,
+                                          sign=self._sign_audit)
+                    results[owner][2].append((seq, record["hash"]))
+                    rows.append({"seq": seq, "node": self.node, "node_seq": record["node_seq"],
+                                 "key": key, "hash": record["hash"], "line": record_line(record)})
+                    head = ChainHead(node=self.node, node_seq=record["node_seq"], hash=record["hash"])
+                    last_seq = seq
+                repo.insert_audit_records(conn, rows)
+            uncovered = self._uncovered + len(rows)
+            checkpoint = uncovered > 0 and (uncovered >= self._cp_every or force_checkpoint)
+            if checkpoint:
+                info = self._keystore.signing_key(KeyPurpose.AUDIT)
+                cp = build_checkpoint(node=self.node, node_seq=head.node_seq, hash=head.hash,
+                                      time_ms=int(self._clock() * 1000), kid=info.kid,
+                                      sign=self._sign_audit)
+                after = last_seq if rows else self._head_seq(conn, head)
+                repo.insert_checkpoint(conn, self.node, head.node_seq, after, record_line(cp))
+        # Committed: only now does the in-memory chain advance.
+        self._head = head
+        self._last_seq = last_seq
+        if checkpoint:
+            self._uncovered = 0
+            self._uncovered_since = None
+        elif rows:
+            if not self._uncovered:
+                self._uncovered_since = self._clock()
+            self._uncovered = uncovered
+        return results
+
+    def _head_seq(self, conn: sa.Connection, head: ChainHead) -> int:
+        found = repo.chain_head(conn, head.node)
+        return found[2] if found is not None else 0
+
+    def _sign_audit(self, digest: bytes) -> bytes:
+        _info, sig = self._keystore.sign(KeyPurpose.AUDIT, digest)
+        return sig
+
+    def _event(self, ctx: AuditContext, now_ms: int, outcome: Outcome, reason: str | None,
+               key: str | None, details: dict[str, Any]) -> AuditEvent:
+        return AuditEvent(time_ms=now_ms, app=ctx.app, user=ctx.user, ip=ctx.ip,
+                          action=ctx.action, outcome=outcome, reason=reason, key=key,
+                          req=ctx.req, details=dict(details))
+
+    def _run_job(self, conn: sa.Connection, job: Job, tx: Tx) -> tuple[Any, SceauError | None]:
+        try:
+            if job.jti is not None:
+                iss, jti, expires = job.jti
+                if not repo.remember_jti(conn, iss, jti, expires):
+                    raise ReplayedRequest("this request id was already used")
+            if job.fn is None:
+                return None, None
+            with conn.begin_nested():
+                return job.fn(tx), None
+        except SceauError as exc:
+            tx.items.clear()
+            if exc.status >= 500 and isinstance(exc, AuditUnavailable):
+                raise
+            return None, exc
+        except sa.exc.IntegrityError:
+            # A constraint refused the job's write; its savepoint is rolled back and the
+            # rest of the batch goes on.
+            log.exception("job for %s hit a constraint", job.ctx.action)
+            tx.items.clear()
+            return None, InternalError("internal error")
+        except sa.exc.DBAPIError:
+            raise
+        except Exception:  # a bug must not take the batch down with it
+            log.exception("job for %s failed", job.ctx.action)
+            tx.items.clear()
+            return None, InternalError("internal error")
+
+
+def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL deadlock or serialization failure: the whole batch can run again."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40P01", "40001")
