@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sceau.core.audit import (
     AuditEvent,
@@ -652,3 +655,32 @@ def independent_first_bad_line(
         if known is not None and known != cp_hash:
             return number
     return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_single_character_change_is_caught(data: st.DataObject) -> None:
+    index = data.draw(st.integers(0, len(BASE_LINES) - 1))
+    line = BASE_LINES[index]
+    pos = data.draw(st.integers(0, len(line) - 1))
+    char = data.draw(st.characters(codec="utf-8").filter(lambda c: c != line[pos]))
+    lines = replaced(index + 1, line[:pos] + char + line[pos + 1 :])
+    report = verify_lines(lines, BASE_JWKS)
+    assert not report.ok
+    assert report.first_problem is not None and report.first_problem.line == index + 1
+    assert independent_first_bad_line(lines, BASE_JWKS) == index + 1
+
+
+def _docs_snippet() -> dict[str, Any]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text("utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "audit_snippet"}
+    exec(compile(code, "docs/audit.md", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(("lines", "expected"), [s[1:] for s in SCENARIOS], ids=scenario_ids())
+def test_docs_snippet_agrees(lines: list[str], expected: tuple[int, str] | None) -> None:
+    """The verifier printed in docs/audit.md stays correct."""
+    out = _docs_snippet()["verify"](lines, BASE_JWKS)
+    assert out == "OK" if expected is None else out.startswith(f"line {expected[0]}:")
