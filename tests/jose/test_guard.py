@@ -73,6 +73,16 @@ def test_depth_limit_is_exact() -> None:
         strict_json_loads(b"[" * 65 + b"]" * 65, max_depth=64)
 
 
+@pytest.mark.parametrize("filler", ['"]]]"', '"\\\"]]"', '"a"'], ids=["plain", "escaped", "short"])
+def test_depth_counted_outside_strings_only(filler: str) -> None:
+    # Closers inside strings must not hide real nesting, on both pre-scan paths.
+    deep = ("[" + filler + ",") * 65 + "1" + "]" * 65
+    with pytest.raises(MalformedJson, match="deeper"):
+        strict_json_loads(deep.encode(), max_depth=64)
+    ok = ("[" + filler + ",") * 64 + "1" + "]" * 64
+    assert strict_json_loads(ok.encode(), max_depth=64) is not None
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -404,6 +404,11 @@ def test_forbidden_header_refused_before_lookup_or_signature_work() -> None:
     assert lookup.asked == []
 
 
+def test_str_token_refused_not_crashing() -> None:
+    with pytest.raises(TokenRefused):
+        verifier().verify(token().decode(), op=OP, now=NOW)  # type: ignore[arg-type]
+
+
 def test_size_cap() -> None:
     with pytest.raises(TokenRefused) as info:
         verifier(max_token_bytes=100).verify(token(), op=OP, now=NOW)

@@ -95,7 +95,13 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _max_depth(text: str) -> int:
     """Deepest bracket nesting of ``text`` outside strings (an upper bound on invalid JSON)."""
-    stripped = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if "\\" in text:
+        outside = _JSON_STRING.sub("", text)
+    else:
+        # Without escapes every quote toggles "inside a string": the even pieces between
+        # quotes are exactly the text outside strings, and str.split runs at C speed.
+        outside = "".join(text.split('"')[::2])
+    stripped = _NOT_BRACKET.sub("", outside)
     if not stripped:
         return 0
     # Signed bytes (+1 for an opener, -1 for a closer) summed in C: no Python-level loop

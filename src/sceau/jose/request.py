@@ -156,6 +156,8 @@ class RequestVerifier:
 
     def verify(self, token: bytes, *, op: str, now: int) -> VerifiedRequest:
         """Verify ``token`` for the URL's ``op`` at time ``now``; raise :class:`TokenRefused`."""
+        if not isinstance(token, bytes):
+            raise TokenRefused(InvalidToken("token must be bytes"), None)
         if len(token) > self._max_token_bytes:
             raise TokenRefused(PayloadTooLarge("request token too large"), None)
         was_jwe = looks_like_jwe(token)
