@@ -1,0 +1,333 @@
+"""The keystore interface: the HSM boundary (SPEC §1, §5).
+
+Master keys and the seal key never leave a keystore: callers hand in the derivation input
+and get the 32-byte data key back, or hand in a payload and get its seal. Signing keys sign
+inside the keystore too; only their public halves come out (JWKS). The one exception is the
+service's inbound-JWE RSA key, which is a software key for every backend (see docs/hsm.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from sceau.errors import ConfigError, IntegrityFailure
+
+__all__ = [
+    "ALG_ES256",
+    "ALG_EDDSA",
+    "DK_LABEL",
+    "KEY_ID_LEN",
+    "SEED_LEN",
+    "Keystore",
+    "KeyPurpose",
+    "KeystoreSettings",
+    "SigningKeyInfo",
+    "b64u",
+    "derivation_input",
+    "jwk_thumbprint",
+    "verify_signature",
+]
+
+ALG_EDDSA = "EdDSA"
+ALG_ES256 = "ES256"
+SIGNING_ALGS = (ALG_EDDSA, ALG_ES256)
+
+# Domain-separation prefix of the data-key derivation (SPEC §5).
+DK_LABEL = b"sceau/dk/v1"
+KEY_ID_LEN = 16
+SEED_LEN = 32
+MASTER_KEY_LEN = 32
+SEAL_KEY_LEN = 32
+
+
+class KeyPurpose(StrEnum):
+    """What a signing key is for; each purpose has its own versioned key."""
+
+    RESPONSE = "response"
+    AUDIT = "audit"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyInfo:
+    """Public description of one signing key version."""
+
+    kid: str
+    alg: str  # "EdDSA" (Ed25519) or "ES256" (P-256) when the token lacks EdDSA
+    purpose: KeyPurpose
+    version: int
+    public_jwk: Mapping[str, Any]  # includes kid, alg and use "sig"
+
+
+@dataclass(frozen=True)
+class KeystoreSettings:
+    """Where the keystore lives and how to reach it.
+
+    ``path`` may be given positionally; every other setting is keyword-only so that
+    ``KeystoreSettings("pkcs11", path)`` is a loud error rather than a path named "pkcs11".
+    Secrets (passphrase, PIN) are never settings themselves: only the name of the environment
+    variable or file that holds them.
+    """
+
+    path: Path  # the keystore dir (data_dir / "keystore")
+    _: KW_ONLY
+    backend: str = "file"  # "file" | "pkcs11"
+    passphrase_env: str | None = None  # env var holding a passphrase for the files (optional)
+    pkcs11_module: str | None = None
+    pkcs11_token: str | None = None
+    pin_env: str | None = "SCEAU_PKCS11_PIN"
+    pin_file: Path | None = None
+    pool_size: int = 4
+    # None: Ed25519 where the backend can, else ES256. Set "ES256" to force P-256 signing keys
+    # (a token policy that forbids EdDSA, or to exercise that path in tests).
+    signing_alg: str | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: normalise str paths once, here, instead of at every use.
+        object.__setattr__(self, "path", Path(self.path))
+        if self.pin_file is not None:
+            object.__setattr__(self, "pin_file", Path(self.pin_file))
+        if self.backend not in ("file", "pkcs11"):
+            raise ConfigError(f"keystore backend must be 'file' or 'pkcs11', not {self.backend!r}")
+        if self.signing_alg is not None and self.signing_alg not in SIGNING_ALGS:
+            raise ConfigError(f"keystore signing_alg must be one of {SIGNING_ALGS}")
+        if self.pool_size < 1:
+            raise ConfigError("keystore pool_size must be at least 1")
+
+    def passphrase(self) -> bytes | None:
+        """The file passphrase from the environment, or None when not configured."""
+        if not self.passphrase_env:
+            return None
+        value = os.environ.get(self.passphrase_env)
+        if value is None or value == "":
+            return None
+        return value.encode("utf-8")
+
+
+def b64u(data: bytes) -> str:
+    """Unpadded base64url."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64u_dec(text: str) -> bytes:
+    """Decode unpadded base64url (trusted local data: JWKs we wrote ourselves)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def derivation_input(key_id: bytes, seed: bytes) -> bytes:
+    """The HMAC message of SPEC §5: ``"sceau/dk/v1" || key_id || seed``.
+
+    Lengths are fixed (16 and 32 bytes) so that the concatenation is unambiguous.
+    """
+    if len(key_id) != KEY_ID_LEN:
+        raise ValueError("key_id must be 16 bytes")
+    if len(seed) != SEED_LEN:
+        raise ValueError("seed must be 32 bytes")
+    return DK_LABEL + bytes(key_id) + bytes(seed)
+
+
+_THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "OKP": ("crv", "kty", "x"),
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+}
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint of a public JWK, base64url (used as ``kid``)."""
+    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
+    if members is None:
+        raise ValueError("unsupported JWK key type")
+    # RFC 7638 §3: required members only, lexicographic order, no whitespace.
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return b64u(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def verify_signature(public_jwk: Mapping[str, Any], data: bytes, signature: bytes) -> None:
+    """Verify a raw keystore signature against a public signing JWK; raise on failure.
+
+    ``EdDSA``: Ed25519 over ``data``. ``ES256``: ECDSA P-256 over SHA-256(``data``), raw
+    ``r || s``. Raises :class:`IntegrityFailure` for any mismatch; returns None otherwise.
+    """
+    alg = public_jwk.get("alg")
+    try:
+        if alg == ALG_EDDSA and public_jwk.get("crv") == "Ed25519":
+            Ed25519PublicKey.from_public_bytes(b64u_dec(public_jwk["x"])).verify(signature, data)
+            return
+        if alg == ALG_ES256 and public_jwk.get("crv") == "P-256":
+            if len(signature) != 64:
+                raise IntegrityFailure("signature does not verify")
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            numbers = ec.EllipticCurvePublicNumbers(
+                int.from_bytes(b64u_dec(public_jwk["x"]), "big"),
+                int.from_bytes(b64u_dec(public_jwk["y"]), "big"),
+                ec.SECP256R1(),
+            )
+            numbers.public_key().verify(
+                encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256())
+            )
+            return
+    except (InvalidSignature, ValueError, KeyError):
+        raise IntegrityFailure("signature does not verify") from None
+    raise IntegrityFailure("unsupported signing key")
+
+
+def constant_time_check(expected: bytes, given: bytes) -> None:
+    """Raise :class:`IntegrityFailure` unless the two MACs are equal (constant time)."""
+    if not hmac.compare_digest(expected, given):
+        raise IntegrityFailure("seal does not verify")
+
+
+class Keystore(ABC):
+    """One keystore backend. Thread-safe: one instance serves every request of a process.
+
+    Versions: master keys and signing keys are numbered from 1; the current one is the
+    highest usable version. Retired master versions are gone for good (crypto-shredding of
+    every key that used them); their version numbers are never reused.
+    """
+
+    backend: ClassVar[str]
+
+    # --- master keys and derivation -----------------------------------------------------
+
+    @abstractmethod
+    def current_master_version(self) -> int:
+        """The master version new keys use."""
+
+    @abstractmethod
+    def master_versions(self) -> list[int]:
+        """All usable (not retired) master versions, ascending."""
+
+    @abstractmethod
+    def derive(self, master_version: int, key_id: bytes, seed: bytes) -> bytes:
+        """The 32-byte data key ``HMAC-SHA256(master[v], "sceau/dk/v1" || key_id || seed)``.
+
+        Computed inside the keystore. An unknown or retired version raises
+        :class:`IntegrityFailure` ("unknown master version").
+        """
+
+    @abstractmethod
+    def rotate_master(self) -> int:
+        """Create master version N+1 and make it current; return it."""
+
+    @abstractmethod
+    def retire_master(self, version: int) -> None:
+        """Destroy a master version. The caller has checked that no live key uses it.
+
+        The current version cannot be retired (:class:`ConfigError`).
+        """
+
+    @abstractmethod
+    def import_master(self, version: int, raw: bytes) -> None:
+        """Install given master key bytes as ``version`` (migration and tests only).
+
+        Refuses a version that exists or was retired. On PKCS#11 the object is created
+        sensitive and non-extractable; it never comes out again.
+        """
+
+    # --- seals ------------------------------------------------------------------------
+
+    @abstractmethod
+    def seal(self, payload: bytes) -> bytes:
+        """HMAC-SHA256 of ``payload`` with the seal key (distinct from the master keys)."""
+
+    def verify_seal(self, payload: bytes, mac: bytes) -> None:
+        """Check a seal in constant time; raise :class:`IntegrityFailure` if it is wrong."""
+        constant_time_check(self.seal(payload), bytes(mac))
+
+    # --- signing ----------------------------------------------------------------------
+
+    @abstractmethod
+    def signing_keys(self, purpose: KeyPurpose) -> list[SigningKeyInfo]:
+        """Every version of the signing key for ``purpose``, oldest first."""
+
+    def signing_key(self, purpose: KeyPurpose) -> SigningKeyInfo:
+        """The current signing key for ``purpose``."""
+        return self.signing_keys(purpose)[-1]
+
+    @abstractmethod
+    def sign(self, purpose: KeyPurpose, data: bytes) -> tuple[SigningKeyInfo, bytes]:
+        """Sign ``data`` with the current key for ``purpose``: raw 64-byte signature.
+
+        Ed25519 signs ``data``; ECDSA P-256 signs SHA-256(``data``) and returns ``r || s``.
+        """
+
+    @abstractmethod
+    def rotate_signing(self, purpose: KeyPurpose) -> SigningKeyInfo:
+        """Make a new current signing key; older versions stay in the JWKS."""
+
+    def audit_kids(self) -> list[str]:
+        """Every audit key id, newest first."""
+        return [info.kid for info in reversed(self.signing_keys(KeyPurpose.AUDIT))]
+
+    # --- inbound JWE key (software for every backend) -----------------------------------
+
+    @abstractmethod
+    def jwe_private_jwk(self) -> Mapping[str, Any]:
+        """The private RSA JWK that decrypts inbound JWE (a software key, see docs/hsm.md)."""
+
+    @abstractmethod
+    def jwe_public_jwk(self) -> Mapping[str, Any]:
+        """The public half of :meth:`jwe_private_jwk`, with kid, use "enc" and alg."""
+
+    def jwe_kid(self) -> str:
+        """The service encryption key id."""
+        return str(self.jwe_public_jwk()["kid"])
+
+    def public_jwks(self) -> dict[str, Any]:
+        """The service JWKS: every signing key version (retired ones too) and the JWE key."""
+        keys: list[dict[str, Any]] = []
+        for purpose in KeyPurpose:
+            keys.extend(dict(info.public_jwk) for info in self.signing_keys(purpose))
+        keys.append(dict(self.jwe_public_jwk()))
+        return {"keys": keys}
+
+    # --- health ---------------------------------------------------------------------------
+
+    def self_test(self) -> None:
+        """Known-answer tests at start-up; :class:`KeystoreUnavailable` names the failure."""
+        from sceau.keystore.selftest import run_self_tests
+
+        run_self_tests(self)
+
+    @abstractmethod
+    def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
+        """HMAC-SHA256 with a throw-away *test* key, computed where the backend computes.
+
+        Only for the self-test: PKCS#11 imports ``key`` as a session object and signs in the
+        token, so the token's HMAC is checked against a known answer.
+        """
+
+    @abstractmethod
+    def check_health(self) -> None:
+        """Cheap liveness probe; :class:`KeystoreUnavailable` when the backend is gone."""
+
+    @abstractmethod
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per object: label, kind, version, kid, current, retired. No secrets."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release sessions and wipe in-memory secrets where the backend holds any."""
+
+    def __enter__(self) -> Keystore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

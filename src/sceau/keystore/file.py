@@ -1,0 +1,569 @@
+"""The ``file`` keystore: key material in files under the keystore dir (SPEC §1).
+
+Layout (dir 0700, files 0600)::
+
+    keystore.json   master keys (versioned), seal key, signing keys (PKCS#8)
+    jwe.json        the service's inbound-JWE RSA key (also used by the pkcs11 backend)
+
+Each file is a small JSON envelope, written atomically (temporary file, fsync, rename, fsync
+of the directory). With a passphrase (``passphrase_env`` names an environment variable that
+is set) the secret part is encrypted: scrypt derives an AES-256-GCM key, the scrypt
+parameters travel in the file and are authenticated as associated data.
+
+The file backend protects keys only as well as the host's file permissions and, when set,
+the passphrase do. It is the embedded default; docs/hsm.md explains when to use a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from jwcrypto import jwk as jwcrypto_jwk
+
+from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
+from sceau.keystore.base import (
+    ALG_EDDSA,
+    ALG_ES256,
+    MASTER_KEY_LEN,
+    SEAL_KEY_LEN,
+    KeyPurpose,
+    Keystore,
+    KeystoreSettings,
+    SigningKeyInfo,
+    b64u,
+    b64u_dec,
+    derivation_input,
+    jwk_thumbprint,
+)
+
+__all__ = ["FileKeystore", "JweKeyFile", "read_secret_file", "write_secret_file"]
+
+KEYSTORE_FILE = "keystore.json"
+JWE_FILE = "jwe.json"
+_FORMAT = "sceau-keystore-file"
+_FORMAT_VERSION = 1
+# scrypt cost: 2^15 x 8 x 128 bytes = 32 MiB and ~0.1 s per open; recorded in the file so
+# that it can be raised later without breaking existing files.
+_SCRYPT_N = 2**15
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+# Refuse absurd parameters from a (tampered) file before spending memory on them.
+_SCRYPT_MAX_N = 2**20
+JWE_ALG = "RSA-OAEP-256"
+JWE_RSA_BITS = 3072
+
+
+# --- secret files ----------------------------------------------------------------------------
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create the keystore dir 0700, or check that an existing one is not group/other-open."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeystoreUnavailable(
+            f"keystore dir {path} has mode {mode:o}; it must be 0700 (chmod 700 it)"
+        )
+
+
+def _check_private_file(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeystoreUnavailable(
+            f"keystore file {path} has mode {mode:o}; it must be 0600 (chmod 600 it)"
+        )
+
+
+def _header_aad(header: Mapping[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _scrypt_key(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+
+
+def write_secret_file(path: Path, data: Mapping[str, Any], passphrase: bytes | None) -> None:
+    """Write ``data`` as a keystore file: 0600, atomic, encrypted when a passphrase is given."""
+    header: dict[str, Any] = {"format": _FORMAT, "v": _FORMAT_VERSION, "enc": None}
+    body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    doc: dict[str, Any]
+    if passphrase is None:
+        doc = {**header, "data": data}
+    else:
+        salt = secrets.token_bytes(16)
+        nonce = secrets.token_bytes(12)
+        header["enc"] = {
+            "kdf": "scrypt",
+            "n": _SCRYPT_N,
+            "r": _SCRYPT_R,
+            "p": _SCRYPT_P,
+            "salt": b64u(salt),
+            "aead": "A256GCM",
+            "nonce": b64u(nonce),
+        }
+        key = _scrypt_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+        ciphertext = AESGCM(key).encrypt(nonce, body, _header_aad(header))
+        doc = {**header, "ciphertext": b64u(ciphertext)}
+    text = json.dumps(doc, sort_keys=True, indent=1).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # The rename is durable only once the directory entry is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_secret_file(path: Path, passphrase: bytes | None, passphrase_env: str | None) -> Any:
+    """Read a keystore file written by :func:`write_secret_file`; return its data.
+
+    Raises :class:`KeystoreUnavailable` for a missing, open-permission, corrupt or
+    wrongly-unlocked file, and :class:`ConfigError` when a passphrase is configured for a
+    file that has none (silently ignoring it would leave the user believing it protects).
+    """
+    try:
+        _check_private_file(path)
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise KeystoreUnavailable(
+            f"keystore file {path} not found (run `sceau init` first)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise KeystoreUnavailable(f"keystore file {path} is unreadable: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise KeystoreUnavailable(f"{path} is not a Sceau keystore file")
+    if doc.get("v") != _FORMAT_VERSION:
+        raise KeystoreUnavailable(f"{path}: unsupported keystore file version {doc.get('v')!r}")
+    enc = doc.get("enc")
+    if enc is None:
+        if passphrase is not None:
+            raise ConfigError(
+                f"{path} is not passphrase-protected but ${passphrase_env} is set; "
+                "unset it, or re-encrypt the keystore (see docs/hsm.md)"
+            )
+        return doc.get("data")
+    if passphrase is None:
+        env = passphrase_env or "the passphrase variable"
+        raise KeystoreUnavailable(
+            f"keystore file {path} is passphrase-protected: set {env} "
+            "(and keystore.passphrase_env)"
+        )
+    try:
+        if enc.get("kdf") != "scrypt" or enc.get("aead") != "A256GCM":
+            raise ValueError("unknown protection")
+        n, r, p = int(enc["n"]), int(enc["r"]), int(enc["p"])
+        if not (2 <= n <= _SCRYPT_MAX_N and 1 <= r <= 32 and 1 <= p <= 16):
+            raise ValueError("scrypt parameters out of range")
+        key = _scrypt_key(passphrase, b64u_dec(enc["salt"]), n, r, p)
+        header = {"format": doc["format"], "v": doc["v"], "enc": enc}
+        body = AESGCM(key).decrypt(
+            b64u_dec(enc["nonce"]), b64u_dec(doc["ciphertext"]), _header_aad(header)
+        )
+        return json.loads(body)
+    except InvalidTag:
+        raise KeystoreUnavailable(
+            f"cannot unlock keystore file {path}: wrong passphrase or corrupted file"
+        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise KeystoreUnavailable(f"keystore file {path} is corrupted") from None
+
+
+# --- the inbound-JWE key ------------------------------------------------------------------
+
+
+def generate_jwe_rsa_key() -> rsa.RSAPrivateKey:
+    """A new RSA-3072 key for inbound JWE (a function of its own so tests can reuse one)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=JWE_RSA_BITS)
+
+
+class JweKeyFile:
+    """The service's RSA-3072 JWE key, kept in ``jwe.json`` (0600) for every backend.
+
+    jwcrypto decrypts inbound JWE in software, so the key must be usable in process memory;
+    see docs/hsm.md for why this key, unlike the master keys, is not in the token.
+    """
+
+    def __init__(self, private_jwk: Mapping[str, Any]) -> None:
+        self._private = dict(private_jwk)
+        self._public = {
+            k: self._private[k] for k in ("kty", "n", "e", "kid", "use", "alg")
+        }
+
+    @staticmethod
+    def create(path: Path, passphrase: bytes | None) -> JweKeyFile:
+        """Generate a new RSA-3072 key and write it to ``path``; refuse to overwrite."""
+        if path.exists():
+            raise ConfigError(f"{path} already exists; refusing to overwrite a JWE key")
+        key = generate_jwe_rsa_key()
+        jwk: dict[str, Any] = jwcrypto_jwk.JWK.from_pyca(key).export_private(as_dict=True)
+        jwk.pop("kid", None)
+        jwk["kid"] = jwk_thumbprint(jwk)
+        jwk["use"] = "enc"
+        jwk["alg"] = JWE_ALG
+        write_secret_file(path, {"jwk": jwk}, passphrase)
+        return JweKeyFile(jwk)
+
+    @staticmethod
+    def load(path: Path, passphrase: bytes | None, passphrase_env: str | None) -> JweKeyFile:
+        """Read ``path`` (see :func:`read_secret_file` for the errors)."""
+        data = read_secret_file(path, passphrase, passphrase_env)
+        try:
+            return JweKeyFile(data["jwk"])
+        except (KeyError, TypeError):
+            raise KeystoreUnavailable(f"{path} holds no JWE key") from None
+
+    @property
+    def private_jwk(self) -> Mapping[str, Any]:
+        """The private JWK (a copy each time: callers cannot alter the keystore's)."""
+        return dict(self._private)
+
+    @property
+    def public_jwk(self) -> Mapping[str, Any]:
+        """The public JWK with kid, use and alg."""
+        return dict(self._public)
+
+
+
+# --- software signing keys ----------------------------------------------------------------
+
+
+_SoftKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _public_jwk(private: _SoftKey, alg: str) -> dict[str, Any]:
+    if isinstance(private, Ed25519PrivateKey):
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        jwk: dict[str, Any] = {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
+    else:
+        numbers = private.public_key().public_numbers()
+        jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64u(numbers.x.to_bytes(32, "big")),
+            "y": b64u(numbers.y.to_bytes(32, "big")),
+        }
+    jwk["kid"] = jwk_thumbprint(jwk)
+    jwk["use"] = "sig"
+    jwk["alg"] = alg
+    return jwk
+
+
+@dataclass(frozen=True, slots=True)
+class _SoftSigner:
+    info: SigningKeyInfo
+    key: _SoftKey
+
+    def sign(self, data: bytes) -> bytes:
+        if isinstance(self.key, Ed25519PrivateKey):
+            return self.key.sign(data)
+        r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _new_signing_entry(version: int, alg: str) -> dict[str, Any]:
+    key: _SoftKey
+    if alg == ALG_EDDSA:
+        key = Ed25519PrivateKey.generate()
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {"version": version, "alg": alg, "pkcs8": b64u(pkcs8)}
+
+
+def _load_signer(purpose: KeyPurpose, entry: Mapping[str, Any]) -> _SoftSigner:
+    key = serialization.load_der_private_key(b64u_dec(entry["pkcs8"]), password=None)
+    alg = entry["alg"]
+    if alg == ALG_EDDSA and isinstance(key, Ed25519PrivateKey):
+        pass
+    elif alg == ALG_ES256 and isinstance(key, ec.EllipticCurvePrivateKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise KeystoreUnavailable("ES256 signing key is not on P-256")
+    else:
+        raise KeystoreUnavailable("signing key does not match its algorithm")
+    jwk = _public_jwk(key, alg)
+    info = SigningKeyInfo(
+        kid=jwk["kid"], alg=alg, purpose=purpose, version=int(entry["version"]), public_jwk=jwk
+    )
+    return _SoftSigner(info, key)
+
+
+# --- the keystore -------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Everything loaded from keystore.json; secrets held in bytearrays so close() can wipe."""
+
+    masters: dict[int, bytearray]
+    retired: set[int]
+    seal: bytearray
+    signers: dict[KeyPurpose, list[_SoftSigner]]
+    stamp: tuple[int, int, int]
+
+    def wipe(self) -> None:
+        for secret in (*self.masters.values(), self.seal):
+            secret[:] = bytes(len(secret))
+
+
+def _new_master_entry(version: int) -> dict[str, Any]:
+    return {"version": version, "key": b64u(secrets.token_bytes(MASTER_KEY_LEN)), "retired": False}
+
+
+def _initial_document(alg: str) -> dict[str, Any]:
+    return {
+        "masters": [_new_master_entry(1)],
+        "seal": {"version": 1, "key": b64u(secrets.token_bytes(SEAL_KEY_LEN))},
+        "signing": {p.value: [_new_signing_entry(1, alg)] for p in KeyPurpose},
+    }
+
+
+class FileKeystore(Keystore):
+    """Keys in ``keystore.json`` under the keystore dir (the embedded default)."""
+
+    backend = "file"
+
+    def __init__(self, settings: KeystoreSettings) -> None:
+        self._settings = settings
+        self._dir = settings.path
+        self._file = self._dir / KEYSTORE_FILE
+        self._passphrase = settings.passphrase()
+        self._lock = threading.RLock()
+        ensure_private_dir(self._dir)
+        self._jwe = JweKeyFile.load(self._dir / JWE_FILE, self._passphrase, settings.passphrase_env)
+        self._state: _State | None = self._load()
+
+    # --- persistence ------------------------------------------------------------------
+
+    @staticmethod
+    def initialize(settings: KeystoreSettings) -> None:
+        """Create a new file keystore; refuse if one exists."""
+        ensure_private_dir(settings.path)
+        target = settings.path / KEYSTORE_FILE
+        if target.exists() or (settings.path / JWE_FILE).exists():
+            raise ConfigError(f"keystore at {settings.path} is already initialized")
+        passphrase = settings.passphrase()
+        JweKeyFile.create(settings.path / JWE_FILE, passphrase)
+        write_secret_file(target, _initial_document(settings.signing_alg or ALG_EDDSA), passphrase)
+
+    def _stamp(self) -> tuple[int, int, int]:
+        st = self._file.stat()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read_document(self) -> dict[str, Any]:
+        doc = read_secret_file(self._file, self._passphrase, self._settings.passphrase_env)
+        if not isinstance(doc, dict):
+            raise KeystoreUnavailable(f"{self._file} is corrupted")
+        return doc
+
+    def _load(self) -> _State:
+        try:
+            stamp = self._stamp()
+            doc = self._read_document()
+            masters: dict[int, bytearray] = {}
+            retired: set[int] = set()
+            for entry in doc["masters"]:
+                version = int(entry["version"])
+                if entry.get("retired"):
+                    retired.add(version)
+                else:
+                    masters[version] = bytearray(b64u_dec(entry["key"]))
+            signers = {
+                p: sorted(
+                    (_load_signer(p, e) for e in doc["signing"][p.value]),
+                    key=lambda s: s.info.version,
+                )
+                for p in KeyPurpose
+            }
+            seal = bytearray(b64u_dec(doc["seal"]["key"]))
+        except FileNotFoundError:
+            raise KeystoreUnavailable(f"keystore file {self._file} not found") from None
+        except (KeyError, TypeError, ValueError):
+            raise KeystoreUnavailable(f"keystore file {self._file} is corrupted") from None
+        if not masters or any(len(k) != MASTER_KEY_LEN for k in masters.values()):
+            raise KeystoreUnavailable(f"keystore file {self._file} has no usable master key")
+        if len(seal) != SEAL_KEY_LEN or any(not s for s in signers.values()):
+            raise KeystoreUnavailable(f"keystore file {self._file} is incomplete")
+        return _State(masters, retired, seal, signers, stamp)
+
+    def _current(self) -> _State:
+        """The loaded state, reloaded when another process (the CLI) rewrote the file."""
+        with self._lock:
+            if self._state is None:
+                raise KeystoreUnavailable("keystore is closed")
+            try:
+                stamp = self._stamp()
+            except OSError:
+                raise KeystoreUnavailable(f"keystore file {self._file} is gone") from None
+            if stamp != self._state.stamp:
+                fresh = self._load()
+                self._state.wipe()
+                self._state = fresh
+            return self._state
+
+    def _mutate(self, change: Any) -> None:
+        """Apply ``change(doc)`` to the file under the lock, then reload."""
+        with self._lock:
+            self._current()
+            doc = self._read_document()
+            change(doc)
+            write_secret_file(self._file, doc, self._passphrase)
+            fresh = self._load()
+            if self._state is not None:
+                self._state.wipe()
+            self._state = fresh
+
+    # --- master keys ------------------------------------------------------------------
+
+    def current_master_version(self) -> int:
+        return max(self._current().masters)
+
+    def master_versions(self) -> list[int]:
+        return sorted(self._current().masters)
+
+    def derive(self, master_version: int, key_id: bytes, seed: bytes) -> bytes:
+        message = derivation_input(key_id, seed)
+        master = self._current().masters.get(master_version)
+        if master is None:
+            raise IntegrityFailure("unknown master version")
+        return hmac.new(master, message, sha256).digest()
+
+    def rotate_master(self) -> int:
+        new_version = 0
+
+        def change(doc: dict[str, Any]) -> None:
+            nonlocal new_version
+            new_version = max(int(e["version"]) for e in doc["masters"]) + 1
+            doc["masters"].append(_new_master_entry(new_version))
+
+        self._mutate(change)
+        return new_version
+
+    def retire_master(self, version: int) -> None:
+        def change(doc: dict[str, Any]) -> None:
+            live = [e for e in doc["masters"] if not e.get("retired")]
+            if version not in {int(e["version"]) for e in live}:
+                raise ConfigError(f"master version {version} is not a usable version")
+            if version == max(int(e["version"]) for e in live):
+                raise ConfigError("the current master version cannot be retired; rotate first")
+            for entry in doc["masters"]:
+                if int(entry["version"]) == version:
+                    entry["key"] = None
+                    entry["retired"] = True
+
+        self._mutate(change)
+
+    def import_master(self, version: int, raw: bytes) -> None:
+        if len(raw) != MASTER_KEY_LEN:
+            raise ValueError("a master key is 32 bytes")
+        if version < 1:
+            raise ValueError("master versions start at 1")
+
+        def change(doc: dict[str, Any]) -> None:
+            if version in {int(e["version"]) for e in doc["masters"]}:
+                raise ConfigError(f"master version {version} already exists or was retired")
+            doc["masters"].append({"version": version, "key": b64u(bytes(raw)), "retired": False})
+            doc["masters"].sort(key=lambda e: int(e["version"]))
+
+        self._mutate(change)
+
+    # --- seal -------------------------------------------------------------------------
+
+    def seal(self, payload: bytes) -> bytes:
+        return hmac.new(self._current().seal, payload, sha256).digest()
+
+    # --- signing ----------------------------------------------------------------------
+
+    def signing_keys(self, purpose: KeyPurpose) -> list[SigningKeyInfo]:
+        return [s.info for s in self._current().signers[KeyPurpose(purpose)]]
+
+    def sign(self, purpose: KeyPurpose, data: bytes) -> tuple[SigningKeyInfo, bytes]:
+        signer = self._current().signers[KeyPurpose(purpose)][-1]
+        return signer.info, signer.sign(data)
+
+    def rotate_signing(self, purpose: KeyPurpose) -> SigningKeyInfo:
+        purpose = KeyPurpose(purpose)
+
+        def change(doc: dict[str, Any]) -> None:
+            entries = doc["signing"][purpose.value]
+            latest = max(entries, key=lambda e: int(e["version"]))
+            alg = self._settings.signing_alg or latest["alg"]
+            entries.append(_new_signing_entry(int(latest["version"]) + 1, alg))
+
+        self._mutate(change)
+        return self.signing_key(purpose)
+
+    # --- JWE ----------------------------------------------------------------------------
+
+    def jwe_private_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.private_jwk
+
+    def jwe_public_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.public_jwk
+
+    # --- health -------------------------------------------------------------------------
+
+    def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
+        return hmac.new(key, data, sha256).digest()
+
+    def check_health(self) -> None:
+        self._current()
+
+    def status(self) -> list[dict[str, Any]]:
+        state = self._current()
+        current = max(state.masters)
+        rows: list[dict[str, Any]] = []
+        for version in sorted(set(state.masters) | state.retired):
+            rows.append({
+                "label": f"sceau-master-v{version}", "kind": "master", "version": version,
+                "kid": None, "current": version == current, "retired": version in state.retired,
+            })
+        rows.append({"label": "sceau-seal-v1", "kind": "seal", "version": 1, "kid": None,
+                     "current": True, "retired": False})
+        for purpose, signers in state.signers.items():
+            for signer in signers:
+                info = signer.info
+                rows.append({
+                    "label": f"sceau-{purpose.value}-v{info.version}", "kind": purpose.value,
+                    "version": info.version, "kid": info.kid, "alg": info.alg,
+                    "current": signer is signers[-1], "retired": False,
+                })
+        rows.append({"label": "jwe", "kind": "jwe", "version": 1, "kid": self.jwe_kid(),
+                     "alg": JWE_ALG, "current": True, "retired": False})
+        return rows
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state is not None:
+                self._state.wipe()
+                self._state = None
