@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 __all__ = ["MalformedBase64", "b64u_decode", "b64u_encode"]
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-# One C-level scan rejects every byte outside the alphabet (padding, whitespace, '+', '/',
-# non-ASCII) before any decoding work.
-_VALID = re.compile(rb"[A-Za-z0-9_-]*")
+# Deleting the alphabet with one C-level translate() leaves exactly the bytes outside it
+# (padding, whitespace, '+', '/', non-ASCII): faster than a regex on long inputs.
 _URL_TO_STD = bytes.maketrans(b"-_", b"+/")
 # The last character of a 2- or 3-character tail carries 4 or 2 unused low bits; they
 # must be zero for the text to be the one canonical spelling of its bytes.
@@ -51,7 +49,7 @@ def b64u_decode(text: str | bytes) -> bytes:
         raw = text
     else:
         raise TypeError("b64u_decode expects str or bytes")
-    if _VALID.fullmatch(raw) is None:
+    if raw.translate(None, _ALPHABET):
         raise MalformedBase64("not base64url: character outside the alphabet")
     tail = len(raw) % 4
     if tail == 1:
@@ -60,6 +58,7 @@ def b64u_decode(text: str | bytes) -> bytes:
         raise MalformedBase64("not base64url: non-canonical trailing bits")
     padded = raw.translate(_URL_TO_STD) + b"=" * (-len(raw) % 4)
     try:
-        return binascii.a2b_base64(padded, strict_mode=True)
+        # The input is already proven canonical, so the lax (faster) decoder suffices.
+        return binascii.a2b_base64(padded)
     except binascii.Error:  # unreachable after the checks above; kept to fail closed
         raise MalformedBase64("not base64url") from None

@@ -33,7 +33,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 
 from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.errors import InvalidRequest, InvalidToken
-from sceau.jose.guard import check_kid
+from sceau.jose.guard import check_kid, safe_name
 
 __all__ = [
     "ENC_ALGS",
@@ -123,7 +123,7 @@ def _check_members(jwk: Mapping[str, Any]) -> str:
     allowed = {"kty", *_PUBLIC_MEMBERS[kty], *_META_MEMBERS}
     unknown = sorted(set(jwk) - allowed)
     if unknown:
-        raise InvalidRequest(f"JWK member '{unknown[0][:40]}' is not supported for kty {kty}")
+        raise InvalidRequest(f"JWK member '{safe_name(unknown[0])}' is not supported for kty {kty}")
     return kty
 
 

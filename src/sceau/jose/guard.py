@@ -33,6 +33,7 @@ __all__ = [
     "UnverifiedJwe",
     "UnverifiedJws",
     "check_kid",
+    "safe_name",
     "looks_like_jwe",
     "parse_unverified_jwe",
     "parse_unverified_jws",
@@ -66,6 +67,7 @@ _KID_CHARS = re.compile(r"[!#-&(-.0-\[\]-~]+")
 # to the end. It can never fail to match at a quote, so the scan stays linear on hostile
 # input (a pattern that could fail would be retried at every later quote: quadratic).
 _JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
+_PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_#+.\-]{1,32}")
 _NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 _BRACKET_STEP = bytes.maketrans(b"[{]}", bytes([1, 1, 255, 255]))
 
@@ -140,6 +142,11 @@ def strict_json_loads(data: bytes, *, max_depth: int = 64) -> Any:
         # ValueError covers JSONDecodeError and the int max-digits limit. RecursionError is
         # unreachable after the pre-scan; caught so that a bug there still fails closed.
         raise MalformedJson("not valid JSON") from exc
+
+
+def safe_name(name: str) -> str:
+    """``name`` if it is short and plain enough to echo in an error detail or a log line."""
+    return name if _PRINTABLE_NAME.fullmatch(name) else "(unprintable name)"
 
 
 def check_kid(kid: object) -> str:
@@ -226,7 +233,7 @@ def parse_unverified_jws(
     if members != _JWS_HEADER_MEMBERS:
         extra = sorted(members - _JWS_HEADER_MEMBERS)
         if extra:
-            raise InvalidToken(f"header member not allowed: {extra[0][:32]}")
+            raise InvalidToken(f"header member not allowed: {safe_name(extra[0])}")
         raise InvalidToken("header must have exactly alg, kid and typ")
     alg = header["alg"]
     if not isinstance(alg, str) or alg not in allowed_algs:
@@ -306,7 +313,7 @@ def parse_unverified_jwe(
     members = set(header)
     extra = sorted(members - _JWE_HEADER_MEMBERS)
     if extra:
-        raise InvalidToken(f"JWE header member not allowed: {extra[0][:32]}")
+        raise InvalidToken(f"JWE header member not allowed: {safe_name(extra[0])}")
     if not _JWE_REQUIRED_MEMBERS <= members:
         raise InvalidToken("JWE header needs alg, enc, kid and cty")
     alg, enc = header["alg"], header["enc"]

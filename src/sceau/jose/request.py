@@ -48,6 +48,7 @@ from sceau.jose.guard import (
     looks_like_jwe,
     parse_unverified_jwe,
     parse_unverified_jws,
+    safe_name,
 )
 
 __all__ = [
@@ -220,7 +221,7 @@ class RequestVerifier:
             raise InvalidToken(f"claim {missing[0]} missing")
         unknown = sorted(names - REQUEST_CLAIMS)
         if unknown:
-            raise InvalidToken(f"claim not allowed: {unknown[0][:32]}")
+            raise InvalidToken(f"claim not allowed: {safe_name(unknown[0])}")
         if claims["iss"] != app_id:
             raise InvalidToken("iss does not own kid")
         if not isinstance(claims["aud"], str) or claims["aud"] != self._service_id:

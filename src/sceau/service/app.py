@@ -26,9 +26,11 @@ from sceau.errors import (
 from sceau.jose.request import TokenRefused
 from sceau.jose.response import compact_jws, encrypt_to
 from sceau.keystore.base import KeyPurpose
+from sceau.service import console
 from sceau.service.api import keys as key_api
 from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
+from sceau.service.background import start_background, stop_background
 from sceau.service.observability import Metrics
 from sceau.service.openapi import openapi_document
 from sceau.service.params import rfc3339
@@ -115,8 +117,10 @@ def create_app(rt: Runtime) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("serving", extra={"fields": {"service_id": rt.service_id, "node": rt.writer.node}})
+        start_background(rt)
         yield
         log.info("shutting down: flushing the audit writer")
+        stop_background(rt)
         await asyncio.get_running_loop().run_in_executor(None, rt.close)
 
     app = FastAPI(
@@ -198,6 +202,8 @@ def create_app(rt: Runtime) -> FastAPI:
                 extra={"fields": {"op": op_label, "code": code, "ms": round(elapsed * 1000, 3),
                                   "request_id": request_id}},
             )
+
+    console.mount(app, rt)
 
     @app.get("/.well-known/jwks.json")
     async def jwks() -> Response:

@@ -1,0 +1,5 @@
+"""``python -m sceau.cli``."""
+
+from sceau.cli.main import main
+
+main()
