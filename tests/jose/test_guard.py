@@ -192,6 +192,13 @@ def test_jws_non_canonical_base64_trailing_bits() -> None:
                              allowed_algs=ALGS)
 
 
+def test_refusal_detail_never_echoes_hostile_names() -> None:
+    with pytest.raises(InvalidToken) as info:
+        parse_unverified_jws(jws({**GOOD_HEADER, "x\n<script>": 1}), expected_typ=TYP,
+                             allowed_algs=ALGS)
+    assert info.value.detail == "header member not allowed: (unprintable name)"
+
+
 def test_jws_size_cap() -> None:
     with pytest.raises(InvalidToken, match="too large"):
         parse_unverified_jws(jws(), expected_typ=TYP, allowed_algs=ALGS, max_bytes=10)
