@@ -52,9 +52,9 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, input: bytes | Non
 
 @dataclass
 class TestApp:
-    __test__ = False
-
     """A registered application and its private keys."""
+
+    __test__ = False
 
     app_id: str
     identity: ClientIdentity
