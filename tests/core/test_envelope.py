@@ -353,3 +353,14 @@ def test_find_armored_refuses_a_damaged_block() -> None:
     damaged = armor(SMALL).replace(BEGIN + "\n", BEGIN + "\n!")
     with pytest.raises(EnvelopeFormatError):
         find_armored("text\n" + damaged)
+
+
+def test_vectors_in_format_doc_match_the_json() -> None:
+    doc = (VECTORS.parent.parent / "docs" / "format.md").read_text()
+    flat = "".join(doc.split())
+    for vector in SUITE1:
+        if vector["name"] != "empty aad equals no aad":  # same envelope as its twin
+            assert vector["envelope"] in flat, vector["name"]
+    for vector in DERIVATION:
+        assert vector["data_key"] in flat, vector["name"]
+    assert SUITE1[-1]["armored"] in doc

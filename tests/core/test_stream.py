@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -225,10 +225,15 @@ def test_short_reads_and_short_writes(source: Any) -> None:
     plaintext = bytes(range(200))
     expected = _ref_encrypt(KEY, KEY_ID, SALT, SIZE, plaintext)
     sink = _ShortWriter()
-    assert encrypt_stream(source(plaintext), sink, KEY, KEY_ID, segment_size=SIZE, salt=SALT) == 200
+    assert (
+        encrypt_stream(
+            source(plaintext), cast(BinaryIO, sink), KEY, KEY_ID, segment_size=SIZE, salt=SALT
+        )
+        == 200
+    )
     assert bytes(sink.data) == expected
     sink = _ShortWriter()
-    assert decrypt_stream(source(expected), sink, KEY) == 200
+    assert decrypt_stream(source(expected), cast(BinaryIO, sink), KEY) == 200
     assert bytes(sink.data) == plaintext
 
 
@@ -462,3 +467,10 @@ def test_bad_key_length_is_a_caller_bug() -> None:
         StreamDecryptor(KEY + b"\x00", HEADER)
     with pytest.raises(ValueError):
         StreamDecryptor(KEY, GOOD[:42])
+
+
+def test_vectors_in_format_doc_match_the_json() -> None:
+    flat = "".join((VECTORS.parent.parent / "docs" / "format.md").read_text().split())
+    for vector in SUITE2:
+        assert vector["envelope"] in flat, vector["name"]
+        assert vector["subkey"] in flat, vector["name"]
