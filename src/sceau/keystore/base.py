@@ -104,6 +104,8 @@ class KeystoreSettings:
             object.__setattr__(self, "pin_file", Path(self.pin_file))
         if self.backend not in ("file", "pkcs11"):
             raise ConfigError(f"keystore backend must be 'file' or 'pkcs11', not {self.backend!r}")
+        if self.backend == "pkcs11" and not (self.pkcs11_module and self.pkcs11_token):
+            raise ConfigError("the pkcs11 keystore needs keystore.pkcs11_module and pkcs11_token")
         if self.signing_alg is not None and self.signing_alg not in SIGNING_ALGS:
             raise ConfigError(f"keystore signing_alg must be one of {SIGNING_ALGS}")
         if self.pool_size < 1:

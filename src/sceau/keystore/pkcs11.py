@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
@@ -154,6 +154,10 @@ def _module_lock(module: str) -> threading.RLock:
 
 
 
+class _ObjectMissing(Exception):
+    """An object the inventory lists is not in the token (retired elsewhere, or token lost)."""
+
+
 class _Gate:
     """Many operations at once, or one pool rebuild alone (a readers-writer lock)."""
 
@@ -234,6 +238,9 @@ class _TokenPool:
         self._generation = 0
         self._closed = False
         self._retry_after = 0.0
+        # Set when the token answered but our objects were gone: plain re-opening is not
+        # enough then, the module must re-read its token store.
+        self._force_reinit = False
         self._call_lock = _module_lock(self._module)
         with self._call_lock:
             try:
@@ -279,8 +286,9 @@ class _TokenPool:
         self._discard()
         try:
             try:
-                self._open()
-                return
+                if not self._force_reinit:
+                    self._open()
+                    return
             except _PIN_ERRORS:
                 raise
             except PKCS11Error:
@@ -291,6 +299,7 @@ class _TokenPool:
             with suppress(PKCS11Error):
                 self._lib.reinitialize()
             self._open()
+            self._force_reinit = False
         except _PIN_ERRORS:
             self._discard()
             # No retry: every attempt with a wrong PIN brings the token closer to locking.
@@ -315,6 +324,13 @@ class _TokenPool:
             if time.monotonic() < self._retry_after:
                 raise KeystoreUnavailable("PKCS#11 token unavailable")
             self._rebuild()
+
+    def invalidate(self) -> None:
+        """Drop every session: the token lost our objects. The next call rebuilds."""
+        with self._gate.exclusive(), self._call_lock:
+            self._discard()
+            self._force_reinit = True
+            self._retry_after = time.monotonic() + self.retry_interval
 
     # -- using -------------------------------------------------------------------------------
 
@@ -434,12 +450,13 @@ class Pkcs11Keystore(Keystore):
         self._inventory_lock = threading.Lock()
         self._inv: _Inventory | None = None
         try:
-            inv = self._inventory(refresh=True)
+            inv = self._pool.run(_scan)
             if not inv.masters or not inv.seals or not all(inv.signers.values()):
                 raise KeystoreUnavailable(
                     f"token {settings.pkcs11_token!r} holds no complete Sceau keystore "
                     "(run `sceau init`)"
                 )
+            self._inv = inv
         except BaseException:
             self._pool.close()
             raise
@@ -479,14 +496,23 @@ class Pkcs11Keystore(Keystore):
         if refresh or inv is None or time.monotonic() - inv.loaded_at > self.inventory_ttl:
             with self._inventory_lock:
                 inv = self._pool.run(_scan)
+                if not inv.seals:
+                    self._token_lost("the Sceau keystore")
                 self._inv = inv
         return inv
 
-    def _secret_sign(self, label: str, data: bytes, missing: str) -> bytes:
+    def _token_lost(self, what: str) -> NoReturn:
+        # Our objects vanished while the token still answers (SoftHSM2 with its store gone,
+        # an HSM partition reset): fail closed now, rebuild from scratch on the next call.
+        self._pool.invalidate()
+        self._inv = None
+        raise KeystoreUnavailable(f"{what} missing from the PKCS#11 token")
+
+    def _secret_sign(self, label: str, data: bytes) -> bytes:
         def action(slot: _Slot) -> bytes:
             key = slot.key(ObjectClass.SECRET_KEY, label)
             if key is None:
-                raise IntegrityFailure(missing)
+                raise _ObjectMissing(label)
             return bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
 
         return self._pool.run(action)
@@ -505,7 +531,13 @@ class Pkcs11Keystore(Keystore):
             # Maybe another node rotated a moment ago: look again before refusing.
             if master_version not in self._inventory(refresh=True).masters:
                 raise IntegrityFailure("unknown master version")
-        return self._secret_sign(_master_label(master_version), message, "unknown master version")
+        try:
+            return self._secret_sign(_master_label(master_version), message)
+        except _ObjectMissing:
+            # Retired by another node since our last look, or the token lost its objects.
+            if master_version not in self._inventory(refresh=True).masters:
+                raise IntegrityFailure("unknown master version") from None
+            self._token_lost("a master key")
 
     def rotate_master(self) -> int:
         def create(session: Any) -> int:
@@ -569,7 +601,10 @@ class Pkcs11Keystore(Keystore):
 
     def seal(self, payload: bytes) -> bytes:
         version = max(self._inventory().seals)
-        return self._secret_sign(f"sceau-seal-v{version}", bytes(payload), "seal key missing")
+        try:
+            return self._secret_sign(f"sceau-seal-v{version}", bytes(payload))
+        except _ObjectMissing:
+            self._token_lost("the seal key")
 
     # --- signing ----------------------------------------------------------------------
 
@@ -583,14 +618,17 @@ class Pkcs11Keystore(Keystore):
         def action(slot: _Slot) -> bytes:
             key = slot.key(ObjectClass.PRIVATE_KEY, label)
             if key is None:
-                raise KeystoreUnavailable(f"signing key {label} missing from the token")
+                raise _ObjectMissing(label)
             if info.alg == ALG_EDDSA:
                 return bytes(key.sign(bytes(data), mechanism=Mechanism.EDDSA))
             # CKM_ECDSA signs a digest we compute; it returns r || s, the JOSE form already.
             digest = hashlib.sha256(data).digest()
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
-        signature = self._pool.run(action)
+        try:
+            signature = self._pool.run(action)
+        except _ObjectMissing:
+            self._token_lost("a signing key")
         if len(signature) != 64:
             raise KeystoreUnavailable("token returned a signature of unexpected length")
         return info, signature
