@@ -12,8 +12,9 @@ import pytest
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11.exceptions import AttributeSensitive, PKCS11Error
 
-from sceau.errors import ConfigError, KeystoreUnavailable
+from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore import KeyPurpose, KeystoreSettings, init_keystore, open_keystore
+from sceau.keystore.base import verify_signature
 from sceau.keystore.pkcs11 import Pkcs11Keystore
 
 pytestmark = pytest.mark.pkcs11
@@ -219,3 +220,43 @@ def test_second_keystore_on_same_token_shares_login(
     with open_keystore(settings) as other:
         assert other.derive(1, KEY_ID, SEED) == ks.derive(1, KEY_ID, SEED)
     assert len(ks.derive(1, KEY_ID, SEED)) == 32
+
+
+@pytest.mark.parametrize("signing_alg", [None, "ES256"])
+def test_migration_from_file(
+    settings_for: Any, tmp_path: Path, signing_alg: str | None
+) -> None:
+    """Every stored key still derives, every seal and old signature still verifies."""
+    from sceau.keystore.pkcs11 import migrate_file_to_pkcs11
+
+    source = settings_for("file", tmp_path / "file", signing_alg=signing_alg)
+    init_keystore(source)
+    with open_keystore(source) as old:
+        v2 = old.rotate_master()
+        v3 = old.rotate_master()
+        old.retire_master(1)
+        old.rotate_signing(KeyPurpose.AUDIT)
+        keys = {v: old.derive(v, KEY_ID, SEED) for v in (v2, v3)}
+        seal = old.seal(b"record")
+        old_jwks = old.public_jwks()
+        old_audit_kids = old.audit_kids()
+        info, signature = old.sign(KeyPurpose.AUDIT, b"audit hash")
+        jwe_private = dict(old.jwe_private_jwk())
+
+    target = settings_for("pkcs11", tmp_path / "token")
+    migrate_file_to_pkcs11(source, target)
+    with open_keystore(target) as new:
+        assert new.master_versions() == [v2, v3] and new.current_master_version() == v3
+        assert {v: new.derive(v, KEY_ID, SEED) for v in (v2, v3)} == keys
+        with pytest.raises(IntegrityFailure):
+            new.derive(1, KEY_ID, SEED)
+        new.verify_seal(b"record", seal)
+        assert new.public_jwks() == old_jwks and new.audit_kids() == old_audit_kids
+        assert dict(new.jwe_private_jwk()) == jwe_private
+        new_info, new_signature = new.sign(KeyPurpose.AUDIT, b"audit hash")
+        assert new_info == info
+        verify_signature(new_info.public_jwk, b"audit hash", new_signature)
+        verify_signature(info.public_jwk, b"audit hash", signature)
+        new.self_test()
+    with pytest.raises(ConfigError, match="already"):
+        migrate_file_to_pkcs11(source, target)

@@ -443,6 +443,20 @@ class FileKeystore(Keystore):
                 self._state.wipe()
             self._state = fresh
 
+    @staticmethod
+    def read_material_for_migration(settings: KeystoreSettings) -> dict[str, Any]:
+        """The raw keystore document, secrets included: only for the move to a token.
+
+        The file backend keeps its keys in a file anyway; this reads that file so that
+        :func:`sceau.keystore.pkcs11.migrate_file_to_pkcs11` can import them into a token.
+        """
+        doc = read_secret_file(
+            settings.path / KEYSTORE_FILE, settings.passphrase(), settings.passphrase_env
+        )
+        if not isinstance(doc, dict):
+            raise KeystoreUnavailable("keystore file is corrupted")
+        return doc
+
     # --- master keys ------------------------------------------------------------------
 
     def current_master_version(self) -> int:

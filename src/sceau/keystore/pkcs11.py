@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 import pkcs11
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import (
     NoSuchKey,
@@ -59,9 +62,9 @@ from sceau.keystore.base import (
     derivation_input,
     jwk_thumbprint,
 )
-from sceau.keystore.file import JWE_FILE, JweKeyFile, ensure_private_dir
+from sceau.keystore.file import JWE_FILE, JweKeyFile, ensure_private_dir, write_secret_file
 
-__all__ = ["Pkcs11Keystore"]
+__all__ = ["Pkcs11Keystore", "migrate_file_to_pkcs11"]
 
 T = TypeVar("T")
 
@@ -584,15 +587,7 @@ class Pkcs11Keystore(Keystore):
             inv = _scan(_Slot(session, 0))
             if version in inv.masters or version in inv.retired:
                 raise ConfigError(f"master version {version} already exists or was retired")
-            label = _master_label(version)
-            session.create_object({
-                Attribute.CLASS: ObjectClass.SECRET_KEY,
-                Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-                Attribute.VALUE: bytes(raw),
-                Attribute.LABEL: label,
-                Attribute.ID: label.encode("ascii"),
-                **_SECRET_TEMPLATE,
-            })
+            _import_secret(session, _master_label(version), bytes(raw))
 
         self._pool.run_rw(create)
         self._inventory(refresh=True)
@@ -762,3 +757,117 @@ def _generate_pair(session: Any, label: str, alg: str) -> None:
         },
     )
 
+
+
+# --- migration from the file backend -------------------------------------------------------
+
+
+def _import_pair(session: Any, label: str, alg: str, pkcs8: bytes) -> None:
+    """Import a software signing key into the token, non-extractable from then on."""
+    key = serialization.load_der_private_key(pkcs8, password=None)
+    common = {Attribute.LABEL: label, Attribute.ID: label.encode("ascii"), Attribute.TOKEN: True}
+    if alg == ALG_EDDSA and isinstance(key, Ed25519PrivateKey):
+        key_type, params = KeyType.EC_EDWARDS, _ED25519_PARAMS
+        value = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        point = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    elif alg == ALG_ES256 and isinstance(key, ec.EllipticCurvePrivateKey):
+        key_type, params = KeyType.EC, _P256_PARAMS
+        value = key.private_numbers().private_value.to_bytes(32, "big")
+        point = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    else:
+        raise ConfigError(f"signing key {label} does not match its algorithm")
+    session.create_object({
+        **common,
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: key_type,
+        Attribute.EC_PARAMS: params,
+        # DER OCTET STRING around the point, as CKA_EC_POINT is specified.
+        Attribute.EC_POINT: bytes([0x04, len(point)]) + point,
+        Attribute.PRIVATE: False,
+        Attribute.VERIFY: True,
+    })
+    session.create_object({
+        **common,
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.KEY_TYPE: key_type,
+        Attribute.EC_PARAMS: params,
+        Attribute.VALUE: value,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SIGN: True,
+        Attribute.DECRYPT: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
+    })
+
+
+def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -> None:
+    """Move a file keystore into an empty PKCS#11 token (docs/hsm.md, "Migration").
+
+    Imports every usable master version (same version numbers, so stored keys still derive),
+    tombstones for retired versions, the seal key (stored seals still verify), and every
+    signing key version (old audit records still verify, the service keeps its kids); copies
+    the JWE key file. The token objects are sensitive and non-extractable. The source files
+    are left in place: the operator destroys them once the new keystore is verified.
+    """
+    from sceau.keystore.base import b64u_dec
+    from sceau.keystore.file import FileKeystore
+
+    if source.backend != "file" or target.backend != "pkcs11":
+        raise ConfigError("migration goes from a file keystore to a pkcs11 keystore")
+    doc = FileKeystore.read_material_for_migration(source)
+    jwe = JweKeyFile.load(source.path / JWE_FILE, source.passphrase(), source.passphrase_env)
+    ensure_private_dir(target.path)
+    if (target.path / JWE_FILE).exists():
+        raise ConfigError(f"keystore at {target.path} is already initialized")
+    pool = _TokenPool(target)
+    try:
+        inv = pool.run(_scan)
+        if inv.masters or inv.retired or inv.seals or any(inv.signers.values()):
+            raise ConfigError(f"token {target.pkcs11_token!r} already holds Sceau keys")
+
+        def create(session: Any) -> None:
+            for entry in doc["masters"]:
+                label = _master_label(int(entry["version"]))
+                if entry.get("retired"):
+                    session.create_object({
+                        Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True,
+                        Attribute.PRIVATE: True, Attribute.LABEL: f"{label}-retired",
+                        Attribute.APPLICATION: "sceau", Attribute.VALUE: b"retired",
+                    })
+                    continue
+                _import_secret(session, label, b64u_dec(entry["key"]))
+            _import_secret(
+                session, f"sceau-seal-v{int(doc['seal']['version'])}",
+                b64u_dec(doc["seal"]["key"]),
+            )
+            for purpose in KeyPurpose:
+                for entry in doc["signing"][purpose.value]:
+                    _import_pair(
+                        session, f"sceau-{purpose.value}-v{int(entry['version'])}",
+                        entry["alg"], b64u_dec(entry["pkcs8"]),
+                    )
+
+        pool.run_rw(create)
+    finally:
+        pool.close()
+    write_secret_file(target.path / JWE_FILE, {"jwk": dict(jwe.private_jwk)}, target.passphrase())
+
+
+def _import_secret(session: Any, label: str, raw: bytes) -> None:
+    session.create_object({
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.VALUE: raw,
+        Attribute.LABEL: label,
+        Attribute.ID: label.encode("ascii"),
+        **_SECRET_TEMPLATE,
+    })
