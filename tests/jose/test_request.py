@@ -336,8 +336,24 @@ def test_refusals(make: Callable[[], bytes], error: type[SceauError] | None,
     with pytest.raises(TokenRefused) as info:
         verifier().verify(tok, op=OP, now=NOW)
     assert type(info.value.error) is error
-    assert info.value.app_id == app_id
+    assert info.value.app_id == (app_id if app_id is not None else named_app(tok))
     assert info.value.error.status == 401
+
+
+def named_app(tok: bytes) -> str | None:
+    """The app a refused token's header names (it is audited under that app, SPEC §10)."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate member: no app is named unambiguously")
+        return dict(pairs)
+
+    try:
+        header = json.loads(b64u_decode(tok.split(b".", 1)[0]), object_pairs_hook=unique)
+    except (ValueError, TypeError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    found = Lookup()(kid) if isinstance(kid, str) else None
+    return found[0] if found is not None else None
 
 
 def test_response_from_service_replayed_as_request() -> None:
@@ -396,12 +412,15 @@ def test_hostile_kid_never_reaches_lookup() -> None:
     assert lookup.asked == []
 
 
-def test_forbidden_header_refused_before_lookup_or_signature_work() -> None:
+def test_forbidden_header_refused_before_signature_work() -> None:
+    # The kid is looked up only to name the application in the audit record; the token is
+    # refused by the guard, so no key is parsed for verification and nothing is fetched.
     lookup = Lookup()
-    with pytest.raises(TokenRefused):
+    with pytest.raises(TokenRefused) as info:
         verifier(lookup).verify(_header_plus("jku", "https://attacker.example/"), op=OP,
                                 now=NOW)
-    assert lookup.asked == []
+    assert "header" in info.value.error.detail
+    assert len(lookup.asked) == 1
 
 
 def test_str_token_refused_not_crashing() -> None:

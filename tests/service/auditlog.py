@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import httpx
-from support import Server
 
 from sceau.core.verify import VerifyReport, verify_lines
 from sceau.store import repo
 from sceau.store.db import create_engines
+from support import Server
 
 
 def audit_lines(server: Server) -> list[str]:
@@ -41,3 +41,12 @@ def last_record(server: Server, **match: Any) -> dict[str, Any]:
         if all(rec.get(k) == v for k, v in match.items()):
             return rec
     raise AssertionError(f"no audit record matching {match}")
+
+
+def count_rows(server: Server, table: str) -> int:
+    engines = create_engines(server.config().database_url)
+    try:
+        with engines.read.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+    finally:
+        engines.dispose()

@@ -6,12 +6,12 @@ import os
 
 import pytest
 from auditlog import last_record, verify_store
-from support import Server, TestApp
 
 from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import open_gcm, seal_gcm_with_token
 from sceau.errors import AccessDenied, InvalidRequest, NotFound, SceauError
 from sceau.vocab import Reason
+from support import Server, TestApp
 
 OWNER = "alice@example.com"
 RECIPIENT = "bob@example.com"

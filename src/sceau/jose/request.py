@@ -34,6 +34,7 @@ from typing import Any
 from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
+from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.errors import (
     InvalidToken,
     PayloadTooLarge,
@@ -45,10 +46,12 @@ from sceau.jose.appkeys import SIGNING_ALGS, AppKey, thumbprint
 from sceau.jose.guard import (
     JWE_ENC,
     MAX_TOKEN_BYTES,
+    check_kid,
     looks_like_jwe,
     parse_unverified_jwe,
     parse_unverified_jws,
     safe_name,
+    strict_json_loads,
 )
 
 __all__ = [
@@ -98,10 +101,13 @@ class TokenRefused(Exception):
     caller can audit the refusal under that application (SPEC §10).
     """
 
-    def __init__(self, error: SceauError, app_id: str | None) -> None:
+    def __init__(self, error: SceauError, app_id: str | None, jti: str | None = None) -> None:
         super().__init__(error.detail)
         self.error = error
         self.app_id = app_id
+        # Set only when the signature verified: refusals decided after that point are
+        # audited with the request's jti (SPEC §10).
+        self.jti = jti
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
@@ -110,6 +116,16 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
     if type(value) is not int or not 0 <= value <= _MAX_NUMERIC_DATE:
         raise InvalidToken(f"claim {name} must be an integer NumericDate")
     return value
+
+
+def _wellformed_jti(value: Any) -> str | None:
+    if (
+        isinstance(value, str)
+        and MIN_JTI_CHARS <= len(value) <= MAX_JTI_CHARS
+        and _JTI_CHARS.fullmatch(value) is not None
+    ):
+        return value
+    return None
 
 
 class RequestVerifier:
@@ -172,7 +188,7 @@ class RequestVerifier:
                 max_bytes=self._max_token_bytes,
             )
         except InvalidToken as exc:
-            raise TokenRefused(exc, None) from None
+            raise TokenRefused(exc, self._app_hint(token)) from None
         found = self._lookup_key(jws.kid)
         if found is None:
             raise TokenRefused(UnknownApplication("kid names no registered key"), None)
@@ -181,9 +197,30 @@ class RequestVerifier:
             if jws.alg != app_key.alg:
                 raise InvalidToken("alg is not the algorithm registered for this key")
             app_key.verify(jws.signing_input, jws.signature)
+        except InvalidToken as exc:
+            raise TokenRefused(exc, app_id) from None
+        try:
             return self._check_claims(jws.claims, app_id, jws.kid, op, now, was_jwe)
         except (InvalidToken, TokenExpired) as exc:
-            raise TokenRefused(exc, app_id) from None
+            raise TokenRefused(exc, app_id, _wellformed_jti(jws.claims.get("jti"))) from None
+
+    def _app_hint(self, token: bytes) -> str | None:
+        """The application a malformed token names by its ``kid``, for the audit record.
+
+        Best effort and cheap (one small base64url+JSON decode, no signature work): a token
+        refused by the guard is still audited under its application when its protected
+        header parses and names a registered key (SPEC §10).
+        """
+        try:
+            first = token.split(b".", 1)[0]
+            if len(first) > 4096:
+                return None
+            header = strict_json_loads(b64u_decode(first), max_depth=4)
+            kid = check_kid(header.get("kid") if isinstance(header, dict) else None)
+        except (ValueError, MalformedBase64):
+            return None
+        found = self._lookup_key(kid)
+        return found[0] if found is not None else None
 
     def _decrypt(self, token: bytes) -> bytes:
         """Decrypt a JWE request; every failure gives the same :data:`JWE_REFUSED`."""

@@ -143,7 +143,8 @@ def create_app(rt: Runtime) -> FastAPI:
         def refuse(_tx: Any) -> None:
             raise error
 
-        ctx = AuditContext(action=op.action, app=refused.app_id, user=None, ip=ip, req=None)
+        ctx = AuditContext(action=op.action, app=refused.app_id, user=None, ip=ip,
+                           req=refused.jti)
         with contextlib.suppress(SceauError):
             await submit(Job(fn=refuse, ctx=ctx))
 
