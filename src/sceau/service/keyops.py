@@ -24,6 +24,7 @@ from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
 KEY_ID_LEN = 16
 SEED_LEN = 32
+_ABSENT_PAYLOAD = b"sceau/absent-key/v1" + bytes(480)
 
 
 def new_key(
@@ -95,6 +96,9 @@ def load_checked(
     """
     record = repo.load_key(conn, key_id, for_update=for_update)
     if record is None:
+        # Spend the seal check anyway, so "no such key" and "not yours" take the same time
+        # (a stranger cannot tell an unknown key from one they may not see).
+        keystore.seal(_ABSENT_PAYLOAD)
         raise NotFound("no such key")
     try:
         keystore.verify_seal(record.seal_payload(), record.seal)
