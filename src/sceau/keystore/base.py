@@ -100,8 +100,10 @@ class KeystoreSettings:
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise str paths once, here, instead of at every use.
         object.__setattr__(self, "path", Path(self.path))
-        if self.pin_file is not None:
-            object.__setattr__(self, "pin_file", Path(self.pin_file))
+        # Configuration layers spell "unset" as an empty string; Path("") would be ".".
+        raw_pin_file: object = self.pin_file
+        pin_file = None if raw_pin_file in (None, "") else Path(str(raw_pin_file))
+        object.__setattr__(self, "pin_file", pin_file)
         if self.backend not in ("file", "pkcs11"):
             raise ConfigError(f"keystore backend must be 'file' or 'pkcs11', not {self.backend!r}")
         if self.backend == "pkcs11" and not (self.pkcs11_module and self.pkcs11_token):
