@@ -5,27 +5,51 @@ accepted only when signed by the pinned service key and bound to the request. Er
 raised as :mod:`sceau.errors` classes carrying the stable ``code`` (and ``reason``).
 
 ``seal_local`` / ``open_local`` encrypt on the client with a one-time data key
-(``generate-data-key`` / ``get-data-key``) so the service never sees the data.
+(``generate-data-key`` / ``get-data-key``) so the service never sees the data;
+``protect_stream`` / ``open_stream`` do the same for streams of any size (suite 2, constant
+memory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
 from sceau.core.b64 import b64u_decode, b64u_encode
-from sceau.core.envelope import open_gcm, parse_unverified_header, seal_gcm_with_token
+from sceau.core.envelope import (
+    STREAM_HEADER_LEN,
+    TOKEN_LEN,
+    open_gcm,
+    parse_unverified_header,
+    seal_gcm_with_token,
+)
+from sceau.core.stream import (
+    DEFAULT_SEGMENT_SIZE,
+    decrypt_stream,
+    encrypt_stream,
+    read_stream_key_id,
+)
 from sceau.errors import AccessDenied, IntegrityFailure, SceauError, error_for_code
 from sceau.jose.client import ClientIdentity, open_response, sign_request, wrap_for_service
 from sceau.vocab import Op, Reason
 
-__all__ = ["AsyncClient", "Client", "DataKey", "Profile", "error_from_problem"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "DataKey",
+    "PrefixedReader",
+    "Profile",
+    "error_from_problem",
+    "read_stream_header",
+]
 
 JOSE = "application/jose"
 KEY_MATERIAL_OPS = frozenset({Op.GENERATE_DATA_KEY, Op.GET_DATA_KEY})
@@ -75,6 +99,65 @@ class DataKey:
 
     def __repr__(self) -> str:
         return f"DataKey(key_id={self.key_id!r})"
+
+
+def read_stream_header(src: BinaryIO) -> bytes:
+    """Read the 41-byte suite-2 header from ``src`` (fewer bytes only at EOF).
+
+    The result is unauthenticated; :func:`sceau.core.stream.read_stream_key_id` parses it
+    (and raises ``EnvelopeFormatError`` for a short or foreign header).
+    """
+    header = bytearray()
+    while len(header) < STREAM_HEADER_LEN:
+        chunk = src.read(STREAM_HEADER_LEN - len(header))
+        if not chunk:
+            break
+        header += chunk
+    return bytes(header)
+
+
+class PrefixedReader:
+    """A binary reader yielding ``prefix`` and then the rest of ``src``.
+
+    Lets a caller peek at a stream's first bytes (a header, to choose the key) and still
+    hand the whole stream to a function that reads it from the start.
+    """
+
+    def __init__(self, prefix: bytes, src: BinaryIO) -> None:
+        self._prefix = memoryview(bytes(prefix))
+        self._src = src
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """Fill ``buf`` from the prefix first, then from ``src``; 0 at EOF."""
+        view = memoryview(buf).cast("B")
+        if len(self._prefix):
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is not None:
+            got: int | None = readinto(view)
+            return got or 0
+        data = self._src.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes (all that is left for a negative ``size``)."""
+        if size < 0:
+            return bytes(self._prefix) + self._src.read() if len(self._prefix) else self._src.read()
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+
+def _key_id_bytes(dk: DataKey) -> bytes:
+    """The raw key id of a data key, checked against its token (which the header repeats)."""
+    raw = b64u_decode(dk.key_id)
+    if bytes(dk.token[5:TOKEN_LEN]) != raw:
+        raise IntegrityFailure("the data key's token does not match its key id")
+    return raw
 
 
 def error_from_problem(status: int, body: bytes) -> SceauError:
@@ -165,6 +248,13 @@ class _Core:
         return claims["result"]
 
 
+def tls_verify(verify: str | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: a CA file path becomes a context trusting exactly that file."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
@@ -174,7 +264,7 @@ class Client(_Core):
 
     def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._http = httpx.Client(verify=verify, timeout=timeout)
+        self._http = httpx.Client(verify=tls_verify(verify), timeout=timeout)
 
     @classmethod
     def from_profile(cls, path: str | Path, *, user: str | None = None, **kwargs: Any) -> Client:
@@ -281,6 +371,38 @@ class Client(_Core):
         key = self.get_data_key(b64u_encode(header.key_id), user=user)
         return open_gcm(key, envelope, aad)
 
+    def protect_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
+                       segment_size: int = DEFAULT_SEGMENT_SIZE,
+                       progress: Callable[[int], None] | None = None,
+                       **key_options: Any) -> str:
+        """Encrypt ``src`` to ``dst`` on this machine as a suite-2 STREAM under a new key.
+
+        One ``generate-data-key`` call (``key_options``: ``name``, ``recipients``, ...),
+        then constant-memory encryption. Returns the new ``key_id``. ``progress`` gets the
+        cumulative plaintext bytes done.
+        """
+        dk = self.generate_data_key(user=user, **key_options)
+        encrypt_stream(src, dst, dk.key, _key_id_bytes(dk), segment_size=segment_size,
+                       progress=progress)
+        return dk.key_id
+
+    def open_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> str:
+        """Decrypt a suite-2 STREAM from ``src`` to ``dst``; returns its ``key_id``.
+
+        The key id comes from header bytes 5..20; the key from ``get-data-key``. A header
+        that does not parse raises ``EnvelopeFormatError`` before any service call; a stream
+        that does not authenticate raises ``DecryptionFailed``, possibly after ``dst`` got
+        the authentic segments before the fault (write to a temporary file and publish it
+        only when this returns).
+        """
+        header = read_stream_header(src)
+        key_id = b64u_encode(read_stream_key_id(header))
+        key = self.get_data_key(key_id, user=user)
+        decrypt_stream(PrefixedReader(header, src), dst, key,  # type: ignore[arg-type]
+                       progress=progress)
+        return key_id
+
     def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
         return result
@@ -288,6 +410,17 @@ class Client(_Core):
     def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.call(Op.LIST_KEYS, filters, user=user)
         return result
+
+    def iter_keys(self, *, user: str | None = None, page_size: int = 100,
+                  **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every key ``list-keys`` returns for ``filters``, following ``next_cursor``."""
+        cursor: str | None = None
+        while True:
+            page = self.list_keys(user=user, limit=page_size, cursor=cursor, **filters)
+            yield from page["keys"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def update_key(self, key_id: str, *, user: str | None = None, **changes: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.call(Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user)
@@ -339,7 +472,7 @@ class AsyncClient(_Core):
 
     def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._http = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self._http = httpx.AsyncClient(verify=tls_verify(verify), timeout=timeout)
 
     @classmethod
     def from_profile(cls, path: str | Path, *, user: str | None = None,
@@ -420,3 +553,74 @@ class AsyncClient(_Core):
     async def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
         return result
+
+    async def protect_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
+                             segment_size: int = DEFAULT_SEGMENT_SIZE,
+                             **key_options: Any) -> str:
+        """As :meth:`Client.protect_stream`; the blocking stream work runs in a thread."""
+        dk = await self.generate_data_key(user=user, **key_options)
+        await asyncio.to_thread(encrypt_stream, src, dst, dk.key, _key_id_bytes(dk),
+                                segment_size=segment_size)
+        return dk.key_id
+
+    async def open_stream(self, src: BinaryIO, dst: BinaryIO, *,
+                          user: str | None = None) -> str:
+        """As :meth:`Client.open_stream`; the blocking stream work runs in a thread."""
+        header = await asyncio.to_thread(read_stream_header, src)
+        key_id = b64u_encode(read_stream_key_id(header))
+        key = await self.get_data_key(key_id, user=user)
+        reader: Any = PrefixedReader(header, src)
+        await asyncio.to_thread(decrypt_stream, reader, dst, key)
+        return key_id
+
+    async def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(Op.LIST_KEYS, filters, user=user)
+        return result
+
+    async def update_key(self, key_id: str, *, user: str | None = None,
+                         **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user
+        )
+        return result
+
+    async def _key_op(self, op: Op, key_id: str, user: str | None,
+                      **extra: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(op, {"key_id": key_id, **extra}, user=user)
+        return result
+
+    async def enable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.ENABLE_KEY, key_id, user)
+
+    async def disable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.DISABLE_KEY, key_id, user)
+
+    async def destroy_key(self, key_id: str, *, pending_days: int = 0,
+                          user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.DESTROY_KEY, key_id, user, pending_days=pending_days)
+
+    async def cancel_destruction(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.CANCEL_DESTRUCTION, key_id, user)
+
+    async def add_authorization(self, key_id: str, principal: str,
+                                rights: list[str] | None = None, *, not_before: Any = None,
+                                not_after: Any = None, user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.ADD_AUTHORIZATION, key_id, user, principal=principal,
+                                  rights=rights or ["decrypt"], not_before=not_before,
+                                  not_after=not_after)
+
+    async def remove_authorization(self, key_id: str, principal: str, *,
+                                   user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.REMOVE_AUTHORIZATION, key_id, user, principal=principal)
+
+    async def enable_authorization(self, key_id: str, principal: str, *,
+                                   user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.ENABLE_AUTHORIZATION, key_id, user, principal=principal)
+
+    async def disable_authorization(self, key_id: str, principal: str, *,
+                                    user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.DISABLE_AUTHORIZATION, key_id, user, principal=principal)
+
+    async def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
+                            user: str | None = None) -> dict[str, Any]:
+        return await self._key_op(Op.LIST_ACCESSES, key_id, user, limit=limit, cursor=cursor)
