@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sceau.config import Config
 from sceau.core.b64 import b64u_encode
@@ -30,6 +30,12 @@ from sceau.store.writer import AuditContext, Job, Tx, Writer
 from sceau.vocab import Action, AppKeyStatus, AppStatus
 
 CLI_APP = "cli"
+
+
+class ChangeRunner(Protocol):
+    """Runs ``fn(tx)`` as one audited change: the CLI's :class:`AdminSession`, the console."""
+
+    def run(self, action: Action, fn: Any, *, key: str | None = None) -> Any: ...
 
 
 @dataclass
@@ -68,7 +74,7 @@ def _users(patterns: Sequence[str]) -> tuple[str, ...]:
 
 
 def add_application(
-    session: AdminSession,
+    session: ChangeRunner,
     *,
     name: str,
     jwk: Mapping[str, Any],
@@ -106,7 +112,7 @@ def add_application(
     return result
 
 
-def set_application_status(session: AdminSession, app_id: str, status: AppStatus) -> None:
+def set_application_status(session: ChangeRunner, app_id: str, status: AppStatus) -> None:
     action = Action.APP_ENABLE if status is AppStatus.ENABLED else Action.APP_DISABLE
 
     def change(tx: Tx) -> None:
@@ -117,7 +123,7 @@ def set_application_status(session: AdminSession, app_id: str, status: AppStatus
     session.run(action, change)
 
 
-def add_app_key(session: AdminSession, app_id: str, jwk: Mapping[str, Any]) -> str:
+def add_app_key(session: ChangeRunner, app_id: str, jwk: Mapping[str, Any]) -> str:
     """Add a signing key to an application (rotation); returns its kid."""
     key = app_key_from_jwk(jwk)
     now = int(time.time())
@@ -140,7 +146,7 @@ def add_app_key(session: AdminSession, app_id: str, jwk: Mapping[str, Any]) -> s
     return result
 
 
-def retire_app_key(session: AdminSession, app_id: str, kid: str) -> None:
+def retire_app_key(session: ChangeRunner, app_id: str, kid: str) -> None:
     def retire(tx: Tx) -> None:
         tx.ctx.details = {"app_id": app_id, "kid": kid}
         row = repo.get_app_key(tx.conn, kid)

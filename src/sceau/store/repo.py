@@ -287,10 +287,14 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:
 
 def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bool:
     """Record a request id; False when this application already used it."""
-    result = conn.execute(
-        _insert_ignore(conn, replay).values(iss=iss, jti=jti, expires_at=expires_at)
-    )
-    return result.rowcount == 1
+    # RETURNING rather than rowcount: SQLAlchemy reports no rowcount for a plain INSERT on
+    # psycopg 3, and an ignored conflict returns no row on both engines.
+    inserted = conn.execute(
+        _insert_ignore(conn, replay)
+        .values(iss=iss, jti=jti, expires_at=expires_at)
+        .returning(replay.c.jti)
+    ).first()
+    return inserted is not None
 
 
 def purge_replay(conn: sa.Connection, before: int) -> int:
@@ -426,12 +430,14 @@ def touch_application(conn: sa.Connection, app_id: str, now: int) -> None:
     conn.execute(
         applications.update()
         .where(applications.c.app_id == app_id)
-        .where(sa.or_(applications.c.last_used_at.is_(None), applications.c.last_used_at < now - 60))
+        .where(
+            sa.or_(applications.c.last_used_at.is_(None), applications.c.last_used_at < now - 60)
+        )
         .values(last_used_at=now)
     )
 
 
-# --- console accounts ------------------------------------------------------------------------------
+# --- console accounts -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -467,11 +473,12 @@ def update_account(conn: sa.Connection, username: str, **values: Any) -> bool:
     return result.rowcount == 1
 
 
-# --- audit -------------------------------------------------------------------------------------------
+# --- audit ----------------------------------------------------------------------------------------
 
 
 def max_seq(conn: sa.Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))).scalar_one())
+    query = sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))
+    return int(conn.execute(query).scalar_one())
 
 
 def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
@@ -484,7 +491,8 @@ def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
         rows = conn.execute(
             sa.text("SELECT nextval('audit_seq') FROM generate_series(1, :n)"), {"n": count}
         ).all()
-        return [int(r[0]) for r in rows]
+        # Sorted: the records of a batch are chained in this order and seq must increase.
+        return sorted(int(r[0]) for r in rows)
     start = max(max_seq(conn), last)
     return list(range(start + 1, start + 1 + count))
 
@@ -525,7 +533,15 @@ def last_checkpoint(conn: sa.Connection, node: str) -> int:
 def iter_audit_lines(
     conn: sa.Connection, *, since: int = 0, until: int | None = None, batch: int = 2000
 ) -> Iterator[tuple[int, str, str]]:
-    """(seq, kind, line) in export order: records by seq, each checkpoint after its record."""
+    """(seq, kind, line) in export order: records by seq, each checkpoint after its record.
+
+    On PostgreSQL, several nodes draw ``seq`` from one sequence and commit independently, so
+    a lower ``seq`` can become visible after a higher one. When the caller has not opened a
+    transaction yet, the pages are read from one REPEATABLE READ snapshot: every node's
+    chain in it is a committed prefix, so a full export always verifies.
+    """
+    if conn.dialect.name == "postgresql" and not conn.in_transaction():
+        conn.execution_options(isolation_level="REPEATABLE READ")
     position = since
     while True:
         query = sa.select(audit_records.c.seq, audit_records.c.line).where(
@@ -562,26 +578,37 @@ def key_accesses(
     return [(int(r.seq), r.line) for r in rows]
 
 
-# --- node leases and metadata ----------------------------------------------------------------------
+# --- node leases and metadata ---------------------------------------------------------------------
 
 
 def acquire_lease(conn: sa.Connection, node: str, holder: str, now: int, ttl: int) -> str | None:
-    """Take or renew the node's lease; returns the current foreign holder when refused."""
-    row = conn.execute(sa.select(node_leases).where(node_leases.c.node == node)).first()
-    if row is None:
-        conn.execute(node_leases.insert().values(node=node, holder=holder, expires_at=now + ttl))
-        return None
-    if row.holder == holder or row.expires_at < now:
-        conn.execute(
-            node_leases.update()
-            .where(node_leases.c.node == node, node_leases.c.holder == row.holder)
-            .values(holder=holder, expires_at=now + ttl)
-        )
-        return None
-    return str(row.holder)
+    """Take or renew the node's lease; returns the current foreign holder when refused.
+
+    The insert ignores a conflict, so two processes starting at once cannot both create the
+    row; on PostgreSQL the row is then locked, so a renewal and a takeover of an expired
+    lease serialize instead of both succeeding.
+    """
+    conn.execute(
+        _insert_ignore(conn, node_leases).values(node=node, holder=holder, expires_at=now + ttl)
+    )
+    query = sa.select(node_leases).where(node_leases.c.node == node)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one()
+    if row.holder != holder and row.expires_at >= now:
+        return str(row.holder)
+    conn.execute(
+        node_leases.update()
+        .where(node_leases.c.node == node, node_leases.c.holder == row.holder)
+        .values(holder=holder, expires_at=now + ttl)
+    )
+    return None
 
 
-def force_lease(conn: sa.Connection, node: str, holder: str, old_holder: str, now: int, ttl: int) -> bool:
+def force_lease(
+    conn: sa.Connection, node: str, holder: str, old_holder: str, now: int, ttl: int
+) -> bool:
+    """Take the lease from ``old_holder`` (a dead process of this host), if still its."""
     result = conn.execute(
         node_leases.update()
         .where(node_leases.c.node == node, node_leases.c.holder == old_holder)
@@ -613,3 +640,224 @@ def set_meta(conn: sa.Connection, name: str, value: str) -> None:
 def overwrite_seed(conn: sa.Connection, key_id: bytes) -> None:
     """First step of crypto-shredding: replace the seed bytes in place with zeros."""
     conn.execute(keys.update().where(keys.c.key_id == key_id).values(seed=bytes(32)))
+
+
+# --- console -------------------------------------------------------------------------------------
+# Queries of the admin console (sessions, throttling, TOTP steps, key table, audit browsing).
+# Tables in sceau.store.console_schema.
+
+from sceau.store.console_schema import (  # noqa: E402 - section appended for the console
+    console_sessions,
+    console_throttle,
+    console_totp_used,
+)
+
+
+@dataclass(frozen=True)
+class ConsoleSessionRow:
+    sid_hash: str
+    username: str
+    csrf: str
+    created_at: int
+    last_seen_at: int
+    ip: str | None
+
+
+def insert_console_session(conn: sa.Connection, row: ConsoleSessionRow) -> None:
+    conn.execute(console_sessions.insert().values(**row.__dict__))
+
+
+def get_console_session(conn: sa.Connection, sid_hash: str) -> ConsoleSessionRow | None:
+    row = conn.execute(
+        sa.select(console_sessions).where(console_sessions.c.sid_hash == sid_hash)
+    ).first()
+    return ConsoleSessionRow(**row._mapping) if row is not None else None
+
+
+def touch_console_session(conn: sa.Connection, sid_hash: str, now: int) -> None:
+    conn.execute(
+        console_sessions.update()
+        .where(console_sessions.c.sid_hash == sid_hash)
+        .values(last_seen_at=now)
+    )
+
+
+def delete_console_session(conn: sa.Connection, sid_hash: str) -> int:
+    return conn.execute(
+        console_sessions.delete().where(console_sessions.c.sid_hash == sid_hash)
+    ).rowcount
+
+
+def delete_console_sessions_of(conn: sa.Connection, username: str) -> int:
+    """End every session of an account (password change, disable, role change)."""
+    return conn.execute(
+        console_sessions.delete().where(console_sessions.c.username == username)
+    ).rowcount
+
+
+def purge_console_sessions(conn: sa.Connection, *, idle_before: int, created_before: int) -> int:
+    return conn.execute(
+        console_sessions.delete().where(
+            sa.or_(
+                console_sessions.c.last_seen_at < idle_before,
+                console_sessions.c.created_at < created_before,
+            )
+        )
+    ).rowcount
+
+
+def get_throttle(conn: sa.Connection, scope: str, subject: str) -> tuple[int, int] | None:
+    """(failures, window_start) of a throttle counter, or None."""
+    row = conn.execute(
+        sa.select(console_throttle.c.failures, console_throttle.c.window_start).where(
+            console_throttle.c.scope == scope, console_throttle.c.subject == subject
+        )
+    ).first()
+    return (int(row.failures), int(row.window_start)) if row is not None else None
+
+
+def set_throttle(
+    conn: sa.Connection, scope: str, subject: str, failures: int, window_start: int
+) -> None:
+    conn.execute(
+        _insert_ignore(conn, console_throttle).values(
+            scope=scope, subject=subject, failures=0, window_start=window_start
+        )
+    )
+    conn.execute(
+        console_throttle.update()
+        .where(console_throttle.c.scope == scope, console_throttle.c.subject == subject)
+        .values(failures=failures, window_start=window_start)
+    )
+
+
+def clear_throttle(conn: sa.Connection, scope: str, subject: str) -> None:
+    conn.execute(
+        console_throttle.delete().where(
+            console_throttle.c.scope == scope, console_throttle.c.subject == subject
+        )
+    )
+
+
+def purge_throttle(conn: sa.Connection, before: int) -> int:
+    return conn.execute(
+        console_throttle.delete().where(console_throttle.c.window_start < before)
+    ).rowcount
+
+
+def totp_last_step(conn: sa.Connection, username: str) -> int | None:
+    value = conn.execute(
+        sa.select(console_totp_used.c.last_step).where(console_totp_used.c.username == username)
+    ).scalar()
+    return int(value) if value is not None else None
+
+
+def set_totp_last_step(conn: sa.Connection, username: str, step: int) -> None:
+    conn.execute(
+        _insert_ignore(conn, console_totp_used).values(username=username, last_step=step)
+    )
+    conn.execute(
+        console_totp_used.update()
+        .where(console_totp_used.c.username == username)
+        .values(last_step=step)
+    )
+
+
+CONSOLE_KEY_SORTS = {"created": keys.c.created_at, "expires": keys.c.expires_at}
+
+
+def _console_key_conditions(flt: KeyFilter) -> list[Any]:
+    conds: list[Any] = []
+    if flt.user is not None:
+        principals = [flt.user] + ([flt.user_domain_pattern] if flt.user_domain_pattern else [])
+        recipient = sa.exists().where(
+            authorizations.c.key_id == keys.c.key_id,
+            authorizations.c.principal.in_(principals),
+        )
+        owner = keys.c.owner == flt.user
+        if flt.role == "owner":
+            conds.append(owner)
+        elif flt.role == "recipient":
+            conds.append(sa.and_(keys.c.owner != flt.user, recipient))
+        else:
+            conds.append(sa.or_(owner, recipient))
+    if flt.status == "expired":
+        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at <= flt.now]
+    elif flt.status == "active":
+        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at > flt.now]
+    elif flt.status is not None:
+        conds.append(keys.c.status == flt.status)
+    if flt.created_from is not None:
+        conds.append(keys.c.created_at >= flt.created_from)
+    if flt.created_to is not None:
+        conds.append(keys.c.created_at <= flt.created_to)
+    if flt.name:
+        escaped = flt.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(keys.c.name_lower.like(f"%{escaped}%", escape="\\"))
+    if flt.application is not None:
+        conds.append(keys.c.application == flt.application)
+    if flt.tag is not None:
+        conds.append(keys.c.tag == flt.tag)
+    return conds
+
+
+def console_list_keys(
+    conn: sa.Connection,
+    flt: KeyFilter,
+    *,
+    visible_to: tuple[str, str | None] | None,
+    sort: str,
+    descending: bool,
+    limit: int,
+    after: tuple[int, bytes] | None,
+) -> list[KeyRecord]:
+    """One page of the console key table, keyset-paginated on (sort column, key_id).
+
+    ``flt.user`` is the person filter; ``visible_to`` (identity, ``*@domain``) restricts the
+    page to the keys that identity owns or is authorized on (the ``user`` role), whatever
+    the person filter says. ``after`` is the (sort value, key_id) of the previous page's last.
+    """
+    column = CONSOLE_KEY_SORTS[sort]
+    conds = _console_key_conditions(flt)
+    if visible_to is not None:
+        ident, pattern = visible_to
+        conds += _console_key_conditions(
+            KeyFilter(user=ident, user_domain_pattern=pattern, role="any")
+        )
+    if after is not None:
+        value, kid = after
+        if descending:
+            conds.append(sa.or_(column < value, sa.and_(column == value, keys.c.key_id < kid)))
+        else:
+            conds.append(sa.or_(column > value, sa.and_(column == value, keys.c.key_id > kid)))
+    order = (column.desc(), keys.c.key_id.desc()) if descending else (column, keys.c.key_id)
+    rows = conn.execute(sa.select(keys).where(*conds).order_by(*order).limit(limit)).all()
+    if not rows:
+        return []
+    ids = [r.key_id for r in rows]
+    auths: dict[bytes, list[Authorization]] = {}
+    for a in conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids))):
+        auths.setdefault(bytes(a.key_id), []).append(_auth_from_row(a))
+    return [_key_from_row(r, auths.get(bytes(r.key_id), [])) for r in rows]
+
+
+def audit_lines_desc(
+    conn: sa.Connection, *, before: int | None, limit: int, key: str | None = None
+) -> list[tuple[int, str]]:
+    """(seq, line) of audit records newest first, below ``before``, optionally of one key."""
+    query = sa.select(audit_records.c.seq, audit_records.c.line)
+    if key is not None:
+        query = query.where(audit_records.c.key == key)
+    if before is not None:
+        query = query.where(audit_records.c.seq < before)
+    rows = conn.execute(query.order_by(audit_records.c.seq.desc()).limit(limit)).all()
+    return [(int(r.seq), r.line) for r in rows]
+
+
+def set_application_users(conn: sa.Connection, app_id: str, users: Sequence[str]) -> bool:
+    result = conn.execute(
+        applications.update()
+        .where(applications.c.app_id == app_id)
+        .values(users=json.dumps(list(users)))
+    )
+    return result.rowcount == 1

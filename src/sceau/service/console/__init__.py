@@ -1,14 +1,40 @@
-"""The admin console under ``/console/`` (server-rendered, Jinja2 + htmx served locally)."""
+"""The admin console under ``/console/`` (server-rendered Jinja2, no inline script).
+
+Pages work without JavaScript (plain forms, POST then redirect); ``static/console.js`` only
+adds conveniences (select all). See docs/console.md for the security model.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from sceau.service.console import adminpages, auditpages, auth, keypages, security
+from sceau.service.console.web import Console, ConsoleRoute
+from sceau.store import repo
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from sceau.service.runtime import Runtime
 
+__all__ = ["Console", "mount"]
 
-def mount(app: FastAPI, rt: Runtime) -> None:
-    """Attach the console's routes to ``app``."""
+
+def mount(app: FastAPI, rt: Runtime) -> Console:
+    """Attach the console's routes to ``app``; returns its state (kept in ``rt.extras``)."""
+    console = Console(rt)
+    rt.extras["console"] = console
+    route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"console": console})
+    for module in (auth, keypages, adminpages, auditpages):
+        app.include_router(module.router(console, route_class))
+
+    def purge(conn: sa.Connection, now: int) -> None:
+        # Runs in the writer's periodic maintenance: expired sessions and stale counters go.
+        repo.purge_console_sessions(conn, idle_before=now - console.idle_timeout,
+                                    created_before=now - console.absolute_timeout)
+        repo.purge_throttle(conn, now - security.THROTTLE_WINDOW_S)
+
+    rt.writer.maintenance.append(purge)
+    return console
