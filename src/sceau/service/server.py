@@ -1,15 +1,48 @@
-"""``sceau serve``: uvicorn over TLS (1.2 minimum, forward-secret AEAD suites, 1.3 preferred)."""
+"""``sceau serve``: uvicorn over TLS, hardened against hostile networks (SECURITY-CASES 41-44).
+
+Transport policy:
+
+* TLS 1.2 minimum; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 only (forward
+  secret, AEAD); every TLS 1.3 suite is both, and OpenSSL negotiates 1.3 whenever the client
+  offers it. No compression, no renegotiation, ALPN ``http/1.1`` only.
+* Optional mutual TLS: with ``$SCEAU_TLS_CLIENT_CA`` naming a PEM bundle, client
+  certificates are verified against it; ``$SCEAU_TLS_CLIENT_AUTH`` = ``optional`` (default:
+  a client without a certificate is served, one with a bad certificate is refused in the
+  handshake) or ``required`` (no certificate, no connection).
+
+HTTP hardening, in :class:`GuardedHttpProtocol` (uvicorn's httptools protocol plus limits
+uvicorn does not have):
+
+* the request head (request line and header fields) is capped at :data:`MAX_HEAD_BYTES`;
+  over it the answer is 413 ``payload_too_large`` before anything is decoded, counted on the
+  raw bytes so a never-ending header cannot grow memory;
+* the head must arrive within ``header_timeout`` seconds of the connection (or of the first
+  byte of a keep-alive request) and the whole request within ``request_timeout_s``;
+  otherwise the connection is closed (slowloris, slow POST);
+* more than ``server.max_connections`` open connections: the extra requests get 429
+  ``rate_limited`` with ``Retry-After`` and the connection is closed;
+* malformed HTTP gets a 400 ``invalid_request`` problem instead of uvicorn's text/plain.
+
+Known limit: the TLS handshake itself is bounded by asyncio's default (60 s), which uvicorn
+does not expose.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sceau.config import Config
+from sceau.errors import ConfigError, InvalidRequest, PayloadTooLarge, RateLimited, SceauError
 from sceau.service.app import create_app
 from sceau.service.observability import setup_logging
 from sceau.service.runtime import open_runtime
@@ -19,9 +52,24 @@ log = logging.getLogger("sceau.server")
 # TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305 only. TLS 1.3 suites are all
 # AEAD and forward-secret; OpenSSL prefers 1.3 when the client offers it.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!DSS"
+#: Request line plus header fields. JOSE travels in the body, so 8 KiB is ample.
+MAX_HEAD_BYTES = 8 * 1024
+#: Upper bound on the time to receive a request head (lower when request_timeout_s is).
+HEADER_TIMEOUT_S = 10.0
+CLIENT_CA_ENV = "SCEAU_TLS_CLIENT_CA"
+CLIENT_AUTH_ENV = "SCEAU_TLS_CLIENT_AUTH"
+_CLIENT_AUTH_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_REASONS = {400: b"Bad Request", 413: b"Content Too Large", 429: b"Too Many Requests"}
 
 
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+def tls_context(
+    cert: Path,
+    key: Path,
+    *,
+    client_ca: Path | None = None,
+    client_auth: str = "optional",
+) -> ssl.SSLContext:
+    """The server TLS context (see the module docstring for the policy)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -29,27 +77,225 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
+    if client_ca is not None:
+        if client_auth not in _CLIENT_AUTH_MODES:
+            raise ConfigError(f"${CLIENT_AUTH_ENV}: must be one of optional, required")
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"${CLIENT_CA_ENV}: cannot load {client_ca}: {exc}") from None
+        ctx.verify_mode = _CLIENT_AUTH_MODES[client_auth]
     return ctx
+
+
+def problem_bytes(error: SceauError, status: int, headers: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 problem response that closes the connection (no app involved)."""
+    body = json.dumps(error.problem(None), separators=(",", ":")).encode()
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error")),
+        b"content-type: application/problem+json",
+        b"content-length: %d" % len(body),
+        b"cache-control: no-store",
+        b"x-content-type-options: nosniff",
+        b"connection: close",
+    ]
+    lines += [f"{name}: {value}".encode("ascii") for name, value in (headers or {}).items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+_HEAD_TOO_LARGE = problem_bytes(
+    PayloadTooLarge(f"request header section over {MAX_HEAD_BYTES} bytes"), 413
+)
+_MALFORMED = problem_bytes(InvalidRequest("malformed HTTP request"), 400)
+_BUSY_ERROR = RateLimited("too many concurrent connections", retry_after=1)
+
+
+async def _busy_app(scope: Any, receive: Any, send: Any) -> None:
+    """ASGI app answering the connection cap refusal (429 with Retry-After)."""
+    body = json.dumps(_BUSY_ERROR.problem(None), separators=(",", ":")).encode()
+    await send({
+        "type": "http.response.start",
+        "status": 429,
+        "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"retry-after", b"1"),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class _RefuseRequest(Exception):  # noqa: N818 - internal control flow, never escapes
+    """Raised inside a parser callback to stop parsing; data_received answers instead."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head size, head/request timeouts and a connection cap.
+
+    Limits are class attributes so that :func:`protocol_class` can bind them to a config
+    (uvicorn instantiates the class itself).
+    """
+
+    max_head_bytes: int = MAX_HEAD_BYTES
+    header_timeout: float = HEADER_TIMEOUT_S
+    request_timeout: float = 30.0
+    max_connections: int = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_fields = 0
+        self._refusal: bytes | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # --- deadlines ----------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._on_deadline)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _on_deadline(self) -> None:
+        # Nothing useful can be said to a client too slow to send its request: close. An
+        # application already running on a half-received body sees a disconnect.
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.warning("closing a connection: request not received in time",
+                        extra={"fields": {"in_head": self._in_head}})
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(min(self.header_timeout, self.request_timeout))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # --- the head -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return
+        if not self._in_head:
+            super().data_received(data)
+            return
+        # Raw bytes, counted whatever the parser buffers: a head that never ends is cut at
+        # the cap plus one read. Heads that end inside a large read are measured exactly
+        # by _count_head.
+        self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._refusal is None and self._head_bytes > self.max_head_bytes:
+            self._refuse(_HEAD_TOO_LARGE)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(self._refusal or _MALFORMED)
+
+    def _refuse(self, response: bytes) -> None:
+        self._refusal = response
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_fields = 0
+        if not self._in_head:
+            # A keep-alive request: its head gets the same deadline as the first one.
+            self._in_head = True
+            self._head_bytes = 0
+            self._arm(min(self.header_timeout, self.request_timeout))
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        # Exact size of what the parser accepted, for heads that arrive in one large read.
+        self._head_fields += size
+        if self._head_fields > self.max_head_bytes:
+            self._refusal = _HEAD_TOO_LARGE
+            raise _RefuseRequest
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._arm(self.request_timeout)
+        busy = (len(self.connections) > self.max_connections
+                or len(self.tasks) >= self.max_connections)
+        if not busy:
+            super().on_headers_complete()
+            return
+        log.warning("connection cap reached: refusing a request",
+                    extra={"fields": {"connections": len(self.connections)}})
+        app, self.app = self.app, _busy_app
+        try:
+            super().on_headers_complete()
+            self.cycle.keep_alive = False
+        finally:
+            self.app = app
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+def protocol_class(config: Config) -> type[GuardedHttpProtocol]:
+    """:class:`GuardedHttpProtocol` bound to this configuration's limits."""
+    request_timeout = float(config.get("server.request_timeout_s"))
+    return type(
+        "SceauHttpProtocol",
+        (GuardedHttpProtocol,),
+        {
+            "request_timeout": request_timeout,
+            "header_timeout": min(HEADER_TIMEOUT_S, request_timeout),
+            "max_connections": int(config.get("server.max_connections")),
+        },
+    )
+
+
+def client_auth_settings(env: dict[str, str] | None = None) -> tuple[Path | None, str]:
+    """(client CA bundle or None, ``optional``/``required``) from the environment."""
+    env = dict(os.environ) if env is None else env
+    ca = env.get(CLIENT_CA_ENV, "").strip()
+    mode = env.get(CLIENT_AUTH_ENV, "optional").strip().lower() or "optional"
+    if mode not in _CLIENT_AUTH_MODES:
+        raise ConfigError(f"${CLIENT_AUTH_ENV}: must be one of optional, required")
+    return (Path(ca) if ca else None), mode
 
 
 def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Open the runtime and serve until SIGTERM/SIGINT; then flush the audit writer."""
     setup_logging(str(config.get("log.level")))
+    client_ca, client_auth = client_auth_settings()
+    context = tls_context(config.tls_cert, config.tls_key, client_ca=client_ca,
+                          client_auth=client_auth)
     runtime = open_runtime(config)
     app = create_app(runtime)
-    context = tls_context(config.tls_cert, config.tls_key)
     uv_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
+        http=protocol_class(config),
         log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
-        limit_concurrency=int(config.get("server.max_connections")),
-        h11_max_incomplete_event_size=8 * 1024,
+        # The cap is enforced by GuardedHttpProtocol with a problem+json answer.
+        limit_concurrency=None,
         ssl_certfile=str(config.tls_cert),
         ssl_keyfile=str(config.tls_key),
         ssl_context_factory=lambda _cfg, _default: context,
