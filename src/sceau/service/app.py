@@ -31,6 +31,7 @@ from sceau.service.api import keys as key_api
 from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
 from sceau.service.background import start_background, stop_background
+from sceau.service.limits import RateLimiter
 from sceau.service.observability import Metrics
 from sceau.service.openapi import openapi_document
 from sceau.service.params import rfc3339
@@ -128,6 +129,7 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     rt.extras["app"] = app
     limits = rt.limits()
+    rate_limiter = RateLimiter.from_config(rt.config)
     max_body = limits["max_body_bytes"] + 64 * 1024  # room for the JOSE wrapping
 
     async def submit(job: Job) -> JobOutcome:
@@ -169,6 +171,7 @@ def create_app(rt: Runtime) -> FastAPI:
             now = int(time.time())
             try:
                 verified = rt.verifier.verify(body.strip(), op=op.value, now=now)
+                rate_limiter.admit(verified)  # 429 after the signature verified
             except TokenRefused as refused:
                 await audit_refusal(op, refused, ip)
                 raise refused.error from None
