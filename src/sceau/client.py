@@ -297,12 +297,16 @@ class Client(_Core):
         self._pin(jwks, config)
 
     def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
-             jwe: bool | None = None) -> Any:
-        """Call one operation; returns its ``result`` or raises the typed error."""
+             jwe: bool | None = None, keep_null: bool = False) -> Any:
+        """Call one operation; returns its ``result`` or raises the typed error.
+
+        Members whose value is ``None`` are dropped unless ``keep_null`` (``update-key``
+        uses an explicit ``null`` to remove a bound).
+        """
         op = Op(op)
         if self._pinned is None:
             self.discover()
-        token, jti = self._request(op, _clean(params), user, jwe)
+        token, jti = self._request(op, dict(params) if keep_null else _clean(params), user, jwe)
         response = self._http.post(
             f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
         )
@@ -423,7 +427,9 @@ class Client(_Core):
                 return
 
     def update_key(self, key_id: str, *, user: str | None = None, **changes: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user)
+        """Change the named fields; a field given as ``None`` is removed (sent as ``null``)."""
+        result: dict[str, Any] = self.call(Op.UPDATE_KEY, {"key_id": key_id, **changes},
+                                           user=user, keep_null=True)
         return result
 
     def _key_op(self, op: Op, key_id: str, user: str | None, **extra: Any) -> dict[str, Any]:
@@ -505,11 +511,11 @@ class AsyncClient(_Core):
         self._pin(jwks, config)
 
     async def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
-                   jwe: bool | None = None) -> Any:
+                   jwe: bool | None = None, keep_null: bool = False) -> Any:
         op = Op(op)
         if self._pinned is None:
             await self.discover()
-        token, jti = self._request(op, _clean(params), user, jwe)
+        token, jti = self._request(op, dict(params) if keep_null else _clean(params), user, jwe)
         response = await self._http.post(
             f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
         )
@@ -580,7 +586,7 @@ class AsyncClient(_Core):
     async def update_key(self, key_id: str, *, user: str | None = None,
                          **changes: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
-            Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user
+            Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user, keep_null=True
         )
         return result
 

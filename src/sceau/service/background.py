@@ -1,16 +1,186 @@
-"""Background tasks of a node (pending-destruction sweep, replay-cache purge, ...)."""
+"""Background tasks of a node: the pending-destruction sweep and the replay-cache purge.
+
+One thread per node wakes every ``SCEAU_SWEEP_INTERVAL_S`` seconds (default 30). It first
+takes the store lease ``sweep:global`` in ``node_leases``, so that among N nodes sharing a
+database only one sweeps at a time; the others skip the round. The lease holder then
+
+* destroys every key whose ``pending_destruction`` is due (``destroy_at <= now``), one
+  writer job per key, so each destruction is audited (``DESTROY_KEY``, user ``sceau``, no
+  application, ``details.sweep = true``) and committed exactly like ``destroy-key``;
+* deletes replay-cache rows whose request tokens can no longer be accepted anyway.
+
+Every piece of state lives in the store (status, ``destroy_at``, the lease), so a node
+restarted between a ``destroy-key`` with ``pending_days`` and its due date still destroys
+the key on time; a dead holder's lease expires after a TTL and another node takes over.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from sceau.errors import ConfigError, SceauError
+from sceau.service import keyops
+from sceau.service.api import keys as key_api
+from sceau.store import repo
+from sceau.store.writer import AuditContext, Job, Tx
+from sceau.vocab import Action
 
 if TYPE_CHECKING:
     from sceau.service.runtime import Runtime
 
+log = logging.getLogger("sceau.background")
+
+SWEEP_INTERVAL_ENV = "SCEAU_SWEEP_INTERVAL_S"
+DEFAULT_SWEEP_INTERVAL_S = 30.0
+SWEEP_LEASE = "sweep:global"
+SWEEP_BATCH = 100
+# A key whose destruction was refused (e.g. its seal no longer verifies) is retried only
+# this much later: each attempt writes an audit record, and one per round would flood it.
+REFUSED_RETRY_S = 3600
+JOB_TIMEOUT_S = 60.0
+_EXTRA = "sweeper"
+
+
+def sweep_interval() -> float:
+    """Seconds between two sweeps, from ``SCEAU_SWEEP_INTERVAL_S`` (default 30)."""
+    raw = os.environ.get(SWEEP_INTERVAL_ENV, "")
+    if not raw:
+        return DEFAULT_SWEEP_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV}: a number of seconds") from None
+    if not 0.05 <= value <= 86_400:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV}: from 0.05 to 86400 seconds")
+    return value
+
+
+class Sweeper:
+    """The node's sweep thread. ``run_once`` is one round, callable directly in tests."""
+
+    def __init__(
+        self, rt: Runtime, *, interval: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._rt = rt
+        self._interval = interval
+        self._clock = clock
+        # Long enough to outlive one round; a node that died holding it is replaced after.
+        self._ttl = int(max(3 * interval, 15.0))
+        self._holder = f"{socket.gethostname()}|{os.getpid()}|{os.urandom(6).hex()}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refused: dict[bytes, float] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sceau-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and hand the lease back so another node may sweep at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            with self._rt.engines.write.begin() as conn:
+                repo.release_lease(conn, SWEEP_LEASE, self._holder)
+        except sa.exc.SQLAlchemyError:
+            log.warning("could not release the sweep lease; it expires in %d s", self._ttl)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except (SceauError, sa.exc.SQLAlchemyError, TimeoutError) as exc:
+                log.warning("sweep round failed: %s", type(exc).__name__)
+            except Exception:  # noqa: BLE001 - the thread must outlive a bug in one round
+                log.exception("sweep round failed")
+            self._stop.wait(self._interval)
+
+    # --- one round -------------------------------------------------------------------------
+
+    def _take_lease(self, now: int) -> bool:
+        with self._rt.engines.write.begin() as conn:
+            holder = repo.acquire_lease(conn, SWEEP_LEASE, self._holder, now, self._ttl)
+        return holder is None
+
+    def run_once(self) -> int:
+        """One round if this node holds (or takes) the lease; returns the keys destroyed."""
+        now = int(self._clock())
+        if not self._take_lease(now):
+            return 0
+        skew = int(self._rt.config.get("limits.clock_skew_s"))
+        with self._rt.engines.write.begin() as conn:
+            # A row may go once its token is refused as expired on every node: its
+            # expires_at already includes the skew; one more skew covers slower clocks.
+            purged = repo.purge_replay(conn, now - skew)
+        if purged:
+            log.info("purged %d replay-cache rows", purged)
+        destroyed = 0
+        while not self._stop.is_set():
+            now = int(self._clock())
+            self._refused = {k: t for k, t in self._refused.items() if t > now}
+            with self._rt.engines.read.connect() as conn:
+                due = repo.keys_due_for_destruction(conn, now, SWEEP_BATCH + len(self._refused))
+            batch = [k for k in due if k not in self._refused][:SWEEP_BATCH]
+            if not batch:
+                break
+            for key_id in batch:
+                if self._stop.is_set():
+                    break
+                if self._destroy(key_id):
+                    destroyed += 1
+            if len(batch) < SWEEP_BATCH or not self._take_lease(int(self._clock())):
+                break
+        return destroyed
+
+    def _destroy(self, key_id: bytes) -> bool:
+        ctx = AuditContext(
+            action=Action.DESTROY_KEY,
+            app=None,
+            user=key_api.SYSTEM_USER,
+            ip=None,
+            req=None,
+            key=keyops.key_id_text(key_id),
+            details={"sweep": True},
+        )
+        keystore = self._rt.keystore
+
+        def destroy(tx: Tx) -> key_api.DestroyedKey:
+            return key_api.destroy_due(keystore, tx, key_id)
+
+        try:
+            self._rt.writer.submit(Job(fn=destroy, ctx=ctx)).result(timeout=JOB_TIMEOUT_S)
+        except SceauError as exc:
+            if exc.status >= 500:
+                raise  # store or audit trouble: end this round, the next one retries
+            # Refused and audited (e.g. integrity_failure): do not retry every round.
+            self._refused[key_id] = self._clock() + REFUSED_RETRY_S
+            log.warning("sweep could not destroy key %s: %s", ctx.key, exc.code)
+            return False
+        log.info("sweep destroyed key %s", ctx.key)
+        return True
+
 
 def start_background(rt: Runtime) -> None:
     """Start this node's background tasks (called once the writer runs)."""
+    key_api.day_seconds()  # a bad SCEAU_DAY_SECONDS stops the start, not a later destroy
+    sweeper = Sweeper(rt, interval=sweep_interval())
+    rt.extras[_EXTRA] = sweeper
+    sweeper.start()
 
 
 def stop_background(rt: Runtime) -> None:
     """Stop them before the writer is flushed."""
+    sweeper = rt.extras.pop(_EXTRA, None)
+    if isinstance(sweeper, Sweeper):
+        sweeper.stop()

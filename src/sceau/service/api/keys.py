@@ -9,8 +9,8 @@ audit ``details``.
 from __future__ import annotations
 
 import json
+import os
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
@@ -21,7 +21,8 @@ from sceau.core.policy import (
     validate_networks,
     validate_principal,
 )
-from sceau.errors import AccessDenied, InvalidRequest, NotFound
+from sceau.errors import AccessDenied, ConfigError, InvalidRequest, NotFound
+from sceau.keystore.base import Keystore
 from sceau.service import keyops
 from sceau.service.api.context import Call
 from sceau.service.params import (
@@ -35,28 +36,45 @@ from sceau.service.params import (
     UpdateKeyParams,
     rfc3339,
 )
+from sceau.service.receipts import DestroyedKey as DestroyedKey
 from sceau.store import repo
 from sceau.store.writer import Tx
 from sceau.vocab import AuthorizationStatus, KeyStatus, Reason
 
 DAY = 86_400
 SYSTEM_USER = "sceau"
+# For tests only: the length of a "day" in ``pending_days`` (destroy-key) and in
+# ``purge-expired --older-than``, so a test can watch the sweep act within seconds.
+DAY_SECONDS_ENV = "SCEAU_DAY_SECONDS"
+# Seal input used only to spend the same keystore work on an unknown key id as on a real one.
+_EQUALIZER_PAYLOAD = b'{"v":1,"equalizer":true}'
 
 
-@dataclass(frozen=True)
-class DestroyedKey:
-    """Result of an immediate destruction; the receipt needs the committed audit record."""
-
-    key_id: str
-    destroyed_at: int
+def day_seconds() -> int:
+    """Seconds in a lifecycle "day": 86400 unless ``SCEAU_DAY_SECONDS`` says otherwise (tests)."""
+    raw = os.environ.get(DAY_SECONDS_ENV)
+    if raw is None or raw == "":
+        return DAY
+    if not raw.isdigit() or not 1 <= int(raw) <= DAY:
+        raise ConfigError(f"{DAY_SECONDS_ENV}: an integer from 1 to {DAY}")
+    return int(raw)
 
 
 def managed(
     call: Call, tx: Tx, key_id: bytes, *, allow_pending: bool = False, change: bool = True
 ) -> KeyRecord:
-    """Load, verify and authorize a key for a management operation (locks it for a change)."""
+    """Load, verify and authorize a key for a management operation (locks it for a change).
+
+    An unknown key and a key the caller may not manage give the same ``not_found`` with the
+    same detail; for an unknown id the keystore still computes one seal, so both paths do
+    the same kind of work (one row read, one HMAC in the keystore) and take comparable time.
+    """
     tx.ctx.key = keyops.key_id_text(key_id)
-    record = keyops.load_checked(tx.conn, call.rt.keystore, key_id, for_update=change)
+    try:
+        record = keyops.load_checked(tx.conn, call.rt.keystore, key_id, for_update=change)
+    except NotFound:
+        call.rt.keystore.seal(_EQUALIZER_PAYLOAD)
+        raise NotFound("no such key") from None
     if not can_manage(record, call.user, tx.now):
         raise NotFound("no such key")
     if change:
@@ -149,8 +167,12 @@ def update_key(call: Call, params: UpdateKeyParams, tx: Tx) -> dict[str, Any]:
             changes[field] = getattr(params, field)
     if "rules" in given:
         changes["rules"] = _rules(params.rules)
-    if "expires_at" in given and params.expires_at is None:
-        raise InvalidRequest("expires_at: a key always has a lifetime")
+    if "expires_at" in given:
+        if params.expires_at is None:
+            raise InvalidRequest("expires_at: a key always has a lifetime")
+        # As at creation: a lifetime ends in the future. To stop a key now, disable it.
+        if params.expires_at <= tx.now:
+            raise InvalidRequest("expires_at: must be in the future")
     not_before = changes.get("not_before", record.not_before)
     not_after = changes.get("not_after", record.not_after)
     if not_before is not None and not_after is not None and not_after <= not_before:
@@ -185,16 +207,17 @@ def disable_key(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
     return keyops.metadata(_save(call, tx, record, status=KeyStatus.DISABLED), tx.now)
 
 
-def shred(call_rt_keystore: Any, tx: Tx, record: KeyRecord) -> KeyRecord:
+def shred(keystore: Keystore, tx: Tx, record: KeyRecord) -> KeyRecord:
     """Crypto-shred: overwrite the seed in place, then empty the column; keep a tombstone.
 
     The overwrite comes first so that the page holding the old value is rewritten even
     where the engine would otherwise just mark it free; SQLite's ``secure_delete`` zeroes
-    freed cells as well. Backups taken before this moment still hold the seed (docs/).
+    freed cells as well. Backups taken before this moment still hold the seed
+    (docs/erasure.md).
     """
     repo.overwrite_seed(tx.conn, record.key_id)
     after = keyops.reseal(
-        call_rt_keystore,
+        keystore,
         record,
         seed=None,
         status=KeyStatus.DESTROYED,
@@ -206,15 +229,53 @@ def shred(call_rt_keystore: Any, tx: Tx, record: KeyRecord) -> KeyRecord:
 
 
 def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
-    record = managed(call, tx, params.key_id, allow_pending=True)
+    # SPEC §10: on a pending key only destroy-key with 0 (and cancel-destruction) may act;
+    # rescheduling would let anyone with `manage` postpone an erasure indefinitely.
+    record = managed(call, tx, params.key_id, allow_pending=params.pending_days == 0)
     if params.pending_days == 0:
         after = shred(call.rt.keystore, tx, record)
         tx.ctx.details = {"revision": after.revision, "pending_days": 0}
         return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
-    destroy_at = tx.now + params.pending_days * DAY
+    destroy_at = tx.now + params.pending_days * day_seconds()
     tx.ctx.details = {"pending_days": params.pending_days, "destroy_at": rfc3339(destroy_at)}
     after = _save(call, tx, record, status=KeyStatus.PENDING_DESTRUCTION, destroy_at=destroy_at)
     return keyops.metadata(after, tx.now)
+
+
+def destroy_due(keystore: Keystore, tx: Tx, key_id: bytes) -> DestroyedKey:
+    """The sweep's job: destroy a key whose pending destruction is due (re-checked here).
+
+    The candidate list was read outside this transaction; the key may have been cancelled
+    or destroyed since, which is refused (and audited) rather than acted on.
+    """
+    tx.ctx.key = keyops.key_id_text(key_id)
+    record = keyops.load_checked(tx.conn, keystore, key_id, for_update=True)
+    if record.status is KeyStatus.DESTROYED:
+        raise AccessDenied(Reason.KEY_DESTROYED)
+    if (
+        record.status is not KeyStatus.PENDING_DESTRUCTION
+        or record.destroy_at is None
+        or record.destroy_at > tx.now
+    ):
+        raise InvalidRequest("key_id: the key is not due for destruction")
+    after = shred(keystore, tx, record)
+    tx.ctx.details = {**tx.ctx.details, "revision": after.revision,
+                      "destroy_at": rfc3339(record.destroy_at)}
+    return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
+
+
+def destroy_expired(keystore: Keystore, tx: Tx, key_id: bytes, cutoff: int) -> DestroyedKey:
+    """``purge-expired``'s job: destroy a key whose ``expires_at`` is at or before ``cutoff``."""
+    tx.ctx.key = keyops.key_id_text(key_id)
+    record = keyops.load_checked(tx.conn, keystore, key_id, for_update=True)
+    if record.status is KeyStatus.DESTROYED:
+        raise AccessDenied(Reason.KEY_DESTROYED)
+    if record.expires_at > cutoff:
+        raise InvalidRequest("key_id: the key did not expire before the cutoff")
+    after = shred(keystore, tx, record)
+    tx.ctx.details = {**tx.ctx.details, "revision": after.revision,
+                      "expires_at": rfc3339(record.expires_at)}
+    return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
 
 
 def cancel_destruction(call: Call, params: KeyRef, tx: Tx) -> dict[str, Any]:
@@ -296,17 +357,26 @@ def disable_authorization(call: Call, params: PrincipalRef, tx: Tx) -> dict[str,
     return _set_authorization_status(call, params, tx, AuthorizationStatus.DISABLED)
 
 
-# --- accesses ----------------------------------------------------------------------------------------
+# --- accesses ------------------------------------------------------------------------------
+
+
+_MAX_SEQ = 2**63 - 1
+
+
+def _decode_seq_cursor(text: str) -> int:
+    """A ``list-accesses`` cursor: a position in ``seq`` (decimal ASCII, base64url)."""
+    try:
+        raw = b64u_decode(text)
+    except MalformedBase64:
+        raise InvalidRequest("cursor: not a cursor from this service") from None
+    if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= _MAX_SEQ:
+        raise InvalidRequest("cursor: not a cursor from this service")
+    return int(raw)
 
 
 def list_accesses(call: Call, params: ListAccessesParams, tx: Tx) -> dict[str, Any]:
     record = managed(call, tx, params.key_id, change=False)
-    before: int | None = None
-    if params.cursor:
-        try:
-            before = int(b64u_decode(params.cursor).decode("ascii"))
-        except (MalformedBase64, ValueError, UnicodeDecodeError):
-            raise InvalidRequest("cursor: not a cursor from this service") from None
+    before = _decode_seq_cursor(params.cursor) if params.cursor else None
     rows = repo.key_accesses(
         tx.conn, keyops.key_id_text(record.key_id), limit=params.limit + 1, before=before
     )
