@@ -1,0 +1,216 @@
+"""Markdown tables and Sceau/OpenBao ratios from the benchmark's JSON results."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Issue 9's targets, as (workload, metric, threshold, direction).
+PER_CPU_WORKLOADS = ("encrypt", "decrypt", "generate-data-key")
+BATCH_WORKLOADS = ("batch-encrypt", "batch-decrypt")
+P50_C1_LIMIT_MS = 1.0
+P99_RATIO_LIMIT = 2.0
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(frac: float | None) -> str:
+    return "–" if frac is None else f"{frac * 100:.0f} %"
+
+
+def contended(runs: Sequence[Mapping[str, Any]], limit: float = 0.10) -> list[str]:
+    """Runs during which other processes took more than ``limit`` of CPU 0."""
+    return [
+        f"{r['label']} {r['workload']} c={r['concurrency']}"
+        f" ({r['result']['cpu0_others_frac'] * 100:.0f} %)"
+        for r in runs
+        if r["result"].get("cpu0_others_frac", 0.0) > limit
+    ]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def find(runs: Iterable[Mapping[str, Any]], **match: Any) -> Mapping[str, Any] | None:
+    """The first run whose fields equal ``match``."""
+    for run in runs:
+        if all(run.get(k) == v for k, v in match.items()):
+            return run
+    return None
+
+
+def results_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One row per (system, store, workload, concurrency)."""
+    head = ("| system | workload | c | req/s | items/s | p50 ms | p90 ms | p99 ms | "
+            "server CPU ms/req | req per server CPU-s | DB CPU ms/req | peak RSS MiB | "
+            "server core use | CPU 0 others | generator CPU | errors |")
+    lines = [head, "|" + "---|" * 16]
+    for run in runs:
+        r = run["result"]
+        db = r.get("db_cpu_s")
+        ok = r["requests"] - r["errors"]
+        db_ms = db / ok * 1000 if db is not None and ok else None
+        rss = r.get("server_vmhwm_kib")
+        lines.append(
+            f"| {run['label']} | {run['workload']} | {run['concurrency']} | {_num(r['rps'])} | "
+            f"{_num(r['items_per_s'])} | {_num(r['lat_ms']['p50'], 2)} | "
+            f"{_num(r['lat_ms']['p90'], 2)} | {_num(r['lat_ms']['p99'], 2)} | "
+            f"{_num(r['server_cpu_ms_per_req'], 3)} | {_num(r['req_per_server_cpu_s'])} | "
+            f"{_num(db_ms, 3)} | {_num(rss / 1024 if rss else None, 0)} | "
+            f"{_pct(r.get('server_cpu_frac'))} | {_pct(r.get('cpu0_others_frac'))} | "
+            f"{_pct(r['generator_cpu_frac'])} | {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(runs: Sequence[Mapping[str, Any]], reference: str = "openbao") -> list[dict[str, Any]]:
+    """Sceau/OpenBao ratios per Sceau configuration and workload.
+
+    Throughput ratios are "higher is better" (Sceau ahead when > 1); latency ratios are
+    "lower is better" (Sceau faster when < 1). Items/s is used for batches.
+    """
+    out: list[dict[str, Any]] = []
+    labels = list(dict.fromkeys(r["label"] for r in runs if r["system"] == "sceau"))
+    workloads = list(dict.fromkeys(r["workload"] for r in runs))
+    for label in labels:
+        for workload in workloads:
+            row: dict[str, Any] = {"label": label, "workload": workload}
+            for c in (1, 32):
+                mine = find(runs, label=label, workload=workload, concurrency=c)
+                theirs = find(runs, label=reference, workload=workload, concurrency=c)
+                if mine is None or theirs is None:
+                    continue
+                m, t = mine["result"], theirs["result"]
+                row[f"rps_c{c}"] = _ratio(m["items_per_s"], t["items_per_s"])
+                row[f"per_cpu_c{c}"] = _ratio(m["req_per_server_cpu_s"],
+                                              t["req_per_server_cpu_s"])
+                if c == 1:
+                    row["p50_c1"] = _ratio(m["lat_ms"]["p50"], t["lat_ms"]["p50"])
+                    row["p50_c1_ms"] = m["lat_ms"]["p50"]
+                if c == 32:
+                    row["p99_c32"] = _ratio(m["lat_ms"]["p99"], t["lat_ms"]["p99"])
+            if len(row) > 2:
+                row["verdict"] = verdict(row)
+                out.append(row)
+    return out
+
+
+def verdict(row: Mapping[str, Any]) -> str:
+    """Which of the issue's targets this workload meets (✔) or misses (✘)."""
+    marks: list[str] = []
+    workload = row["workload"]
+    if workload in PER_CPU_WORKLOADS and row.get("per_cpu_c32") is not None:
+        marks.append(("✔" if row["per_cpu_c32"] >= 1.0 else "✘") + " req/CPU-s")
+    if workload in BATCH_WORKLOADS and row.get("rps_c32") is not None:
+        marks.append(("✔" if row["rps_c32"] >= 1.0 else "✘") + " items/s")
+    if row.get("p50_c1_ms") is not None:
+        marks.append(("✔" if row["p50_c1_ms"] <= P50_C1_LIMIT_MS else "✘") + " p50≤1ms")
+    if row.get("p99_c32") is not None:
+        marks.append(("✔" if row["p99_c32"] <= P99_RATIO_LIMIT else "✘") + " p99≤2×")
+    return ", ".join(marks)
+
+
+def ratios_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = ("| Sceau config | workload | req/s c=1 | req/s c=32 | req per server CPU-s c=32 | "
+            "p50 c=1 (lower better) | p99 c=32 (lower better) | targets |")
+    lines = [head, "|" + "---|" * 8]
+    for row in rows:
+        lines.append(
+            f"| {row['label']} | {row['workload']} | {_x(row.get('rps_c1'))} | "
+            f"{_x(row.get('rps_c32'))} | {_x(row.get('per_cpu_c32'))} | "
+            f"{_x(row.get('p50_c1'))} | {_x(row.get('p99_c32'))} | {row.get('verdict', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+_OPENSSL_LINE = re.compile(r"^(aes-256-gcm|AES-256-GCM)\s+(.*)$", re.MULTILINE)
+
+
+def parse_openssl_speed(text: str) -> dict[str, float]:
+    """Bytes/s per block size from ``openssl speed -evp aes-256-gcm`` output.
+
+    The last table has one row per cipher; each value is in thousands of bytes per second
+    (``123456.78k``) for the block sizes named in the ``type`` header line.
+    """
+    header = re.search(r"^type\s+(.*)$", text, re.MULTILINE)
+    row = _OPENSSL_LINE.findall(text)
+    if header is None or not row:
+        raise ValueError("no aes-256-gcm row in openssl speed output")
+    sizes = [int(s) for s in re.findall(r"(\d+) bytes", header.group(1))]
+    values = row[-1][1].split()
+    if len(values) != len(sizes):
+        raise ValueError("openssl speed row and header disagree")
+    out: dict[str, float] = {}
+    for size, value in zip(sizes, values, strict=True):
+        if not value.endswith("k"):
+            raise ValueError(f"unexpected openssl speed value {value!r}")
+        out[str(size)] = float(value[:-1]) * 1000
+    return out
+
+
+def reference_section(reference: Mapping[str, Any]) -> str:
+    lines = ["## Client-side file throughput (physical reference)", ""]
+    ossl = reference.get("openssl")
+    if ossl and "bytes_per_s" in ossl:
+        bps = ossl["bytes_per_s"].get("16384")
+        lines.append(f"- `openssl speed -evp aes-256-gcm`, 16 KiB blocks, one core: "
+                     f"**{_num(bps / 1e6 if bps else None)} MB/s**")
+    elif ossl:
+        lines.append(f"- openssl speed: {ossl.get('error')}")
+    files = reference.get("file_throughput")
+    if isinstance(files, Mapping) and files.get("error") is None and files:
+        for key, value in files.items():
+            lines.append(f"- file throughput `{key}`: {value}")
+    else:
+        note = files.get("error") if isinstance(files, Mapping) else None
+        lines.append(f"- `sceau file protect/open` of 1 GiB: {note or 'not measured'}")
+    return "\n".join(lines)
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    """The whole report: conditions, results, ratios, reference, notes."""
+    meta = doc["meta"]
+    parts = [
+        f"# Sceau vs OpenBao Transit — {meta['started']}",
+        "",
+        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {meta['python']}; "
+        f"servers pinned to CPU 0, load generator to CPU 1; {meta['seconds']} s per run, "
+        f"closed loop. {meta['openbao']}.",
+        "",
+        "## Results",
+        "",
+        results_table(doc["runs"]),
+        "",
+        "## Sceau / OpenBao",
+        "",
+        "Throughput ratios > 1 and latency ratios < 1 mean Sceau is ahead. "
+        "Batches compare items/s.",
+        "",
+        ratios_table(doc["ratios"]) if doc["ratios"] else "_No OpenBao runs to compare with._",
+        "",
+        reference_section(doc.get("reference", {})),
+    ]
+    notes = list(doc.get("notes") or [])
+    busy = contended(doc["runs"])
+    if busy:
+        notes.append(
+            "CPU 0 was shared with other processes during: " + "; ".join(busy)
+            + ". Throughput and latency of those runs are pessimistic; CPU per request "
+            "(from /proc) is the robust figure."
+        )
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"
