@@ -123,3 +123,32 @@ def test_nested_objects_are_sorted_and_compact() -> None:
 def test_values_outside_i_json_are_refused(value: object) -> None:
     with pytest.raises(ValueError):
         canonical_json(value)
+
+
+# --- the fast path must agree with the reference implementation -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text()
+)
+_DOCS = st.recursive(
+    _SCALARS,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DOCS)
+def test_fast_path_equals_reference(doc: object) -> None:
+    import rfc8785
+
+    from sceau.core.canonical import canonical_json
+
+    assert canonical_json(doc) == rfc8785.dumps(doc)

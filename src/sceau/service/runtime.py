@@ -6,6 +6,7 @@ the ASGI application; tests start real servers, each with its own runtime.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -66,6 +67,7 @@ class AppKeyCache:
         self._engines = engines
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, str, AppKey]] = {}
+        self._enc: dict[str, EncKey] = {}
 
     def lookup(self, kid: str) -> tuple[str, AppKey] | None:
         now = time.monotonic()
@@ -85,6 +87,18 @@ class AppKeyCache:
             self._entries[kid] = (now, row.app_id, key)
         return row.app_id, key
 
+    def enc_key(self, jwk: Mapping[str, Any]) -> EncKey:
+        """An application's parsed encryption key, cached by its canonical text: parsing
+        validates the curve point or modulus, which costs more than a request's checks."""
+        text = json.dumps(jwk, sort_keys=True)
+        found = self._enc.get(text)
+        if found is None:
+            with self._lock:
+                if len(self._enc) > 10_000:
+                    self._enc.clear()
+                found = self._enc[text] = enc_key_from_jwk(jwk)
+        return found
+
     def forget(self, kid: str | None = None) -> None:
         with self._lock:
             if kid is None:
@@ -102,7 +116,9 @@ class CallerApp:
     enc_key: EncKey | None
 
 
-def check_application(conn: sa.Connection, app_id: str, kid: str, user: str) -> CallerApp:
+def check_application(
+    conn: sa.Connection, keys: AppKeyCache, app_id: str, kid: str, user: str
+) -> CallerApp:
     """SPEC §6 step 1: the key is still active, the app enabled, and may assert ``user``.
 
     Read inside the job's transaction, so a disable or a key retirement committed by any
@@ -116,8 +132,9 @@ def check_application(conn: sa.Connection, app_id: str, kid: str, user: str) -> 
         raise ApplicationDisabled("this application is disabled")
     if not user_allowed(app.users, user):
         raise UserNotAllowed("this application may not act for this user")
-    enc = enc_key_from_jwk(app.enc_jwk) if app.enc_jwk else None
+    enc = keys.enc_key(app.enc_jwk) if app.enc_jwk else None
     return CallerApp(app_id=app.app_id, name=app.name, enc_key=enc)
+
 
 
 @dataclass
@@ -137,6 +154,14 @@ class Runtime:
     @property
     def service_id(self) -> str:
         return self.config.service_id
+
+    def should_touch(self, app_id: str, now: int) -> bool:
+        """Record an application's last use at most once a minute per node."""
+        touched: dict[str, int] = self.extras.setdefault("touched", {})
+        if now - touched.get(app_id, 0) < 60:
+            return False
+        touched[app_id] = now
+        return True
 
     @property
     def max_plaintext(self) -> int:

@@ -54,13 +54,14 @@ def make_job(rt: Runtime, op: Op, request: VerifiedRequest, ip: str | None) -> J
     replay_until = request.exp + int(rt.config.get("limits.clock_skew_s"))
 
     def run(tx: Tx) -> Any:
-        app = check_application(tx.conn, request.app_id, request.kid, user)
+        app = check_application(tx.conn, rt.app_keys, request.app_id, request.kid, user)
         if (op in KEY_MATERIAL_OPS or request.was_jwe) and app.enc_key is None:
             raise InvalidRequest(
                 "this operation answers with a JWE and the application has no encryption key"
             )
         params = parse_params(op, request.params)
-        repo.touch_application(tx.conn, app.app_id, tx.now)
+        if rt.should_touch(app.app_id, tx.now):
+            repo.touch_application(tx.conn, app.app_id, tx.now)
         call = Call(rt=rt, app=app, user=user, ip=ip, jti=request.jti)
         return call, handler(call, params, tx)
 
