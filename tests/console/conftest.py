@@ -1,72 +1,14 @@
-"""Console fixtures: one real `sceau serve` per module, accounts written into its store."""
+"""Console fixtures: one real `sceau serve` per module, with a known admin password."""
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
-from support import Server, make_server
+from consolekit import ADMIN_PASSWORD, Console, put_account
 
-from sceau.service.accounts import hash_password
-from sceau.store import repo
-from sceau.store.db import create_engines
 from sceau.vocab import Role
-
-ADMIN_PASSWORD = "quiet-harbour-lantern-42"
-PASSWORD = "violet-meadow-compass-17"
-
-
-def put_account(server: Server, username: str, password: str, role: Role, *,
-                must_change: bool = False) -> None:
-    """Create or overwrite an account straight in the store (test set-up only)."""
-    engines = create_engines(server.config().database_url)
-    now = int(time.time())
-    try:
-        with engines.write.begin() as conn:
-            values = {"password_hash": hash_password(password), "role": str(role),
-                      "status": "active", "must_change_password": must_change,
-                      "totp_secret": None, "updated_at": now}
-            if repo.get_account(conn, username) is None:
-                repo.insert_account(conn, repo.AccountRow(username=username, created_at=now,
-                                                          **values))
-            else:
-                repo.update_account(conn, username, **values)
-    finally:
-        engines.dispose()
-
-
-class Console:
-    """An httpx session against the console, as a browser without JavaScript would act."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.http = httpx.Client(verify=server.cert, base_url=server.url, timeout=30,
-                                 follow_redirects=False)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def login(self, username: str, password: str, code: str = "") -> httpx.Response:
-        page = self.http.get("/console/login")
-        token = re.search(r'name="login_token" value="([^"]+)"', page.text)
-        assert token is not None
-        return self.http.post("/console/login", data={
-            "login_token": token.group(1), "username": username, "password": password,
-            "code": code})
-
-    def csrf(self, path: str = "/console/dashboard") -> str:
-        page = self.http.get(path)
-        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        assert found is not None, page.text[:500]
-        return found.group(1)
-
-    def post(self, path: str, data: dict[str, object], **headers: str) -> httpx.Response:
-        return self.http.post(path, data={"csrf": self.csrf(), **data},  # type: ignore[dict-item]
-                              headers=headers)
+from support import Server, make_server
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +32,3 @@ def admin(console: Console) -> Console:
     r = console.login("admin", ADMIN_PASSWORD)
     assert r.status_code == 303, r.text
     return console
-
-
-def shots_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "docs" / "images"

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 
 from sceau.service.console import adminpages, auditpages, auth, keypages, security
-from sceau.service.console.web import Console, ConsoleRoute
+from sceau.service.console.web import Console, ConsoleRoute, PageError
 from sceau.store import repo
 
 if TYPE_CHECKING:
@@ -22,13 +24,29 @@ if TYPE_CHECKING:
 __all__ = ["Console", "mount"]
 
 
+def _refuse_get_on_post_only(router: APIRouter) -> None:
+    """A GET to a state-changing URL is answered 403, like any other refused change."""
+    routes = [r for r in router.routes if isinstance(r, APIRoute)]
+    gets = {r.path for r in routes if "GET" in (r.methods or set())}
+    posts = {r.path for r in routes if "POST" in (r.methods or set())}
+
+    def refuse() -> None:
+        raise PageError(403, "Changes are made with the page's forms only.")
+
+    for path in sorted(posts - gets):
+        router.add_api_route(path[len(router.prefix):], refuse, methods=["GET"],
+                             include_in_schema=False)
+
+
 def mount(app: FastAPI, rt: Runtime) -> Console:
     """Attach the console's routes to ``app``; returns its state (kept in ``rt.extras``)."""
     console = Console(rt)
     rt.extras["console"] = console
     route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"console": console})
     for module in (auth, keypages, adminpages, auditpages):
-        app.include_router(module.router(console, route_class))
+        router = module.router(console, route_class)
+        _refuse_get_on_post_only(router)
+        app.include_router(router)
 
     def purge(conn: sa.Connection, now: int) -> None:
         # Runs in the writer's periodic maintenance: expired sessions and stale counters go.

@@ -247,7 +247,8 @@ def router(console: Console, route_class: type) -> APIRouter:
             elif not repo.update_account(tx.conn, username, totp_secret=None,
                                          updated_at=tx.now):
                 raise NotFound("no such account")
-            tx.ctx.details = {"account": username, "totp": "enabled" if enable else "disabled"}
+            tx.ctx.details = {"account": username,
+                              "second_factor": "enabled" if enable else "disabled"}
 
         try:
             console.run(session, Action.ACCOUNT_UPDATE, change)

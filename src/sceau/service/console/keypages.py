@@ -32,7 +32,7 @@ from sceau.service.console.web import (
     query_string,
 )
 from sceau.store import repo
-from sceau.store.writer import Tx
+from sceau.store.writer import JobOutcome, Tx
 from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -398,15 +398,21 @@ def router(console: Console, route_class: type) -> APIRouter:
         except SceauError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=_message(error))
-        from sceau.service.app import receipt  # the API's receipt, signed by the audit key
-
         destroyed: DestroyedKey = outcome.value
-        body = receipt(console.rt, destroyed, outcome)
+        body = _receipt(console, destroyed, outcome)
         return console.render(request, "receipt.html", session=session, receipt=body,
                               receipt_json=json.dumps(body, indent=2),
                               record=outcome.records[0])
 
     return r
+
+
+def _receipt(console: Console, destroyed: DestroyedKey, outcome: JobOutcome) -> dict[str, Any]:
+    """The API's destruction receipt: a JWS by the audit key over the DESTROY_KEY record."""
+    from sceau.service.app import receipt  # late: the app module imports the console
+
+    body: dict[str, Any] = receipt(console.rt, destroyed, outcome)
+    return body
 
 
 def _message(error: SceauError) -> str:

@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from sceau.core.b64 import b64u_encode
+from sceau.errors import SceauError
 from sceau.service.console import security
 from sceau.service.params import rfc3339
 from sceau.store import repo
@@ -334,6 +335,12 @@ class ConsoleRoute(APIRoute):
                 response = RedirectResponse(redirect.location, status_code=303)
             except PageError as error:
                 response = await run_in_threadpool(_error_page, console, request, error)
+            except SceauError as error:
+                # Refusals not handled by the page itself; 5xx details stay in the log.
+                log.warning("console: %s on %s", error.code, request.url.path)
+                shown = error.detail if error.status < 500 else "The service cannot do this now."
+                response = await run_in_threadpool(
+                    _error_page, console, request, PageError(error.status, shown))
             for name, value in SECURITY_HEADERS.items():
                 response.headers[name] = value
             response.headers.setdefault("Cache-Control", "no-store")
