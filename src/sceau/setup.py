@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
+import re
 import secrets
+import shutil
+import stat
 import time
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -15,19 +21,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sceau.config import CONFIG_FILE, Config, load_config, render_default_config
+from sceau.config import CONFIG_FILE, SETTINGS, Config, load_config, render_default_config
 from sceau.errors import ConfigError
 from sceau.keystore import init_keystore
 from sceau.service.accounts import hash_password
+from sceau.service.runtime import keystore_settings
 from sceau.store import repo
 from sceau.store.db import create_engines, upgrade
 from sceau.vocab import Role
 
 ADMIN_USER = "admin"
+SETTINGS_BY_DOTTED = {s.dotted: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
 class InitResult:
+    """What ``sceau init`` made: the data dir and the console admin's one-time password."""
+
     data_dir: Path
     admin_user: str
     admin_password: str
@@ -80,22 +90,188 @@ def make_tls_certificate(tls_dir: Path, hosts: list[str], *, days: int = 825) ->
     (tls_dir / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def initialize(data_dir: Path, *, keystore_backend: str | None = None) -> InitResult:
-    """Create a new data dir; refuses to touch an existing, non-empty one."""
+# The keystore settings `sceau init` / `sceau keystore init` record in sceau.toml. The PIN is
+# never among them: only the name of the variable or the file that holds it.
+KEYSTORE_CONFIG_KEYS = (
+    "keystore.backend",
+    "keystore.pkcs11_module",
+    "keystore.pkcs11_token",
+    "keystore.pin_env",
+    "keystore.pin_file",
+)
+
+
+@dataclass(frozen=True)
+class KeystoreChoice:
+    """Which keystore a data dir uses, as given on the command line (None: not given).
+
+    ``pin_env`` / ``pin_file`` name where the PKCS#11 PIN is read from; the PIN itself is
+    never an argument. ``signing_alg`` only matters when the keys are created (``ES256`` for
+    a token whose policy forbids EdDSA); rotations keep the algorithm of the current key.
+    """
+
+    backend: str = "file"
+    pkcs11_module: str | None = None
+    pkcs11_token: str | None = None
+    pin_env: str | None = None
+    pin_file: Path | None = None
+    signing_alg: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("file", "pkcs11"):
+            raise ConfigError(f"keystore backend must be 'file' or 'pkcs11', not {self.backend!r}")
+        if self.backend == "file" and (
+            self.pkcs11_module or self.pkcs11_token or self.pin_env or self.pin_file
+        ):
+            raise ConfigError("--module, --token, --pin-env and --pin-file need --keystore pkcs11")
+        if self.pin_env is not None and self.pin_file is not None:
+            raise ConfigError("give the PIN's source once: --pin-env or --pin-file")
+        if self.pin_env is not None and not _ENV_NAME.fullmatch(self.pin_env):
+            raise ConfigError(
+                f"--pin-env takes the NAME of an environment variable, not {self.pin_env!r}"
+            )
+
+    def config_values(self, config: Config) -> dict[str, str]:
+        """The sceau.toml values for this choice, completed from ``config`` (env, file)."""
+        if self.backend == "file":
+            return {"keystore.backend": "file"}
+        module = self.pkcs11_module or str(config.get("keystore.pkcs11_module"))
+        token = self.pkcs11_token or str(config.get("keystore.pkcs11_token"))
+        values = {
+            "keystore.backend": "pkcs11",
+            "keystore.pkcs11_module": module,
+            "keystore.pkcs11_token": token,
+        }
+        if self.pin_file is not None:
+            # Absolute: the service may run from another working directory.
+            values["keystore.pin_file"] = str(self.pin_file.expanduser().resolve())
+        elif self.pin_env is not None:
+            values["keystore.pin_env"] = self.pin_env
+        else:
+            values["keystore.pin_env"] = str(config.get("keystore.pin_env"))
+            if config.get("keystore.pin_file"):
+                values["keystore.pin_file"] = str(config.get("keystore.pin_file"))
+        if not values["keystore.pkcs11_module"] or not values["keystore.pkcs11_token"]:
+            raise ConfigError(
+                "the pkcs11 keystore needs --module PATH and --token LABEL "
+                "(or $SCEAU_PKCS11_MODULE and $SCEAU_PKCS11_TOKEN)"
+            )
+        return values
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_env_agrees(values: Mapping[str, str]) -> None:
+    """Refuse when a ``SCEAU_*`` variable would override what is being written to sceau.toml.
+
+    The environment wins over the file at every start; recording one token while the
+    variable names another would leave a data dir that silently uses something else.
+    """
+    for dotted, value in values.items():
+        setting = SETTINGS_BY_DOTTED[dotted]
+        given = os.environ.get(setting.env)
+        if given is not None and given != value:
+            raise ConfigError(
+                f"${setting.env}={given!r} overrides {dotted} = {value!r}; "
+                f"unset it or make it agree"
+            )
+
+
+def _toml_value(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    # A JSON string is a TOML basic string (same escapes); ensure_ascii=False because TOML
+    # refuses the surrogate-pair escapes JSON would use beyond the BMP.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def set_config_values(data_dir: Path, values: Mapping[str, str | int]) -> None:
+    """Set ``section.name = value`` entries in ``DATA_DIR/sceau.toml``, keeping the rest.
+
+    An existing line (set or commented out, as ``sceau init`` writes them) is replaced in
+    place; a missing one is added to its section. The result is parsed back and checked
+    before it replaces the file (atomically), so a bad edit never leaves a broken config.
+    """
+    path = data_dir / CONFIG_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for dotted, value in values.items():
+        section, name = dotted.split(".", 1)
+        entry = f"{name} = {_toml_value(value)}"
+        header = f"[{section}]"
+        start = next((i for i, ln in enumerate(lines) if ln.strip() == header), None)
+        if start is None:
+            lines += ["", header, entry]
+            continue
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
+            len(lines),
+        )
+        live = re.compile(rf"\s*{re.escape(name)}\s*=")
+        commented = re.compile(rf"\s*#\s*{re.escape(name)}\s*=")
+        found = next((i for i in range(start + 1, end) if live.match(lines[i])), None)
+        if found is None:
+            found = next((i for i in range(start + 1, end) if commented.match(lines[i])), None)
+        if found is not None:
+            lines[found] = entry
+        else:
+            last = end
+            while last > start + 1 and not lines[last - 1].strip():
+                last -= 1
+            lines.insert(last, entry)
+    text = "\n".join(lines) + "\n"
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - guarded by construction
+        raise ConfigError(f"{path}: the edited configuration does not parse: {exc}") from None
+    for dotted, value in values.items():
+        section, name = dotted.split(".", 1)
+        if parsed.get(section, {}).get(name) != value:
+            raise ConfigError(f"{path}: could not set {dotted}; edit the file by hand")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    if path.exists():
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    os.replace(tmp, path)
+
+
+def initialize(
+    data_dir: Path,
+    *,
+    keystore_backend: str | None = None,
+    keystore: KeystoreChoice | None = None,
+) -> InitResult:
+    """Create a new data dir; refuses to touch an existing, non-empty one.
+
+    ``keystore`` (or the older ``keystore_backend`` shorthand) picks the backend; for
+    ``pkcs11`` the objects are created in the token and sceau.toml records module, token and
+    the PIN's source. If the keystore cannot be created (token not found, wrong PIN), nothing
+    is left behind, so the command can simply be run again.
+    """
+    choice = keystore or KeystoreChoice(backend=keystore_backend or "file")
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise ConfigError(f"{data_dir} already exists; refusing to overwrite an installation")
+    created = not data_dir.exists()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    config_text = render_default_config()
-    if keystore_backend and keystore_backend != "file":
-        config_text = config_text.replace(
-            '[keystore]\n# backend = "file"', f'[keystore]\nbackend = "{keystore_backend}"'
-        )
-    (data_dir / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-    config = load_config(data_dir)
-    from sceau.service.runtime import keystore_settings
-
-    init_keystore(keystore_settings(config))
+    try:
+        (data_dir / CONFIG_FILE).write_text(render_default_config(), encoding="utf-8")
+        values = choice.config_values(load_config(data_dir))
+        check_env_agrees(values)
+        set_config_values(data_dir, values)
+        config = load_config(data_dir)
+        settings = replace(keystore_settings(config), signing_alg=choice.signing_alg)
+        init_keystore(settings)
+    except BaseException:
+        # Everything under data_dir is ours (it was empty): leave it as we found it.
+        for child in data_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        if created:
+            data_dir.rmdir()
+        raise
     make_tls_certificate(data_dir / "tls", ["localhost", "127.0.0.1", "::1"])
     engines = create_engines(config.database_url, synchronous=str(config.get("audit.synchronous")))
     try:
@@ -128,4 +304,5 @@ def initialize(data_dir: Path, *, keystore_backend: str | None = None) -> InitRe
 
 
 def config_for(data_dir: Path) -> Config:
+    """The configuration of ``data_dir`` (file and environment)."""
     return load_config(data_dir)

@@ -33,13 +33,29 @@ cli.add_typer(db_cli, name="db")
 def init(
     data_dir: DataDir = None,
     keystore: Annotated[str, typer.Option(help="keystore backend: file or pkcs11")] = "file",
+    module: Annotated[str | None, typer.Option(
+        "--module", help="pkcs11: PKCS#11 module path (default $SCEAU_PKCS11_MODULE)")] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="pkcs11: token label (default $SCEAU_PKCS11_TOKEN)")] = None,
+    pin_env: Annotated[str | None, typer.Option(
+        "--pin-env", help="pkcs11: NAME of the variable holding the PIN")] = None,
+    pin_file: Annotated[Path | None, typer.Option(
+        "--pin-file", help="pkcs11: file holding the PIN (first line)")] = None,
+    signing_alg: Annotated[str | None, typer.Option(
+        "--signing-alg", help="EdDSA or ES256 (default: EdDSA where the token has it)")] = None,
 ) -> None:
-    """Create a data dir: config, keystore, database, TLS certificate, first admin."""
-    from sceau.setup import initialize
+    """Create a data dir: config, keystore, database, TLS certificate, first admin.
+
+    The PKCS#11 PIN is never an argument: sceau.toml records the variable or file it is read
+    from (docs/hsm.md).
+    """
+    from sceau.setup import KeystoreChoice, initialize
 
     target = data_dir or default_data_dir()
-    result = initialize(target, keystore_backend=keystore)
-    typer.echo(f"initialized {result.data_dir}")
+    choice = KeystoreChoice(backend=keystore, pkcs11_module=module, pkcs11_token=token,
+                            pin_env=pin_env, pin_file=pin_file, signing_alg=signing_alg)
+    result = initialize(target, keystore=choice)
+    typer.echo(f"initialized {result.data_dir} (keystore: {keystore})")
     if result.admin_password:
         typer.echo(f"console admin: {result.admin_user}")
         typer.echo(f"one-time password (shown once, change it at first login): "
