@@ -189,6 +189,9 @@ class ConfigError(SceauError):
     code = "internal_error"
     title = "Configuration error"
 
+    def diagnostics(self) -> str:
+        return f"configuration: {self.detail}"
+
 
 HTTP_STATUS: dict[str, int] = {
     "invalid_request": 400,
