@@ -105,12 +105,14 @@ KEYSTORE_CONFIG_KEYS = (
 class KeystoreChoice:
     """Which keystore a data dir uses, as given on the command line (None: not given).
 
-    ``pin_env`` / ``pin_file`` name where the PKCS#11 PIN is read from; the PIN itself is
-    never an argument. ``signing_alg`` only matters when the keys are created (``ES256`` for
-    a token whose policy forbids EdDSA); rotations keep the algorithm of the current key.
+    ``backend`` None means: ``pkcs11`` when a PKCS#11 option is given, else what the
+    environment says (``SCEAU_KEYSTORE``), else ``file``. ``pin_env`` / ``pin_file`` name
+    where the PKCS#11 PIN is read from; the PIN itself is never an argument.
+    ``signing_alg`` only matters when the keys are created (``ES256`` for a token whose
+    policy forbids EdDSA); rotations keep the algorithm of the current key.
     """
 
-    backend: str = "file"
+    backend: str | None = None
     pkcs11_module: str | None = None
     pkcs11_token: str | None = None
     pin_env: str | None = None
@@ -118,7 +120,7 @@ class KeystoreChoice:
     signing_alg: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("file", "pkcs11"):
+        if self.backend is not None and self.backend not in ("file", "pkcs11"):
             raise ConfigError(f"keystore backend must be 'file' or 'pkcs11', not {self.backend!r}")
         if self.backend == "file" and (
             self.pkcs11_module or self.pkcs11_token or self.pin_env or self.pin_file
@@ -131,9 +133,17 @@ class KeystoreChoice:
                 f"--pin-env takes the NAME of an environment variable, not {self.pin_env!r}"
             )
 
+    def resolved_backend(self, config: Config) -> str:
+        """``file`` or ``pkcs11`` (see the class docstring for None)."""
+        if self.backend is not None:
+            return self.backend
+        if self.pkcs11_module or self.pkcs11_token or self.pin_env or self.pin_file:
+            return "pkcs11"
+        return str(config.get("keystore.backend"))
+
     def config_values(self, config: Config) -> dict[str, str]:
         """The sceau.toml values for this choice, completed from ``config`` (env, file)."""
-        if self.backend == "file":
+        if self.resolved_backend(config) == "file":
             return {"keystore.backend": "file"}
         module = self.pkcs11_module or str(config.get("keystore.pkcs11_module"))
         token = self.pkcs11_token or str(config.get("keystore.pkcs11_token"))
@@ -248,7 +258,7 @@ def initialize(
     the PIN's source. If the keystore cannot be created (token not found, wrong PIN), nothing
     is left behind, so the command can simply be run again.
     """
-    choice = keystore or KeystoreChoice(backend=keystore_backend or "file")
+    choice = keystore or KeystoreChoice(backend=keystore_backend)
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise ConfigError(f"{data_dir} already exists; refusing to overwrite an installation")
     created = not data_dir.exists()

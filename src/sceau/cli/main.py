@@ -32,7 +32,8 @@ cli.add_typer(db_cli, name="db")
 @cli.command()
 def init(
     data_dir: DataDir = None,
-    keystore: Annotated[str, typer.Option(help="keystore backend: file or pkcs11")] = "file",
+    keystore: Annotated[str | None, typer.Option(
+        help="keystore backend: file or pkcs11 (default $SCEAU_KEYSTORE, else file)")] = None,
     module: Annotated[str | None, typer.Option(
         "--module", help="pkcs11: PKCS#11 module path (default $SCEAU_PKCS11_MODULE)")] = None,
     token: Annotated[str | None, typer.Option(
@@ -55,7 +56,8 @@ def init(
     choice = KeystoreChoice(backend=keystore, pkcs11_module=module, pkcs11_token=token,
                             pin_env=pin_env, pin_file=pin_file, signing_alg=signing_alg)
     result = initialize(target, keystore=choice)
-    typer.echo(f"initialized {result.data_dir} (keystore: {keystore})")
+    backend = config_from(result.data_dir).get("keystore.backend")
+    typer.echo(f"initialized {result.data_dir} (keystore: {backend})")
     if result.admin_password:
         typer.echo(f"console admin: {result.admin_user}")
         typer.echo(f"one-time password (shown once, change it at first login): "
