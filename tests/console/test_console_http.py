@@ -97,6 +97,8 @@ def test_login_without_its_token_is_refused(console: Console) -> None:
         ({}, False),
         ({"Origin": "https://evil.example"}, True),
         ({"Origin": "null"}, True),
+        ({"Origin": "null", "Sec-Fetch-Site": "cross-site"}, True),
+        ({"Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"}, True),
         ({"Sec-Fetch-Site": "cross-site"}, True),
         ({"Sec-Fetch-Site": "same-site"}, True),
     ],
