@@ -1,4 +1,10 @@
-"""Session-wide fixtures: a real server for end-to-end tests."""
+"""Session-wide fixtures: real servers for end-to-end tests, on both stores.
+
+``server`` (and everything built on it, such as ``app``) is parametrized over ``sqlite`` and
+``postgres``: each end-to-end module runs once per store, each PostgreSQL server on its own
+fresh database. Without a reachable PostgreSQL the ``postgres`` cases are skipped with the
+reason shown in the summary; with ``SCEAU_REQUIRE_POSTGRES=1`` (CI) they fail instead.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,53 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Server, TestApp, make_server
+
+from support import (
+    STORES,
+    PostgresDatabases,
+    Server,
+    TestApp,
+    databases_for,
+    make_server,
+    need_postgres,
+    postgres_problem,
+    store_env,
+)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One `sceau serve` per test module (SQLite, file keystore)."""
-    srv = make_server(tmp_path_factory.mktemp("server"))
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """Creates fresh PostgreSQL databases; drops them all at the end of the session."""
+    need_postgres(postgres_problem())
+    databases = PostgresDatabases()
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="module", params=STORES)
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `sceau serve` per test module and store (file keystore)."""
+    store: str = request.param
+    databases = databases_for(request, store)
+    env = store_env(store, databases)
+    srv = make_server(tmp_path_factory.mktemp(f"server-{store}"), env=env)
     yield srv
     if srv.proc is not None:
         srv.stop()
+    if databases is not None:
+        databases.drop(env["SCEAU_DATABASE_URL"])
+
+
+@pytest.fixture(params=STORES)
+def server_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Environment for a test's own `make_server(...)`: one case per store."""
+    store: str = request.param
+    databases = databases_for(request, store)
+    env = store_env(store, databases)
+    yield env
+    if databases is not None:
+        databases.drop(env["SCEAU_DATABASE_URL"])
 
 
 @pytest.fixture(scope="module")

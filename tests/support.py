@@ -3,12 +3,18 @@
 Nothing here mocks a part of Sceau: a server is the installed console script started on a
 free port with its own data dir; applications are registered through the admin layer the
 CLI uses; clients are the SDK.
+
+Stores: a server runs on SQLite (its data dir) unless its environment names a database with
+``SCEAU_DATABASE_URL``. :class:`PostgresDatabases` creates throw-away PostgreSQL databases
+(``sceau_test_<random>``) on the server named by ``$SCEAU_TEST_POSTGRES_URL`` (default the
+local one, trust auth) and drops them at the end of the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 
 from sceau import admin
 from sceau.client import Client
@@ -28,6 +36,10 @@ from sceau.jose.client import ClientIdentity, generate_app_keys
 
 REPO = Path(__file__).resolve().parents[1]
 SCEAU = [sys.executable, "-m", "sceau.cli"]
+STORES = ("sqlite", "postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SCEAU_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def free_port() -> int:
@@ -80,6 +92,12 @@ class Server:
     @property
     def cert(self) -> str:
         return str(self.data_dir / "tls" / "cert.pem")
+
+    @property
+    def store(self) -> str:
+        """``postgres`` or ``sqlite``: which store this server runs on."""
+        url = self.env.get("SCEAU_DATABASE_URL") or os.environ.get("SCEAU_DATABASE_URL", "")
+        return "postgres" if url.startswith("postgres") else "sqlite"
 
     def config(self) -> Any:
         return load_config(self.data_dir, env={**os.environ, **self.env})
@@ -144,8 +162,10 @@ class Server:
             )
         app = TestApp(
             app_id=app_id,
-            identity=ClientIdentity(app_id=app_id, kid=sign_pub["kid"], alg=alg,
-                                    private_jwk=sign_priv, enc_private_jwk=enc_priv if enc else None),
+            identity=ClientIdentity(
+                app_id=app_id, kid=sign_pub["kid"], alg=alg, private_jwk=sign_priv,
+                enc_private_jwk=enc_priv if enc else None,
+            ),
             sign_public=sign_pub,
             enc_public=enc_pub if enc else None,
         )
@@ -181,3 +201,88 @@ def make_server(base: Path, *, env: Mapping[str, str] | None = None, start: bool
     if start:
         server.start()
     return server
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def postgres_problem(admin_url: str = POSTGRES_ADMIN_URL) -> str | None:
+    """Why PostgreSQL cannot be used for tests (None when it can)."""
+    try:
+        with psycopg.connect(admin_url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL not reachable at {_redact(admin_url)}: {first}"
+    return None
+
+
+def need_postgres(problem: str | None) -> None:
+    """Skip (visibly) when PostgreSQL is missing; fail instead when CI requires it."""
+    if problem is None:
+        return
+    if os.environ.get("SCEAU_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"SCEAU_REQUIRE_POSTGRES=1 but {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def _redact(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+class PostgresDatabases:
+    """Creates fresh databases for one test run and drops every one of them at the end."""
+
+    def __init__(self, admin_url: str = POSTGRES_ADMIN_URL) -> None:
+        self.admin_url = admin_url
+        self.run_id = secrets.token_hex(4)
+        self._created: list[str] = []
+
+    def _admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5)
+
+    def create(self) -> str:
+        """A new empty database; returns its URL."""
+        name = f"sceau_test_{self.run_id}_{len(self._created) + 1}"
+        with self._admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self._created.append(name)
+        return self.url_of(name)
+
+    def url_of(self, name: str) -> str:
+        base, _, _old = self.admin_url.rpartition("/")
+        return f"{base}/{name}"
+
+    def admin_execute(self, sql: str) -> None:
+        """Run one statement on the maintenance database (ALTER DATABASE, terminate, ...)."""
+        with self._admin() as conn:
+            conn.execute(sql.encode())
+
+    def drop(self, url: str) -> None:
+        name = url.rpartition("/")[2]
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        if name in self._created:
+            self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self._created):
+            self.drop(self.url_of(name))
+
+
+def store_env(store: str, databases: PostgresDatabases | None) -> dict[str, str]:
+    """The environment that puts a new server on ``store`` (a fresh database for postgres)."""
+    if store == "sqlite":
+        # Explicitly empty: a SCEAU_DATABASE_URL in the caller's environment must not leak in.
+        return {"SCEAU_DATABASE_URL": ""}
+    assert databases is not None
+    return {"SCEAU_DATABASE_URL": databases.create()}
+
+
+def databases_for(request: pytest.FixtureRequest, store: str) -> PostgresDatabases | None:
+    """The session's database factory when ``store`` is postgres (skips when unavailable)."""
+    if store != "postgres":
+        return None
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    return databases

@@ -4,6 +4,11 @@ SQLite runs in WAL mode with ``synchronous=FULL`` and ``secure_delete=ON``; ever
 transaction starts with ``BEGIN IMMEDIATE`` so that the single writer never has to upgrade a
 read lock (which could fail with SQLITE_BUSY under WAL). PostgreSQL must run with ``fsync``,
 ``synchronous_commit`` and ``full_page_writes`` on; the service refuses to start otherwise.
+
+PostgreSQL connections come from SQLAlchemy's pool (``store.pool_size``), are checked before
+use (``pool_pre_ping``) so that a node reconnects by itself after the database was away, and
+carry a connect timeout, TCP keepalives and a lock timeout so that a vanished peer or a
+stuck lock holder turns into a prompt ``503`` instead of a hung request.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from sceau.errors import ConfigError, StoreUnavailable
 log = logging.getLogger("sceau.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 5
+# A job waits at most this long for a row lock held by another node's open transaction.
+PG_LOCK_TIMEOUT_MS = 10_000
+# Key of the advisory lock that serializes concurrent `sceau db upgrade` / `sceau init`.
+PG_MIGRATION_LOCK = 0x5CEA_0001
 
 
 def normalize_url(url: str) -> str:
@@ -92,16 +102,32 @@ def create_engines(url: str, *, pool_size: int = 8, synchronous: str = "FULL") -
             read=_sqlite_engine(url, immediate=False, synchronous=synchronous),
         )
     if url.startswith("postgresql"):
-        kwargs: dict[str, Any] = {
-            "pool_size": pool_size,
-            "max_overflow": pool_size,
-            "pool_pre_ping": True,
-            "pool_recycle": 1800,
-            "connect_args": {"connect_timeout": 5},
-        }
-        write = sa.create_engine(url, isolation_level="READ COMMITTED", **kwargs)
-        return Engines(write=write, read=write)
-    raise ConfigError(f"store.database_url: unsupported database URL scheme in {url.split(':')[0]!r}")
+        return Engines(*([_postgres_engine(url, pool_size)] * 2))
+    scheme = url.split(":")[0]
+    raise ConfigError(f"store.database_url: unsupported database URL scheme {scheme!r}")
+
+
+def _postgres_engine(url: str, pool_size: int) -> sa.Engine:
+    # One engine for reads and writes: PostgreSQL has no single-writer lock to keep apart,
+    # and one pool bounds this node's connections at 2 x pool_size.
+    return sa.create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_timeout=PG_CONNECT_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "application_name": "sceau",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
+        },
+    )
 
 
 def _alembic_config(conn: sa.Connection) -> AlembicConfig:
@@ -128,8 +154,17 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 def upgrade(engines: Engines) -> None:
-    """Apply pending migrations in one transaction (DDL is transactional on both engines)."""
+    """Apply pending migrations in one transaction (DDL is transactional on both engines).
+
+    On PostgreSQL an advisory lock serializes nodes that upgrade at the same moment; SQLite's
+    ``BEGIN IMMEDIATE`` already does.
+    """
     with engines.write.begin() as conn:
+        if not engines.is_sqlite:
+            # A migration may wait for serving nodes' transactions; the request-path lock
+            # timeout does not apply to it.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
         command.upgrade(_alembic_config(conn), "head")
 
 
@@ -140,11 +175,32 @@ def check_schema(engines: Engines) -> None:
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailable(f"cannot read the schema version: {type(exc).__name__}") from None
     head = head_revision()
-    if current != head:
+    if current == head:
+        return
+    if current is None or current in known_revisions():
         raise ConfigError(
-            f"database schema is at revision {current or 'none'}, this code needs {head}: "
-            "run `sceau db upgrade`"
+            f"database schema is at revision {current or 'none'}, older than this code "
+            f"({head}): run `sceau db upgrade`"
         )
+    raise ConfigError(
+        f"database schema is at revision {current}, which this code does not know (newer "
+        f"than {head}?): upgrade this node's software before serving"
+    )
+
+
+def known_revisions() -> set[str]:
+    """Every migration revision this code ships."""
+    with sa.create_engine("sqlite://").connect() as conn:
+        script = ScriptDirectory.from_config(_alembic_config(conn))
+        return {rev.revision for rev in script.walk_revisions()}
+
+
+# Accepted values per setting: anything else could acknowledge a commit that a crash loses.
+_PG_DURABLE = {
+    "fsync": ("on",),
+    "full_page_writes": ("on",),
+    "synchronous_commit": ("on", "remote_apply", "remote_write", "local"),
+}
 
 
 def check_durability(engines: Engines, *, synchronous: str = "FULL") -> None:
@@ -160,7 +216,10 @@ def check_durability(engines: Engines, *, synchronous: str = "FULL") -> None:
                     f"(got {mode}, {sync})"
                 )
             return
-        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+        for name, accepted in _PG_DURABLE.items():
             value = conn.exec_driver_sql(f"SHOW {name}").scalar()
-            if str(value).lower() not in ("on", "remote_apply", "remote_write", "local"):
-                raise ConfigError(f"PostgreSQL setting {name} is {value!r}; it must be on")
+            if str(value).lower() not in accepted:
+                raise ConfigError(
+                    f"PostgreSQL setting {name} is {value!r}; it must be "
+                    f"{' or '.join(accepted)} so that acknowledged audit records survive a crash"
+                )

@@ -9,7 +9,16 @@ commit, so no response is ever sent before its audit record is durable; if the c
 every job of the batch fails with ``audit_unavailable`` and nothing of it persists.
 
 The chain head (``node_seq``, ``hash``) lives in memory and advances only after a successful
-commit; a failed batch leaves it untouched, so the chain never forks.
+commit; a failed batch leaves it untouched, so the chain never forks. After a failure the
+next batch re-reads the head from the store inside its own transaction: when a COMMIT was
+applied but its acknowledgement was lost (connection cut at that instant), the store, not
+memory, knows the truth. The unique ``(node, node_seq)`` constraint is the last guard: two
+writers on one chain can never both commit the same position.
+
+On PostgreSQL a batch that hits a deadlock (40P01) or a serialization failure (40001) runs
+again from the start in a new transaction; job functions are therefore pure functions of
+the transaction (what they read and write there, the keystore, fresh randomness), and the
+job's audit context is restored before each attempt.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -35,7 +45,7 @@ from sceau.errors import (
     ReplayedRequest,
     SceauError,
 )
-from sceau.keystore.base import Keystore, KeyPurpose
+from sceau.keystore.base import KeyPurpose, Keystore
 from sceau.store import repo
 from sceau.store.db import Engines
 from sceau.vocab import Action, Outcome
@@ -44,7 +54,10 @@ log = logging.getLogger("sceau.audit")
 
 LEASE_TTL_S = 15
 LEASE_RENEW_S = 5
-MAX_BATCH_RETRIES = 3
+MAX_BATCH_RETRIES = 5
+# After a failed batch the idle loop waits this long before trying the store again, so an
+# outage is not hammered (and logged) a hundred times a second.
+FAILURE_BACKOFF_S = 1.0
 
 
 @dataclass
@@ -179,6 +192,8 @@ class Writer:
         self._uncovered = 0
         self._uncovered_since: float | None = None
         self._last_lease = 0.0
+        self._resync = False
+        self._retry_at = 0.0
         self.healthy = True
         self.last_error: str | None = None
         self.on_batch: Callable[[int, float], None] | None = None
@@ -189,45 +204,59 @@ class Writer:
     def open(self) -> None:
         """Lease a node id and load this node's chain head. Raises ConfigError if taken."""
         now = int(self._clock())
-        candidates = (
-            [self._requested_node]
-            if self._requested_node
-            else [f"{self._node_prefix}{i}" for i in range(1, 1000)]
-        )
-        for node in candidates:
-            with self._engines.write.begin() as conn:
-                holder = repo.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
-                if holder is not None and _holder_is_dead_local(holder):
-                    if repo.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
-                        holder = None
-                if holder is None:
+        if self._requested_node:
+            holder = self._take_lease(self._requested_node, now)
+            if holder is not None:
+                raise ConfigError(
+                    f"audit node id {self._requested_node!r} is held by another running "
+                    f"process ({holder}); two processes must never write one audit chain: "
+                    "give each node its own SCEAU_NODE_ID, or leave it empty to lease one"
+                )
+            self.node = self._requested_node
+        else:
+            for node in (f"{self._node_prefix}{i}" for i in range(1, 1000)):
+                if self._take_lease(node, now) is None:
                     self.node = node
                     break
-        else:
-            raise ConfigError("no free audit node id")
-        if not self.node:
-            raise ConfigError(
-                f"audit.node_id {self._requested_node!r} is held by another running process"
-            )
+            else:
+                raise ConfigError("no free audit node id")
         self._last_lease = self._clock()
-        with self._engines.read.connect() as conn:
-            head = repo.chain_head(conn, self.node)
-            self._last_seq = repo.max_seq(conn)
-            last_cp = repo.last_checkpoint(conn, self.node)
+        with self._engines.write.begin() as conn:
+            self._load_head(conn)
+        log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
+
+    def _take_lease(self, node: str, now: int) -> str | None:
+        """Lease ``node``; the foreign holder's token when it is held by a live process."""
+        with self._engines.write.begin() as conn:
+            holder = repo.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
+            if holder is not None and _holder_is_dead_local(holder):
+                # A process of this host that died without releasing: take over at once
+                # rather than waiting for the TTL (a restarted node resumes quickly).
+                if repo.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
+                    holder = None
+        return holder
+
+    def _load_head(self, conn: sa.Connection) -> None:
+        """Read this node's chain head and checkpoint coverage from the store."""
+        head = repo.chain_head(conn, self.node)
+        self._last_seq = repo.max_seq(conn)
+        last_cp = repo.last_checkpoint(conn, self.node)
         if head is not None:
             node_seq, hash_, _seq = head
             self._head = ChainHead(node=self.node, node_seq=node_seq, hash=hash_)
             self._uncovered = node_seq - last_cp
-            self._uncovered_since = self._clock() if self._uncovered else None
         else:
             self._head = ChainHead(node=self.node, node_seq=0, hash="0" * 64)
-        log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
+            self._uncovered = 0
+        self._uncovered_since = self._clock() if self._uncovered else None
 
     def start(self) -> None:
         """Run the writer loop in a background thread."""
         if not self.node:
             self.open()
-        self._thread = threading.Thread(target=self._loop, name=f"sceau-writer-{self.node}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"sceau-writer-{self.node}", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -266,7 +295,7 @@ class Writer:
         wait = LEASE_RENEW_S - (self._clock() - self._last_lease)
         if self._uncovered_since is not None:
             wait = min(wait, self._cp_interval - (self._clock() - self._uncovered_since))
-        return max(0.01, wait)
+        return max(0.01, wait, self._retry_at - self._clock())
 
     def _loop(self) -> None:
         while True:
@@ -295,7 +324,8 @@ class Writer:
                 self._uncovered_since is not None
                 and self._clock() - self._uncovered_since >= self._cp_interval
             )
-            if jobs or due or self._clock() - self._last_lease >= LEASE_RENEW_S:
+            idle_work = due or self._clock() - self._last_lease >= LEASE_RENEW_S
+            if jobs or (idle_work and self._clock() >= self._retry_at):
                 self._run_batch(jobs, force_checkpoint=due)
             if stop:
                 # Drain anything that raced with the stop request.
@@ -316,12 +346,20 @@ class Writer:
     def _run_batch(self, jobs: Sequence[Job], *, force_checkpoint: bool = False) -> None:
         started = time.perf_counter()
         error: Exception | None = None
-        for _attempt in range(MAX_BATCH_RETRIES):
+        saved = [(job.ctx.key, dict(job.ctx.details)) for job in jobs]
+        for attempt in range(MAX_BATCH_RETRIES):
+            if attempt:
+                # Restore what the previous attempt's job functions wrote into their audit
+                # context, and let the transaction that won the conflict finish first.
+                for job, (key, details) in zip(jobs, saved, strict=True):
+                    job.ctx.key, job.ctx.details = key, dict(details)
+                time.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter only
             try:
                 outcomes = self._attempt(jobs, force_checkpoint)
             except sa.exc.DBAPIError as exc:
                 error = exc
                 if _is_retryable(exc):
+                    log.info("audit batch of %d jobs: %s, retrying", len(jobs), _sqlstate(exc))
                     continue
                 break
             except SceauError as exc:  # keystore failure while signing, lease lost, ...
@@ -340,6 +378,10 @@ class Writer:
                 return
         self.healthy = False
         self.last_error = type(error).__name__ if error else "unknown"
+        # The commit may have been applied even though it raised (acknowledgement lost): the
+        # next batch re-reads the chain head from the store before writing.
+        self._resync = True
+        self._retry_at = self._clock() + FAILURE_BACKOFF_S
         log.error("audit batch of %d jobs failed: %s", len(jobs), self.last_error)
         failure = error if isinstance(error, SceauError) and error.status >= 500 else None
         for job in jobs:
@@ -354,13 +396,16 @@ class Writer:
         events: list[AuditEvent] = []
         keys_of_events: list[str | None] = []
         owners: list[int] = []
+        renewed: float | None = None
         with self._engines.write.begin() as conn:
             now = self._clock()
             now_s = int(now)
-            if now - self._last_lease >= LEASE_RENEW_S or not jobs:
+            if now - self._last_lease >= LEASE_RENEW_S or not jobs or self._resync:
                 if repo.acquire_lease(conn, self.node, self._holder, now_s, LEASE_TTL_S):
                     raise AuditUnavailable("this node lost its audit lease")
-                self._last_lease = now
+                renewed = now
+                if self._resync:
+                    self._load_head(conn)
                 for task in self.maintenance:
                     with conn.begin_nested():
                         task(conn, now_s)
@@ -395,7 +440,9 @@ class Writer:
                     results[owner][2].append((seq, record["hash"]))
                     rows.append({"seq": seq, "node": self.node, "node_seq": record["node_seq"],
                                  "key": key, "hash": record["hash"], "line": record_line(record)})
-                    head = ChainHead(node=self.node, node_seq=record["node_seq"], hash=record["hash"])
+                    head = ChainHead(
+                        node=self.node, node_seq=record["node_seq"], hash=record["hash"]
+                    )
                     last_seq = seq
                 repo.insert_audit_records(conn, rows)
             uncovered = self._uncovered + len(rows)
@@ -410,6 +457,9 @@ class Writer:
         # Committed: only now does the in-memory chain advance.
         self._head = head
         self._last_seq = last_seq
+        self._resync = False
+        if renewed is not None:
+            self._last_lease = renewed
         if checkpoint:
             self._uncovered = 0
             self._uncovered_since = None
@@ -462,7 +512,11 @@ class Writer:
             return None, InternalError("internal error")
 
 
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return str(code) if code is not None else None
+
+
 def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     """PostgreSQL deadlock or serialization failure: the whole batch can run again."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code in ("40P01", "40001")
+    return _sqlstate(exc) in ("40P01", "40001")

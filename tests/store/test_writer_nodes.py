@@ -1,0 +1,178 @@
+"""The group-commit writer on both engines: leases, lost commits, deadlock retries.
+
+Writers here are real :class:`Writer` objects over real databases and a file keystore; each
+one plays a node. Chains are checked with the offline verifier at the end of every test.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from sceau.core.model import KeyRecord, Rules
+from sceau.core.verify import verify_lines
+from sceau.errors import AuditUnavailable, ConfigError
+from sceau.keystore import Keystore
+from sceau.store import repo
+from sceau.store.db import Engines
+from sceau.store.writer import AuditContext, Job, Tx, Writer
+from sceau.vocab import Action, KeyStatus
+
+NOW = 1_800_000_000
+
+
+@pytest.fixture()
+def writers(engines: Engines, keystore: Keystore) -> Iterator[list[Writer]]:
+    """Writers to close after the test (their leases released)."""
+    opened: list[Writer] = []
+    yield opened
+    for writer in opened:
+        writer.stop()
+
+
+def new_writer(engines: Engines, keystore: Keystore, opened: list[Writer], node: str = "",
+               ) -> Writer:
+    writer = Writer(engines, keystore, node_id=node, checkpoint_interval_s=3600)
+    writer.open()
+    opened.append(writer)
+    return writer
+
+
+def job(fn: Any = None, *, jti: str | None = None) -> Job:
+    ctx = AuditContext(action=Action.DECRYPT, app="app-1", user="u@example.com", ip=None,
+                       req=jti)
+    return Job(fn=fn, ctx=ctx, jti=("app-1", jti, NOW + 600) if jti else None)
+
+
+def verify_store(engines: Engines, keystore: Keystore) -> Any:
+    with engines.read.connect() as conn:
+        lines = [line for _s, _k, line in repo.iter_audit_lines(conn)]
+    return verify_lines(lines, keystore.public_jwks())
+
+
+def test_a_node_id_is_held_by_one_writer(engines: Engines, keystore: Keystore,
+                                         writers: list[Writer]) -> None:
+    first = new_writer(engines, keystore, writers, "n5")
+    with pytest.raises(ConfigError, match="'n5' is held by another running process"):
+        new_writer(engines, keystore, writers, "n5")
+    automatic = new_writer(engines, keystore, writers)
+    assert (first.node, automatic.node) == ("n5", "n1")
+    assert new_writer(engines, keystore, writers).node == "n2"
+
+
+def test_lost_commit_acknowledgement_does_not_fork_the_chain(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """The COMMIT is applied but raises (connection cut at that instant): the callers get
+    ``audit_unavailable``; the next batch re-reads the head instead of reusing its position."""
+    writer = new_writer(engines, keystore, writers, "n1")
+    writer.run_now(job(jti="j-1"))
+    armed = {"on": True}
+
+    @sa.event.listens_for(engines.write, "commit")
+    def commit_then_fail(conn: sa.Connection) -> None:
+        if armed["on"]:
+            armed["on"] = False
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    try:
+        with pytest.raises(AuditUnavailable):
+            writer.run_now(job(jti="j-2"))
+        assert writer.healthy is False
+        after = writer.run_now(job(jti="j-3"))
+    finally:
+        sa.event.remove(engines.write, "commit", commit_then_fail)
+    assert writer.healthy is True
+    report = verify_store(engines, keystore)
+    assert report.ok, report.first_problem
+    assert report.records == 3 and report.nodes == {"n1": 3}
+    assert len(after.records) == 1
+    with engines.read.connect() as conn:
+        # The lost batch did commit: its jti is remembered, its record is in the chain.
+        assert repo.remember_jti(conn, "app-1", "j-2", NOW) is False
+
+
+def test_failed_batch_fails_every_job_and_keeps_the_head(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    writer = new_writer(engines, keystore, writers, "n1")
+    writer.run_now(job())
+    head = writer._head
+    # Another process forges the next position of this chain: the batch cannot commit.
+    with engines.write.begin() as conn:
+        repo.insert_audit_records(conn, [{"seq": 10_000, "node": "n1", "node_seq": 2,
+                                          "key": None, "hash": "f" * 64, "line": "{}"}])
+    jobs = [job(jti=f"x-{i}") for i in range(3)]
+    writer._run_batch(jobs)
+    for j in jobs:
+        with pytest.raises(AuditUnavailable):
+            j.future.result(0)
+    assert writer._head == head
+    with engines.read.connect() as conn:  # nothing of the batch persisted
+        assert repo.remember_jti(conn, "app-1", "x-0", NOW) is True
+
+
+def sample_key(key_id: bytes) -> KeyRecord:
+    return KeyRecord(
+        key_id=key_id, seed=os.urandom(32), master_version=1, owner="o@example.com",
+        application="app-1", name=None, tag=None, created_at=NOW, expires_at=NOW + 10,
+        not_before=None, not_after=None, status=KeyStatus.ACTIVE, destroy_at=None,
+        destroyed_at=None, authorizations=(), rules=Rules(None, None), decryptions=0,
+        revision=1, seal=b"s" * 32,
+    )
+
+
+def test_deadlocked_batch_is_retried_from_a_clean_state(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """Two nodes lock two keys in opposite orders: PostgreSQL kills one transaction (40P01);
+    that writer re-runs its batch, whose jti and audit context start afresh."""
+    if engines.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: no deadlock between nodes")
+    k1, k2 = os.urandom(16), os.urandom(16)
+    with engines.write.begin() as conn:
+        repo.insert_keys(conn, [sample_key(k1), sample_key(k2)])
+    node_a = new_writer(engines, keystore, writers, "na")
+    node_b = new_writer(engines, keystore, writers, "nb")
+    barrier = threading.Barrier(2, timeout=20)
+    runs = {"a": 0, "b": 0}
+
+    def locker(name: str, first: bytes, second: bytes) -> Any:
+        def fn(tx: Tx) -> Any:
+            runs[name] += 1
+            tx.ctx.details["runs"] = tx.ctx.details.get("runs", 0) + 1
+            if runs[name] == 1:
+                tx.ctx.key = f"{name}-first-attempt"  # must not survive into a retry
+            for i, key_id in enumerate((first, second)):
+                record = repo.load_key(tx.conn, key_id, for_update=True)
+                assert record is not None
+                if i == 0 and runs[name] == 1:
+                    barrier.wait()  # both hold their first lock: a cycle is certain
+            return name
+        return fn
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(node_a.run_now, job(locker("a", k1, k2), jti="dl-a"))
+        fb = pool.submit(node_b.run_now, job(locker("b", k2, k1), jti="dl-b"))
+        values = {fa.result(60).value, fb.result(60).value}
+    assert values == {"a", "b"}
+    assert sorted(runs.values()) == [1, 2]  # exactly one victim, run again
+    report = verify_store(engines, keystore)
+    assert report.ok, report.first_problem
+    with engines.read.connect() as conn:
+        lines = [line for _s, _k, line in repo.iter_audit_lines(conn)]
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["node"] for r in records) == ["na", "nb"]
+    assert all(r["outcome"] == "GRANTED" and r["details"] == {"runs": 1} for r in records)
+    keys = {r["node"]: r["key"] for r in records}
+    victim = next(n for n, count in runs.items() if count == 2)
+    survivor = "a" if victim == "b" else "b"
+    assert keys == {f"n{victim}": None, f"n{survivor}": f"{survivor}-first-attempt"}
