@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,12 @@ import pytest
 from auditlog import last_record
 from typer.testing import CliRunner
 
-from sceau.cli.main import cli
+from sceau.cli.main import cli, main
 from sceau.client import Client
 from sceau.core.b64 import b64u_encode
 from sceau.errors import AccessDenied, InvalidRequest, NotFound
 from sceau.vocab import Reason
-from support import Server, TestApp, run_cli
+from support import Server, TestApp
 
 OWNER = "kim@example.com"
 BOB = "bob@example.com"
@@ -337,8 +338,10 @@ def test_list_accesses_newest_first_with_cursor(server: Server, app: TestApp,
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def test_cli_key_commands(server: Server, app: TestApp, tmp_path: Path) -> None:
-    """The CLI in-process (CliRunner) for speed; one real `sceau` process for error output."""
+def test_cli_key_commands(server: Server, app: TestApp, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI in-process (CliRunner, then the `sceau` entry point for error output)."""
     profile = server.profile(app, tmp_path / "profile.json", user=OWNER)
     env = {"SCEAU_PROFILE": str(profile)}
     runner = CliRunner()
@@ -383,7 +386,10 @@ def test_cli_key_commands(server: Server, app: TestApp, tmp_path: Path) -> None:
     with server.client(app, OWNER) as c, pytest.raises(AccessDenied):
         c.decrypt(envelope)
     # the real entry point prints one line with the stable code and exits 1
-    again = run_cli("key", "disable", key_id, env=env, check=False)
-    assert again.returncode == 1
-    assert again.stderr.decode().startswith("sceau: error: access_denied")
-    assert b"key_destroyed" in again.stderr
+    monkeypatch.setattr(sys, "argv", ["sceau", "key", "disable", key_id])
+    monkeypatch.setenv("SCEAU_PROFILE", str(profile))
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sceau: error: access_denied") and "key_destroyed" in err

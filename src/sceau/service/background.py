@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ SWEEP_BATCH = 100
 # this much later: each attempt writes an audit record, and one per round would flood it.
 REFUSED_RETRY_S = 3600
 JOB_TIMEOUT_S = 60.0
+WAL_FLUSH_BUSY_MS = 2000
 _EXTRA = "sweeper"
 
 
@@ -99,12 +101,46 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                if self.run_once():
+                    key_api.shredded_event(self._rt.extras).set()
+                self.flush_wal()
             except (SceauError, sa.exc.SQLAlchemyError, TimeoutError) as exc:
                 log.warning("sweep round failed: %s", type(exc).__name__)
             except Exception:  # noqa: BLE001 - the thread must outlive a bug in one round
                 log.exception("sweep round failed")
             self._stop.wait(self._interval)
+
+    # --- the SQLite WAL after a destruction ---------------------------------------------
+
+    def flush_wal(self) -> bool:
+        """After a destruction, checkpoint the SQLite WAL and truncate it to zero bytes.
+
+        The committed destruction lives in the WAL; older frames there, and the main file
+        until the checkpoint copies the new page over it, may still hold the seed. TRUNCATE
+        waits for readers, so it runs with a short busy timeout and is retried next round
+        when busy. Returns True when nothing is left to flush.
+        """
+        event = key_api.shredded_event(self._rt.extras)
+        if not self._rt.engines.is_sqlite or not event.is_set():
+            return True
+        event.clear()
+        path = self._rt.engines.write.url.database
+        row: tuple[int, int, int] | None = None
+        try:
+            # A connection of its own, outside the pool: its short busy timeout must not
+            # leak into the writer's connections.
+            conn = sqlite3.connect(path or "", timeout=WAL_FLUSH_BUSY_MS / 1000,
+                                   isolation_level=None)
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint after a destruction failed: %s", type(exc).__name__)
+        if row is None or row[0] != 0:
+            event.set()  # readers or a writer were busy: try again next round
+            return False
+        return True
 
     # --- one round -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from typing import Any
 
 from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
@@ -228,6 +229,23 @@ def shred(keystore: Keystore, tx: Tx, record: KeyRecord) -> KeyRecord:
     return after
 
 
+def shredded_event(extras: dict[str, Any]) -> threading.Event:
+    """Set after a destruction so the background task flushes the SQLite WAL soon after.
+
+    Until a checkpoint, the WAL file may still hold page images with the old seed; the
+    sweep thread truncates it (docs/erasure.md). A spurious set (the job rolled back) only
+    costs one checkpoint.
+    """
+    event = extras.get(_SHREDDED)
+    if not isinstance(event, threading.Event):
+        event = extras.setdefault(_SHREDDED, threading.Event())
+    assert isinstance(event, threading.Event)
+    return event
+
+
+_SHREDDED = "shredded"
+
+
 def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
     # SPEC §10: on a pending key only destroy-key with 0 (and cancel-destruction) may act;
     # rescheduling would let anyone with `manage` postpone an erasure indefinitely.
@@ -235,6 +253,7 @@ def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
     if params.pending_days == 0:
         after = shred(call.rt.keystore, tx, record)
         tx.ctx.details = {"revision": after.revision, "pending_days": 0}
+        shredded_event(call.rt.extras).set()
         return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
     destroy_at = tx.now + params.pending_days * day_seconds()
     tx.ctx.details = {"pending_days": params.pending_days, "destroy_at": rfc3339(destroy_at)}
