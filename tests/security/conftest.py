@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sec_support import SQLITE
 
 from support import Server, TestApp, make_server
-
-SQLITE = {"SCEAU_DATABASE_URL": ""}
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ from sceau.store.db import create_engines
 from support import Server, TestApp
 
 USER = "alice@example.com"
+#: Environment for a server on SQLite whatever the caller's SCEAU_DATABASE_URL.
+SQLITE = {"SCEAU_DATABASE_URL": ""}
 JOSE = {"Content-Type": "application/jose"}
 
 

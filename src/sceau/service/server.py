@@ -168,7 +168,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             log.warning("closing a connection: request not received in time",
                         extra={"fields": {"in_head": self._in_head}})
-            self.transport.close()
+            # abort(), not close(): a graceful TLS shutdown would wait up to 30 s for the
+            # slow client's close_notify, keeping the connection (and its slot) open.
+            self.transport.abort()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
