@@ -770,17 +770,18 @@ def _console_key_conditions(flt: KeyFilter) -> list[Any]:
     conds: list[Any] = []
     if flt.user is not None:
         principals = [flt.user] + ([flt.user_domain_pattern] if flt.user_domain_pattern else [])
-        recipient = sa.exists().where(
-            authorizations.c.key_id == keys.c.key_id,
-            authorizations.c.principal.in_(principals),
+        # Key ids from the indexes (owner, principal) rather than an OR over every row: a
+        # person owns or is named on a few keys among many.
+        named = sa.select(authorizations.c.key_id).where(
+            authorizations.c.principal.in_(principals)
         )
-        owner = keys.c.owner == flt.user
+        owned = sa.select(keys.c.key_id).where(keys.c.owner == flt.user)
         if flt.role == "owner":
-            conds.append(owner)
+            conds.append(keys.c.owner == flt.user)
         elif flt.role == "recipient":
-            conds.append(sa.and_(keys.c.owner != flt.user, recipient))
+            conds += [keys.c.owner != flt.user, keys.c.key_id.in_(named)]
         else:
-            conds.append(sa.or_(owner, recipient))
+            conds.append(keys.c.key_id.in_(sa.union(owned, named)))
     if flt.status == "expired":
         conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at <= flt.now]
     elif flt.status == "active":
