@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +108,33 @@ def pkcs11_server_args(tmp: Path) -> tuple[dict[str, str], tuple[str, ...]]:
     """(env, init_args) for ``support.make_server`` on a fresh SoftHSM2 token under ``tmp``."""
     token = new_softhsm_token(tmp)
     return token.env(), token.init_args()
+
+
+# What a process needs to reach a server's token: where SoftHSM2's store is, and the PIN.
+_TOKEN_ENV = ("SOFTHSM2_CONF", SERVER_PIN_ENV)
+
+
+@contextmanager
+def token_env_here(env: Mapping[str, str]) -> Iterator[None]:
+    """Give this (test) process a token server's SoftHSM2 store and PIN inside the block.
+
+    For in-process admin work on a token server (``Server.register_app``,
+    ``admin.admin_session(server.config())``): those open the server's keystore in the test
+    process, which reads ``SOFTHSM2_CONF`` and the PIN from ``os.environ``. A module already
+    initialized on another store finds no such token and re-initializes itself, reading the
+    variables again (the pool's recovery path), so servers on different stores can follow
+    one another; only keystores opened inside the block may be used inside it.
+    """
+    saved = {name: os.environ.get(name) for name in _TOKEN_ENV}
+    os.environ.update({name: env[name] for name in _TOKEN_ENV if name in env})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def register_app_via_cli(server: Server, name: str = "test-app", *,

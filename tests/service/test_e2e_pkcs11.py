@@ -17,7 +17,7 @@ import httpx
 import pytest
 from auditlog import count_rows, last_record, verify_store
 
-from hsm_support import SoftHsmToken, new_softhsm_token, register_app_via_cli
+from hsm_support import SoftHsmToken, new_softhsm_token, register_app_via_cli, token_env_here
 from sceau.core.b64 import b64u_encode
 from sceau.errors import AccessDenied, KeystoreUnavailable, NotFound
 from sceau.vocab import Reason
@@ -120,6 +120,15 @@ def test_core_flows_on_the_token(hsm_server: Server, hsm_app: TestApp) -> None:
             c.describe_key(key_id)
     report = verify_store(hsm_server)
     assert report.ok, report.first_problem
+
+
+def test_in_process_admin_reaches_the_token(hsm_server: Server) -> None:
+    """What a backend-parametrized `server` fixture needs: `register_app` in this process."""
+    with token_env_here(hsm_server.env):
+        other = hsm_server.register_app("registered-in-process")
+    with hsm_server.client(other, OWNER) as c:
+        _, envelope = c.encrypt(b"hello")
+        assert c.decrypt(envelope) == b"hello"
 
 
 def discovery(server: Server) -> dict[str, Any]:
