@@ -140,6 +140,8 @@ def relay(
     users: Annotated[Path | None, typer.Option(
         "--users", exists=True, dir_okay=False,
         help="require AUTH (PLAIN/LOGIN over TLS) against user:argon2-hash lines")] = None,
+    protect_subject: Annotated[bool, typer.Option(
+        "--protect-subject", help="move the Subject of protected messages inside")] = False,
 ) -> None:
     """Relay SMTP: protect messages marked by the header or subject tag, forward all."""
     from sceau.connectors.relay import Credentials, ProtectingHandler, Relay, server_tls_context
@@ -156,7 +158,8 @@ def relay(
     except (OSError, ValueError, SceauError) as exc:
         raise _error(tls_cert or users or "relay", describe_failure(exc), EXIT_USAGE) from None
     client = _client(profile)
-    handler = ProtectingHandler(client, hop, tag=tag or None, header=header or None)
+    handler = ProtectingHandler(client, hop, tag=tag or None, header=header or None,
+                                protect_subject=protect_subject)
     running = Relay(handler, listen_at[0], listen_at[1], tls=tls, credentials=credentials)
     try:
         running.start()

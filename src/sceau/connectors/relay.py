@@ -140,8 +140,9 @@ class ProtectingHandler:
 
     def __init__(self, keys: KeySource, next_hop: tuple[str, int], *,
                  tag: str | None = DEFAULT_TAG, header: str | None = DEFAULT_HEADER,
-                 timeout: float = 60.0) -> None:
+                 protect_subject: bool = False, timeout: float = 60.0) -> None:
         self._keys = keys
+        self._protect_subject = protect_subject
         self._next_hop = next_hop
         self._tag = tag
         self._header = header
@@ -151,7 +152,8 @@ class ProtectingHandler:
 
     def _protect(self, message: bytes, rcpt_tos: Iterable[str]) -> bytes:
         with self._lock:
-            return protect_message(self._keys, message, extra_recipients=rcpt_tos).message
+            return protect_message(self._keys, message, extra_recipients=rcpt_tos,
+                                   protect_subject=self._protect_subject).message
 
     def _forward(self, mail_from: str, rcpt_tos: list[str], message: bytes) -> None:
         host, port = self._next_hop
