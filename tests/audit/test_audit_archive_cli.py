@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from audit_tools import db, independent_verify
 
-from support import Server, make_server, run_cli
+from support import make_server, run_cli
 
 OWNER = "alice@example.com"
 
@@ -35,7 +34,10 @@ def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     with server.client(app, OWNER) as c:  # the service goes on after the archive
         for i in range(3):
             c.encrypt(f"new {i}".encode())
-    yield {"server": server, "jwks": jwks, "archive": archive, "result": result, "base": base}
+    rest = base / "rest.jsonl"  # the store's export after the archive
+    run_cli("audit", "export", "--data-dir", str(server.data_dir), "--output", str(rest))
+    yield {"server": server, "jwks": jwks, "archive": archive, "result": result, "base": base,
+           "rest": rest}
     server.stop()
 
 
@@ -77,8 +79,7 @@ def test_store_alone_archive_alone_and_both_verify(archived: dict[str, Any]) -> 
     assert rc == 0 and archive_report["anchors"] == []
     assert archive_report["records"] == archived["result"]["records"]
 
-    rest = archived["base"] / "rest.jsonl"
-    run_cli("audit", "export", "--data-dir", str(server.data_dir), "--output", str(rest))
+    rest = archived["rest"]
     rc, rest_report = _verify("--export", str(rest), "--jwks", str(jwks))
     assert rc == 0 and rest_report["nodes"] == store_report["nodes"]
 
@@ -93,9 +94,7 @@ def test_store_alone_archive_alone_and_both_verify(archived: dict[str, Any]) -> 
 
 def test_a_cut_head_is_not_taken_for_an_archive(archived: dict[str, Any]) -> None:
     """A stream starting at a checkpoint no AUDIT_ARCHIVE record lists is reported."""
-    server, jwks, base = archived["server"], archived["jwks"], archived["base"]
-    rest = base / "rest2.jsonl"
-    run_cli("audit", "export", "--data-dir", str(server.data_dir), "--output", str(rest))
+    jwks, base, rest = archived["jwks"], archived["base"], archived["rest"]
     lines = archived["archive"].read_text().splitlines() + rest.read_text().splitlines()
     objs = [json.loads(line) for line in lines]
     n1_cp = next(i for i, o in enumerate(objs)
@@ -116,9 +115,9 @@ def test_a_cut_head_is_not_taken_for_an_archive(archived: dict[str, Any]) -> Non
     assert rc == 0, report["problems"]
 
 
-def test_nothing_to_archive_is_an_error(tmp_path: Path) -> None:
-    server: Server = make_server(tmp_path, start=False)
-    proc = run_cli("audit", "archive", "--before", "5", "--output", str(tmp_path / "a.jsonl"),
+def test_nothing_left_to_archive_is_an_error(archived: dict[str, Any]) -> None:
+    server, base = archived["server"], archived["base"]
+    proc = run_cli("audit", "archive", "--before", "2", "--output", str(base / "none.jsonl"),
                    "--data-dir", str(server.data_dir), check=False)
     assert proc.returncode == 1 and b"nothing to archive" in proc.stderr
-    assert not (tmp_path / "a.jsonl").exists()
+    assert not (base / "none.jsonl").exists()

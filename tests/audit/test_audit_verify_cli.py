@@ -69,6 +69,8 @@ def verify_json(*args: str) -> tuple[int, dict[str, Any], str]:
 
 def test_follow_streams_new_records(trail: tuple[Server, Path], tmp_path: Path) -> None:
     server, jwks = trail
+    if server.proc is None:  # run out of order, after the `stopped` fixture
+        server.start()
     out = tmp_path / "follow.jsonl"
     proc = subprocess.Popen([*SCEAU, "audit", "export", "--follow", "--poll", "0.2",
                              "--data-dir", str(server.data_dir), "--output", str(out)])
@@ -114,7 +116,8 @@ def test_jsonl_export_is_the_stored_lines_and_verifies(
     rc, report, _ = verify_json("--export", str(out), "--jwks", str(jwks))
     assert rc == 0 and report["nodes"] == nodes
     assert report["records"] == len(record_rows(conn)) and report["checkpoints"] >= 3
-    rc, store_report, _ = verify_json("--data-dir", str(server.data_dir))
+    rc, store_report, _ = verify_json("--database-url", f"sqlite:///{server.data_dir}/sceau.db",
+                                      "--jwks", str(jwks))
     assert rc == 0 and store_report["nodes"] == nodes
 
 
