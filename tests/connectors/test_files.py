@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 from connector_support import invoke
 
-from sceau.connectors.files import FileInfo, decode_file_header, encode_file_header
-from sceau.core.envelope import EnvelopeFormatError
+from sceau.client import DataKey
+from sceau.connectors.files import (
+    FileInfo,
+    decode_file_header,
+    encode_file_header,
+    open_file,
+    protect_file,
+)
+from sceau.core.b64 import b64u_encode
+from sceau.core.envelope import EnvelopeFormatError, token_for
 from sceau.errors import AccessDenied, InvalidRequest
 from sceau.vocab import Reason
 from support import Server, TestApp, run_cli
@@ -248,3 +256,39 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     proc = invoke("file", "open")
     assert proc.returncode == 2
+
+
+class LocalKeys:
+    """A key source without a service, for what does not need one (interruption)."""
+
+    key, key_id = os.urandom(32), os.urandom(16)
+
+    def generate_data_key(self, *, user: str | None = None, **options: object) -> DataKey:
+        return DataKey(b64u_encode(self.key_id), self.key, os.urandom(12), token_for(self.key_id))
+
+    def get_data_key(self, key_id: str | None = None, *, token: bytes | None = None,
+                     user: str | None = None) -> bytes:
+        return self.key
+
+
+@pytest.mark.parametrize("step", ["protect", "open"])
+def test_interruption_leaves_no_output(tmp_path: Path, step: str) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    keys = LocalKeys()
+
+    def interrupt(done: int) -> None:
+        if done > 1 << 20:
+            raise KeyboardInterrupt
+
+    if step == "open":
+        protect_file(keys, src)
+        (tmp_path / "out").mkdir()
+    before = listing(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        if step == "protect":
+            protect_file(keys, src, progress=interrupt)
+        else:
+            open_file(keys, tmp_path / "big.bin.sceau", out_dir=tmp_path / "out",
+                      progress=interrupt)
+    assert listing(tmp_path) == before  # no temporary file, no output, original kept
