@@ -7,17 +7,17 @@ from typing import Any
 
 import httpx
 
+from sceau.auditlog.export import ExportFormat, iter_export
 from sceau.core.verify import VerifyReport, verify_lines
-from sceau.store import repo
 from sceau.store.db import create_engines
 from support import Server
 
 
 def audit_lines(server: Server) -> list[str]:
+    """The trail as `sceau audit export` writes it (orphaned checkpoints included)."""
     engines = create_engines(server.config().database_url)
     try:
-        with engines.read.connect() as conn:
-            return [line for _seq, _kind, line in repo.iter_audit_lines(conn)]
+        return list(iter_export(engines, ExportFormat.JSONL))
     finally:
         engines.dispose()
 
