@@ -18,11 +18,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from sceau.jose.client import ClientIdentity, generate_app_keys
-from support import Server, TestApp, run_cli
+
+if TYPE_CHECKING:
+    # Only for annotations: support.py may import this module (token_env_here) itself.
+    from support import Server, TestApp
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_SCRIPT = REPO / "scripts" / "softhsm-token.sh"
@@ -145,6 +149,8 @@ def register_app_via_cli(server: Server, name: str = "test-app", *,
     server's keystore cannot be: SoftHSM2 reads ``SOFTHSM2_CONF`` once per process and the
     PIN is in the server's environment only. The CLI runs with exactly the server's.
     """
+    from support import TestApp, run_cli
+
     sign_priv, sign_pub, enc_priv, enc_pub = generate_app_keys(alg)
     base = server.data_dir.parent / f"app-{secrets.token_hex(4)}"
     base.mkdir()
