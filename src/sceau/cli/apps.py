@@ -9,10 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sceau import admin
 from sceau.cli.common import DataDir, config_from, fail, print_json
-from sceau.jose.client import generate_app_keys
-from sceau.service.runtime import open_store
 from sceau.vocab import AppStatus
 
 app = typer.Typer(help="Applications: register, list, enable, disable, rotate keys.",
@@ -33,6 +30,8 @@ def keygen(
     service_url: Annotated[str, typer.Option(help="the service's base URL")] = "https://127.0.0.1:8443",
 ) -> None:
     """Generate an application's key pairs and a client profile (profile.json, 0600)."""
+    from sceau.jose.client import generate_app_keys
+
     out.mkdir(parents=True, exist_ok=True)
     profile_path = out / "profile.json"
     if profile_path.exists():
@@ -62,6 +61,8 @@ def keygen(
 
 
 def _read_jwk(path: Path, what: str) -> dict[str, object]:
+    from sceau import admin
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -80,6 +81,8 @@ def add(
     data_dir: DataDir = None,
 ) -> None:
     """Register an application."""
+    from sceau import admin
+
     config = config_from(data_dir)
     sign = _read_jwk(jwk, "--jwk")
     enc = _read_jwk(enc_jwk, "--enc-jwk") if enc_jwk else None
@@ -108,6 +111,9 @@ def list_apps(
     data_dir: DataDir = None,
 ) -> None:
     """List registered applications."""
+    from sceau import admin
+    from sceau.service.runtime import open_store
+
     config = config_from(data_dir)
     engines = open_store(config)
     try:
@@ -128,6 +134,8 @@ def list_apps(
 
 
 def _set_status(app_id: str, status: AppStatus, data_dir: Path | None) -> None:
+    from sceau import admin
+
     with admin.admin_session(config_from(data_dir)) as session:
         admin.set_application_status(session, app_id, status)
     typer.echo(f"{app_id}: {status}")
@@ -152,6 +160,8 @@ def add_key(
     data_dir: DataDir = None,
 ) -> None:
     """Add a signing key to an application (key rotation)."""
+    from sceau import admin
+
     with admin.admin_session(config_from(data_dir)) as session:
         typer.echo(admin.add_app_key(session, app_id, _read_jwk(jwk, "--jwk")))
 
@@ -159,6 +169,8 @@ def add_key(
 @app.command("retire-key")
 def retire_key(app_id: str, kid: str, data_dir: DataDir = None) -> None:
     """Retire one signing key of an application."""
+    from sceau import admin
+
     with admin.admin_session(config_from(data_dir)) as session:
         admin.retire_app_key(session, app_id, kid)
     typer.echo(f"{kid}: retired")
