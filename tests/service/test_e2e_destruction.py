@@ -238,6 +238,21 @@ def test_pending_destruction_is_swept_unless_cancelled(fast: Server, fast_app: T
     assert [r for r in records(fast) if r["key"] == spared and r["user"] == "sceau"] == []
 
 
+def test_sweep_waits_while_another_node_holds_the_lease(fast: Server,
+                                                       fast_app: TestApp) -> None:
+    with sqlite3.connect(db_path(fast), timeout=10) as conn:
+        conn.execute("INSERT INTO node_leases (node, holder, expires_at) VALUES "
+                     "('sweep:global', 'otherhost|1|abc', ?)", (int(time.time()) + 3600,))
+    with fast.client(fast_app, OWNER) as c:
+        key_id, _ = c.encrypt(b"not yet")
+        c.destroy_key(key_id, pending_days=1)
+        time.sleep(2.0)  # due for a second; the other "node" has not swept it
+        assert c.describe_key(key_id)["status"] == "pending_destruction"
+        with sqlite3.connect(db_path(fast), timeout=10) as conn:
+            conn.execute("DELETE FROM node_leases WHERE node = 'sweep:global'")
+        wait_for(lambda: c.describe_key(key_id)["status"] == "destroyed")
+
+
 def test_sweep_survives_a_restart(fast: Server, fast_app: TestApp) -> None:
     with fast.client(fast_app, OWNER) as c:
         key_id, _ = c.encrypt(b"across restarts")
@@ -256,11 +271,11 @@ def test_sweep_survives_a_restart(fast: Server, fast_app: TestApp) -> None:
 def test_purge_expired_destroys_in_bulk_with_receipts(fast: Server, fast_app: TestApp) -> None:
     t0 = int(time.time())
     with fast.client(fast_app, OWNER) as c:
-        expired = c.encrypt(b"old", expires_at=t0 + 1)[0]
-        expired_off = c.encrypt(b"old and off", expires_at=t0 + 1)[0]
+        expired = c.encrypt(b"old", expires_at=t0 + 2)[0]
+        expired_off = c.encrypt(b"old and off", expires_at=t0 + 2)[0]
         c.disable_key(expired_off)
         live = c.encrypt(b"current")[0]
-    time.sleep(max(0.0, t0 + 1.3 - time.time()))
+    time.sleep(max(0.0, t0 + 2.3 - time.time()))
     runner = CliRunner()
     env = {**fast.env, "SCEAU_DATA_DIR": str(fast.data_dir)}
     asked = runner.invoke(cli, ["key", "purge-expired", "--older-than", "0"], env=env,

@@ -11,7 +11,8 @@ database only one sweeps at a time; the others skip the round. The lease holder 
 
 Every piece of state lives in the store (status, ``destroy_at``, the lease), so a node
 restarted between a ``destroy-key`` with ``pending_days`` and its due date still destroys
-the key on time; a dead holder's lease expires after a TTL and another node takes over.
+the key on time. The lease is held only during a round; a node that dies mid-round blocks
+the others for at most the lease TTL.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SWEEP_INTERVAL_ENV = "SCEAU_SWEEP_INTERVAL_S"
 DEFAULT_SWEEP_INTERVAL_S = 30.0
 SWEEP_LEASE = "sweep:global"
 SWEEP_BATCH = 100
+SWEEP_LEASE_TTL_S = 60
 # A key whose destruction was refused (e.g. its seal no longer verifies) is retried only
 # this much later: each attempt writes an audit record, and one per round would flood it.
 REFUSED_RETRY_S = 3600
@@ -74,8 +76,9 @@ class Sweeper:
         self._rt = rt
         self._interval = interval
         self._clock = clock
-        # Long enough to outlive one round; a node that died holding it is replaced after.
-        self._ttl = int(max(3 * interval, 15.0))
+        # Held only during a round (renewed between batches, released at the end), so it
+        # must outlive one batch; a node that died mid-round is replaced after the TTL.
+        self._ttl = SWEEP_LEASE_TTL_S
         self._holder = f"{socket.gethostname()}|{os.getpid()}|{os.urandom(6).hex()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,11 +95,7 @@ class Sweeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        try:
-            with self._rt.engines.write.begin() as conn:
-                repo.release_lease(conn, SWEEP_LEASE, self._holder)
-        except sa.exc.SQLAlchemyError:
-            log.warning("could not release the sweep lease; it expires in %d s", self._ttl)
+        self._release_lease()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -149,11 +148,24 @@ class Sweeper:
             holder = repo.acquire_lease(conn, SWEEP_LEASE, self._holder, now, self._ttl)
         return holder is None
 
+    def _release_lease(self) -> None:
+        try:
+            with self._rt.engines.write.begin() as conn:
+                repo.release_lease(conn, SWEEP_LEASE, self._holder)
+        except sa.exc.SQLAlchemyError:
+            log.warning("could not release the sweep lease; it expires in %d s", self._ttl)
+
     def run_once(self) -> int:
-        """One round if this node holds (or takes) the lease; returns the keys destroyed."""
-        now = int(self._clock())
-        if not self._take_lease(now):
+        """One round if no other node is sweeping; returns the keys destroyed."""
+        if not self._take_lease(int(self._clock())):
             return 0
+        try:
+            return self._round()
+        finally:
+            self._release_lease()
+
+    def _round(self) -> int:
+        now = int(self._clock())
         skew = int(self._rt.config.get("limits.clock_skew_s"))
         with self._rt.engines.write.begin() as conn:
             # A row may go once its token is refused as expired on every node: its
