@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,5 +73,15 @@ class Console:
         return self.http.post(path, data={"csrf": self.csrf(page), **data})  # type: ignore[dict-item]
 
 
+SHOTS_ENV = "SCEAU_UPDATE_SCREENSHOTS"
+
+
 def shots_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "docs" / "images"
+    """docs/images/ when $SCEAU_UPDATE_SCREENSHOTS=1, else a scratch directory.
+
+    Every run takes the screenshots (the flows run either way); only an explicit update
+    rewrites the ones docs/console.md shows, so `make test` leaves the tree clean.
+    """
+    if os.environ.get(SHOTS_ENV) == "1":
+        return Path(__file__).resolve().parents[2] / "docs" / "images"
+    return Path(tempfile.gettempdir()) / "sceau-console-shots"
