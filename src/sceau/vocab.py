@@ -57,6 +57,7 @@ class Action(StrEnum):
     REQUEST = "REQUEST"
     # Configuration and administration.
     APP_ADD = "APP_ADD"
+    APP_UPDATE = "APP_UPDATE"
     APP_ENABLE = "APP_ENABLE"
     APP_DISABLE = "APP_DISABLE"
     APP_KEY_ADD = "APP_KEY_ADD"
@@ -71,6 +72,7 @@ class Action(StrEnum):
     SERVICE_STOP = "SERVICE_STOP"
     KEYSTORE_ROTATE = "KEYSTORE_ROTATE"
     AUDIT_ARCHIVE = "AUDIT_ARCHIVE"
+    AUDIT_EXPORT = "AUDIT_EXPORT"
     PURGE_EXPIRED = "PURGE_EXPIRED"
 
 
