@@ -259,6 +259,12 @@ async def warm_up(spec: dict[str, Any], source: SceauRequests | PlainRequests,
 
 async def timed(spec: dict[str, Any], raws: Callable[[int], bytes | None],
                 context: ssl.SSLContext, pids: list[int], db_pids: list[int]) -> dict[str, Any]:
+    """The measured window: ``seconds`` of closed-loop load (or until the requests run out).
+
+    Server CPU and the completion count are snapshotted when the window closes; requests
+    still in flight then are awaited (so the server is idle before the next run) but not
+    counted: with 32 slow batches in flight the tail would otherwise stretch the window.
+    """
     conns = await open_all(spec, context, spec["concurrency"])
     latencies: list[float] = []
     errors = 0
@@ -273,10 +279,23 @@ async def timed(spec: dict[str, Any], raws: Callable[[int], bytes | None],
     gen0 = time.process_time()
     started = time.perf_counter()
     deadline = started + spec["seconds"]
-    last_done = started
+    end: dict[str, Any] = {}
+
+    def close_window() -> None:
+        if end:
+            return
+        end.update(
+            t=time.perf_counter(), gen=time.process_time(), cpu=total_cpu_seconds(pids),
+            times=cpu_times(pids[0]), cpu0=cpu_line(SERVER_CPU),
+            db=total_cpu_seconds(db_pids),
+        )
+
+    async def closer() -> None:
+        await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+        close_window()
 
     async def worker(conn: Connection) -> None:
-        nonlocal errors, error_sample, next_index, exhausted, last_done
+        nonlocal errors, error_sample, next_index, exhausted
         while True:
             raw = raws(next_index)
             if raw is None:
@@ -287,22 +306,26 @@ async def timed(spec: dict[str, Any], raws: Callable[[int], bytes | None],
             if t0 >= deadline:
                 return
             status, body = await conn.request(raw)
-            t1 = time.perf_counter()
-            last_done = max(last_done, t1)
-            latencies.append(t1 - t0)
+            if end:
+                continue  # answered after the window closed: drained, not counted
+            latencies.append(time.perf_counter() - t0)
             if status != 200:
                 errors += 1
                 if not error_sample:
                     error_sample = f"{status}: {body[:300]!r}"
 
+    timer = asyncio.create_task(closer())
     await asyncio.gather(*(worker(c) for c in conns))
-    elapsed = last_done - started
-    gen_cpu = time.process_time() - gen0
-    server_cpu = total_cpu_seconds(pids) - cpu0
-    times1 = cpu_times(pids[0])
-    cpu0_1 = cpu_line(SERVER_CPU)
-    others = (cpu0_1[0] - cpu0_0[0]) - server_cpu
-    db_cpu = total_cpu_seconds(db_pids) - db0
+    close_window()  # the requests ran out before the deadline
+    timer.cancel()
+    drain_s = time.perf_counter() - end["t"]
+    elapsed = end["t"] - started
+    gen_cpu = end["gen"] - gen0
+    server_cpu = end["cpu"] - cpu0
+    times1 = end["times"]
+    others = (end["cpu0"][0] - cpu0_0[0]) - server_cpu
+    db_cpu = end["db"] - db0
+    cpu0_1 = end["cpu0"]
     for conn in conns:
         conn.close()
     latencies.sort()
@@ -315,6 +338,7 @@ async def timed(spec: dict[str, Any], raws: Callable[[int], bytes | None],
         "error_sample": error_sample,
         "duration_s": round(elapsed, 3),
         "exhausted_presigned": exhausted,
+        "drain_s": round(drain_s, 3),
         "rps": ok / elapsed if elapsed else 0.0,
         "items_per_s": ok * items / elapsed if elapsed else 0.0,
         "lat_ms": {

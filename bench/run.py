@@ -20,6 +20,7 @@ stacks and a summary (see :mod:`bench.profile`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -137,9 +138,7 @@ def run_matrix(targets: list[tuple[str, str, Any]], settings: Settings, workdir:
     """
     for name in settings.workloads:
         workload = WORKLOADS[name]
-        for c in settings.concurrency:
-            if workload.only_concurrency and c not in workload.only_concurrency:
-                continue
+        for c in workload.concurrencies(settings.concurrency):
             for label, system, target in targets:
                 if time.monotonic() > settings.deadline:
                     settings.skipped.append(f"{label} {name} c={c}")
@@ -284,9 +283,12 @@ def main(argv: Sequence[str]) -> int:
                 label = f"sceau-{store}" + ("" if keystore == "file" else f"-{keystore}")
                 targets.append((label, "sceau", SceauTarget(workdir / label, store, keystore,
                                                              pool=settings.pool)))
-        for label, _system, target in targets:
-            say(f"{label}: starting")
-            target.start()
+        say("starting " + ", ".join(label for label, _s, _t in targets))
+        # Started side by side: `sceau init` and the pools are mostly waiting on children.
+        with concurrent.futures.ThreadPoolExecutor(len(targets) or 1) as pool:
+            for future in [pool.submit(t.start) for _l, _s, t in targets]:
+                future.result()
+        say("all started")
         run_matrix(targets, settings, workdir, runs)
         for _label, _system, target in targets:
             target.stop()

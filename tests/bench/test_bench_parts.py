@@ -125,23 +125,37 @@ def test_ratios_and_verdicts() -> None:
         _run("openbao", "encrypt", 32, 3000, 3000, 10, 20),
         _run("sceau-sqlite", "encrypt", 1, 1000, 1500, 0.8, 2.0),
         _run("sceau-sqlite", "encrypt", 32, 3300, 3300, 9, 50),
-        _run("openbao", "batch-encrypt", 32, 14500, 145, 200, 400),
-        _run("sceau-sqlite", "batch-encrypt", 32, 10000, 100, 300, 600),
+        _run("openbao", "batch-encrypt", 8, 14500, 145, 200, 400),
+        _run("sceau-sqlite", "batch-encrypt", 8, 10000, 100, 300, 600),
     ]
     rows = {r["workload"]: r for r in report.ratios(runs)}
     enc = rows["encrypt"]
     assert enc["rps_c1"] == pytest.approx(0.5)
-    assert enc["per_cpu_c32"] == pytest.approx(1.1)
+    assert enc["per_cpu_high"] == pytest.approx(1.1)
     assert enc["p50_c1"] == pytest.approx(2.0)
-    assert enc["p99_c32"] == pytest.approx(2.5)
+    assert enc["p99_high"] == pytest.approx(2.5)
+    assert enc["high_c"] == 32
     assert enc["verdict"] == "✔ req/CPU-s, ✔ p50≤1ms, ✘ p99≤2×"
     batch = rows["batch-encrypt"]
-    assert batch["rps_c32"] == pytest.approx(10000 / 14500)
+    assert batch["rps_high"] == pytest.approx(10000 / 14500)
+    assert batch["high_c"] == 8
     assert batch["verdict"].startswith("✘ items/s")
     md = report.markdown({"meta": {"started": "t", "cpus": 2, "cpu_model": "x",
                                    "python": "p", "seconds": 1, "openbao": "b"},
                           "runs": runs, "ratios": report.ratios(runs), "reference": {}})
-    assert "| sceau-sqlite | encrypt | 0.50× | 1.10× | 1.10× |" in md
+    assert "| sceau-sqlite | encrypt | 32 | 0.50× | 1.10× | 1.10× |" in md
+
+
+@pytest.mark.parametrize(
+    ("wanted", "max_c", "high_only", "expected"),
+    [([1, 32], None, False, [1, 32]), ([1, 32], 8, False, [1, 8]), ([1, 32], 8, True, [8]),
+     ([4], 8, False, [4])],
+)
+def test_workload_concurrencies(wanted: list[int], max_c: int | None, high_only: bool,
+                                expected: list[int]) -> None:
+    from bench.targets import Workload
+
+    assert Workload("w", 1, max_c, high_only).concurrencies(wanted) == expected
 
 
 def test_contended_runs_are_named() -> None:
