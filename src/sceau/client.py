@@ -38,7 +38,13 @@ from sceau.core.stream import (
     read_stream_key_id,
 )
 from sceau.errors import AccessDenied, IntegrityFailure, SceauError, error_for_code
-from sceau.jose.client import ClientIdentity, open_response, sign_request, wrap_for_service
+from sceau.jose.client import (
+    ClientIdentity,
+    UnknownServiceKey,
+    open_response,
+    sign_request,
+    wrap_for_service,
+)
 from sceau.vocab import Op, Reason
 
 __all__ = [
@@ -310,7 +316,12 @@ class Client(_Core):
         response = self._http.post(
             f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
         )
-        return self._result(op, jti, response)
+        try:
+            return self._result(op, jti, response)
+        except UnknownServiceKey:
+            # The service rotated its response key: fetch the keys again over TLS, once.
+            self.discover()
+            return self._result(op, jti, response)
 
     # --- operations ---------------------------------------------------------------------
 
@@ -519,7 +530,11 @@ class AsyncClient(_Core):
         response = await self._http.post(
             f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
         )
-        return self._result(op, jti, response)
+        try:
+            return self._result(op, jti, response)
+        except UnknownServiceKey:
+            await self.discover()
+            return self._result(op, jti, response)
 
     async def encrypt(self, plaintext: bytes, *, aad: bytes | None = None,
                       user: str | None = None, **key_options: Any) -> tuple[str, bytes]:

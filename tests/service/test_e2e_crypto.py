@@ -132,3 +132,14 @@ def test_trail_verifies(server: Server, app: TestApp) -> None:
     report = verify_store(server)
     assert report.ok, report.first_problem
     assert report.records > 0
+
+
+def test_client_follows_a_response_key_rotation(server: Server, app: TestApp) -> None:
+    from support import run_cli
+
+    with server.client(app, OWNER) as c:
+        _, env = c.encrypt(b"before rotation")
+        run_cli("keystore", "rotate", "--response", "--data-dir", str(server.data_dir),
+                env=server.env)
+        # The pinned key is no longer the one signing: the SDK re-fetches the JWKS once.
+        assert c.decrypt(env) == b"before rotation"

@@ -37,6 +37,7 @@ from sceau.jose.response import compact_jws, encrypt_to
 
 __all__ = [
     "RESPONSE_TYP",
+    "UnknownServiceKey",
     "ClientIdentity",
     "generate_app_keys",
     "open_response",
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 RESPONSE_TYP = "sceau-resp+jwt"
+
+
+class UnknownServiceKey(IntegrityFailure):
+    """A response signed by a service key that is not pinned (the service may have rotated)."""
 _RSA_BITS = 3072
 _P256_COORD_BYTES = 32
 _SIGNING_KEY_TYPES: dict[str, type] = {
@@ -194,7 +199,7 @@ def open_response(
         jws = parse_unverified_jws(raw, expected_typ=RESPONSE_TYP, allowed_algs=SIGNING_ALGS)
         pinned = service_keys.get(jws.kid)
         if pinned is None:
-            raise IntegrityFailure("response signed by an unknown key")
+            raise UnknownServiceKey("response signed by an unknown key")
         key = app_key_from_jwk(pinned)
         if jws.alg != key.alg:
             raise IntegrityFailure("response alg is not the service key's")

@@ -255,7 +255,7 @@ def readiness_problems(rt: Runtime) -> list[str]:
     """Why the node cannot serve right now (empty when ready)."""
     problems: list[str] = []
     if rt.selftest_error is not None:
-        problems.append(f"keystore self-test failed: {rt.selftest_error}")
+        problems.append(rt.selftest_error)
     try:
         rt.keystore.check_health()
     except SceauError as exc:
