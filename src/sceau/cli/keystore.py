@@ -71,7 +71,7 @@ def _running_service_nodes(engines: Engines) -> list[str]:
     with engines.read.connect() as conn:
         leases = repo.list_leases(conn)
     return sorted(node for node, _holder, expires in leases
-                  if expires >= now and not node.startswith("cli"))
+                  if expires >= now and not node.startswith(("cli", "sweep:")))
 
 
 def _live_keys(config: Config) -> dict[int, int]:

@@ -24,7 +24,7 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.jose.request import TokenRefused
-from sceau.jose.response import compact_jws, encrypt_to
+from sceau.jose.response import encrypt_to
 from sceau.keystore.base import KeyPurpose
 from sceau.service import console
 from sceau.service.api import keys as key_api
@@ -34,7 +34,7 @@ from sceau.service.background import start_background, stop_background
 from sceau.service.limits import RateLimiter
 from sceau.service.observability import Metrics
 from sceau.service.openapi import openapi_document
-from sceau.service.params import rfc3339
+from sceau.service.receipts import receipt_result, sign_service_jws
 from sceau.service.runtime import Runtime
 from sceau.store.writer import AuditContext, Job, JobOutcome
 from sceau.vocab import Op
@@ -44,7 +44,6 @@ log = logging.getLogger("sceau.api")
 JOSE = "application/jose"
 PROBLEM = "application/problem+json"
 RESPONSE_TYP = "sceau-resp+jwt"
-RECEIPT_TYP = "sceau-receipt+jwt"
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -75,39 +74,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def sign_service_jws(rt: Runtime, purpose: KeyPurpose, typ: str, claims: dict[str, Any]) -> str:
-    info = rt.keystore.signing_key(purpose)
-    header = {"alg": info.alg, "kid": info.kid, "typ": typ}
-
-    def sign(data: bytes) -> bytes:
-        _used, sig = rt.keystore.sign(purpose, data)
-        return sig
-
-    return compact_jws(header, claims, sign)
-
-
-def receipt(rt: Runtime, destroyed: key_api.DestroyedKey, outcome: JobOutcome) -> dict[str, Any]:
-    """The destruction receipt: a JWS by the audit key over the DESTROY_KEY record."""
-    seq, record_hash = outcome.records[0]
-    token = sign_service_jws(
-        rt,
-        KeyPurpose.AUDIT,
-        RECEIPT_TYP,
-        {
-            "iss": rt.service_id,
-            "key_id": destroyed.key_id,
-            "destroyed_at": destroyed.destroyed_at,
-            "seq": seq,
-            "hash": record_hash,
-        },
-    )
-    return {
-        "key_id": destroyed.key_id,
-        "destroyed_at": rfc3339(destroyed.destroyed_at),
-        "receipt": token,
-    }
 
 
 def create_app(rt: Runtime) -> FastAPI:
@@ -179,7 +145,7 @@ def create_app(rt: Runtime) -> FastAPI:
             call, result = outcome.value
             assert isinstance(call, Call)
             if isinstance(result, key_api.DestroyedKey):
-                result = receipt(rt, result, outcome)
+                result = receipt_result(rt.keystore, rt.service_id, result, outcome)
             claims = {
                 "iss": rt.service_id,
                 "aud": verified.app_id,
@@ -189,7 +155,7 @@ def create_app(rt: Runtime) -> FastAPI:
                 "op": op.value,
                 "result": result,
             }
-            token = sign_service_jws(rt, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
+            token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
             if op in KEY_MATERIAL_OPS or verified.was_jwe:
                 assert call.app.enc_key is not None
                 token = encrypt_to(token, call.app.enc_key)

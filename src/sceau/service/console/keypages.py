@@ -16,6 +16,7 @@ from sceau.core.model import KeyRecord, normalize_identity
 from sceau.core.policy import display_status
 from sceau.errors import IntegrityFailure, NotFound, SceauError
 from sceau.service import keyops
+from sceau.service.api import keys as key_api
 from sceau.service.api.keys import DestroyedKey, domain_pattern
 from sceau.service.console import keyactions
 from sceau.service.console.auth import reauthenticate
@@ -399,6 +400,7 @@ def router(console: Console, route_class: type) -> APIRouter:
             return render_key(request, session, key_text, status=error.status,
                               error=_message(error))
         destroyed: DestroyedKey = outcome.value
+        key_api.shredded_event(console.rt.extras).set()  # flush the SQLite WAL soon
         body = _receipt(console, destroyed, outcome)
         return console.render(request, "receipt.html", session=session, receipt=body,
                               receipt_json=json.dumps(body, indent=2),
@@ -409,10 +411,9 @@ def router(console: Console, route_class: type) -> APIRouter:
 
 def _receipt(console: Console, destroyed: DestroyedKey, outcome: JobOutcome) -> dict[str, Any]:
     """The API's destruction receipt: a JWS by the audit key over the DESTROY_KEY record."""
-    from sceau.service.app import receipt  # late: the app module imports the console
+    from sceau.service.receipts import receipt_result
 
-    body: dict[str, Any] = receipt(console.rt, destroyed, outcome)
-    return body
+    return receipt_result(console.rt.keystore, console.rt.service_id, destroyed, outcome)
 
 
 def _message(error: SceauError) -> str:
