@@ -23,10 +23,11 @@ test: $(STAMP) system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
 bench: $(STAMP) system
+	@bash scripts/bench-setup.sh
 	$(PY) -m bench.run
 
 fuzz: $(STAMP)
