@@ -86,13 +86,11 @@ def stored_records(url: str) -> list[dict[str, Any]]:
 
 
 def verify_cluster(cluster: Cluster) -> Any:
-    """Both chains verify, offline, from the store (and with `sceau audit verify` if present)."""
+    """Both chains verify offline: `sceau audit verify` on the store, and verify_lines."""
     jwks = httpx.get(f"{cluster.b.url}/.well-known/jwks.json", verify=cluster.b.cert).json()
     report = verify_lines(stored_lines(cluster.database_url), jwks)
     assert report.ok, report.first_problem
-    helptext = run_cli("audit", "--help", check=False).stdout.decode()
-    if "verify" in helptext:
-        run_cli("audit", "verify", "--data-dir", str(cluster.a.data_dir), env=cluster.a.env)
+    run_cli("audit", "verify", "--data-dir", str(cluster.a.data_dir), env=cluster.a.env)
     return report
 
 
@@ -141,8 +139,9 @@ def test_a_jti_used_on_one_node_is_refused_on_the_other(cluster: Cluster) -> Non
     ]
 
 
-def test_max_decryptions_holds_across_nodes(cluster: Cluster) -> None:
-    """SECURITY-CASES 19: 10 concurrent decrypts over both nodes, max 5: exactly 5 grants."""
+@pytest.mark.parametrize("callers", [10, 20])
+def test_max_decryptions_holds_across_nodes(cluster: Cluster, callers: int) -> None:
+    """SECURITY-CASES 19: concurrent decrypts over both nodes, max 5: exactly 5 grants."""
     with client(cluster.a, cluster.app) as c:
         key_id, envelope = c.encrypt(b"five times", rules={"max_decryptions": 5})
 
@@ -154,20 +153,21 @@ def test_max_decryptions_holds_across_nodes(cluster: Cluster) -> None:
             except AccessDenied as exc:
                 return str(exc.reason)
 
-    start = threading.Barrier(10)
+    start = threading.Barrier(callers)
 
     def at_once(i: int) -> str:
         start.wait(30)
         return decrypt(i)
 
-    with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        outcomes = list(pool.map(at_once, range(10)))
-    assert sorted(outcomes) == ["granted"] * 5 + [str(Reason.MAX_DECRYPTIONS_REACHED)] * 5
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        outcomes = list(pool.map(at_once, range(callers)))
+    refused = [str(Reason.MAX_DECRYPTIONS_REACHED)] * (callers - 5)
+    assert sorted(outcomes) == ["granted"] * 5 + refused
     with client(cluster.b, cluster.app) as c:
         assert c.describe_key(key_id)["decryptions"] == 5
     grants = [r for r in stored_records(cluster.database_url)
               if r["key"] == key_id and r["action"] == "DECRYPT"]
-    assert sorted(r["outcome"] for r in grants) == ["DENIED"] * 5 + ["GRANTED"] * 5
+    assert sorted(r["outcome"] for r in grants) == ["DENIED"] * (callers - 5) + ["GRANTED"] * 5
     assert {r["node"] for r in grants} == {"n1", "n2"}
 
 
@@ -176,15 +176,14 @@ def test_authorization_disabled_on_one_node_stops_grants_on_both(cluster: Cluste
     with client(cluster.a, cluster.app) as owner:
         key_id, envelope = owner.encrypt(b"revocable", recipients=[RECIPIENT])
     stop = threading.Event()
-    grants_after: list[float] = []
-    committed_at: list[float] = []
+    granted: list[str] = []
 
     def hammer(node: Server) -> None:
         with client(node, cluster.app, RECIPIENT) as bob:
             while not stop.is_set():
                 try:
                     bob.decrypt(envelope)
-                    grants_after.append(time.monotonic())
+                    granted.append(node.url)
                 except AccessDenied:
                     pass
 
@@ -194,15 +193,15 @@ def test_authorization_disabled_on_one_node_stops_grants_on_both(cluster: Cluste
     time.sleep(0.5)
     with client(cluster.b, cluster.app) as owner:
         owner.disable_authorization(key_id, RECIPIENT)
-        committed_at.append(time.monotonic())
     time.sleep(0.5)
     stop.set()
     for t in threads:
         t.join(30)
-    # A grant answered after the disable was acknowledged would be a lost update; grants
-    # whose request raced the change may finish just before it.
-    late = [t for t in grants_after if t > committed_at[0] + 0.05]
-    assert late == []
+    assert set(granted) == {n.url for n in cluster.nodes}  # both nodes granted before
+    # The order that counts is the commit order: a grant holds the key's row lock until it
+    # commits, so the disable's seq is drawn after every grant it waited for, and any
+    # decrypt that runs after it sees the disabled authorization. (A grant's answer may
+    # still reach its client after the owner's answer: it committed first.)
     records = [r for r in stored_records(cluster.database_url) if r["key"] == key_id]
     disable = next(r for r in records if r["action"] == "DISABLE_AUTHORIZATION")
     after = [r for r in records if r["action"] == "DECRYPT" and r["seq"] > disable["seq"]]
