@@ -384,3 +384,46 @@ def test_for_update_serializes_concurrent_changes(make_engines: Any) -> None:
     with first.read.connect() as conn:
         final = repo.load_key(conn, record.key_id)
     assert final is not None and final.decryptions == 2
+
+
+# --- console queries (appended to repo by the console; checked on both engines here) -------------
+
+
+@pytest.mark.parametrize(("sort", "descending"), [("created", True), ("expires", False)])
+def test_console_key_pages_are_consistent(engines: Engines, listed: dict[str, KeyRecord],
+                                          sort: str, descending: bool) -> None:
+    flt = repo.KeyFilter(now=NOW)
+    column = "created_at" if sort == "created" else "expires_at"
+    with engines.read.connect() as conn:
+        whole = repo.console_list_keys(conn, flt, visible_to=None, sort=sort,
+                                       descending=descending, limit=100, after=None)
+        paged: list[KeyRecord] = []
+        after: tuple[int, bytes] | None = None
+        while page := repo.console_list_keys(conn, flt, visible_to=None, sort=sort,
+                                             descending=descending, limit=3, after=after):
+            paged += page
+            after = (getattr(page[-1], column), page[-1].key_id)
+        mine = repo.console_list_keys(conn, flt, visible_to=(BOB, "*@example.com"),
+                                      sort=sort, descending=descending, limit=100, after=None)
+    order = [(getattr(r, column), r.key_id) for r in whole]
+    assert order == sorted(order, reverse=descending) and len(whole) == len(listed)
+    assert [r.key_id for r in paged] == [r.key_id for r in whole]
+    names = {r.key_id: n for n, r in listed.items()}
+    assert {names[r.key_id] for r in mine} == {"for-bob-domain", "bobs", "mine-new",
+                                               "mine-disabled"}
+
+
+def test_console_throttle_and_totp_upserts(engines: Engines) -> None:
+    with engines.write.begin() as conn:
+        assert repo.get_throttle(conn, "user", "a") is None
+        repo.set_throttle(conn, "user", "a", 1, NOW)
+        repo.set_throttle(conn, "user", "a", 2, NOW)
+        assert repo.get_throttle(conn, "user", "a") == (2, NOW)
+        repo.set_totp_last_step(conn, "a", 10)
+        repo.set_totp_last_step(conn, "a", 11)
+        assert repo.totp_last_step(conn, "a") == 11
+        repo.insert_audit_records(conn, [audit_row(s, "n1", s, "k" if s % 2 else None)
+                                         for s in (1, 2, 3, 4, 5)])
+        assert [s for s, _ in repo.audit_lines_desc(conn, before=5, limit=2)] == [4, 3]
+        assert [s for s, _ in repo.audit_lines_desc(conn, before=None, limit=9, key="k")] == [
+            5, 3, 1]
