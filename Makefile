@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./sceau-data
 
-.PHONY: run test lint bench fuzz system clean
+.PHONY: run test lint bench fuzz supply-chain system clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ bench: $(STAMP) system
 	$(PY) -m bench.run
 
 fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) tests/fuzz/fuzz_envelope.py -max_total_time=60
+
+supply-chain: $(STAMP)
+	bash scripts/supply-chain.sh check
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -504,8 +504,6 @@ def test_hostile_kid_tables_intact(ctx: Ctx) -> None:
     assert count_rows(ctx.server, "applications") >= 3
 
 
-@pytest.mark.xfail(strict=True, reason="app.py strips surrounding whitespace before verifying "
-                   "(SECURITY-CASES 7 lists whitespace); reported, decision for the app owner")
 @pytest.mark.parametrize("pad", [" ", "\n", "\r\n", "\t"])
 def test_surrounding_whitespace_refused(ctx: Ctx, pad: str) -> None:
     response = post(ctx.server, pad + good(ctx).token + pad)

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -68,11 +69,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away (or the server's request timeout cut it) mid-body.
+        raise InvalidRequest("request body incomplete: the client disconnected") from None
     return b"".join(chunks)
 
 
@@ -136,7 +141,7 @@ def create_app(rt: Runtime) -> FastAPI:
             ip = request.client.host if request.client else None
             now = int(time.time())
             try:
-                verified = rt.verifier.verify(body.strip(), op=op.value, now=now)
+                verified = rt.verifier.verify(body, op=op.value, now=now)
                 rate_limiter.admit(verified)  # 429 after the signature verified
             except TokenRefused as refused:
                 await audit_refusal(op, refused, ip)

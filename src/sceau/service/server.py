@@ -282,7 +282,10 @@ def client_auth_settings(env: dict[str, str] | None = None) -> tuple[Path | None
 def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Open the runtime and serve until SIGTERM/SIGINT; then flush the audit writer."""
     setup_logging(str(config.get("log.level")))
-    client_ca, client_auth = client_auth_settings()
+    client_ca, client_auth = client_auth_settings(
+        {CLIENT_CA_ENV: str(config.get("server.client_ca")),
+         CLIENT_AUTH_ENV: str(config.get("server.client_auth"))}
+    )
     context = tls_context(config.tls_cert, config.tls_key, client_ca=client_ca,
                           client_auth=client_auth)
     runtime = open_runtime(config)
