@@ -1,0 +1,199 @@
+"""``POST /v1/<op>`` as a bare ASGI handler.
+
+The API path is the hot path: it carries no routing, dependency injection or middleware of
+the web framework (the console and public GET endpoints keep FastAPI). What it does, in
+order: operation name, start-up self-test state, ``Content-Type``, body within the limit
+(413 before any decoding), token verification (refusals audited when the ``kid`` named an
+application), rate limit, the writer job (application checks, params, handler, audit record,
+one commit), then the signed (and, when needed, encrypted) response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from sceau.core.b64 import b64u_encode
+from sceau.errors import (
+    InvalidRequest,
+    KeystoreUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    SceauError,
+)
+from sceau.jose.request import TokenRefused
+from sceau.jose.response import encrypt_to
+from sceau.keystore.base import KeyPurpose
+from sceau.service.api.context import Call
+from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
+from sceau.service.limits import RateLimiter
+from sceau.service.observability import Metrics
+from sceau.service.receipts import DestroyedKey, receipt_result, sign_service_jws
+from sceau.service.runtime import Runtime
+from sceau.store.writer import AuditContext, Job, JobOutcome
+from sceau.vocab import Op
+
+log = logging.getLogger("sceau.api")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JOSE = "application/jose"
+PROBLEM = "application/problem+json"
+RESPONSE_TYP = "sceau-resp+jwt"
+PREFIX = "/v1/"
+_COMMON = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+_OPS = {op.value: op for op in Op}
+
+
+class ApiEndpoint:
+    """The API of one runtime; call it as an ASGI app for ``POST /v1/*``."""
+
+    def __init__(self, rt: Runtime, metrics: Metrics) -> None:
+        self.rt = rt
+        self.metrics = metrics
+        limits = rt.limits()
+        self.max_body = limits["max_body_bytes"] + 64 * 1024  # room for the JOSE wrapping
+        self.rate_limiter = RateLimiter.from_config(rt.config)
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = b64u_encode(os.urandom(12))
+        op_name = scope["path"][len(PREFIX):]
+        op_label = op_name if op_name in _OPS else "unknown"
+        code = "ok"
+        try:
+            token = await self._handle(op_name, scope, receive)
+            await _send(send, 200, JOSE, token.encode("ascii"))
+        except SceauError as error:
+            code = error.code
+            headers = []
+            retry = getattr(error, "retry_after", None)
+            if retry is not None:
+                headers.append((b"retry-after", str(retry).encode()))
+            body = json.dumps(error.problem(request_id), separators=(",", ":")).encode()
+            await _send(send, error.status, PROBLEM, body, headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.calls.labels(op_label, code).inc()
+            self.metrics.latency.labels(op_label).observe(elapsed)
+            log.info("call", extra={"fields": {"op": op_label, "code": code,
+                                               "ms": round(elapsed * 1000, 3),
+                                               "request_id": request_id}})
+
+    async def _handle(self, op_name: str, scope: Scope, receive: Receive) -> str:
+        rt = self.rt
+        op = _OPS.get(op_name)
+        if op is None:
+            raise NotFound("no such operation")
+        if rt.selftest_error is not None:
+            raise KeystoreUnavailable("start-up self-tests failed; see /readyz")
+        headers = _headers(scope)
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype != JOSE.encode():
+            raise InvalidRequest(f"Content-Type must be {JOSE}")
+        body = await _read_body(receive, headers.get(b"content-length"), self.max_body)
+        client = scope.get("client")
+        ip = client[0] if client else None
+        try:
+            verified = rt.verifier.verify(body, op=op.value, now=int(time.time()))
+            self.rate_limiter.admit(verified)  # 429 after the signature verified
+        except TokenRefused as refused:
+            await self._audit_refusal(op, refused, ip)
+            raise refused.error from None
+        outcome = await self._submit(make_job(rt, op, verified, ip))
+        call, result = outcome.value
+        assert isinstance(call, Call)
+        if isinstance(result, DestroyedKey):
+            result = receipt_result(rt.keystore, rt.service_id, result, outcome)
+        claims = {
+            "iss": rt.service_id,
+            "aud": verified.app_id,
+            "iat": int(time.time()),
+            "jti": b64u_encode(os.urandom(16)),
+            "req": verified.jti,
+            "op": op.value,
+            "result": result,
+        }
+        token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
+        if op in KEY_MATERIAL_OPS or verified.was_jwe:
+            assert call.app.enc_key is not None
+            token = encrypt_to(token, call.app.enc_key)
+        return token
+
+    async def _submit(self, job: Job) -> JobOutcome:
+        outcome: JobOutcome = await asyncio.wrap_future(self.rt.writer.submit(job))
+        return outcome
+
+    async def _audit_refusal(self, op: Op, refused: TokenRefused, ip: str | None) -> None:
+        """A refused token is audited when its kid named an application (SPEC §10)."""
+        if refused.app_id is None:
+            return
+        error = refused.error
+
+        def refuse(_tx: Any) -> None:
+            raise error
+
+        ctx = AuditContext(action=op.action, app=refused.app_id, user=None, ip=ip,
+                           req=refused.jti)
+        with contextlib.suppress(SceauError):
+            await self._submit(Job(fn=refuse, ctx=ctx))
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return {name: value for name, value in scope.get("headers", ())}
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` (before any decoding)."""
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client went away (or the server's request timeout cut it) mid-body.
+            raise InvalidRequest("request body incomplete: the client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, ctype: str, body: bytes,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
+               *_COMMON, *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SceauApp:
+    """The service's ASGI app: the bare API endpoint for ``POST /v1/*``, FastAPI for the rest."""
+
+    def __init__(self, api: ApiEndpoint, web: Any) -> None:
+        self.api = api
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].startswith(PREFIX)
+        ):
+            await self.api(scope, receive, send)
+        else:
+            await self.web(scope, receive, send)
