@@ -168,11 +168,6 @@ def test_outage_fails_closed_and_recovers_without_restart(
     assert [r["outcome"] for r in decrypts] == ["GRANTED", "GRANTED"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.AppKeyCache.lookup (not the store's file) lets a SQLAlchemy error escape: "
-    "a kid not yet cached during an outage answers a bare 500 instead of 503; fix requested",
-)
 def test_outage_with_a_kid_the_node_has_not_cached(proxied: tuple[Server, TcpProxy]) -> None:
     server, proxy = proxied
     fresh = server.register_app("never-called")

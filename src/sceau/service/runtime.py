@@ -21,6 +21,7 @@ from sceau.config import Config
 from sceau.core.policy import principal_matches
 from sceau.errors import (
     ApplicationDisabled,
+    AuditUnavailable,
     ConfigError,
     SceauError,
     UnknownApplication,
@@ -74,8 +75,12 @@ class AppKeyCache:
         entry = self._entries.get(kid)
         if entry is not None and now - entry[0] < APP_KEY_CACHE_S:
             return entry[1], entry[2]
-        with self._engines.read.connect() as conn:
-            row = repo.get_app_key(conn, kid)
+        try:
+            with self._engines.read.connect() as conn:
+                row = repo.get_app_key(conn, kid)
+        except sa.exc.SQLAlchemyError:
+            # No call can be answered without its audit record anyway (docs/deploy.md).
+            raise AuditUnavailable("the store is unreachable") from None
         if row is None or row.status != AppKeyStatus.ACTIVE:
             with self._lock:
                 self._entries.pop(kid, None)

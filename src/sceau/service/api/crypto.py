@@ -156,7 +156,8 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
     shared: KeyRecord | None = None
     if params.key_id is not None:
         tx.ctx.key = b64u_encode(params.key_id)
-        shared = keyops.load_checked(tx.conn, rt.keystore, params.key_id)
+        # Locked like a decrypt, so a disable committed on another node orders before it.
+        shared = keyops.load_checked(tx.conn, rt.keystore, params.key_id, for_update=True)
         if not can_manage(shared, call.user, now):
             raise NotFound("no such key")
         _usable_for_encrypt(shared, now)
