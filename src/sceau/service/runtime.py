@@ -129,16 +129,15 @@ def check_application(
     Read inside the job's transaction, so a disable or a key retirement committed by any
     node refuses the very next call.
     """
-    key = repo.get_app_key(conn, kid)
-    app = repo.get_application(conn, app_id)
-    if key is None or app is None or key.app_id != app_id or key.status != AppKeyStatus.ACTIVE:
+    found = repo.app_check(conn, kid)
+    if found is None or found.key_app != app_id or found.key_status != AppKeyStatus.ACTIVE:
         raise UnknownApplication("the signing key is not registered or was retired")
-    if app.status != AppStatus.ENABLED:
+    if found.status != AppStatus.ENABLED:
         raise ApplicationDisabled("this application is disabled")
-    if not user_allowed(app.users, user):
+    if not user_allowed(found.users, user):
         raise UserNotAllowed("this application may not act for this user")
-    enc = keys.enc_key(app.enc_jwk) if app.enc_jwk else None
-    return CallerApp(app_id=app.app_id, name=app.name, enc_key=enc)
+    enc = keys.enc_key(found.enc_jwk) if found.enc_jwk else None
+    return CallerApp(app_id=found.app_id, name=found.name, enc_key=enc)
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sceau.core.model import Authorization, KeyRecord, Rules
+from sceau.store import hot
 from sceau.store.schema import (
     accounts,
     app_keys,
@@ -113,23 +115,18 @@ def insert_keys(conn: sa.Connection, records: Sequence[KeyRecord]) -> None:
     """Insert new key records and their authorizations."""
     if not records:
         return
-    conn.execute(keys.insert(), [{"key_id": r.key_id, **_key_values(r)} for r in records])
-    auth_rows = [_auth_values(r.key_id, a) for r in records for a in r.authorizations]
-    if auth_rows:
-        conn.execute(authorizations.insert(), auth_rows)
+    hot.run_many(conn, "insert_key", [{"key_id": r.key_id, **_key_values(r)} for r in records])
+    hot.run_many(
+        conn, "insert_auth", [_auth_values(r.key_id, a) for r in records for a in r.authorizations]
+    )
 
 
 def load_key(conn: sa.Connection, key_id: bytes, *, for_update: bool = False) -> KeyRecord | None:
     """One key record with its authorizations; ``for_update`` locks the row (PostgreSQL)."""
-    query = sa.select(keys).where(keys.c.key_id == key_id)
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    row = hot.run(conn, "load_key_locked" if for_update else "load_key", {"key_id": key_id}).first()
     if row is None:
         return None
-    auth_rows = conn.execute(
-        sa.select(authorizations).where(authorizations.c.key_id == key_id)
-    ).all()
+    auth_rows = hot.run(conn, "load_auths", {"key_id": key_id}).all()
     return _key_from_row(row, [_auth_from_row(a) for a in auth_rows])
 
 
@@ -139,13 +136,20 @@ def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
     The revision and seal of ``before`` are part of the WHERE clause, so a concurrent
     writer on another node cannot be silently overwritten (no lost update).
     """
-    result = conn.execute(
-        keys.update()
-        .where(keys.c.key_id == before.key_id)
-        .where(keys.c.revision == before.revision)
-        .where(keys.c.decryptions == before.decryptions)
-        .values(**_key_values(after))
-    )
+    if _only_counted(before, after):
+        # The hot case (every decrypt): only the counter and the seal change.
+        result = hot.run(conn, "count_use", {
+            "key_id": before.key_id, "revision": before.revision, "before": before.decryptions,
+            "decryptions": after.decryptions, "seal": after.seal,
+        })
+    else:
+        result = conn.execute(
+            keys.update()
+            .where(keys.c.key_id == before.key_id)
+            .where(keys.c.revision == before.revision)
+            .where(keys.c.decryptions == before.decryptions)
+            .values(**_key_values(after))
+        )
     if result.rowcount != 1:
         raise ConcurrentUpdate(before.key_id)
     if before.authorizations != after.authorizations:
@@ -153,6 +157,10 @@ def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
         rows = [_auth_values(after.key_id, a) for a in after.authorizations]
         if rows:
             conn.execute(authorizations.insert(), rows)
+
+
+def _only_counted(before: KeyRecord, after: KeyRecord) -> bool:
+    return dataclasses.replace(before, decryptions=after.decryptions, seal=after.seal) == after
 
 
 class ConcurrentUpdate(Exception):
@@ -289,12 +297,8 @@ def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bo
     """Record a request id; False when this application already used it."""
     # RETURNING rather than rowcount: SQLAlchemy reports no rowcount for a plain INSERT on
     # psycopg 3, and an ignored conflict returns no row on both engines.
-    inserted = conn.execute(
-        _insert_ignore(conn, replay)
-        .values(iss=iss, jti=jti, expires_at=expires_at)
-        .returning(replay.c.jti)
-    ).first()
-    return inserted is not None
+    params = {"iss": iss, "jti": jti, "expires_at": expires_at}
+    return hot.run(conn, "remember_jti", params).first() is not None
 
 
 def purge_replay(conn: sa.Connection, before: int) -> int:
@@ -398,6 +402,35 @@ def list_applications(conn: sa.Connection) -> list[AppRow]:
     return [_app_from_row(r) for r in rows]
 
 
+@dataclass(frozen=True)
+class AppCheck:
+    """What every request needs to know of its application, read in one query."""
+
+    key_app: str
+    key_status: AppKeyStatus
+    app_id: str
+    name: str
+    users: tuple[str, ...]
+    status: AppStatus
+    enc_jwk: dict[str, Any] | None
+
+
+def app_check(conn: sa.Connection, kid: str) -> AppCheck | None:
+    """The signing key's application and statuses (SPEC §6 step 1), one indexed join."""
+    row = hot.run(conn, "app_check", {"kid": kid}).first()
+    if row is None:
+        return None
+    return AppCheck(
+        key_app=row.key_app,
+        key_status=AppKeyStatus(row.key_status),
+        app_id=row.app_id,
+        name=row.name,
+        users=tuple(json.loads(row.users)),
+        status=AppStatus(row.status),
+        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
+    )
+
+
 def get_app_key(conn: sa.Connection, kid: str) -> AppKeyRow | None:
     row = conn.execute(sa.select(app_keys).where(app_keys.c.kid == kid)).first()
     return _app_key_from_row(row) if row is not None else None
@@ -477,8 +510,7 @@ def update_account(conn: sa.Connection, username: str, **values: Any) -> bool:
 
 
 def max_seq(conn: sa.Connection) -> int:
-    query = sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))
-    return int(conn.execute(query).scalar_one())
+    return int(hot.run(conn, "max_seq", {}).scalar_one())
 
 
 def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
@@ -498,8 +530,7 @@ def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
 
 
 def insert_audit_records(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(audit_records.insert(), list(rows))
+    hot.run_many(conn, "insert_audit", rows)
 
 
 def insert_checkpoint(
