@@ -176,3 +176,51 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
     victim = next(n for n, count in runs.items() if count == 2)
     survivor = "a" if victim == "b" else "b"
     assert keys == {f"n{victim}": None, f"n{survivor}": f"{survivor}-first-attempt"}
+
+
+def test_node_whose_records_were_all_archived_continues_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """After an archive removed every record of a node, its chain goes on from the signed
+    checkpoint at the boundary instead of restarting at node_seq 1."""
+    import json as _json
+
+    from sceau.config import load_config
+    from sceau.core.verify import checkpoint_anchor, verify_lines
+    from sceau.service.runtime import open_runtime
+    from sceau.store.writer import AuditContext, Job
+    from sceau.vocab import Action
+    from support import run_cli
+
+    data = tmp_path / "d"
+    run_cli("init", "--data-dir", str(data))
+    config = load_config(data, env={"SCEAU_NODE_ID": "solo"})
+    rt = open_runtime(config, start_writer=False)
+    try:
+        def noop(_tx: object) -> None:
+            return None
+
+        for _ in range(3):
+            rt.writer.run_now(Job(fn=noop, ctx=AuditContext(Action.SERVICE_START, None, None,
+                                                            None, None)))
+        rt.writer._run_batch([], force_checkpoint=True)
+        with rt.engines.write.begin() as conn:
+            cp_line = conn.exec_driver_sql(
+                "SELECT line FROM audit_checkpoints WHERE node = 'solo'").scalar_one()
+            conn.exec_driver_sql("DELETE FROM audit_records WHERE node = 'solo'")
+        with rt.engines.read.connect() as conn:
+            rt.writer._load_head(conn)
+        rt.writer.run_now(Job(fn=noop, ctx=AuditContext(Action.SERVICE_START, None, None,
+                                                        None, None)))
+        with rt.engines.read.connect() as conn:
+            lines = [r[0] for r in conn.exec_driver_sql(
+                "SELECT line FROM audit_records WHERE node = 'solo' ORDER BY seq")]
+        assert [_json.loads(x)["node_seq"] for x in lines] == [4]
+        jwks = rt.keystore.public_jwks()
+        anchor = checkpoint_anchor(cp_line, jwks)
+        report = verify_lines(lines, jwks, start={"solo": anchor})
+        assert report.ok, report.first_problem
+    finally:
+        rt.writer.stop()
+        rt.keystore.close()
+        rt.engines.dispose()

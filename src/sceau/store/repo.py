@@ -554,6 +554,19 @@ def chain_head(conn: sa.Connection, node: str) -> tuple[int, str, int] | None:
     return (int(row.node_seq), row.hash, int(row.seq)) if row is not None else None
 
 
+def checkpoint_head(conn: sa.Connection, node: str) -> tuple[int, str] | None:
+    """(node_seq, hash) of the node's newest checkpoint, or None."""
+    row = conn.execute(
+        sa.select(audit_checkpoints.c.node_seq, audit_checkpoints.c.line)
+        .where(audit_checkpoints.c.node == node)
+        .order_by(audit_checkpoints.c.node_seq.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return int(row.node_seq), str(json.loads(row.line)["hash"])
+
+
 def last_checkpoint(conn: sa.Connection, node: str) -> int:
     value = conn.execute(
         sa.select(sa.func.max(audit_checkpoints.c.node_seq)).where(audit_checkpoints.c.node == node)

@@ -241,10 +241,16 @@ class Writer:
         head = repo.chain_head(conn, self.node)
         self._last_seq = repo.max_seq(conn)
         last_cp = repo.last_checkpoint(conn, self.node)
+        anchor = repo.checkpoint_head(conn, self.node) if head is None else None
         if head is not None:
             node_seq, hash_, _seq = head
             self._head = ChainHead(node=self.node, node_seq=node_seq, hash=hash_)
             self._uncovered = node_seq - last_cp
+        elif anchor is not None:
+            # Every record of this node was archived: the signed checkpoint at the archive
+            # boundary is where the chain continues (never a restart at node_seq 1).
+            self._head = ChainHead(node=self.node, node_seq=anchor[0], hash=anchor[1])
+            self._uncovered = 0
         else:
             self._head = ChainHead(node=self.node, node_seq=0, hash="0" * 64)
             self._uncovered = 0
