@@ -222,7 +222,9 @@ class _Core:
         enc = [k for k in keys if k.get("use") == "enc"]
         self._service_enc = enc[0] if enc else None
 
-    def _request(self, op: Op, params: Mapping[str, Any], user: str | None, jwe: bool | None) -> tuple[str, str]:
+    def _request(
+        self, op: Op, params: Mapping[str, Any], user: str | None, jwe: bool | None
+    ) -> tuple[str, str]:
         sub = user or self.user
         if not sub:
             raise ValueError("no user: pass user= or set one in the profile")
@@ -515,7 +517,8 @@ class AsyncClient(_Core):
         await self.aclose()
 
     async def discover(self) -> None:
-        config = (await self._http.get(f"{self.service_url}/.well-known/sceau-configuration")).json()
+        discovery = await self._http.get(f"{self.service_url}/.well-known/sceau-configuration")
+        config = discovery.json()
         jwks = (await self._http.get(f"{self.service_url}/.well-known/jwks.json")).json()
         if config.get("service_id") != self.service_id:
             raise IntegrityFailure("the service id does not match this client's")

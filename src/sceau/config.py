@@ -100,7 +100,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit", "checkpoint_every", int, 1000, "SCEAU_CHECKPOINT_EVERY", _positive),
     Setting("audit", "checkpoint_interval_s", int, 10, "SCEAU_CHECKPOINT_INTERVAL_S", _positive),
     Setting("audit", "max_batch", int, 256, "SCEAU_AUDIT_MAX_BATCH", _positive),
-    Setting("audit", "synchronous", str, "FULL", "SCEAU_SQLITE_SYNCHRONOUS", _one_of("FULL", "EXTRA")),
+    Setting("audit", "synchronous", str, "FULL", "SCEAU_SQLITE_SYNCHRONOUS",
+            _one_of("FULL", "EXTRA")),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
 )

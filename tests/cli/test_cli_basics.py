@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from support import Server, free_port, make_server, run_cli
 
 

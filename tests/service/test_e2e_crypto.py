@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from auditlog import last_record, verify_store
 
+from auditlog import last_record, verify_store
 from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import open_gcm, seal_gcm_with_token
 from sceau.errors import AccessDenied, InvalidRequest, NotFound, SceauError

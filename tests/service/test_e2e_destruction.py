@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from auditlog import records, verify_store
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from typer.testing import CliRunner
 
+from auditlog import records, verify_store
 from sceau.cli.main import cli
 from sceau.client import Client
 from sceau.errors import AccessDenied, InvalidRequest

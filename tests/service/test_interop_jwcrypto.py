@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from jwcrypto import jwe, jwk, jws
+
 from support import Server
 
 USER = "interop@example.com"

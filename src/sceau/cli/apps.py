@@ -24,10 +24,16 @@ def _write_private(path: Path, text: str) -> None:
 
 @app.command("keygen")
 def keygen(
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the key files")] = Path("."),
-    alg: Annotated[str, typer.Option(help="signing algorithm: ES256, EdDSA, PS256, RS256")] = "ES256",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="directory for the key files")
+    ] = Path("."),
+    alg: Annotated[
+        str, typer.Option(help="signing algorithm: ES256, EdDSA, PS256, RS256")
+    ] = "ES256",
     user: Annotated[str | None, typer.Option(help="default user (sub) for this profile")] = None,
-    service_url: Annotated[str, typer.Option(help="the service's base URL")] = "https://127.0.0.1:8443",
+    service_url: Annotated[
+        str, typer.Option(help="the service's base URL")
+    ] = "https://127.0.0.1:8443",
 ) -> None:
     """Generate an application's key pairs and a client profile (profile.json, 0600)."""
     from sceau.jose.client import generate_app_keys
@@ -55,7 +61,8 @@ def keygen(
         "service_jwks": None,
     }
     _write_private(profile_path, json.dumps(profile, indent=2) + "\n")
-    typer.echo(f"wrote {profile_path} (private, 0600), {out / 'sign.pub.jwk'}, {out / 'enc.pub.jwk'}")
+    typer.echo(f"wrote {profile_path} (private, 0600), {out / 'sign.pub.jwk'}, "
+               f"{out / 'enc.pub.jwk'}")
     typer.echo(f"next: sceau app add --name NAME --jwk {out / 'sign.pub.jwk'} "
                f"--enc-jwk {out / 'enc.pub.jwk'} --profile {profile_path}")
 
@@ -75,8 +82,14 @@ def add(
     name: Annotated[str, typer.Option("--name", help="application name")],
     jwk: Annotated[Path, typer.Option("--jwk", help="public signing JWK file (with alg)")],
     enc_jwk: Annotated[Path | None, typer.Option("--enc-jwk", help="public encryption JWK")] = None,
-    users: Annotated[list[str] | None, typer.Option("--users", help="identities or *@domain the app may assert; '*' = any")] = None,
-    profile: Annotated[Path | None, typer.Option("--profile", help="client profile to complete with app_id and service keys")] = None,
+    users: Annotated[
+        list[str] | None,
+        typer.Option("--users", help="identities or *@domain the app may assert; '*' = any"),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="client profile to complete with app_id and service keys"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print {\"app_id\": ...}")] = False,
     data_dir: DataDir = None,
 ) -> None:

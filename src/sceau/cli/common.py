@@ -14,7 +14,9 @@ from sceau.errors import SceauError
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="installation directory (default $SCEAU_DATA_DIR or ./sceau-data)"),
+    typer.Option(
+        "--data-dir", help="installation directory (default $SCEAU_DATA_DIR or ./sceau-data)"
+    ),
 ]
 
 

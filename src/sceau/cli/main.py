@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -121,15 +121,19 @@ Profile = Annotated[
     Path, typer.Option("--profile", "-p", envvar="SCEAU_PROFILE", help="client profile file")
 ]
 User = Annotated[str | None, typer.Option("--user", "-u", help="act for this user (sub)")]
+InFile = Annotated[Path | None, typer.Option("--in", "-i", help="input (default stdin)")]
+OutFile = Annotated[Path | None, typer.Option("--out", "-o", help="output (default stdout)")]
 
 
 @cli.command()
 def encrypt(
     profile: Profile,
     user: User = None,
-    input_file: Annotated[Path | None, typer.Option("--in", "-i", help="input (default stdin)")] = None,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="output (default stdout)")] = None,
-    armor: Annotated[bool, typer.Option("--armor/--binary", help="text armor or raw envelope")] = True,
+    input_file: InFile = None,
+    output: OutFile = None,
+    armor: Annotated[
+        bool, typer.Option("--armor/--binary", help="text armor or raw envelope")
+    ] = True,
     name: Annotated[str | None, typer.Option(help="document name of the new key")] = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="recipient (repeatable)")] = None,
     local: Annotated[bool, typer.Option("--local", help="encrypt here with a data key")] = False,
@@ -139,7 +143,7 @@ def encrypt(
     from sceau.core.envelope import armor as to_armor
 
     data = _read_input(input_file)
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if name:
         options["name"] = name
     if to:
@@ -156,8 +160,8 @@ def encrypt(
 def decrypt(
     profile: Profile,
     user: User = None,
-    input_file: Annotated[Path | None, typer.Option("--in", "-i", help="input (default stdin)")] = None,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="output (default stdout)")] = None,
+    input_file: InFile = None,
+    output: OutFile = None,
     local: Annotated[bool, typer.Option("--local", help="decrypt here with get-data-key")] = False,
 ) -> None:
     """Decrypt an armored or binary envelope from stdin (or --in) to stdout."""

@@ -78,7 +78,9 @@ def new_key(
     return dataclasses.replace(record, seal=keystore.seal(record.seal_payload()))
 
 
-def reseal(keystore: Keystore, record: KeyRecord, *, bump: bool = True, **changes: Any) -> KeyRecord:
+def reseal(
+    keystore: Keystore, record: KeyRecord, *, bump: bool = True, **changes: Any
+) -> KeyRecord:
     """``record`` with ``changes`` applied, revision bumped (when ``bump``) and sealed anew."""
     changed = dataclasses.replace(record, **changes)
     if bump:

@@ -104,7 +104,9 @@ class Params(BaseModel):
 
 
 class RulesParam(Params):
-    allowed_networks: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=256)
+    allowed_networks: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=256
+    )
     max_decryptions: int | None = Field(None, ge=0, le=2**53)
 
 

@@ -51,7 +51,7 @@ def keystore_settings(config: Config) -> KeystoreSettings:
         pkcs11_module=str(config.get("keystore.pkcs11_module")) or None,
         pkcs11_token=str(config.get("keystore.pkcs11_token")) or None,
         pin_env=str(config.get("keystore.pin_env")) or None,
-        pin_file=Path(str(config.get("keystore.pin_file"))) if config.get("keystore.pin_file") else None,
+        pin_file=Path(pin_file) if (pin_file := str(config.get("keystore.pin_file"))) else None,
         pool_size=int(config.get("keystore.pool_size")),
     )
 
