@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from sceau.service.console import adminpages, auditpages, auth, keypages, security
+from sceau.service.console import adminpages, auditpages, auth, keypages, protectpage, security
 from sceau.service.console.web import Console, ConsoleRoute, PageError
 from sceau.store import repo
 
@@ -43,7 +43,7 @@ def mount(app: FastAPI, rt: Runtime) -> Console:
     console = Console(rt)
     rt.extras["console"] = console
     route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"console": console})
-    for module in (auth, keypages, adminpages, auditpages):
+    for module in (auth, keypages, adminpages, auditpages, protectpage):
         router = module.router(console, route_class)
         _refuse_get_on_post_only(router)
         app.include_router(router)
