@@ -47,7 +47,8 @@ def app(server: Server) -> TestApp:
 
 @pytest.fixture(scope="module")
 def profile(server: Server, app: TestApp, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return server.profile(app, tmp_path_factory.mktemp("profiles") / "alice.json", OWNER)
+    path: Path = server.profile(app, tmp_path_factory.mktemp("profiles") / "alice.json", OWNER)
+    return path
 
 
 def sealed_length(plaintext: int) -> int:
@@ -102,7 +103,7 @@ def protect_in_browser(page: Any, source: Path, out_dir: Path, recipients: str =
         page.set_input_files("#protect-files", str(source))
     download = info.value
     assert download.failure() is None
-    target = out_dir / download.suggested_filename
+    target = out_dir / str(download.suggested_filename)
     download.save_as(target)
     page.expect(page.locator("#protect-results li.done")).to_have_count(1)
     page.expect(page.locator("#protect-error")).to_be_hidden()
@@ -114,7 +115,7 @@ def open_in_browser(page: Any, source: Path, out_dir: Path) -> Path:
     with page.expect_download() as info:
         page.set_input_files("#open-files", str(source))
     download = info.value
-    target = out_dir / download.suggested_filename
+    target = out_dir / str(download.suggested_filename)
     download.save_as(target)
     return target
 
@@ -392,3 +393,30 @@ def test_signed_out_requests_get_no_key(server: Server) -> None:
         answer = http.post(KEY_URL, data={"csrf": "x", "name": "x"})
         assert answer.status_code == 403 and '"key"' not in answer.text
         assert http.get("/console/protect", follow_redirects=False).status_code == 303
+
+
+@needs_chromium
+def test_several_files_at_once(page: Any, server: Server, app: TestApp,
+                               tmp_path: Path) -> None:
+    sources = []
+    for index in range(3):
+        source = tmp_path / f"part-{index}.txt"
+        source.write_bytes(os.urandom(1000 * index))
+        sources.append(source)
+    fresh(page)
+    page.set_input_files("#protect-files", [str(s) for s in sources])
+    page.expect(page.locator("#protect-results li.done")).to_have_count(3)
+    for _ in range(100):  # download events arrive just after the links are clicked
+        if len(page.downloads) == 3:
+            break
+        page.wait_for_timeout(50)
+    assert sorted(d.suggested_filename for d in page.downloads) == [
+        f"{s.name}.sceau" for s in sources]
+    out = tmp_path / "out"
+    out.mkdir()
+    with server.client(app, OWNER) as alice:
+        for download in page.downloads:
+            target = out / str(download.suggested_filename)
+            download.save_as(target)
+            opened = open_file(alice, target, out_dir=out)
+            assert opened.output.read_bytes() == (tmp_path / opened.info.name).read_bytes()

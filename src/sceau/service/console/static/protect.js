@@ -267,7 +267,7 @@
       var keyId = b64uEncode(header.subarray(5, 21));
       return requestKey(form, [["key_id", keyId]]).then(function (answer) {
         var dataKey = b64uDecode(answer.key);
-        if (dataKey.length !== 32) { throw new Failure("the service answered something unexpected"); }
+        if (dataKey.length !== 32 || answer.key_id !== keyId) { throw new Failure("the service answered something unexpected"); }
         return subkey(dataKey, header, "decrypt");
       }).then(function (key) {
         var out = new Unwrapper();
