@@ -497,8 +497,7 @@ class Writer:
                     raise ReplayedRequest("this request id was already used")
             if job.fn is None:
                 return None, None
-            with conn.begin_nested():
-                return job.fn(tx), None
+            return _in_savepoint(conn, job.fn, tx), None
         except SceauError as exc:
             tx.items.clear()
             if exc.status >= 500 and isinstance(exc, AuditUnavailable):
@@ -516,6 +515,24 @@ class Writer:
             log.exception("job for %s failed", job.ctx.action)
             tx.items.clear()
             return None, InternalError("internal error")
+
+
+def _in_savepoint(conn: sa.Connection, fn: JobFn, tx: Tx) -> Any:
+    """Run ``fn`` so that a refusal undoes its writes and nothing else of the batch.
+
+    Plain SQL savepoints (valid on SQLite and PostgreSQL): this runs once per request, and
+    SQLAlchemy's nested-transaction objects cost more than the statements themselves.
+    Savepoints a job opens itself (``conn.begin_nested()``) nest inside this one.
+    """
+    conn.exec_driver_sql("SAVEPOINT sceau_job")
+    try:
+        result = fn(tx)
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT sceau_job")
+        conn.exec_driver_sql("RELEASE SAVEPOINT sceau_job")
+        raise
+    conn.exec_driver_sql("RELEASE SAVEPOINT sceau_job")
+    return result
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
