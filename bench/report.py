@@ -221,6 +221,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "",
         reference_section(doc.get("reference", {})),
     ]
+    if doc.get("flood"):
+        parts += ["", flood_section(doc["flood"]).rstrip("\n")]
     notes = list(doc.get("notes") or [])
     busy = contended(doc["runs"])
     if busy:
@@ -232,3 +234,134 @@ def markdown(doc: Mapping[str, Any]) -> str:
     if notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
+
+
+# --- invalid-token flood (bench/flood.py, SECURITY-CASES 43) ----------------------------------
+
+FLOOD_SLOWDOWN_LIMIT = 2.0
+_FLOOD_PHASES = (
+    ("alone_before", "valid alone (before)"),
+    ("flooded", "valid + flood"),
+    ("alone_after", "valid alone (after)"),
+    ("flood_only", "flood alone"),
+)
+
+
+def _statuses(statuses: Mapping[str, int] | None) -> str:
+    if not statuses:
+        return "–"
+    return ", ".join(f"{status} × {n:,}" for status, n in statuses.items())
+
+
+def cpu1_others(phase: Mapping[str, Any]) -> float | None:
+    """Share of CPU 1 used by neither generator during a flood phase (None without a flood).
+
+    The flood process reads CPU 1's busy time over its window; the valid generator's own
+    share (over its slightly shorter window) is subtracted when it ran too.
+    """
+    fl = phase.get("flood")
+    if fl is None:
+        return None
+    valid = phase.get("valid")
+    used = float(fl["generator_cpu_frac"]) + (valid["generator_cpu_frac"] if valid else 0.0)
+    return max(0.0, float(fl["cpu1_busy_frac"]) - used)
+
+
+def _flood_phase_row(name: str, phase: Mapping[str, Any]) -> str:
+    valid = phase.get("valid")
+    fl = phase.get("flood")
+    # CPU figures of the valid generator's window when there is one, else the flood's.
+    cpu = valid if valid is not None else fl
+    assert cpu is not None
+    return (
+        f"| {name} | {_num(valid['rps']) if valid else '–'} | "
+        f"{_num(valid['lat_ms']['p50'], 2) if valid else '–'} | "
+        f"{_num(valid['lat_ms']['p99'], 2) if valid else '–'} | "
+        f"{_num(fl['refused_per_s']) if fl else '–'} | "
+        f"{_statuses(fl['statuses']) if fl else '–'} | "
+        f"{_pct(cpu.get('server_cpu_frac'))} | "
+        f"{_pct(cpu.get('cpu0_others_frac'))} | {_pct(cpu.get('cpu0_steal_frac'))} | "
+        f"{_pct(valid['generator_cpu_frac']) if valid else '–'} | "
+        f"{_pct(fl['generator_cpu_frac']) if fl else '–'} | "
+        f"{_pct(fl['cpu1_busy_frac']) if fl else '–'} | {_pct(cpu1_others(phase))} |"
+    )
+
+
+def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str:
+    """The flood benchmark's part of the report: phases, slowdown, cost per refusal."""
+    s = flood["summary"]
+    phases = flood["phases"]
+    lines = ["## Invalid-token flood (SECURITY-CASES 43)", ""]
+    if meta is not None:
+        lines += [f"Run {meta.get('started')} on {meta.get('cpus')} CPUs "
+                  f"({meta.get('cpu_model')}){', quick mode' if meta.get('quick') else ''}.", ""]
+    lines += [
+        f"{flood['server']} pinned to CPU 0. Valid callers: {flood['valid_workload']} at "
+        f"c={flood['valid_concurrency']} (`bench.loadgen`); flood: a separate process on "
+        f"{flood['flood_connections']} connections ({', '.join(flood['mix'])}); both "
+        f"generators on CPU 1. {flood['seconds']} s per phase, {flood['class_seconds']} s "
+        f"per class.",
+        "",
+        "| phase | valid req/s | p50 ms | p99 ms | flood refused/s | flood statuses | "
+        "server core use | CPU 0 others | CPU 0 steal | valid gen CPU | flood gen CPU | "
+        "CPU 1 busy | CPU 1 others |",
+        "|" + "---|" * 13,
+    ]
+    for key, name in _FLOOD_PHASES:
+        if key in phases:
+            lines.append(_flood_phase_row(name, phases[key]))
+    lines.append("")
+    if s.get("throughput_slowdown") is not None or s.get("p99_slowdown") is not None:
+        verdict = {True: "✔ within", False: "✘ over", None: "? not decided:"}[
+            s.get("within_limit")]
+        lines += [
+            f"- **Slowdown of valid callers**: throughput alone / flooded "
+            f"**{_x(s.get('throughput_slowdown'))}**, p99 flooded / alone "
+            f"**{_x(s.get('p99_slowdown'))}** (p50 {_x(s.get('p50_slowdown'))}): "
+            f"{verdict} the {FLOOD_SLOWDOWN_LIMIT:.0f}× limit. \"Alone\" is the mean of the "
+            f"runs before and after.",
+        ]
+    if s.get("flood_refused_per_s") is not None:
+        lines.append(f"- Flood during the flooded phase: {_num(s['flood_refused_per_s'])} "
+                     f"refused/s ({_statuses(s.get('flood_statuses'))}); accepted: "
+                     f"{s.get('flood_accepted', 0)}.")
+    if s.get("cpu_ms_per_refusal") is not None:
+        lines.append(f"- Server CPU per refused request, flood alone (mix): "
+                     f"**{_num(s['cpu_ms_per_refusal'], 3)} ms** at "
+                     f"{_num(s.get('flood_only_refused_per_s'))} refused/s; estimated from the "
+                     f"flooded phase: {_num(s.get('cpu_ms_per_refusal_flooded_est'), 3)} ms "
+                     f"(valid calls cost {_num(s.get('cpu_ms_per_valid_alone'), 3)} ms each).")
+    if flood.get("es256_verify_us") is not None:
+        lines.append(f"- One failing ES256 verification (`cryptography`): "
+                     f"{_num(flood['es256_verify_us'], 0)} µs of CPU on this machine.")
+    g, c = s.get("generators", {}), s.get("contention", {})
+    lines.append(f"- Generators on CPU 1: valid ≤ {_pct(g.get('valid_cpu_frac_max'))}, flood ≤ "
+                 f"{_pct(g.get('flood_cpu_frac_max'))}, CPU 1 busy ≤ "
+                 f"{_pct(g.get('cpu1_busy_frac_max'))}. Contention: other processes ≤ "
+                 f"{_pct(c.get('cpu0_others_frac_max'))} of CPU 0; steal ≤ "
+                 f"{_pct(c.get('cpu0_steal_frac_max'))} (CPU 0), "
+                 f"{_pct(c.get('cpu1_steal_frac_max'))} (CPU 1).")
+    by_class = s.get("by_class") or {}
+    if by_class:
+        lines += [
+            "",
+            "Each class alone (`audited-garbage` is diagnostic, not in the mix: guard-refused "
+            "junk naming the registered `kid`, so audited without signature work):",
+            "",
+            "| class | refused/s | statuses | server CPU ms/refusal | server core use | "
+            "CPU 0 others | audit jobs/refusal | refusal p50 / p99 ms | flood gen CPU | "
+            "CPU 1 others |",
+            "|" + "---|" * 10,
+        ]
+        for cls, row in by_class.items():
+            lines.append(
+                f"| {cls} | {_num(row['refused_per_s'])} | {_statuses(row['statuses'])} | "
+                f"{_num(row['cpu_ms_per_refusal'], 3)} | {_pct(row['server_cpu_frac'])} | "
+                f"{_pct(row.get('cpu0_others_frac'))} | "
+                f"{_num(row['audit_jobs_per_refusal'], 2)} | "
+                f"{_num(row['lat_ms']['p50'], 2)} / {_num(row['lat_ms']['p99'], 2)} | "
+                f"{_pct(row.get('generator_cpu_frac'))} | {_pct(row.get('cpu1_others_frac'))} |"
+            )
+    if flood.get("notes"):
+        lines += ["", *(f"- {note}" for note in flood["notes"])]
+    return "\n".join(lines) + "\n"

