@@ -24,6 +24,7 @@ job's audit context is restored before each attempt.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -31,7 +32,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -517,22 +518,27 @@ class Writer:
             return None, InternalError("internal error")
 
 
-def _in_savepoint(conn: sa.Connection, fn: JobFn, tx: Tx) -> Any:
-    """Run ``fn`` so that a refusal undoes its writes and nothing else of the batch.
+@contextlib.contextmanager
+def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
+    """A plain SQL savepoint: a failure inside undoes its writes and nothing else.
 
-    Plain SQL savepoints (valid on SQLite and PostgreSQL): this runs once per request, and
+    Valid on SQLite and PostgreSQL. Used once per job and once per batch item: on that path
     SQLAlchemy's nested-transaction objects cost more than the statements themselves.
-    Savepoints a job opens itself (``conn.begin_nested()``) nest inside this one.
+    Names must differ between nesting levels (``sceau_job``, ``sceau_item``).
     """
-    conn.exec_driver_sql("SAVEPOINT sceau_job")
+    conn.exec_driver_sql(f"SAVEPOINT {name}")
     try:
-        result = fn(tx)
+        yield
     except BaseException:
-        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT sceau_job")
-        conn.exec_driver_sql("RELEASE SAVEPOINT sceau_job")
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+        conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
         raise
-    conn.exec_driver_sql("RELEASE SAVEPOINT sceau_job")
-    return result
+    conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+
+
+def _in_savepoint(conn: sa.Connection, fn: JobFn, tx: Tx) -> Any:
+    with savepoint(conn, "sceau_job"):
+        return fn(tx)
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:

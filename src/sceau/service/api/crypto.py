@@ -49,7 +49,7 @@ from sceau.service.params import (
     parse_model,
 )
 from sceau.store import repo
-from sceau.store.writer import Tx
+from sceau.store.writer import Tx, savepoint
 from sceau.vocab import KeyStatus, Outcome, Reason
 
 DAY = 86_400
@@ -134,7 +134,7 @@ def _run_items(
         tx.ctx.key = None
         tx.ctx.details = {"item": index}
         try:
-            with tx.conn.begin_nested():
+            with savepoint(tx.conn, "sceau_item"):
                 result = one(index, raw)
         except SceauError as exc:
             out.append(_error_item(exc))

@@ -31,7 +31,7 @@ from sceau.service import keyops
 from sceau.service.api import keys as key_api
 from sceau.service.params import rfc3339
 from sceau.store import repo
-from sceau.store.writer import Tx
+from sceau.store.writer import Tx, savepoint
 from sceau.vocab import Action, AuthorizationStatus, KeyStatus, Outcome, Right, Role
 
 
@@ -102,7 +102,7 @@ def bulk_set_status(keystore: Keystore, actor: Actor, tx: Tx, key_ids: Sequence[
         text = keyops.key_id_text(key_id)
         tx.ctx.details = {}
         try:
-            with tx.conn.begin_nested():
+            with savepoint(tx.conn, "sceau_item"):
                 set_key_status(keystore, actor, tx, key_id, status)
         except SceauError as error:
             refused += 1
