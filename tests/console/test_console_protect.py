@@ -180,7 +180,22 @@ def test_browser_files_open_with_the_cli_and_sdk(page: Any, server: Server, app:
     rec = last_record(server, action="GENERATE_DATA_KEY", key=key_of(sealed_big.read_bytes()))
     assert (rec["app"], rec["user"], rec["outcome"]) == ("console", OWNER, "GRANTED")
     assert rec["details"] is None or "key" not in json.dumps(rec["details"])
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
     assert page.console_errors == []
+
+
+@needs_chromium
+def test_refused_key_options_show_one_line_and_no_download(page: Any, tmp_path: Path) -> None:
+    source = tmp_path / "memo.txt"
+    source.write_bytes(b"memo")
+    fresh(page)
+    page.fill("#protect-recipients", "not-an-identity@")
+    page.set_input_files("#protect-files", str(source))
+    error = page.locator("#protect-error")
+    page.expect(error).to_be_visible()
+    page.expect(error).to_contain_text("memo.txt: principal:")
+    page.expect(page.locator("#protect-results li.failed")).to_have_count(1)
+    assert page.downloads == []
 
 
 @needs_chromium
