@@ -23,7 +23,8 @@ pinned to CPU 0; two generator processes run on CPU 1:
 Phases, each ``BENCH_SECONDS`` long: valid callers alone; valid callers while the flood
 runs; valid callers alone again (the two "alone" runs bracket the flooded one, so a drift
 in the machine's background load shows); the flood alone (the server CPU per refused
-request); then each class alone for half that time, plus the diagnostic class
+request); valid callers under a garbage-only flood (diagnostic: is the structural guard
+alone cheap enough?); then each class alone for half that time, plus the diagnostic class
 ``audited-garbage`` (guard-refused junk that names the registered ``kid``: audited, but no
 signature work), which separates the cost of the audit write from the cost of the ES256
 verification.
@@ -348,6 +349,18 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             extra = valid["server_cpu_s"] - ok * out["cpu_ms_per_valid_alone"] / 1000
             out["cpu_ms_per_refusal_flooded_est"] = _div(
                 extra * 1000, fl["refused_per_s"] * valid["duration_s"])
+        out["flood_by_class"] = {
+            cls: {"refused_per_s": c["refused_per_s"], "lat_ms": c["lat_ms"]}
+            for cls, c in fl["by_class"].items()
+        }
+    garbage = phases.get("flooded_garbage", {}).get("valid")
+    if garbage is not None:
+        out["garbage_only"] = {
+            "rps": garbage["rps"], "p99": garbage["lat_ms"]["p99"],
+            "throughput_slowdown": _div(out["rps_alone"], garbage["rps"]),
+            "p99_slowdown": _div(garbage["lat_ms"]["p99"], out["p99_alone"]),
+            "refused_per_s": phases["flooded_garbage"]["flood"]["refused_per_s"],
+        }
     only = phases.get("flood_only", {}).get("flood")
     if only is not None:
         out["cpu_ms_per_refusal"] = only["server_cpu_ms_per_refusal"]
@@ -369,7 +382,8 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for cls, ph in phases.get("classes", {}).items()
     }
     floods = [ph["flood"] for ph in _flood_phases(phases)]
-    valids = [*alone, *([valid] if valid is not None else [])]
+    valids = [*alone, *([valid] if valid is not None else []),
+              *([garbage] if garbage is not None else [])]
     out["generators"] = {
         "valid_cpu_frac_max": max((r["generator_cpu_frac"] for r in valids), default=None),
         "flood_cpu_frac_max": max((f["generator_cpu_frac"] for f in floods), default=None),
@@ -386,7 +400,8 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _flood_phases(phases: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    out = [phases[k] for k in ("flooded", "flood_only") if "flood" in phases.get(k, {})]
+    out = [phases[k] for k in ("flooded", "flood_only", "flooded_garbage")
+           if "flood" in phases.get(k, {})]
     return out + list(phases.get("classes", {}).values())
 
 
@@ -522,6 +537,9 @@ def run_flood(target: Any, settings: Any, workdir: Path) -> dict[str, Any]:
         phases["alone_after"] = valid("alone-after")
     if not too_late("flood alone"):
         phases["flood_only"] = flood_only("only", MIX, settings.seconds)
+    # Diagnostic: would the structural guard alone keep valid callers within the limit?
+    if not too_late("valid callers under a garbage-only flood"):
+        phases["flooded_garbage"] = valid("garbage-flooded", ("garbage",))
     class_seconds = max(1.0, settings.seconds / 2)
     phases["classes"] = {}
     for cls in (*MIX, *DIAGNOSTIC):

@@ -244,6 +244,7 @@ _FLOOD_PHASES = (
     ("flooded", "valid + flood"),
     ("alone_after", "valid alone (after)"),
     ("flood_only", "flood alone"),
+    ("flooded_garbage", "valid + garbage-only flood"),
 )
 
 
@@ -324,7 +325,15 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
     if s.get("flood_refused_per_s") is not None:
         lines.append(f"- Flood during the flooded phase: {_num(s['flood_refused_per_s'])} "
                      f"refused/s ({_statuses(s.get('flood_statuses'))}); accepted: "
-                     f"{s.get('flood_accepted', 0)}.")
+                     f"{s.get('flood_accepted', 0)}. By class: "
+                     + "; ".join(f"{cls} {_num(c['refused_per_s'])}/s (p50 "
+                                 f"{_num(c['lat_ms']['p50'], 1)} ms)"
+                                 for cls, c in (s.get("flood_by_class") or {}).items()) + ".")
+    g_only = s.get("garbage_only")
+    if g_only:
+        lines.append(f"- Diagnostic, garbage only ({_num(g_only['refused_per_s'])} refused/s): "
+                     f"throughput {_x(g_only['throughput_slowdown'])}, p99 "
+                     f"{_x(g_only['p99_slowdown'])} of the valid callers alone.")
     if s.get("cpu_ms_per_refusal") is not None:
         lines.append(f"- Server CPU per refused request, flood alone (mix): "
                      f"**{_num(s['cpu_ms_per_refusal'], 3)} ms** at "

@@ -139,7 +139,8 @@ def _flood(refused_per_s: float, cpu_ms: float, cls: str = "garbage") -> dict[st
             "statuses": {"401": refused}, "server_cpu_ms_per_refusal": cpu_ms,
             "server_cpu_frac": 0.95, "generator_cpu_frac": 0.2, "cpu1_busy_frac": 0.5,
             "cpu1_steal_frac": 0.0, "cpu0_others_frac": 0.01, "cpu0_steal_frac": 0.0,
-            "by_class": {cls: {"lat_ms": {"p50": 5.0, "p99": 20.0}}}}
+            "by_class": {cls: {"refused_per_s": refused_per_s,
+                               "lat_ms": {"p50": 5.0, "p99": 20.0}}}}
 
 
 def _phases(flooded_rps: float, flooded_p99: float) -> dict[str, Any]:
@@ -178,6 +179,22 @@ def test_summarize_slowdown_and_costs() -> None:
 )
 def test_summarize_limit_is_two_times_on_both(rps: float, p99: float, within: bool) -> None:
     assert flood.summarize(_phases(rps, p99))["within_limit"] is within
+
+
+def test_summarize_garbage_only_diagnostic() -> None:
+    phases = _phases(100, 120.0)
+    phases["flooded_garbage"] = {"valid": _valid(250, 20.0, 45.0), "flood": _flood(3000, 0.2)}
+    s = flood.summarize(phases)
+    assert s["garbage_only"]["throughput_slowdown"] == pytest.approx(1.4)
+    assert s["garbage_only"]["p99_slowdown"] == pytest.approx(1.5)
+    assert s["garbage_only"]["refused_per_s"] == 3000
+    assert s["within_limit"] is False  # the verdict is the full mix's, not the diagnostic's
+    md = report.flood_section({
+        "server": "s", "valid_workload": "w", "valid_concurrency": 8, "flood_connections": 32,
+        "mix": ["garbage"], "seconds": 1, "class_seconds": 1, "phases": phases, "summary": s})
+    assert "| valid + garbage-only flood | 250 |" in md
+    assert "throughput 1.40×, p99 1.50×" in md
+    assert "By class: garbage 1,000/s (p50 5.0 ms)." in md
 
 
 def test_summarize_without_a_flooded_phase_decides_nothing() -> None:
