@@ -43,7 +43,7 @@ def _fill(directory: Path) -> Path:
     """Write a file until the file system is full."""
     filler = directory / "filler"
     block = b"\0" * (1 << 16)
-    with filler.open("wb") as out:
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(block)

@@ -29,7 +29,13 @@ from sceau.auditlog import store
 from sceau.auditlog.export import StreamItem, iter_stream
 from sceau.auditlog.store import RecordRow
 from sceau.core.audit import CHECKPOINT_TYPE, RECORD_TYPE, ChainHead
-from sceau.core.verify import VerifyProblem, VerifyReport, checkpoint_anchor, verify_lines
+from sceau.core.verify import (
+    ProblemsMixin,
+    VerifyProblem,
+    VerifyReport,
+    checkpoint_anchor,
+    verify_lines,
+)
 from sceau.errors import IntegrityFailure, InvalidRequest
 from sceau.store.db import Engines
 from sceau.vocab import Action, Outcome
@@ -69,27 +75,12 @@ class Anchor:
 
 
 @dataclass(frozen=True)
-class Verification:
+class Verification(ProblemsMixin):
     """A verified stream: the core report, the anchors used, and every problem found."""
 
     report: VerifyReport
     anchors: list[Anchor]
     problems: list[VerifyProblem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
-
-    @property
-    def first_problem(self) -> VerifyProblem | None:
-        """The problem at the lowest line (end-of-stream findings last)."""
-        return self.problems[0] if self.problems else None
-
-    def check(self) -> None:
-        """Return None when the stream verified; raise :class:`IntegrityFailure` otherwise."""
-        if self.problems:
-            raise IntegrityFailure(f"audit verification failed: {self.problems[0]}")
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for ``--json`` output."""

@@ -95,14 +95,10 @@ class VerifyProblem:
         return f"line {self.line}, seq {self.seq}, node {self.node}: {self.kind}: {self.message}"
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """The outcome of :func:`verify_lines`. ``nodes`` maps node id to its last node_seq."""
+class ProblemsMixin:
+    """``ok`` / ``first_problem`` / ``check()`` for any result holding ``problems``."""
 
-    records: int
-    checkpoints: int
-    nodes: dict[str, int]
-    problems: list[VerifyProblem] = field(default_factory=list)
+    problems: list[VerifyProblem]
 
     @property
     def ok(self) -> bool:
@@ -115,9 +111,20 @@ class VerifyReport:
         return self.problems[0] if self.problems else None
 
     def check(self) -> None:
-        """Return None when the export verified; raise :class:`IntegrityFailure` otherwise."""
+        """Return None when the stream verified; raise :class:`IntegrityFailure` otherwise."""
         if self.problems:
             raise IntegrityFailure(f"audit verification failed: {self.problems[0]}")
+
+
+@dataclass(frozen=True)
+class VerifyReport(ProblemsMixin):
+    """The outcome of :func:`verify_lines`. ``nodes`` maps node id to its last node_seq."""
+
+    records: int
+    checkpoints: int
+    nodes: dict[str, int]
+    problems: list[VerifyProblem] = field(default_factory=list)
+
 
 
 # --- keys ------------------------------------------------------------------------------------

@@ -191,37 +191,7 @@ def list_keys(
 ) -> list[KeyRecord]:
     """Keys newest first; ``after`` is the (created_at, key_id) of the previous page's last."""
     query = sa.select(keys)
-    conds: list[Any] = []
-    if flt.user is not None:
-        principals = [flt.user] + ([flt.user_domain_pattern] if flt.user_domain_pattern else [])
-        recipient = sa.exists().where(
-            authorizations.c.key_id == keys.c.key_id,
-            authorizations.c.principal.in_(principals),
-        )
-        owner = keys.c.owner == flt.user
-        if flt.role == "owner":
-            conds.append(owner)
-        elif flt.role == "recipient":
-            conds.append(sa.and_(keys.c.owner != flt.user, recipient))
-        else:
-            conds.append(sa.or_(owner, recipient))
-    if flt.status == "expired":
-        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at <= flt.now]
-    elif flt.status == "active":
-        conds += [keys.c.status == str(KeyStatus.ACTIVE), keys.c.expires_at > flt.now]
-    elif flt.status is not None:
-        conds.append(keys.c.status == flt.status)
-    if flt.created_from is not None:
-        conds.append(keys.c.created_at >= flt.created_from)
-    if flt.created_to is not None:
-        conds.append(keys.c.created_at <= flt.created_to)
-    if flt.name:
-        escaped = flt.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conds.append(keys.c.name_lower.like(f"%{escaped}%", escape="\\"))
-    if flt.application is not None:
-        conds.append(keys.c.application == flt.application)
-    if flt.tag is not None:
-        conds.append(keys.c.tag == flt.tag)
+    conds = key_filter_conditions(flt)
     if after is not None:
         created, kid = after
         conds.append(
@@ -810,7 +780,8 @@ def set_totp_last_step(conn: sa.Connection, username: str, step: int) -> None:
 CONSOLE_KEY_SORTS = {"created": keys.c.created_at, "expires": keys.c.expires_at}
 
 
-def _console_key_conditions(flt: KeyFilter) -> list[Any]:
+def key_filter_conditions(flt: KeyFilter) -> list[Any]:
+    """WHERE conditions of a key filter, shared by ``list-keys`` and the console table."""
     conds: list[Any] = []
     if flt.user is not None:
         principals = [flt.user] + ([flt.user_domain_pattern] if flt.user_domain_pattern else [])
@@ -863,10 +834,10 @@ def console_list_keys(
     the person filter says. ``after`` is the (sort value, key_id) of the previous page's last.
     """
     column = CONSOLE_KEY_SORTS[sort]
-    conds = _console_key_conditions(flt)
+    conds = key_filter_conditions(flt)
     if visible_to is not None:
         ident, pattern = visible_to
-        conds += _console_key_conditions(
+        conds += key_filter_conditions(
             KeyFilter(user=ident, user_domain_pattern=pattern, role="any")
         )
     if after is not None:
