@@ -195,7 +195,14 @@ def make_server(base: Path, *, env: Mapping[str, str] | None = None, start: bool
     """`sceau init` a data dir under ``base`` and start `sceau serve` on a free port."""
     data_dir = base / "data"
     port = free_port()
-    server_env = {"SCEAU_PORT": str(port), "SCEAU_CHECKPOINT_INTERVAL_S": "2", **(env or {})}
+    server_env = {
+        "SCEAU_PORT": str(port),
+        "SCEAU_CHECKPOINT_INTERVAL_S": "2",
+        # The suites send hundreds of hostile calls on purpose; the refusal tarpit has its
+        # own tests (tests/security/test_sec_tarpit.py).
+        "SCEAU_REFUSALS_PER_IP_PER_S": "100000",
+        **(env or {}),
+    }
     run_cli("init", "--data-dir", str(data_dir), *init_args, env=server_env)
     server = Server(data_dir=data_dir, port=port, env=server_env, log_path=base / "server.log")
     if start:

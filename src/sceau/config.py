@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             _positive),
     Setting("limits", "max_token_lifetime_s", int, 300, "SCEAU_MAX_TOKEN_LIFETIME_S", _positive),
     Setting("limits", "clock_skew_s", int, 60, "SCEAU_CLOCK_SKEW_S", _positive),
+    Setting("limits", "refusals_per_ip_per_s", int, 20, "SCEAU_REFUSALS_PER_IP_PER_S",
+            doc="refused calls (400/401/413) per second per client address before each "
+            "further refusal is answered after a delay; 0 = no tarpit"),
     Setting("limits", "rate_limit_per_app", int, 0, "SCEAU_RATE_LIMIT_PER_APP",
             doc="requests per second per application; 0 = unlimited"),
     Setting("keys", "default_lifetime_days", int, 365, "SCEAU_DEFAULT_LIFETIME_DAYS", _positive),

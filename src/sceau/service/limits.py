@@ -117,3 +117,43 @@ class RateLimiter:
         stale = [app for app, b in self._buckets.items() if now - b.updated > _FORGET_AFTER_S]
         for app in stale:
             del self._buckets[app]
+
+
+class RefusalTarpit:
+    """Slows down whoever keeps sending calls that are refused before any authorization.
+
+    A flood of invalid tokens costs the single-core server TLS, parsing and a problem
+    answer per call, and each refusal that names an application also an audit record; a
+    closed-loop attacker always has the next one ready. Past a per-address budget of
+    refusals (a token bucket: ``rate`` per second, bursts of ``10 × rate``), each further
+    refusal is answered after ``delay`` seconds of idle waiting: the answer and its code are
+    unchanged, nothing else is slowed, and the attacker's connections spend their time
+    waiting instead of being served. Valid calls are never delayed.
+    """
+
+    def __init__(self, rate: float, *, delay: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = 10 * rate
+        self.delay = delay
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> RefusalTarpit:
+        return cls(float(config.get("limits.refusals_per_ip_per_s")))
+
+    def penalty(self, ip: str | None) -> float:
+        """Seconds to wait before answering this refusal (0 within the budget)."""
+        if self.rate <= 0 or ip is None:
+            return 0.0
+        now = self._clock()
+        tokens, last = self._buckets.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()  # bounded memory under a spread-out flood
+        if tokens >= 1.0:
+            self._buckets[ip] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[ip] = (tokens, now)
+        return self.delay

@@ -32,7 +32,7 @@ from sceau.jose.response import encrypt_to
 from sceau.keystore.base import KeyPurpose
 from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
-from sceau.service.limits import RateLimiter
+from sceau.service.limits import RateLimiter, RefusalTarpit
 from sceau.service.observability import Metrics
 from sceau.service.receipts import DestroyedKey, receipt_result, sign_service_jws
 from sceau.service.runtime import Runtime
@@ -51,6 +51,9 @@ RESPONSE_TYP = "sceau-resp+jwt"
 PREFIX = "/v1/"
 _COMMON = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 _OPS = {op.value: op for op in Op}
+# Refusals before any authorization (malformed, bad or unknown token, oversized): the ones a
+# flood is made of. Policy refusals of an identified caller are the rate limiter's business.
+_TARPIT_STATUSES = frozenset({400, 401, 413})
 
 
 class ApiEndpoint:
@@ -62,6 +65,7 @@ class ApiEndpoint:
         limits = rt.limits()
         self.max_body = limits["max_body_bytes"] + 64 * 1024  # room for the JOSE wrapping
         self.rate_limiter = RateLimiter.from_config(rt.config)
+        self.tarpit = RefusalTarpit.from_config(rt.config)
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -80,6 +84,13 @@ class ApiEndpoint:
             retry = getattr(error, "retry_after", None)
             if retry is not None:
                 headers.append((b"retry-after", str(retry).encode()))
+            if error.status == 413:
+                headers.append((b"connection", b"close"))  # the body was never read
+            if error.status in _TARPIT_STATUSES:
+                client = scope.get("client")
+                delay = self.tarpit.penalty(client[0] if client else None)
+                if delay:
+                    await asyncio.sleep(delay)
             body = json.dumps(error.problem(request_id), separators=(",", ":")).encode()
             await _send(send, error.status, PROBLEM, body, headers)
         finally:

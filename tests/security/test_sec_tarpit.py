@@ -1,0 +1,58 @@
+"""The refusal tarpit (SECURITY-CASES 43): a flood of refused calls is slowed, valid calls not."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import make_server
+
+from sceau.service.limits import RefusalTarpit
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_budget_then_delay_then_refill() -> None:
+    clock = FakeClock()
+    tarpit = RefusalTarpit(2, delay=1.0, clock=clock)
+    assert [tarpit.penalty("10.0.0.1") for _ in range(20)] == [0.0] * 20  # burst = 10 x rate
+    assert tarpit.penalty("10.0.0.1") == 1.0
+    assert tarpit.penalty("10.0.0.2") == 0.0  # per address
+    clock.now += 1.0  # two refusals' worth of budget comes back each second
+    assert [tarpit.penalty("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("rate", [0, -1])
+def test_disabled(rate: int) -> None:
+    tarpit = RefusalTarpit(rate)
+    assert all(tarpit.penalty("10.0.0.1") == 0.0 for _ in range(100))
+    assert RefusalTarpit(5).penalty(None) == 0.0
+
+
+def test_flooding_address_is_answered_slowly_and_valid_calls_are_not(tmp_path: Path) -> None:
+    server = make_server(tmp_path, env={"SCEAU_REFUSALS_PER_IP_PER_S": "1"})
+    try:
+        app = server.register_app()
+        headers = {"Content-Type": "application/jose"}
+        with httpx.Client(verify=server.cert, timeout=30) as http:
+            for _ in range(10):  # the burst: answered at once
+                r = http.post(f"{server.url}/v1/encrypt", content=b"x.y.z", headers=headers)
+                assert r.status_code == 401
+            started = time.monotonic()
+            late = http.post(f"{server.url}/v1/encrypt", content=b"x.y.z", headers=headers)
+            waited = time.monotonic() - started
+        assert late.status_code == 401 and late.json()["code"] == "invalid_token"
+        assert waited >= 0.9  # answered, with the same code, after the tarpit delay
+        with server.client(app, "alice@example.com") as c:
+            _, envelope = c.encrypt(b"still served")
+            assert c.decrypt(envelope) == b"still served"
+    finally:
+        server.stop()
