@@ -22,6 +22,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import sha256
@@ -59,6 +60,8 @@ KEYSTORE_FILE = "keystore.json"
 JWE_FILE = "jwe.json"
 _FORMAT = "sceau-keystore-file"
 _FORMAT_VERSION = 1
+# How stale the in-memory copy may be before the file is stat()ed again (see _current).
+_RECHECK_S = 0.5
 # scrypt cost: 2^15 x 8 x 128 bytes = 32 MiB and ~0.1 s per open; recorded in the file so
 # that it can be raised later without breaking existing files.
 _SCRYPT_N = 2**15
@@ -362,6 +365,7 @@ class FileKeystore(Keystore):
         ensure_private_dir(self._dir)
         self._jwe = JweKeyFile.load(self._dir / JWE_FILE, self._passphrase, settings.passphrase_env)
         self._state: _State | None = self._load()
+        self._checked_at = time.monotonic()
 
     # --- persistence ------------------------------------------------------------------
 
@@ -416,11 +420,16 @@ class FileKeystore(Keystore):
             raise KeystoreUnavailable(f"keystore file {self._file} is incomplete")
         return _State(masters, retired, seal, signers, stamp)
 
-    def _current(self) -> _State:
+    def _current(self, *, force: bool = False) -> _State:
         """The loaded state, reloaded when another process (the CLI) rewrote the file."""
         with self._lock:
             if self._state is None:
                 raise KeystoreUnavailable("keystore is closed")
+            now = time.monotonic()
+            if not force and now - self._checked_at < _RECHECK_S:
+                # Every request calls the keystore several times; a rotation made by the CLI
+                # is picked up within _RECHECK_S without a stat() per call.
+                return self._state
             try:
                 stamp = self._stamp()
             except OSError:
@@ -429,6 +438,7 @@ class FileKeystore(Keystore):
                 fresh = self._load()
                 self._state.wipe()
                 self._state = fresh
+            self._checked_at = now
             return self._state
 
     def _mutate(self, change: Any) -> None:
@@ -468,6 +478,8 @@ class FileKeystore(Keystore):
     def derive(self, master_version: int, key_id: bytes, seed: bytes) -> bytes:
         message = derivation_input(key_id, seed)
         master = self._current().masters.get(master_version)
+        if master is None:  # perhaps created by another process since the last check
+            master = self._current(force=True).masters.get(master_version)
         if master is None:
             raise IntegrityFailure("unknown master version")
         return hmac.new(master, message, sha256).digest()

@@ -20,3 +20,6 @@ class Call:
     user: str
     ip: str | None
     jti: str
+    # The console's ``admin`` role manages every key (SPEC §6: never decryption); API callers
+    # never set it.
+    manage_any: bool = False

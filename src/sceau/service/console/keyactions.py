@@ -7,32 +7,37 @@ differ: who may act, and who is named. The gate is :func:`may_manage` (an ``admi
 manages every key, a ``user`` account what the API would let that identity manage, an
 ``auditor`` nothing), and ``added_by`` is the console account.
 
-Why not call the API handlers: their gate (``keys.managed``) is ``can_manage`` on the calling
-identity, which an ``admin`` account is not. When ``Call`` grows a ``manage_any`` flag, these
-functions reduce to calls of the handlers (docs/console.md, "Open points").
+The changes are the API handlers themselves, called with a :class:`Call` whose
+``manage_any`` flag carries the admin gate, so the rules cannot drift apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sceau.core.model import Authorization, KeyRecord, normalize_identity
-from sceau.core.policy import (
-    can_manage,
-    management_refusal,
-    matching_authorizations,
-    validate_principal,
-)
-from sceau.errors import AccessDenied, InvalidRequest, NotFound, SceauError
-from sceau.keystore.base import Keystore
+from sceau.core.model import KeyRecord, normalize_identity
+from sceau.core.policy import can_manage, matching_authorizations
+from sceau.errors import NotFound, SceauError
 from sceau.service import keyops
 from sceau.service.api import keys as key_api
-from sceau.service.params import rfc3339
-from sceau.store import repo
+from sceau.service.api.context import Call
+from sceau.service.params import (
+    AddAuthorizationParams,
+    DestroyKeyParams,
+    KeyRef,
+    PrincipalRef,
+    parse_model,
+)
+from sceau.service.runtime import CallerApp
 from sceau.store.writer import Tx, savepoint
-from sceau.vocab import Action, AuthorizationStatus, KeyStatus, Outcome, Right, Role
+from sceau.vocab import Action, KeyStatus, Outcome, Right, Role
+
+if TYPE_CHECKING:
+    from sceau.service.runtime import Runtime
+
+CONSOLE_CALLER = CallerApp(app_id="console", name="console", enc_key=None)
 
 
 @dataclass(frozen=True)
@@ -60,38 +65,35 @@ def may_manage(actor: Actor, record: KeyRecord, now: int) -> bool:
     return False
 
 
-def managed(keystore: Keystore, actor: Actor, tx: Tx, key_id: bytes, *,
-            allow_pending: bool = False) -> KeyRecord:
-    """Load, verify, authorize a key for a change: the console's ``keys.managed``."""
-    tx.ctx.key = keyops.key_id_text(key_id)
-    record = keyops.load_checked(tx.conn, keystore, key_id, for_update=True)
-    if not may_manage(actor, record, tx.now):
+def actor_call(rt: Runtime, actor: Actor) -> Call:
+    """The API's view of a console account acting on keys.
+
+    The API handlers then apply every rule themselves; only the gate differs: an ``admin``
+    account manages every key (``manage_any``, never decryption), a ``user`` account what
+    the API lets that identity manage, and an ``auditor`` nothing (refused here, as the
+    ``not_found`` a stranger gets).
+    """
+    if actor.role is Role.AUDITOR:
         raise NotFound("no such key")
-    reason = management_refusal(record, allow_pending=allow_pending)
-    if reason is not None:
-        raise AccessDenied(reason)
-    return record
+    return Call(rt=rt, app=CONSOLE_CALLER, user=normalize_identity(actor.username), ip=None,
+                jti="", manage_any=actor.role is Role.ADMIN)
 
 
-def _save(keystore: Keystore, tx: Tx, before: KeyRecord, **changes: Any) -> KeyRecord:
-    after = keyops.reseal(keystore, before, **changes)
-    repo.save_key(tx.conn, before, after)
-    tx.ctx.details = {"revision": after.revision, **tx.ctx.details}
-    return after
+def _ref(key_id: bytes, **extra: Any) -> dict[str, Any]:
+    return {"key_id": keyops.key_id_text(key_id), **extra}
 
 
-def set_key_status(keystore: Keystore, actor: Actor, tx: Tx, key_id: bytes,
-                   status: KeyStatus) -> KeyRecord:
-    """enable-key / disable-key."""
-    record = managed(keystore, actor, tx, key_id)
-    if record.status is status:
-        tx.ctx.details = {"changed": {}}
-        return record
-    tx.ctx.details = {"changed": {"status": str(status)}}
-    return _save(keystore, tx, record, status=status)
+def set_key_status(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
+                   status: KeyStatus) -> dict[str, Any]:
+    """enable-key / disable-key, through the API's handlers."""
+    call = actor_call(rt, actor)
+    params = parse_model(KeyRef, _ref(key_id))
+    if status is KeyStatus.ACTIVE:
+        return key_api.enable_key(call, params, tx)
+    return key_api.disable_key(call, params, tx)
 
 
-def bulk_set_status(keystore: Keystore, actor: Actor, tx: Tx, key_ids: Sequence[bytes],
+def bulk_set_status(rt: Runtime, actor: Actor, tx: Tx, key_ids: Sequence[bytes],
                     status: KeyStatus) -> tuple[int, int]:
     """Enable or disable many keys: one audit record per key, each in its own savepoint.
 
@@ -103,7 +105,7 @@ def bulk_set_status(keystore: Keystore, actor: Actor, tx: Tx, key_ids: Sequence[
         tx.ctx.details = {}
         try:
             with savepoint(tx.conn, "sceau_item"):
-                set_key_status(keystore, actor, tx, key_id, status)
+                set_key_status(rt, actor, tx, key_id, status)
         except SceauError as error:
             refused += 1
             reason = str(error.reason) if error.reason else error.code
@@ -117,63 +119,36 @@ def bulk_set_status(keystore: Keystore, actor: Actor, tx: Tx, key_ids: Sequence[
     return done, refused
 
 
-def destroy(keystore: Keystore, actor: Actor, tx: Tx, key_id: bytes) -> key_api.DestroyedKey:
-    """Immediate destruction (crypto-shredding), as ``destroy-key`` with ``pending_days`` 0."""
-    record = managed(keystore, actor, tx, key_id, allow_pending=True)
-    after = key_api.shred(keystore, tx, record)
-    tx.ctx.details = {"revision": after.revision, "pending_days": 0}
-    return key_api.DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
-
-
-def _principal(record: KeyRecord, raw: str) -> str:
-    principal = validate_principal(raw)
-    if principal == record.owner:
-        raise InvalidRequest("principal: is the key's owner")
-    return principal
-
-
-def add_authorization(keystore: Keystore, actor: Actor, tx: Tx, key_id: bytes, principal: str,
-                      rights: frozenset[Right], not_before: int | None,
-                      not_after: int | None) -> KeyRecord:
-    record = managed(keystore, actor, tx, key_id)
-    principal = _principal(record, principal)
-    if not rights:
-        raise InvalidRequest("rights: choose decrypt, manage or both")
-    if not_before is not None and not_after is not None and not_after <= not_before:
-        raise InvalidRequest("not_after: must be later than not_before")
-    if record.authorization_for(principal) is not None:
-        raise InvalidRequest("principal: already has an authorization on this key")
-    entry = Authorization(principal=principal, rights=rights, status=AuthorizationStatus.ACTIVE,
-                          not_before=not_before, not_after=not_after, added_by=actor.username,
-                          added_at=tx.now)
-    tx.ctx.details = {"principal": principal, "rights": sorted(str(r) for r in rights),
-                      "not_before": rfc3339(not_before), "not_after": rfc3339(not_after)}
-    auths = tuple(sorted((*record.authorizations, entry), key=lambda a: a.principal))
-    return _save(keystore, tx, record, authorizations=auths)
-
-
-def change_authorization(keystore: Keystore, actor: Actor, tx: Tx, key_id: bytes,
-                         principal: str, action: Action) -> KeyRecord:
-    """remove / enable / disable one authorization entry."""
-    record = managed(keystore, actor, tx, key_id)
-    principal = _principal(record, principal)
-    if record.authorization_for(principal) is None:
-        raise InvalidRequest("principal: has no authorization on this key")
-    if action is Action.REMOVE_AUTHORIZATION:
-        tx.ctx.details = {"principal": principal}
-        auths = tuple(a for a in record.authorizations if a.principal != principal)
-        return _save(keystore, tx, record, authorizations=auths)
-    status = (AuthorizationStatus.ACTIVE if action is Action.ENABLE_AUTHORIZATION
-              else AuthorizationStatus.DISABLED)
-    tx.ctx.details = {"principal": principal, "status": str(status)}
-    auths = tuple(
-        Authorization(a.principal, a.rights, status, a.not_before, a.not_after, a.added_by,
-                      a.added_at) if a.principal == principal else a
-        for a in record.authorizations
+def destroy(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes) -> key_api.DestroyedKey:
+    """Immediate destruction (crypto-shredding): ``destroy-key`` with ``pending_days`` 0."""
+    result = key_api.destroy_key(
+        actor_call(rt, actor), parse_model(DestroyKeyParams, _ref(key_id)), tx
     )
-    if auths == record.authorizations:
-        return record
-    return _save(keystore, tx, record, authorizations=auths)
+    assert isinstance(result, key_api.DestroyedKey)
+    return result
+
+
+def add_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes, principal: str,
+                      rights: frozenset[Right], not_before: int | None,
+                      not_after: int | None) -> dict[str, Any]:
+    """add-authorization, through the API's handler (``added_by`` is the account)."""
+    params = parse_model(AddAuthorizationParams, _ref(
+        key_id, principal=principal, rights=sorted(str(r) for r in rights),
+        not_before=not_before, not_after=not_after,
+    ))
+    return key_api.add_authorization(actor_call(rt, actor), params, tx)
+
+
+def change_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
+                         principal: str, action: Action) -> dict[str, Any]:
+    """remove / enable / disable one authorization entry, through the API's handlers."""
+    params = parse_model(PrincipalRef, _ref(key_id, principal=principal))
+    handler = {
+        Action.REMOVE_AUTHORIZATION: key_api.remove_authorization,
+        Action.ENABLE_AUTHORIZATION: key_api.enable_authorization,
+        Action.DISABLE_AUTHORIZATION: key_api.disable_authorization,
+    }[action]
+    return handler(actor_call(rt, actor), params, tx)
 
 
 AUTHORIZATION_ACTIONS = {

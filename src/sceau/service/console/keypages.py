@@ -288,7 +288,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         audit = Action.ENABLE_KEY if action == "enable" else Action.DISABLE_KEY
         done, refused = console.run(
             session, audit,
-            lambda tx: keyactions.bulk_set_status(console.rt.keystore, actor, tx, key_ids, status),
+            lambda tx: keyactions.bulk_set_status(console.rt, actor, tx, key_ids, status),
         ).value
         back = form.get("back", "")
         back = back if back.startswith(f"{PREFIX}/keys?") or back == f"{PREFIX}/keys" else ""
@@ -337,7 +337,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         return change(
             request, session, key_text,
             Action.ENABLE_KEY if action == "enable" else Action.DISABLE_KEY,
-            lambda tx: keyactions.set_key_status(console.rt.keystore, actor, tx, key_id, status),
+            lambda tx: keyactions.set_key_status(console.rt, actor, tx, key_id, status),
             "enabled" if action == "enable" else "disabled",
         )
 
@@ -354,7 +354,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         principal = form.get("principal", "").strip()
         return change(
             request, session, key_text, Action.ADD_AUTHORIZATION,
-            lambda tx: keyactions.add_authorization(console.rt.keystore, actor, tx, key_id,
+            lambda tx: keyactions.add_authorization(console.rt, actor, tx, key_id,
                                                     principal, rights, not_before, not_after),
             "auth_added",
         )
@@ -371,7 +371,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         principal = form.get("principal", "")
         return change(
             request, session, key_text, action,
-            lambda tx: keyactions.change_authorization(console.rt.keystore, actor, tx, key_id,
+            lambda tx: keyactions.change_authorization(console.rt, actor, tx, key_id,
                                                        principal, action),
             "auth_changed",
         )
@@ -393,7 +393,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         try:
             outcome = console.run(
                 session, Action.DESTROY_KEY,
-                lambda tx: keyactions.destroy(console.rt.keystore, actor, tx, key_id))
+                lambda tx: keyactions.destroy(console.rt, actor, tx, key_id))
         except NotFound:
             raise not_found() from None
         except SceauError as error:
