@@ -84,6 +84,17 @@ class Profile:
         fields = {f: data.get(f) for f in cls.__dataclass_fields__}
         return cls(**fields)
 
+    def client_kwargs(self, user: str | None = None) -> dict[str, Any]:
+        """Constructor arguments of :class:`Client` / :class:`AsyncClient` for this profile."""
+        return {
+            "service_url": self.service_url,
+            "identity": self.identity(),
+            "user": user or self.user,
+            "service_id": self.service_id,
+            "service_jwks": self.service_jwks,
+            "verify": self.ca_cert or True,
+        }
+
     def identity(self) -> ClientIdentity:
         return ClientIdentity(
             app_id=self.app_id,
@@ -276,16 +287,7 @@ class Client(_Core):
 
     @classmethod
     def from_profile(cls, path: str | Path, *, user: str | None = None, **kwargs: Any) -> Client:
-        profile = Profile.load(path)
-        return cls(
-            service_url=profile.service_url,
-            identity=profile.identity(),
-            user=user or profile.user,
-            service_id=profile.service_id,
-            service_jwks=profile.service_jwks,
-            verify=profile.ca_cert or True,
-            **kwargs,
-        )
+        return cls(**Profile.load(path).client_kwargs(user), **kwargs)
 
     def close(self) -> None:
         self._http.close()
@@ -496,16 +498,7 @@ class AsyncClient(_Core):
     @classmethod
     def from_profile(cls, path: str | Path, *, user: str | None = None,
                      **kwargs: Any) -> AsyncClient:
-        profile = Profile.load(path)
-        return cls(
-            service_url=profile.service_url,
-            identity=profile.identity(),
-            user=user or profile.user,
-            service_id=profile.service_id,
-            service_jwks=profile.service_jwks,
-            verify=profile.ca_cert or True,
-            **kwargs,
-        )
+        return cls(**Profile.load(path).client_kwargs(user), **kwargs)
 
     async def aclose(self) -> None:
         await self._http.aclose()
