@@ -35,14 +35,27 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
     databases.drop_all()
 
 
-@pytest.fixture(scope="module", params=STORES)
+# The end-to-end backends: both stores on the file keystore, and SQLite on a PKCS#11 token
+# (SoftHSM2), so every end-to-end module runs against each keystore backend too.
+BACKENDS = (*STORES, "sqlite-pkcs11")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One `sceau serve` per test module and store (file keystore)."""
-    store: str = request.param
+    """One `sceau serve` per test module and backend."""
+    store, _, keystore = str(request.param).partition("-")
     databases = databases_for(request, store)
     env = store_env(store, databases)
-    srv = make_server(tmp_path_factory.mktemp(f"server-{store}"), env=env)
+    base = tmp_path_factory.mktemp(f"server-{request.param}")
+    init_args: tuple[str, ...] = ()
+    if keystore == "pkcs11":
+        from hsm_support import need_softhsm, pkcs11_server_args
+
+        need_softhsm()
+        token_env, init_args = pkcs11_server_args(base)
+        env = {**env, **token_env}
+    srv = make_server(base, env=env, init_args=init_args)
     yield srv
     if srv.proc is not None:
         srv.stop()

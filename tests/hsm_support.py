@@ -110,7 +110,9 @@ def new_softhsm_token(base: Path, label: str = "sceau") -> SoftHsmToken:
 
 def pkcs11_server_args(tmp: Path) -> tuple[dict[str, str], tuple[str, ...]]:
     """(env, init_args) for ``support.make_server`` on a fresh SoftHSM2 token under ``tmp``."""
-    token = new_softhsm_token(tmp)
+    # A label of its own: a test process that already loaded another SoftHSM2 store must not
+    # find a same-named token there and try this token's PIN on it.
+    token = new_softhsm_token(tmp, label=f"sceau-{secrets.token_hex(4)}")
     return token.env(), token.init_args()
 
 

@@ -12,6 +12,7 @@ local one, trust auth) and drops them at the end of the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,22 @@ class Server:
 
     # --- applications and clients --------------------------------------------------------
 
+    @contextlib.contextmanager
+    def admin_session(self) -> Iterator[admin.AdminSession]:
+        """An in-process admin session on this server's store and keystore.
+
+        On a PKCS#11 server the keystore is a token: the session opens it with the server's
+        SoftHSM2 store and PIN (tests/hsm_support.py).
+        """
+        from hsm_support import token_env_here
+
+        with token_env_here(self.env), admin.admin_session(self.config()) as session:
+            yield session
+
     def register_app(self, name: str = "test-app", *, users: tuple[str, ...] = ("*",),
                      alg: str = "ES256", enc: bool = True) -> TestApp:
         sign_priv, sign_pub, enc_priv, enc_pub = generate_app_keys(alg)
-        with admin.admin_session(self.config()) as session:
+        with self.admin_session() as session:
             app_id = admin.add_application(
                 session, name=name, jwk=sign_pub, enc_jwk=enc_pub if enc else None, users=users
             )

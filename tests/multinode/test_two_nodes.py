@@ -55,10 +55,9 @@ def cluster(postgres_databases: PostgresDatabases,
     b = Server(data_dir=a.data_dir, port=free_port(), env={**a.env, "SCEAU_PORT": ""},
                log_path=base / "server-b.log")
     b.env["SCEAU_PORT"] = str(b.port)
-    a.start(wait=False)
-    b.start(wait=False)
-    a.wait_ready()
-    b.wait_ready()
+    # One after the other, so that A leases n1 and B n2 (the tests name the chains).
+    a.start()
+    b.start()
     app = a.register_app("cluster-app")
     yield Cluster(a=a, b=b, app=app, database_url=url)
     for node in (a, b):

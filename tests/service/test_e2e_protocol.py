@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from auditlog import count_rows, records
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk as jwcrypto_jwk
 
+from auditlog import count_rows, records
 from sceau.core.b64 import b64u_encode
 from sceau.jose.client import sign_request, wrap_for_service
 from sceau.vocab import AppStatus
@@ -124,7 +124,7 @@ def test_disabled_application(server: Server) -> None:
     from sceau import admin
 
     victim = server.register_app("to-disable")
-    with admin.admin_session(server.config()) as session:
+    with server.admin_session() as session:
         admin.set_application_status(session, victim.app_id, AppStatus.DISABLED)
     token, jti = forge(victim, server.url)
     response = post(server, token)
@@ -179,7 +179,7 @@ def test_disabled_key_app_status_is_rechecked_every_call(server: Server) -> None
     rotating = server.register_app("rotating")
     first, _ = forge(rotating, server.url)
     assert post(server, first).status_code == 200
-    with admin.admin_session(server.config()) as session:
+    with server.admin_session() as session:
         admin.retire_app_key(session, rotating.app_id, rotating.identity.kid)
     second, _ = forge(rotating, server.url)
     response = post(server, second)

@@ -48,7 +48,7 @@ class SpecClient:
         self.kid = self.key.thumbprint()
         from sceau import admin
 
-        with admin.admin_session(server.config()) as session:
+        with server.admin_session() as session:
             self.app_id = admin.add_application(session, name=f"interop-{alg}", jwk=public,
                                                 enc_jwk=enc_public, users=["*"])
         self.jwks = jwk.JWKSet.from_json(
