@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import make_server
 
 from sceau.service.limits import RefusalTarpit
+from support import make_server
 
 
 class FakeClock:
