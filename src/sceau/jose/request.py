@@ -272,12 +272,8 @@ class RequestVerifier:
             or _CONTROL_CHARS.search(sub)
         ):
             raise InvalidToken(f"sub must be 1..{MAX_SUB_CHARS} characters without controls")
-        jti = claims["jti"]
-        if (
-            not isinstance(jti, str)
-            or not MIN_JTI_CHARS <= len(jti) <= MAX_JTI_CHARS
-            or _JTI_CHARS.fullmatch(jti) is None
-        ):
+        jti = _wellformed_jti(claims["jti"])
+        if jti is None:
             raise InvalidToken(
                 f"jti must be {MIN_JTI_CHARS}..{MAX_JTI_CHARS} base64url characters"
             )

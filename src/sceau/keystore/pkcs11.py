@@ -397,6 +397,13 @@ class _Inventory:
     loaded_at: float
 
 
+def _refuse_used_token(pool: _TokenPool, settings: KeystoreSettings) -> None:
+    """Initialization and migration start from a token without any Sceau object."""
+    inv = pool.run(_scan)
+    if inv.masters or inv.retired or inv.seals or any(inv.signers.values()):
+        raise ConfigError(f"token {settings.pkcs11_token!r} already holds Sceau keys; refusing")
+
+
 def _scan(slot: _Slot) -> _Inventory:
     session = slot.session
     masters: set[int] = set()
@@ -474,11 +481,7 @@ class Pkcs11Keystore(Keystore):
             raise ConfigError(f"keystore at {settings.path} is already initialized")
         pool = _TokenPool(settings)
         try:
-            inv = pool.run(_scan)
-            if inv.masters or inv.retired or inv.seals or any(inv.signers.values()):
-                raise ConfigError(
-                    f"token {settings.pkcs11_token!r} already holds Sceau keys; refusing"
-                )
+            _refuse_used_token(pool, settings)
             alg = settings.signing_alg or _best_alg(pool.mechanisms())
 
             def create(session: Any) -> None:
@@ -830,9 +833,7 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
         raise ConfigError(f"keystore at {target.path} is already initialized")
     pool = _TokenPool(target)
     try:
-        inv = pool.run(_scan)
-        if inv.masters or inv.retired or inv.seals or any(inv.signers.values()):
-            raise ConfigError(f"token {target.pkcs11_token!r} already holds Sceau keys")
+        _refuse_used_token(pool, target)
 
         def create(session: Any) -> None:
             for entry in doc["masters"]:

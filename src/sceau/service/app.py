@@ -48,7 +48,6 @@ def create_app(rt: Runtime) -> SceauApp:
     app = FastAPI(
         title="Sceau", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
     )
-    rt.extras["app"] = app
     limits = rt.limits()
 
     console.mount(app, rt)

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from sceau.core.b64 import b64u_encode
 from sceau.core.model import Authorization, KeyRecord, Rules
-from sceau.core.policy import display_status
+from sceau.core.policy import display_status, validate_networks
 from sceau.errors import IntegrityFailure, NotFound
 from sceau.keystore.base import Keystore
-from sceau.service.params import rfc3339
+from sceau.service.params import RulesParam, rfc3339
 from sceau.store import repo
 from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
@@ -76,6 +76,17 @@ def new_key(
         revision=1,
     )
     return dataclasses.replace(record, seal=keystore.seal(record.seal_payload()))
+
+
+def rules_from(param: RulesParam | None) -> Rules:
+    """The sealed ``rules`` of a key from the ``rules`` parameter (networks validated)."""
+    if param is None:
+        return Rules()
+    nets = param.allowed_networks
+    return Rules(
+        allowed_networks=validate_networks(nets) if nets is not None else None,
+        max_decryptions=param.max_decryptions,
+    )
 
 
 def reseal(

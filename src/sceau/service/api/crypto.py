@@ -21,12 +21,11 @@ from sceau.core.envelope import (
     seal_gcm,
     token_for,
 )
-from sceau.core.model import KeyRecord, Rules
+from sceau.core.model import KeyRecord
 from sceau.core.policy import (
     Caller,
     can_manage,
     decide_use,
-    validate_networks,
     validate_principal,
 )
 from sceau.errors import (
@@ -55,16 +54,6 @@ from sceau.vocab import KeyStatus, Outcome, Reason
 DAY = 86_400
 
 
-def _rules(options: KeyOptions) -> Rules:
-    if options.rules is None:
-        return Rules()
-    nets = options.rules.allowed_networks
-    return Rules(
-        allowed_networks=validate_networks(nets) if nets is not None else None,
-        max_decryptions=options.rules.max_decryptions,
-    )
-
-
 def create_key(call: Call, options: KeyOptions, now: int) -> KeyRecord:
     """A new key for the caller, from the key options of SPEC §4."""
     if options.expires_at is not None:
@@ -88,7 +77,7 @@ def create_key(call: Call, options: KeyOptions, now: int) -> KeyRecord:
         not_before=options.not_before,
         not_after=options.not_after,
         recipients=recipients,
-        rules=_rules(options),
+        rules=keyops.rules_from(options.rules),
     )
 
 

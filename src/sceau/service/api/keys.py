@@ -19,7 +19,6 @@ from sceau.core.model import Authorization, KeyRecord, Rules
 from sceau.core.policy import (
     can_manage,
     management_refusal,
-    validate_networks,
     validate_principal,
 )
 from sceau.errors import AccessDenied, ConfigError, InvalidRequest, NotFound
@@ -33,7 +32,6 @@ from sceau.service.params import (
     ListAccessesParams,
     ListKeysParams,
     PrincipalRef,
-    RulesParam,
     UpdateKeyParams,
     rfc3339,
 )
@@ -143,16 +141,6 @@ def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
 # --- key changes --------------------------------------------------------------------------------
 
 
-def _rules(param: RulesParam | None) -> Rules:
-    if param is None:
-        return Rules()
-    nets = param.allowed_networks
-    return Rules(
-        allowed_networks=validate_networks(nets) if nets is not None else None,
-        max_decryptions=param.max_decryptions,
-    )
-
-
 def update_key(call: Call, params: UpdateKeyParams, tx: Tx) -> dict[str, Any]:
     record = managed(call, tx, params.key_id)
     given = params.model_fields_set - {"key_id"}
@@ -163,7 +151,7 @@ def update_key(call: Call, params: UpdateKeyParams, tx: Tx) -> dict[str, Any]:
         if field in given:
             changes[field] = getattr(params, field)
     if "rules" in given:
-        changes["rules"] = _rules(params.rules)
+        changes["rules"] = keyops.rules_from(params.rules)
     if "expires_at" in given:
         if params.expires_at is None:
             raise InvalidRequest("expires_at: a key always has a lifetime")
