@@ -13,10 +13,10 @@ from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws as jwcrypto_jws
 
-from sceau.core.b64 import b64u_decode
+from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk
 from sceau.jose.guard import parse_unverified_jwe, parse_unverified_jws
-from sceau.jose.response import compact_jws, encrypt_to
+from sceau.jose.response import compact_jws, concat_kdf, encrypt_to
 
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -113,3 +113,37 @@ def test_encrypt_to_round_trip(kind: str) -> None:
     envelope = jwcrypto_jwe.JWE(algs=[enc_key.alg, "A256GCM"])
     envelope.deserialize(token, key=private)
     assert envelope.payload.decode() == jws
+
+
+def test_concat_kdf_matches_rfc7518_appendix_c() -> None:
+    """RFC 7518 Appendix C: ECDH-ES between its two P-256 keys, A128GCM, apu Alice, apv Bob."""
+    alice = ec.derive_private_key(
+        int.from_bytes(b64u_decode("0_NxaRPUMQoAJt50Gz8YiTr8gRTwyEaCumd-MToTmIo"), "big"),
+        ec.SECP256R1(),
+    )
+    bob = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(),
+        b"\x04" + b64u_decode("weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ")
+        + b64u_decode("e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck"),
+    )
+    shared = alice.exchange(ec.ECDH(), bob)
+    assert b64u_encode(concat_kdf(shared, "A128GCM", 16, b"Alice", b"Bob")) == (
+        "VqqN6vgjbSBcIijNcacQGg"
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(ENC_KEYS))
+def test_encrypt_to_is_fresh_each_time(kind: str) -> None:
+    """A new content key, IV (and ephemeral key for ECDH-ES) per call."""
+    enc_key = enc_key_from_jwk(
+        jwcrypto_jwk.JWK.from_pyca(ENC_KEYS[kind]).export_public(as_dict=True)
+    )
+    first, second = (encrypt_to("a.b.c", enc_key).split(".") for _ in range(2))
+    assert len(first) == len(second) == 5
+    for index in (1, 2, 3, 4):  # encrypted key, IV, ciphertext, tag
+        assert first[index] != second[index]
+    if enc_key.alg == "ECDH-ES+A256KW":
+        assert first[0] != second[0]  # the header carries a fresh epk
+        epk = json.loads(b64u_decode(first[0]))["epk"]
+        assert set(epk) == ({"kty", "crv", "x", "y"} if kind == "p256" else {"kty", "crv", "x"})
+        assert "d" not in epk

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auditlog import last_record
 from typer.testing import CliRunner
 
+from auditlog import last_record
 from sceau.cli.main import cli, main
 from sceau.client import Client
 from sceau.core.b64 import b64u_encode

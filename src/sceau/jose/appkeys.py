@@ -312,20 +312,19 @@ class EncKey:
     kid: str
     alg: str
     public_jwk: Mapping[str, Any]
-    _jwk: Any = field(init=False, repr=False, compare=False)
+    _key: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        public, _ = _validated(self.public_jwk, "enc")
+        public, key = _validated(self.public_jwk, "enc")
         if public["kid"] != self.kid or public["alg"] != self.alg:
             raise InvalidRequest("EncKey kid/alg differ from its JWK")
         object.__setattr__(self, "public_jwk", public)
-        object.__setattr__(self, "_jwk", jwcrypto_jwk.JWK(**public))
+        object.__setattr__(self, "_key", key)
 
     @property
-    def jwcrypto_key(self) -> jwcrypto_jwk.JWK:
-        """The key as a jwcrypto JWK, for :func:`sceau.jose.response.encrypt_to`."""
-        key: jwcrypto_jwk.JWK = self._jwk
-        return key
+    def public_key(self) -> Any:
+        """The loaded public key (``cryptography``), for :func:`sceau.jose.response.encrypt_to`."""
+        return self._key
 
 
 def enc_key_from_jwk(jwk: Mapping[str, Any]) -> EncKey:
