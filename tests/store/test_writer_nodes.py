@@ -6,6 +6,7 @@ one plays a node. Chains are checked with the offline verifier at the end of eve
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from sceau.core.model import KeyRecord, Rules
 from sceau.core.verify import verify_lines
-from sceau.errors import AuditUnavailable, ConfigError
+from sceau.errors import AccessDenied, AuditUnavailable, ConfigError, ReplayedRequest
 from sceau.keystore import Keystore
 from sceau.store import repo
 from sceau.store.db import Engines
@@ -225,3 +226,34 @@ def test_node_whose_records_were_all_archived_continues_from_its_checkpoint(
         rt.writer.stop()
         rt.keystore.close()
         rt.engines.dispose()
+
+
+def test_async_submissions_are_settled_in_their_loop_and_cancellation_is_harmless(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """Jobs submitted from an event loop: each waiter gets its own outcome (value, refusal or
+    replay), a waiter cancelled before the commit is skipped, and every job is audited."""
+    writer = new_writer(engines, keystore, writers, "n1")
+    writer.start()
+
+    def refuse(_tx: Tx) -> None:
+        raise AccessDenied("no")
+
+    async def main() -> list[Any]:
+        waiters = [
+            writer.submit_async(job(lambda _tx: "a", jti="a-1")),
+            writer.submit_async(job(refuse, jti="a-2")),
+            writer.submit_async(job(lambda _tx: "c", jti="a-1")),  # replay of the first
+            writer.submit_async(job(lambda _tx: "d", jti="a-4")),
+        ]
+        waiters[3].cancel()
+        return await asyncio.gather(*waiters[:3], return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert first.value == "a" and len(first.records) == 1
+    assert isinstance(second, AccessDenied)
+    assert isinstance(third, ReplayedRequest)
+    writer.stop()
+    writers.clear()
+    report = verify_store(engines, keystore)
+    assert report.records == 4

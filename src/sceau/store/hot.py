@@ -1,19 +1,25 @@
 """Driver-level SQL for the statements every request runs.
 
-SQLAlchemy Core builds, caches and compiles a statement object on each call; on the request
-path that costs more than SQLite itself (docs/performance.md). These few statements are
-written once as plain SQL, valid on SQLite and PostgreSQL, with ``:name`` parameters that
-are rewritten to psycopg's ``%(name)s`` style once per dialect, and executed with
-``exec_driver_sql``. They touch exactly the tables and columns of ``schema.py``; the store
-contract tests run them on both engines.
+SQLAlchemy Core builds, caches and compiles a statement object on each call, and even
+``exec_driver_sql`` sets up an execution context and a result object per call; on the
+request path that costs more than SQLite itself (docs/performance.md). These few statements
+are written once as plain SQL, valid on SQLite and PostgreSQL, with ``:name`` parameters
+that are rewritten to psycopg's ``%(name)s`` style once per dialect, and executed on the
+DBAPI connection underneath the caller's SQLAlchemy connection, inside its transaction.
+Driver errors are re-raised as SQLAlchemy's wrapped exceptions (``IntegrityError``,
+``OperationalError``, ...) exactly as SQLAlchemy would, so callers handle one family.
+Rows are named tuples (attribute access, as SQLAlchemy rows). They touch exactly the
+tables and columns of ``schema.py``; the store contract tests run them on both engines.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -71,12 +77,80 @@ def statement(name: str, dialect: str) -> str:
     return text
 
 
-def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
-    """Execute one hot statement."""
-    return conn.exec_driver_sql(statement(name, conn.dialect.name), dict(params))
+class Result(NamedTuple):
+    """What a hot statement returned: its rows (named tuples) and the driver's rowcount."""
+
+    rows: list[Any]
+    rowcount: int
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def all(self) -> list[Any]:
+        return self.rows
+
+    def scalar_one(self) -> Any:
+        if len(self.rows) != 1:
+            raise sa.exc.NoResultFound("expected exactly one row")
+        return self.rows[0][0]
+
+
+@cache
+def _row_type(name: str, columns: tuple[str, ...]) -> Any:
+    return namedtuple(f"{name}_row", columns, rename=True)
+
+
+@contextmanager
+def _driver_errors(conn: sa.Connection, sql: str, params: Any) -> Iterator[None]:
+    """Wrap a DBAPI error the way SQLAlchemy does (``sa.exc.DBAPIError`` subclasses)."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(
+            sql, params, exc, dbapi_error, dialect=conn.dialect
+        ) from exc
+
+
+def _cursor(conn: sa.Connection) -> Any:
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
+def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> Result:
+    """Execute one hot statement in ``conn``'s transaction."""
+    sql = statement(name, conn.dialect.name)
+    cursor = _cursor(conn)
+    try:
+        with _driver_errors(conn, sql, params):
+            cursor.execute(sql, params)
+            description = cursor.description
+            if description is None:
+                return Result([], cursor.rowcount)
+            fetched = cursor.fetchall()
+        row_type = _row_type(name, tuple(column[0] for column in description))
+        return Result([row_type._make(row) for row in fetched], cursor.rowcount)
+    finally:
+        cursor.close()
 
 
 def run_many(conn: sa.Connection, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """Execute one hot statement for many parameter sets (executemany)."""
-    if rows:
-        conn.exec_driver_sql(statement(name, conn.dialect.name), [dict(r) for r in rows])
+    if not rows:
+        return
+    sql = statement(name, conn.dialect.name)
+    cursor = _cursor(conn)
+    try:
+        with _driver_errors(conn, sql, rows):
+            cursor.executemany(sql, rows)
+    finally:
+        cursor.close()
+
+
+def sql(conn: sa.Connection, text: str) -> None:
+    """Execute a parameterless statement (savepoints) in ``conn``'s transaction."""
+    cursor = _cursor(conn)
+    try:
+        with _driver_errors(conn, text, None):
+            cursor.execute(text)
+    finally:
+        cursor.close()

@@ -136,6 +136,7 @@ def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
     The revision and seal of ``before`` are part of the WHERE clause, so a concurrent
     writer on another node cannot be silently overwritten (no lost update).
     """
+    result: hot.Result | sa.CursorResult[Any]
     if _only_counted(before, after):
         # The hot case (every decrypt): only the counter and the seal change.
         result = hot.run(conn, "count_use", {

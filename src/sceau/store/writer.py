@@ -23,6 +23,7 @@ job's audit context is restored before each attempt.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -47,7 +48,7 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose, Keystore
-from sceau.store import repo
+from sceau.store import hot, repo
 from sceau.store.db import Engines
 from sceau.vocab import Action, Outcome
 
@@ -123,12 +124,18 @@ class JobOutcome:
 
 @dataclass
 class Job:
-    """One unit of work: remember ``jti`` (replay), run ``fn``, audit, all in one commit."""
+    """One unit of work: remember ``jti`` (replay), run ``fn``, audit, all in one commit.
+
+    The outcome goes to ``future`` (a thread-safe future), or, for a job submitted with
+    :meth:`Writer.submit_async`, to an asyncio future of the submitting event loop: the
+    writer then settles all of a batch's asyncio futures with one loop wake-up.
+    """
 
     fn: JobFn | None
     ctx: AuditContext
     jti: tuple[str, str, int] | None = None
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    waiter: asyncio.Future[Any] | None = None
 
 
 def outcome_for(error: SceauError | None) -> Outcome:
@@ -290,6 +297,16 @@ class Writer:
             self._queue.put(job)
         return job.future
 
+    def submit_async(self, job: Job) -> asyncio.Future[Any]:
+        """Queue a job from an event loop; await the result (same rules as :meth:`submit`)."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job.waiter = waiter
+        if self._stopping.is_set():
+            waiter.set_exception(AuditUnavailable("the service is shutting down"))
+        else:
+            self._queue.put(job)
+        return waiter
+
     def run_now(self, job: Job) -> JobOutcome:
         """Execute one job synchronously in the calling thread (CLI, no loop thread)."""
         self._run_batch([job])
@@ -375,11 +392,10 @@ class Writer:
             else:
                 self.healthy = True
                 self.last_error = None
-                for job, (value, exc_out, refs) in zip(jobs, outcomes, strict=True):
-                    if exc_out is None:
-                        job.future.set_result(JobOutcome(value, tuple(refs)))
-                    else:
-                        job.future.set_exception(exc_out)
+                _settle(jobs, [
+                    (JobOutcome(value, tuple(refs)), None) if exc_out is None else (None, exc_out)
+                    for value, exc_out, refs in outcomes
+                ])
                 if self.on_batch is not None and jobs:
                     self.on_batch(len(jobs), time.perf_counter() - started)
                 return
@@ -391,10 +407,10 @@ class Writer:
         self._retry_at = self._clock() + FAILURE_BACKOFF_S
         log.error("audit batch of %d jobs failed: %s", len(jobs), self.last_error)
         failure = error if isinstance(error, SceauError) and error.status >= 500 else None
-        for job in jobs:
-            job.future.set_exception(
-                failure or AuditUnavailable("the audit trail cannot be written right now")
-            )
+        _settle(jobs, [
+            (None, failure or AuditUnavailable("the audit trail cannot be written right now"))
+            for _ in jobs
+        ])
 
     def _attempt(
         self, jobs: Sequence[Job], force_checkpoint: bool
@@ -518,6 +534,36 @@ class Writer:
             return None, InternalError("internal error")
 
 
+Settlement = tuple[Any, BaseException | None]
+
+
+def _settle(jobs: Sequence[Job], settlements: Sequence[Settlement]) -> None:
+    """Hand each job its outcome: thread futures directly, asyncio futures per loop at once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Settlement]]] = {}
+    for job, settlement in zip(jobs, settlements, strict=True):
+        if job.waiter is None:
+            value, exc = settlement
+            if exc is None:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(exc)
+        else:
+            by_loop.setdefault(job.waiter.get_loop(), []).append((job.waiter, settlement))
+    for loop, pending in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_in_loop, pending)
+
+
+def _settle_in_loop(pending: Sequence[tuple[asyncio.Future[Any], Settlement]]) -> None:
+    for waiter, (value, exc) in pending:
+        if waiter.done():  # cancelled: the caller went away
+            continue
+        if exc is None:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(exc)
+
+
 @contextlib.contextmanager
 def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     """A plain SQL savepoint: a failure inside undoes its writes and nothing else.
@@ -526,14 +572,14 @@ def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     SQLAlchemy's nested-transaction objects cost more than the statements themselves.
     Names must differ between nesting levels (``sceau_job``, ``sceau_item``).
     """
-    conn.exec_driver_sql(f"SAVEPOINT {name}")
+    hot.sql(conn, f"SAVEPOINT {name}")
     try:
         yield
     except BaseException:
-        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
-        conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+        hot.sql(conn, f"ROLLBACK TO SAVEPOINT {name}")
+        hot.sql(conn, f"RELEASE SAVEPOINT {name}")
         raise
-    conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+    hot.sql(conn, f"RELEASE SAVEPOINT {name}")
 
 
 def _in_savepoint(conn: sa.Connection, fn: JobFn, tx: Tx) -> Any:

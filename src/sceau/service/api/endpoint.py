@@ -142,7 +142,7 @@ class ApiEndpoint:
         return token
 
     async def _submit(self, job: Job) -> JobOutcome:
-        outcome: JobOutcome = await asyncio.wrap_future(self.rt.writer.submit(job))
+        outcome: JobOutcome = await self.rt.writer.submit_async(job)
         return outcome
 
     async def _audit_refusal(self, op: Op, refused: TokenRefused, ip: str | None) -> None:
