@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from auditlog import records, verify_store
+from auditlog import count_rows, records, verify_store
 from sceau.client import Client
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.errors import AccessDenied, IntegrityFailure, NotFound, SceauError
@@ -235,3 +235,46 @@ def test_unknown_key_on_decrypt_paths(server: Server, owner: Client) -> None:
         owner.describe_key(b64u_encode(os.urandom(16)))
     report = verify_store(server)
     assert report.ok, report.first_problem
+
+
+def test_batch_decrypt_counts_each_use_of_a_shared_key(server: Server, app: TestApp,
+                                                       owner: Client) -> None:
+    """One batch using the same key three times with max_decryptions = 2: two grants, then
+    the budget refusal; the counter is stored once at 2; a tampered and an unknown key in
+    the same batch get their own errors; every item has its audit record."""
+    key_id, envelope = owner.encrypt(b"twice", rules={"max_decryptions": 2})
+    tampered_id, tampered = owner.encrypt(b"edited")
+    _edit(server, "UPDATE keys SET owner = :who WHERE key_id = :kid",
+          kid=b64u_decode(tampered_id), who=STRANGER)
+    _other_id, other = owner.encrypt(b"other")
+    unknown = bytearray(other)
+    unknown[5:21] = os.urandom(16)  # a well-formed envelope naming no key
+    items = [{"ciphertext": b64u_encode(bytes(e))}
+             for e in (envelope, tampered, envelope, unknown, other, envelope)]
+    out = owner.call("decrypt", {"items": items})["items"]
+    assert out[0]["plaintext"] == b64u_encode(b"twice")
+    assert out[1]["error"]["code"] == "integrity_failure"
+    assert out[2]["plaintext"] == b64u_encode(b"twice")
+    assert out[3]["error"]["code"] == "not_found"
+    assert out[4]["plaintext"] == b64u_encode(b"other")
+    assert out[5]["error"]["reason"] == "max_decryptions_reached"
+    assert owner.describe_key(key_id)["decryptions"] == 2
+    decrypts = [r for r in records(server) if r["action"] == "DECRYPT"][-6:]
+    assert [r["outcome"] for r in decrypts] == [
+        "GRANTED", "DENIED", "GRANTED", "DENIED", "GRANTED", "DENIED"]
+    assert [r["details"]["item"] for r in decrypts] == list(range(6))
+    report = verify_store(server)
+    assert report.ok, report.first_problem
+
+
+def test_batch_encrypt_writes_keys_only_for_its_good_items(server: Server,
+                                                           owner: Client) -> None:
+    before = count_rows(server, "keys")
+    out = owner.call("encrypt", {"items": [
+        {"plaintext": b64u_encode(b"a")}, {"plaintext": "not base64!"},
+        {"plaintext": b64u_encode(b"c")}, {"plaintext": b64u_encode(b"x" * 10), "bogus": 1},
+    ]})["items"]
+    assert ["key_id" in r for r in out] == [True, False, True, False]
+    assert count_rows(server, "keys") == before + 2
+    for good in (out[0], out[2]):
+        assert owner.describe_key(good["key_id"])["owner"] == OWNER

@@ -120,6 +120,48 @@ def load_checked(
     return record
 
 
+class CheckedKeys:
+    """The key records a batch names, loaded in one go, seals verified; uses counted in memory.
+
+    :meth:`get` answers like :func:`load_checked` (``not_found``, ``integrity_failure``) and
+    returns the record as counted so far in this batch, so ``max_decryptions`` holds when
+    several items use one key. :meth:`flush` writes each counted key once, at the end.
+    """
+
+    def __init__(
+        self, conn: sa.Connection, keystore: Keystore, key_ids: list[bytes], *, for_update: bool
+    ) -> None:
+        self._keystore = keystore
+        self._loaded = repo.load_keys(conn, key_ids, for_update=for_update)
+        self._current: dict[bytes, KeyRecord] = {}
+        self._tampered: set[bytes] = set()
+        for key_id, record in self._loaded.items():
+            try:
+                keystore.verify_seal(record.seal_payload(), record.seal)
+            except IntegrityFailure:
+                self._tampered.add(key_id)
+
+    def get(self, key_id: bytes) -> KeyRecord:
+        record = self._current.get(key_id) or self._loaded.get(key_id)
+        if record is None:
+            self._keystore.seal(_ABSENT_PAYLOAD)  # same cost as a found key, as load_checked
+            raise NotFound("no such key")
+        if key_id in self._tampered:
+            raise IntegrityFailure("the key record does not match its seal")
+        return record
+
+    def count_use(self, record: KeyRecord) -> None:
+        self._current[record.key_id] = dataclasses.replace(
+            record, decryptions=record.decryptions + 1
+        )
+
+    def flush(self, conn: sa.Connection) -> None:
+        """Write the counted keys (one update each, sealed anew)."""
+        for key_id, counted in self._current.items():
+            after = reseal(self._keystore, counted, bump=False)
+            repo.save_key(conn, self._loaded[key_id], after)
+
+
 def key_id_text(key_id: bytes) -> str:
     return b64u_encode(key_id)
 

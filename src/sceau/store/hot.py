@@ -56,6 +56,21 @@ STATEMENTS: dict[str, str] = {
         "SELECT key_id, principal, rights, status, not_before, not_after, added_by, "
         "added_at FROM authorizations WHERE key_id = :key_id"
     ),
+    "load_keys": (
+        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
+        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
+        "rules, decryptions, revision, seal FROM keys WHERE key_id IN ({ids})"
+    ),
+    "load_keys_locked": (
+        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
+        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
+        "rules, decryptions, revision, seal FROM keys WHERE key_id IN ({ids}) "
+        "ORDER BY key_id FOR UPDATE"  # one lock order for every node: no deadlock
+    ),
+    "load_auths_of": (
+        "SELECT key_id, principal, rights, status, not_before, not_after, added_by, "
+        "added_at FROM authorizations WHERE key_id IN ({ids})"
+    ),
     "count_use": "UPDATE keys SET decryptions = :decryptions, seal = :seal "
     "WHERE key_id = :key_id AND revision = :revision AND decryptions = :before",
     "insert_audit": "INSERT INTO audit_records (seq, node, node_seq, key, hash, line) "
@@ -63,17 +78,30 @@ STATEMENTS: dict[str, str] = {
     "max_seq": "SELECT COALESCE(MAX(seq), 0) FROM audit_records",
 }
 
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_]+)")
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_0-9]+)")
+
+
+_SQLITE_EQUIVALENT = {  # SQLite locks the whole database for its single writer
+    "load_key_locked": "load_key",
+    "load_keys_locked": "load_keys",
+}
 
 
 @cache
-def statement(name: str, dialect: str) -> str:
-    """The SQL text of ``name`` in ``dialect``'s parameter style."""
+def statement(name: str, dialect: str, count: int = 0) -> str:
+    """The SQL text of ``name`` in ``dialect``'s parameter style.
+
+    Statements with an ``IN ({ids})`` list take ``count`` parameters ``:id0`` .. ``:idN``.
+    """
+    if dialect != "postgresql":
+        name = _SQLITE_EQUIVALENT.get(name, name)
     text = STATEMENTS[name]
+    if "{ids}" in text:
+        if count < 1:
+            raise ValueError(f"{name} needs at least one id")
+        text = text.format(ids=", ".join(f":id{i}" for i in range(count)))
     if dialect == "postgresql":
         return _PLACEHOLDER.sub(r"%(\1)s", text)
-    if name == "load_key_locked":  # SQLite locks the whole database for its single writer
-        return STATEMENTS["load_key"]
     return text
 
 
@@ -118,7 +146,10 @@ def _cursor(conn: sa.Connection) -> Any:
 
 def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> Result:
     """Execute one hot statement in ``conn``'s transaction."""
-    sql = statement(name, conn.dialect.name)
+    return _execute(conn, name, statement(name, conn.dialect.name), params)
+
+
+def _execute(conn: sa.Connection, name: str, sql: str, params: Mapping[str, Any]) -> Result:
     cursor = _cursor(conn)
     try:
         with _driver_errors(conn, sql, params):
@@ -131,6 +162,12 @@ def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> Result:
         return Result([row_type._make(row) for row in fetched], cursor.rowcount)
     finally:
         cursor.close()
+
+
+def run_in(conn: sa.Connection, name: str, ids: Sequence[Any]) -> Result:
+    """Execute one ``IN ({ids})`` statement for ``ids`` (at least one)."""
+    sql = statement(name, conn.dialect.name, len(ids))
+    return _execute(conn, name, sql, {f"id{i}": value for i, value in enumerate(ids)})
 
 
 def run_many(conn: sa.Connection, name: str, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -130,6 +130,23 @@ def load_key(conn: sa.Connection, key_id: bytes, *, for_update: bool = False) ->
     return _key_from_row(row, [_auth_from_row(a) for a in auth_rows])
 
 
+def load_keys(
+    conn: sa.Connection, key_ids: Sequence[bytes], *, for_update: bool = False
+) -> dict[bytes, KeyRecord]:
+    """The key records of ``key_ids`` that exist (two statements whatever their number)."""
+    wanted = sorted(set(key_ids))
+    if not wanted:
+        return {}
+    rows = hot.run_in(conn, "load_keys_locked" if for_update else "load_keys", wanted).all()
+    auths: dict[bytes, list[Authorization]] = {}
+    for auth_row in hot.run_in(conn, "load_auths_of", wanted).all():
+        auths.setdefault(bytes(auth_row.key_id), []).append(_auth_from_row(auth_row))
+    return {
+        bytes(row.key_id): _key_from_row(row, auths.get(bytes(row.key_id), ()))
+        for row in rows
+    }
+
+
 def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
     """Write ``after`` over ``before``; fails if the row changed since it was read.
 

@@ -15,6 +15,7 @@ from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import (
     NONCE_LEN,
     TOKEN_LEN,
+    EnvelopeHeader,
     Suite,
     open_gcm,
     parse_unverified_header,
@@ -48,7 +49,7 @@ from sceau.service.params import (
     parse_model,
 )
 from sceau.store import repo
-from sceau.store.writer import Tx, savepoint
+from sceau.store.writer import Tx
 from sceau.vocab import KeyStatus, Outcome, Reason
 
 DAY = 86_400
@@ -117,14 +118,18 @@ def _check_batch(call: Call, items: list[dict[str, Any]]) -> None:
 def _run_items(
     tx: Tx, items: list[dict[str, Any]], one: Callable[[int, dict[str, Any]], dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Run ``one`` per item in its own savepoint; each item gets its own audit record."""
+    """Run ``one`` per item; each item gets its own audit record.
+
+    No savepoint per item: ``one`` must write at most once, as its very last step (nothing
+    that can fail follows the write), so a refused item has changed nothing. Batch encrypt
+    defers its inserts to one statement after the loop; decrypt's counter update is the
+    last thing an item does. A database error fails the whole job (its savepoint).
+    """
     out: list[dict[str, Any]] = []
     for index, raw in enumerate(items):
         tx.ctx.key = None
-        tx.ctx.details = {"item": index}
         try:
-            with savepoint(tx.conn, "sceau_item"):
-                result = one(index, raw)
+            result = one(index, raw)
         except SceauError as exc:
             out.append(_error_item(exc))
             reason = str(exc.reason) if exc.reason is not None else exc.code
@@ -151,37 +156,47 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
             raise NotFound("no such key")
         _usable_for_encrypt(shared, now)
 
+    created: list[KeyRecord] = []
+
     def seal_one(plaintext: bytes, aad: bytes | None) -> dict[str, Any]:
         _check_plaintext(call, plaintext)
         record = shared if shared is not None else create_key(call, params, now)
         tx.ctx.key = keyops.key_id_text(record.key_id)
-        if shared is None:
-            repo.insert_keys(tx.conn, [record])
         assert record.seed is not None
         data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
         envelope = seal_gcm(data_key, record.key_id, plaintext, aad)
+        if shared is None:
+            created.append(record)  # written last, once everything that can fail is done
         return {"key_id": tx.ctx.key, "ciphertext": b64u_encode(envelope)}
 
     if params.items is None:
         assert params.plaintext is not None
-        return seal_one(params.plaintext, params.aad)
-    _check_batch(call, params.items)
+        result = seal_one(params.plaintext, params.aad)
+    else:
+        _check_batch(call, params.items)
 
-    def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-        item = parse_model(EncryptItem, raw, where=f"items.{index}")
-        return seal_one(item.plaintext, item.aad)
+        def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+            item = parse_model(EncryptItem, raw, where=f"items.{index}")
+            return seal_one(item.plaintext, item.aad)
 
-    return {"items": _run_items(tx, params.items, one)}
+        result = {"items": _run_items(tx, params.items, one)}
+    repo.insert_keys(tx.conn, created)
+    return result
 
 
 # --- decrypt and data keys --------------------------------------------------------------------
 
 
-def _use_key(call: Call, tx: Tx, key_id: bytes) -> tuple[KeyRecord, bytes]:
-    """SPEC §6 for decrypt / get-data-key; counts the use; returns the record and data key."""
+def _use_key(
+    call: Call, tx: Tx, key_id: bytes, batch: keyops.CheckedKeys | None = None
+) -> tuple[KeyRecord, bytes]:
+    """SPEC §6 for decrypt / get-data-key; returns the record and the data key."""
     rt = call.rt
     tx.ctx.key = keyops.key_id_text(key_id)
-    record = keyops.load_checked(tx.conn, rt.keystore, key_id, for_update=True)
+    if batch is not None:
+        record = batch.get(key_id)
+    else:
+        record = keyops.load_checked(tx.conn, rt.keystore, key_id, for_update=True)
     reason = decide_use(record, Caller(call.app.app_id, call.user, call.ip), tx.now)
     if reason is not None:
         raise AccessDenied(reason)
@@ -197,13 +212,24 @@ def _count_use(call: Call, tx: Tx, record: KeyRecord) -> None:
     repo.save_key(tx.conn, record, after)
 
 
-def _open(call: Call, tx: Tx, ciphertext: bytes, aad: bytes | None) -> dict[str, Any]:
+def _header(ciphertext: bytes) -> EnvelopeHeader:
     header = parse_unverified_header(ciphertext)
     if header.suite is not Suite.GCM:
         raise InvalidRequest("ciphertext: suite 2 (STREAM) is opened client-side with get-data-key")
-    record, data_key = _use_key(call, tx, header.key_id)
+    return header
+
+
+def _open(
+    call: Call, tx: Tx, ciphertext: bytes, aad: bytes | None,
+    batch: keyops.CheckedKeys | None = None,
+) -> dict[str, Any]:
+    header = _header(ciphertext)
+    record, data_key = _use_key(call, tx, header.key_id, batch)
     plaintext = open_gcm(data_key, ciphertext, aad)
-    _count_use(call, tx, record)
+    if batch is None:
+        _count_use(call, tx, record)
+    else:
+        batch.count_use(record)  # written by batch.flush() after the last item
     return {"key_id": keyops.key_id_text(record.key_id), "plaintext": b64u_encode(plaintext)}
 
 
@@ -212,12 +238,32 @@ def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
         assert params.ciphertext is not None
         return _open(call, tx, params.ciphertext, params.aad)
     _check_batch(call, params.items)
+    # Parse every item first, so that the keys they name load in one query; a malformed
+    # item keeps its error for its own turn.
+    parsed: list[DecryptItem | SceauError] = []
+    for index, raw in enumerate(params.items):
+        try:
+            item = parse_model(DecryptItem, raw, where=f"items.{index}")
+            _header(item.ciphertext)
+        except SceauError as exc:
+            parsed.append(exc)
+        else:
+            parsed.append(item)
+    batch = keyops.CheckedKeys(
+        tx.conn, call.rt.keystore,
+        [_header(p.ciphertext).key_id for p in parsed if isinstance(p, DecryptItem)],
+        for_update=True,
+    )
 
-    def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-        item = parse_model(DecryptItem, raw, where=f"items.{index}")
-        return _open(call, tx, item.ciphertext, item.aad)
+    def one(index: int, _raw: dict[str, Any]) -> dict[str, Any]:
+        item = parsed[index]
+        if isinstance(item, SceauError):
+            raise item
+        return _open(call, tx, item.ciphertext, item.aad, batch)
 
-    return {"items": _run_items(tx, params.items, one)}
+    result = {"items": _run_items(tx, params.items, one)}
+    batch.flush(tx.conn)
+    return result
 
 
 def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict[str, Any]:
