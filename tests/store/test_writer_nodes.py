@@ -257,3 +257,39 @@ def test_async_submissions_are_settled_in_their_loop_and_cancellation_is_harmles
     writers.clear()
     report = verify_store(engines, keystore)
     assert report.records == 4
+
+
+def test_a_job_that_fails_after_writing_leaves_nothing_behind(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """A job writes a key then refuses: its write is undone (SQLite: the batch runs again
+    with a savepoint per job; PostgreSQL: its savepoint), the jobs around it commit, each
+    job keeps one audit record and the chain verifies."""
+    writer = new_writer(engines, keystore, writers, "n1")
+    calls: list[str] = []
+
+    def write(key_id: bytes, fail: bool) -> Any:
+        def fn(tx: Tx) -> str:
+            calls.append(key_id.hex())
+            repo.insert_keys(tx.conn, [sample_key(key_id)])
+            tx.ctx.key = key_id.hex()
+            if fail:
+                raise AccessDenied("refused after writing")
+            return "ok"
+        return fn
+
+    ids = [os.urandom(16) for _ in range(3)]
+    jobs = [job(write(ids[0], False), jti="w-0"), job(write(ids[1], True), jti="w-1"),
+            job(write(ids[2], False), jti="w-2")]
+    writer._run_batch(jobs)
+    assert jobs[0].future.result(0).value == "ok"
+    with pytest.raises(AccessDenied):
+        jobs[1].future.result(0)
+    assert jobs[2].future.result(0).value == "ok"
+    with engines.read.connect() as conn:
+        assert [repo.load_key(conn, k) is not None for k in ids] == [True, False, True]
+        assert repo.remember_jti(conn, "app-1", "w-1", NOW) is False  # refused, still used
+    report = verify_store(engines, keystore)
+    assert report.ok and report.records == 3
+    if engines.is_sqlite:  # the batch ran twice: once plain, once isolated
+        assert calls == [i.hex() for i in ids[:2]] + [i.hex() for i in ids]

@@ -119,11 +119,22 @@ def format_time_ms(time_ms: int) -> str:
     """RFC 3339 UTC with milliseconds and ``Z``: ``2026-11-28T12:00:00.123Z``."""
     if type(time_ms) is not int or time_ms < 0:
         raise AuditEncodingError("audit time: a non-negative integer of milliseconds")
+    global _last_second
+    seconds, millis = divmod(time_ms, 1000)
+    cached = _last_second
+    if cached[0] == seconds:
+        return cached[1] + f"{millis:03d}Z"
     try:
-        moment = _EPOCH + timedelta(milliseconds=time_ms)
+        moment = _EPOCH + timedelta(seconds=seconds)
     except OverflowError:
         raise AuditEncodingError("audit time: out of range") from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+    prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    _last_second = (seconds, prefix)  # one tuple swap: safe across threads
+    return prefix + f"{millis:03d}Z"
+
+
+# The formatted second of the last call: records of one batch share their second.
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _b64u(data: bytes) -> str:

@@ -31,6 +31,7 @@ import os
 import queue
 import random
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -371,16 +372,25 @@ class Writer:
         started = time.perf_counter()
         error: Exception | None = None
         saved = [(job.ctx.key, dict(job.ctx.details)) for job in jobs]
+        isolate = False
+        conflicts = 0
         for attempt in range(MAX_BATCH_RETRIES):
             if attempt:
                 # Restore what the previous attempt's job functions wrote into their audit
                 # context, and let the transaction that won the conflict finish first.
                 for job, (key, details) in zip(jobs, saved, strict=True):
                     job.ctx.key, job.ctx.details = key, dict(details)
-                time.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter only
+                if conflicts:
+                    time.sleep(random.uniform(0.005, 0.05) * conflicts)  # noqa: S311 - jitter
             try:
-                outcomes = self._attempt(jobs, force_checkpoint)
+                outcomes = self._attempt(jobs, force_checkpoint, isolate)
+            except _PartialWrite:
+                # A job failed after writing, with no savepoint to undo just its writes:
+                # run the batch again from the start, every job in its own savepoint.
+                isolate = True
+                continue
             except sa.exc.DBAPIError as exc:
+                conflicts += 1
                 error = exc
                 if _is_retryable(exc):
                     log.info("audit batch of %d jobs: %s, retrying", len(jobs), _sqlstate(exc))
@@ -413,7 +423,7 @@ class Writer:
         ])
 
     def _attempt(
-        self, jobs: Sequence[Job], force_checkpoint: bool
+        self, jobs: Sequence[Job], force_checkpoint: bool, isolate: bool = False
     ) -> list[tuple[Any, SceauError | None, list[tuple[int, str]]]]:
         results: list[tuple[Any, SceauError | None, list[tuple[int, str]]]] = []
         events: list[AuditEvent] = []
@@ -434,7 +444,7 @@ class Writer:
                         task(conn, now_s)
             for job in jobs:
                 tx = Tx(conn, job.ctx, int(self._clock() * 1000))
-                value, err = self._run_job(conn, job, tx)
+                value, err = self._run_job(conn, job, tx, isolate)
                 results.append((value, err, []))
                 if tx.items:
                     for item in tx.items:
@@ -506,7 +516,9 @@ class Writer:
                           action=ctx.action, outcome=outcome, reason=reason, key=key,
                           req=ctx.req, details=dict(details))
 
-    def _run_job(self, conn: sa.Connection, job: Job, tx: Tx) -> tuple[Any, SceauError | None]:
+    def _run_job(
+        self, conn: sa.Connection, job: Job, tx: Tx, isolate: bool
+    ) -> tuple[Any, SceauError | None]:
         try:
             if job.jti is not None:
                 iss, jti, expires = job.jti
@@ -514,7 +526,9 @@ class Writer:
                     raise ReplayedRequest("this request id was already used")
             if job.fn is None:
                 return None, None
-            return _in_savepoint(conn, job.fn, tx), None
+            return _run_isolated(conn, job.fn, tx, isolate), None
+        except _PartialWrite:
+            raise
         except SceauError as exc:
             tx.items.clear()
             if exc.status >= 500 and isinstance(exc, AuditUnavailable):
@@ -582,9 +596,30 @@ def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     hot.sql(conn, f"RELEASE SAVEPOINT {name}")
 
 
-def _in_savepoint(conn: sa.Connection, fn: JobFn, tx: Tx) -> Any:
-    with savepoint(conn, "sceau_job"):
+class _PartialWrite(Exception):  # noqa: N818 - internal control flow, never escapes
+    """A job raised after it had written (SQLite, no savepoint): rerun the batch isolated."""
+
+
+def _run_isolated(conn: sa.Connection, fn: JobFn, tx: Tx, isolate: bool) -> Any:
+    """Run a job so that, if it fails, none of its writes survive.
+
+    On PostgreSQL (and on a rerun) the job runs in a savepoint. On SQLite the savepoint's
+    three statements are skipped: the connection's change counter tells whether a failing
+    job had written anything; most failures are refusals decided before any write, and
+    for the rare one that wrote, :class:`_PartialWrite` makes the writer roll the batch
+    back and run it again with a savepoint per job.
+    """
+    raw = conn.connection.driver_connection
+    if isolate or not isinstance(raw, sqlite3.Connection):
+        with savepoint(conn, "sceau_job"):
+            return fn(tx)
+    before = raw.total_changes
+    try:
         return fn(tx)
+    except BaseException as exc:
+        if raw.total_changes != before:
+            raise _PartialWrite from exc
+        raise
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:

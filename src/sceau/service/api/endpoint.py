@@ -66,6 +66,8 @@ class ApiEndpoint:
         self.max_body = limits["max_body_bytes"] + 64 * 1024  # room for the JOSE wrapping
         self.rate_limiter = RateLimiter.from_config(rt.config)
         self.tarpit = RefusalTarpit.from_config(rt.config)
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -95,11 +97,25 @@ class ApiEndpoint:
             await _send(send, error.status, PROBLEM, body, headers)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.calls.labels(op_label, code).inc()
-            self.metrics.latency.labels(op_label).observe(elapsed)
-            log.info("call", extra={"fields": {"op": op_label, "code": code,
-                                               "ms": round(elapsed * 1000, 3),
-                                               "request_id": request_id}})
+            self._count(op_label, code, elapsed)
+            # The audit trail is the record of every call; the log carries refusals and
+            # failures at INFO and, for debugging, successes at DEBUG (as Vault logs).
+            level = logging.DEBUG if code == "ok" else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "call", extra={"fields": {"op": op_label, "code": code,
+                                                         "ms": round(elapsed * 1000, 3),
+                                                         "request_id": request_id}})
+
+    def _count(self, op_label: str, code: str, elapsed: float) -> None:
+        """Prometheus counters, with the labelled children looked up once per label set."""
+        counter = self._counters.get((op_label, code))
+        if counter is None:
+            counter = self._counters[(op_label, code)] = self.metrics.calls.labels(op_label, code)
+        histogram = self._histograms.get(op_label)
+        if histogram is None:
+            histogram = self._histograms[op_label] = self.metrics.latency.labels(op_label)
+        counter.inc()
+        histogram.observe(elapsed)
 
     async def _handle(self, op_name: str, scope: Scope, receive: Receive) -> str:
         rt = self.rt
