@@ -22,7 +22,7 @@ from sceau.core.model import KeyRecord, Rules
 from sceau.core.verify import verify_lines
 from sceau.errors import AccessDenied, AuditUnavailable, ConfigError, ReplayedRequest
 from sceau.keystore import Keystore
-from sceau.store import repo
+from sceau.store import hot, repo
 from sceau.store.db import Engines
 from sceau.store.writer import AuditContext, Job, Tx, Writer
 from sceau.vocab import Action, KeyStatus
@@ -291,5 +291,45 @@ def test_a_job_that_fails_after_writing_leaves_nothing_behind(
         assert repo.remember_jti(conn, "app-1", "w-1", NOW) is False  # refused, still used
     report = verify_store(engines, keystore)
     assert report.ok and report.records == 3
-    if engines.is_sqlite:  # the batch ran twice: once plain, once isolated
-        assert calls == [i.hex() for i in ids[:2]] + [i.hex() for i in ids]
+    # The batch ran twice: without savepoints up to the failing job, then isolated.
+    assert calls == [i.hex() for i in ids[:2]] + [i.hex() for i in ids]
+
+
+def test_a_job_refused_before_writing_does_not_rerun_the_batch(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """Reads, then a refusal: no write was counted, so the batch runs once and commits."""
+    writer = new_writer(engines, keystore, writers, "n1")
+    calls: list[int] = []
+
+    def read_then(index: int, fail: bool) -> Any:
+        def fn(tx: Tx) -> int:
+            calls.append(index)
+            repo.load_key(tx.conn, os.urandom(16))
+            tx.conn.execute(sa.select(sa.literal(1))).scalar_one()  # SQLAlchemy read
+            if fail:
+                raise AccessDenied("refused")
+            return index
+        return fn
+
+    jobs = [job(read_then(i, i == 1), jti=f"r-{i}") for i in range(3)]
+    writer._run_batch(jobs)
+    assert calls == [0, 1, 2]
+    assert [jobs[0].future.result(0).value, jobs[2].future.result(0).value] == [0, 2]
+    with pytest.raises(AccessDenied):
+        jobs[1].future.result(0)
+
+
+def test_sqlalchemy_writes_are_counted(engines: Engines) -> None:
+    """Both write paths move the counter the writer relies on; reads do not."""
+    with engines.write.begin() as conn:
+        start = hot.writes(conn)
+        conn.execute(sa.select(sa.literal(1)))
+        repo.load_key(conn, os.urandom(16))
+        assert hot.writes(conn) == start
+        repo.insert_keys(conn, [sample_key(os.urandom(16))])  # hot executemany x1 (no auths)
+        assert hot.writes(conn) == start + 1
+        repo.purge_replay(conn, 0)  # SQLAlchemy Core DELETE
+        assert hot.writes(conn) == start + 2
+        conn.exec_driver_sql("UPDATE keys SET tag = tag WHERE 0 = 1")
+        assert hot.writes(conn) == start + 3

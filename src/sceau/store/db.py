@@ -25,6 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from sceau.errors import ConfigError, StoreUnavailable
+from sceau.store import hot
 
 log = logging.getLogger("sceau.store")
 
@@ -97,14 +98,26 @@ def create_engines(url: str, *, pool_size: int = 8, synchronous: str = "FULL") -
     """Engines for a database URL (``sqlite:///path`` or ``postgresql://...``)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        return Engines(
+        engines = Engines(
             write=_sqlite_engine(url, immediate=True, synchronous=synchronous),
             read=_sqlite_engine(url, immediate=False, synchronous=synchronous),
         )
-    if url.startswith("postgresql"):
-        return Engines(*([_postgres_engine(url, pool_size)] * 2))
-    scheme = url.split(":")[0]
-    raise ConfigError(f"store.database_url: unsupported database URL scheme {scheme!r}")
+    elif url.startswith("postgresql"):
+        engines = Engines(*([_postgres_engine(url, pool_size)] * 2))
+    else:
+        scheme = url.split(":")[0]
+        raise ConfigError(f"store.database_url: unsupported database URL scheme {scheme!r}")
+    _count_writes(engines.write)
+    return engines
+
+
+def _count_writes(engine: sa.Engine) -> None:
+    """Count SQLAlchemy's row-changing statements per connection (see ``hot.writes``)."""
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if hot.is_write(statement):
+            hot.count_write(conn)
 
 
 def _postgres_engine(url: str, pool_size: int) -> sa.Engine:

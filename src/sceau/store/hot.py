@@ -144,9 +144,38 @@ def _cursor(conn: sa.Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
+_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "WITH", "MERGE", "REPLACE")
+_WRITES_KEY = "sceau_writes"
+
+
+def is_write(sql: str) -> bool:
+    """True for a statement that may change rows (conservative: any CTE counts)."""
+    return sql.lstrip()[:7].upper().startswith(_WRITE_VERBS)
+
+
+def count_write(conn: sa.Connection) -> None:
+    """Note that a statement that may change rows is about to run on ``conn``."""
+    info = conn.info
+    info[_WRITES_KEY] = info.get(_WRITES_KEY, 0) + 1
+
+
+def writes(conn: sa.Connection) -> int:
+    """How many row-changing statements ran on ``conn`` (hot ones and SQLAlchemy's).
+
+    The writer compares it around a job: a job that fails having written nothing needs no
+    rollback (``store/writer.py``). SQLAlchemy's statements are counted by an engine event
+    (``store/db.py``), the hot ones here; savepoint statements are not writes.
+    """
+    count: int = conn.info.get(_WRITES_KEY, 0)
+    return count
+
+
 def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> Result:
     """Execute one hot statement in ``conn``'s transaction."""
-    return _execute(conn, name, statement(name, conn.dialect.name), params)
+    sql = statement(name, conn.dialect.name)
+    if is_write(sql):
+        count_write(conn)
+    return _execute(conn, name, sql, params)
 
 
 def _execute(conn: sa.Connection, name: str, sql: str, params: Mapping[str, Any]) -> Result:
@@ -175,6 +204,8 @@ def run_many(conn: sa.Connection, name: str, rows: Sequence[Mapping[str, Any]]) 
     if not rows:
         return
     sql = statement(name, conn.dialect.name)
+    if is_write(sql):
+        count_write(conn)
     cursor = _cursor(conn)
     try:
         with _driver_errors(conn, sql, rows):

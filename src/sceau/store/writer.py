@@ -31,7 +31,6 @@ import os
 import queue
 import random
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -597,27 +596,30 @@ def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
 
 
 class _PartialWrite(Exception):  # noqa: N818 - internal control flow, never escapes
-    """A job raised after it had written (SQLite, no savepoint): rerun the batch isolated."""
+    """A job failed after writing, or on a database error, outside a savepoint."""
 
 
 def _run_isolated(conn: sa.Connection, fn: JobFn, tx: Tx, isolate: bool) -> Any:
     """Run a job so that, if it fails, none of its writes survive.
 
-    On PostgreSQL (and on a rerun) the job runs in a savepoint. On SQLite the savepoint's
-    three statements are skipped: the connection's change counter tells whether a failing
-    job had written anything; most failures are refusals decided before any write, and
-    for the rare one that wrote, :class:`_PartialWrite` makes the writer roll the batch
-    back and run it again with a savepoint per job.
+    A savepoint per job costs three statements (three round trips on PostgreSQL), and most
+    failures are refusals decided before any write. So a job first runs without one, and
+    the connection's count of row-changing statements (``hot.writes``) tells whether a
+    failing job had written. If it had, or if it failed on a database error (which aborts
+    a PostgreSQL transaction), :class:`_PartialWrite` makes the writer roll the batch back
+    and run it again with a savepoint per job (``isolate``), as it does after a deadlock:
+    job functions are pure functions of their transaction.
     """
-    raw = conn.connection.driver_connection
-    if isolate or not isinstance(raw, sqlite3.Connection):
+    if isolate:
         with savepoint(conn, "sceau_job"):
             return fn(tx)
-    before = raw.total_changes
+    before = hot.writes(conn)
     try:
         return fn(tx)
+    except sa.exc.DBAPIError as exc:
+        raise _PartialWrite from exc
     except BaseException as exc:
-        if raw.total_changes != before:
+        if hot.writes(conn) != before:
             raise _PartialWrite from exc
         raise
 
