@@ -2,11 +2,12 @@
 
 All writes of a node go through one :class:`Writer`. Requests hand it a :class:`Job` (a
 function of the open transaction plus the audit context) and wait for the outcome. The writer
-takes whatever jobs are queued (up to ``max_batch``), runs each inside its own savepoint,
-appends one audit record per job (or per batch item) to this node's hash chain, signs them,
-and commits the lot: one fsync for many requests. A job's caller is answered only after that
-commit, so no response is ever sent before its audit record is durable; if the commit fails,
-every job of the batch fails with ``audit_unavailable`` and nothing of it persists.
+takes whatever jobs are queued (up to ``max_batch``), runs each so that a failing job leaves
+no write behind (:func:`_run_isolated`), appends one audit record per job (or per batch
+item) to this node's hash chain, signs them, and commits the lot: one fsync for many
+requests. A job's caller is answered only after that commit, so no response is ever sent
+before its audit record is durable; if the commit fails, every job of the batch fails with
+``audit_unavailable`` and nothing of it persists.
 
 The chain head (``node_seq``, ``hash``) lives in memory and advances only after a successful
 commit; a failed batch leaves it untouched, so the chain never forks. After a failure the
@@ -581,8 +582,9 @@ def _settle_in_loop(pending: Sequence[tuple[asyncio.Future[Any], Settlement]]) -
 def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     """A plain SQL savepoint: a failure inside undoes its writes and nothing else.
 
-    Valid on SQLite and PostgreSQL. Used once per job and once per batch item: on that path
-    SQLAlchemy's nested-transaction objects cost more than the statements themselves.
+    Valid on SQLite and PostgreSQL. Used per job when a batch runs isolated, and per item by
+    the console's bulk actions: SQLAlchemy's nested-transaction objects cost more than the
+    statements themselves.
     Names must differ between nesting levels (``sceau_job``, ``sceau_item``).
     """
     hot.sql(conn, f"SAVEPOINT {name}")

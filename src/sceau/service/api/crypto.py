@@ -123,7 +123,7 @@ def _run_items(
     No savepoint per item: ``one`` must write at most once, as its very last step (nothing
     that can fail follows the write), so a refused item has changed nothing. Batch encrypt
     defers its inserts to one statement after the loop; decrypt's counter update is the
-    last thing an item does. A database error fails the whole job (its savepoint).
+    last thing an item does. A database error fails the whole job.
     """
     out: list[dict[str, Any]] = []
     for index, raw in enumerate(items):
