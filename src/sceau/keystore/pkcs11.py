@@ -730,6 +730,19 @@ def _generate_secret(session: Any, label: str) -> None:
     )
 
 
+# What a signing private key may do, whether generated in the token or imported into it:
+# sign, nothing else, and never leave the token.
+_SIGNING_PRIVATE_POLICY = {
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
+
+
 def _generate_pair(session: Any, label: str, alg: str) -> None:
     key_type = KeyType.EC_EDWARDS if alg == ALG_EDDSA else KeyType.EC
     params = _ED25519_PARAMS if alg == ALG_EDDSA else _P256_PARAMS
@@ -748,16 +761,7 @@ def _generate_pair(session: Any, label: str, alg: str) -> None:
             Attribute.WRAP: False,
             Attribute.DERIVE: False,
         },
-        private_template={
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True,
-            Attribute.DECRYPT: False,
-            Attribute.UNWRAP: False,
-            Attribute.DERIVE: False,
-        },
+        private_template={Attribute.TOKEN: True, **_SIGNING_PRIVATE_POLICY},
     )
 
 
@@ -802,13 +806,7 @@ def _import_pair(session: Any, label: str, alg: str, pkcs8: bytes) -> None:
         Attribute.KEY_TYPE: key_type,
         Attribute.EC_PARAMS: params,
         Attribute.VALUE: value,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.SIGN: True,
-        Attribute.DECRYPT: False,
-        Attribute.UNWRAP: False,
-        Attribute.DERIVE: False,
+        **_SIGNING_PRIVATE_POLICY,
     })
 
 

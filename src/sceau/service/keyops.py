@@ -107,7 +107,11 @@ def load_checked(
     A record whose seal does not verify was changed behind the service's back (a database
     edit granting access or re-enabling a key): ``integrity_failure``, audited by the caller.
     """
-    record = repo.load_key(conn, key_id, for_update=for_update)
+    return _verified(keystore, repo.load_key(conn, key_id, for_update=for_update))
+
+
+def _verified(keystore: Keystore, record: KeyRecord | None) -> KeyRecord:
+    """``record`` once its seal verified (``integrity_failure``); ``not_found`` when None."""
     if record is None:
         # Spend the seal check anyway, so "no such key" and "not yours" take the same time
         # (a stranger cannot tell an unknown key from one they may not see).
@@ -121,11 +125,12 @@ def load_checked(
 
 
 class CheckedKeys:
-    """The key records a batch names, loaded in one go, seals verified; uses counted in memory.
+    """The key records a batch names, loaded in one go; uses counted in memory.
 
-    :meth:`get` answers like :func:`load_checked` (``not_found``, ``integrity_failure``) and
-    returns the record as counted so far in this batch, so ``max_decryptions`` holds when
-    several items use one key. :meth:`flush` writes each counted key once, at the end.
+    :meth:`get` answers like :func:`load_checked` (seal verified, ``not_found``,
+    ``integrity_failure``) and returns the record as counted so far in this batch, so
+    ``max_decryptions`` holds when several items use one key. :meth:`flush` writes each
+    counted key once, at the end.
     """
 
     def __init__(
@@ -133,31 +138,22 @@ class CheckedKeys:
     ) -> None:
         self._keystore = keystore
         self._loaded = repo.load_keys(conn, key_ids, for_update=for_update)
-        self._current: dict[bytes, KeyRecord] = {}
-        self._tampered: set[bytes] = set()
-        for key_id, record in self._loaded.items():
-            try:
-                keystore.verify_seal(record.seal_payload(), record.seal)
-            except IntegrityFailure:
-                self._tampered.add(key_id)
+        self._counted: dict[bytes, KeyRecord] = {}
 
     def get(self, key_id: bytes) -> KeyRecord:
-        record = self._current.get(key_id) or self._loaded.get(key_id)
-        if record is None:
-            self._keystore.seal(_ABSENT_PAYLOAD)  # same cost as a found key, as load_checked
-            raise NotFound("no such key")
-        if key_id in self._tampered:
-            raise IntegrityFailure("the key record does not match its seal")
-        return record
+        counted = self._counted.get(key_id)
+        if counted is not None:  # its seal verified before its first use was counted
+            return counted
+        return _verified(self._keystore, self._loaded.get(key_id))
 
     def count_use(self, record: KeyRecord) -> None:
-        self._current[record.key_id] = dataclasses.replace(
+        self._counted[record.key_id] = dataclasses.replace(
             record, decryptions=record.decryptions + 1
         )
 
     def flush(self, conn: sa.Connection) -> None:
         """Write the counted keys (one update each, sealed anew)."""
-        for key_id, counted in self._current.items():
+        for key_id, counted in self._counted.items():
             after = reseal(self._keystore, counted, bump=False)
             repo.save_key(conn, self._loaded[key_id], after)
 

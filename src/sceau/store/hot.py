@@ -23,54 +23,38 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+_KEY_COLUMNS = (
+    "key_id", "seed", "master_version", "owner", "application", "name", "name_lower", "tag",
+    "created_at", "expires_at", "not_before", "not_after", "status", "destroy_at",
+    "destroyed_at", "rules", "decryptions", "revision", "seal",
+)
+_AUTH_COLUMNS = (
+    "key_id", "principal", "rights", "status", "not_before", "not_after", "added_by", "added_at",
+)
+
+
+# Both builders run at import on the constant names above; no value ever enters the text.
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    names, params = ", ".join(columns), ", ".join(":" + c for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({params})"  # noqa: S608
+
+
+def _select(table: str, columns: tuple[str, ...]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE key_id IN ({{ids}})"  # noqa: S608
+
+
 STATEMENTS: dict[str, str] = {
     "remember_jti": "INSERT INTO replay (iss, jti, expires_at) VALUES (:iss, :jti, :expires_at) "
     "ON CONFLICT DO NOTHING RETURNING jti",
     "app_check": "SELECT k.app_id AS key_app, k.status AS key_status, a.app_id, a.name, "
     "a.users, a.status, a.enc_jwk FROM app_keys k JOIN applications a ON a.app_id = k.app_id "
     "WHERE k.kid = :kid",
-    "insert_key": (
-        "INSERT INTO keys (key_id, seed, master_version, owner, application, name, "
-        "name_lower, tag, created_at, expires_at, not_before, not_after, status, "
-        "destroy_at, destroyed_at, rules, decryptions, revision, seal) VALUES (:key_id, "
-        ":seed, :master_version, :owner, :application, :name, :name_lower, :tag, "
-        ":created_at, :expires_at, :not_before, :not_after, :status, :destroy_at, "
-        ":destroyed_at, :rules, :decryptions, :revision, :seal)"
-    ),
-    "insert_auth": (
-        "INSERT INTO authorizations (key_id, principal, rights, status, not_before, "
-        "not_after, added_by, added_at) VALUES (:key_id, :principal, :rights, :status, "
-        ":not_before, :not_after, :added_by, :added_at)"
-    ),
-    "load_key": (
-        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
-        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
-        "rules, decryptions, revision, seal FROM keys WHERE key_id = :key_id"
-    ),
-    "load_key_locked": (
-        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
-        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
-        "rules, decryptions, revision, seal FROM keys WHERE key_id = :key_id FOR UPDATE"
-    ),
-    "load_auths": (
-        "SELECT key_id, principal, rights, status, not_before, not_after, added_by, "
-        "added_at FROM authorizations WHERE key_id = :key_id"
-    ),
-    "load_keys": (
-        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
-        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
-        "rules, decryptions, revision, seal FROM keys WHERE key_id IN ({ids})"
-    ),
-    "load_keys_locked": (
-        "SELECT key_id, seed, master_version, owner, application, name, name_lower, tag, "
-        "created_at, expires_at, not_before, not_after, status, destroy_at, destroyed_at, "
-        "rules, decryptions, revision, seal FROM keys WHERE key_id IN ({ids}) "
-        "ORDER BY key_id FOR UPDATE"  # one lock order for every node: no deadlock
-    ),
-    "load_auths_of": (
-        "SELECT key_id, principal, rights, status, not_before, not_after, added_by, "
-        "added_at FROM authorizations WHERE key_id IN ({ids})"
-    ),
+    "insert_key": _insert("keys", _KEY_COLUMNS),
+    "insert_auth": _insert("authorizations", _AUTH_COLUMNS),
+    "load_keys": _select("keys", _KEY_COLUMNS),
+    # One lock order for every node: no deadlock.
+    "load_keys_locked": _select("keys", _KEY_COLUMNS) + " ORDER BY key_id FOR UPDATE",
+    "load_auths_of": _select("authorizations", _AUTH_COLUMNS),
     "count_use": "UPDATE keys SET decryptions = :decryptions, seal = :seal "
     "WHERE key_id = :key_id AND revision = :revision AND decryptions = :before",
     "insert_audit": "INSERT INTO audit_records (seq, node, node_seq, key, hash, line) "
@@ -82,7 +66,6 @@ _PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_0-9]+)")
 
 
 _SQLITE_EQUIVALENT = {  # SQLite locks the whole database for its single writer
-    "load_key_locked": "load_key",
     "load_keys_locked": "load_keys",
 }
 
@@ -153,6 +136,9 @@ def is_write(sql: str) -> bool:
     return sql.lstrip()[:7].upper().startswith(_WRITE_VERBS)
 
 
+_hot_is_write = cache(is_write)  # the hot statements are a small, fixed set of texts
+
+
 def count_write(conn: sa.Connection) -> None:
     """Note that a statement that may change rows is about to run on ``conn``."""
     info = conn.info
@@ -172,13 +158,12 @@ def writes(conn: sa.Connection) -> int:
 
 def run(conn: sa.Connection, name: str, params: Mapping[str, Any]) -> Result:
     """Execute one hot statement in ``conn``'s transaction."""
-    sql = statement(name, conn.dialect.name)
-    if is_write(sql):
-        count_write(conn)
-    return _execute(conn, name, sql, params)
+    return _execute(conn, name, statement(name, conn.dialect.name), params)
 
 
 def _execute(conn: sa.Connection, name: str, sql: str, params: Mapping[str, Any]) -> Result:
+    if _hot_is_write(sql):
+        count_write(conn)
     cursor = _cursor(conn)
     try:
         with _driver_errors(conn, sql, params):
@@ -204,7 +189,7 @@ def run_many(conn: sa.Connection, name: str, rows: Sequence[Mapping[str, Any]]) 
     if not rows:
         return
     sql = statement(name, conn.dialect.name)
-    if is_write(sql):
+    if _hot_is_write(sql):
         count_write(conn)
     cursor = _cursor(conn)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,11 +123,7 @@ def insert_keys(conn: sa.Connection, records: Sequence[KeyRecord]) -> None:
 
 def load_key(conn: sa.Connection, key_id: bytes, *, for_update: bool = False) -> KeyRecord | None:
     """One key record with its authorizations; ``for_update`` locks the row (PostgreSQL)."""
-    row = hot.run(conn, "load_key_locked" if for_update else "load_key", {"key_id": key_id}).first()
-    if row is None:
-        return None
-    auth_rows = hot.run(conn, "load_auths", {"key_id": key_id}).all()
-    return _key_from_row(row, [_auth_from_row(a) for a in auth_rows])
+    return load_keys(conn, [key_id], for_update=for_update).get(key_id)
 
 
 def load_keys(
@@ -138,13 +134,18 @@ def load_keys(
     if not wanted:
         return {}
     rows = hot.run_in(conn, "load_keys_locked" if for_update else "load_keys", wanted).all()
+    if not rows:
+        return {}
+    records = _with_authorizations(rows, hot.run_in(conn, "load_auths_of", wanted).all())
+    return {record.key_id: record for record in records}
+
+
+def _with_authorizations(rows: Sequence[Any], auth_rows: Iterable[Any]) -> list[KeyRecord]:
+    """Key records from their rows and the authorization rows of those keys, in row order."""
     auths: dict[bytes, list[Authorization]] = {}
-    for auth_row in hot.run_in(conn, "load_auths_of", wanted).all():
+    for auth_row in auth_rows:
         auths.setdefault(bytes(auth_row.key_id), []).append(_auth_from_row(auth_row))
-    return {
-        bytes(row.key_id): _key_from_row(row, auths.get(bytes(row.key_id), ()))
-        for row in rows
-    }
+    return [_key_from_row(row, auths.get(bytes(row.key_id), ())) for row in rows]
 
 
 def save_key(conn: sa.Connection, before: KeyRecord, after: KeyRecord) -> None:
@@ -223,10 +224,9 @@ def list_keys(
     if not rows:
         return []
     ids = [r.key_id for r in rows]
-    auths: dict[bytes, list[Authorization]] = {}
-    for a in conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids))):
-        auths.setdefault(bytes(a.key_id), []).append(_auth_from_row(a))
-    return [_key_from_row(r, auths.get(bytes(r.key_id), [])) for r in rows]
+    return _with_authorizations(
+        rows, conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids)))
+    )
 
 
 def keys_due_for_destruction(conn: sa.Connection, now: int, limit: int) -> list[bytes]:
@@ -869,10 +869,9 @@ def console_list_keys(
     if not rows:
         return []
     ids = [r.key_id for r in rows]
-    auths: dict[bytes, list[Authorization]] = {}
-    for a in conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids))):
-        auths.setdefault(bytes(a.key_id), []).append(_auth_from_row(a))
-    return [_key_from_row(r, auths.get(bytes(r.key_id), [])) for r in rows]
+    return _with_authorizations(
+        rows, conn.execute(sa.select(authorizations).where(authorizations.c.key_id.in_(ids)))
+    )
 
 
 def audit_lines_desc(

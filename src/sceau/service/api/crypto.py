@@ -220,10 +220,9 @@ def _header(ciphertext: bytes) -> EnvelopeHeader:
 
 
 def _open(
-    call: Call, tx: Tx, ciphertext: bytes, aad: bytes | None,
+    call: Call, tx: Tx, header: EnvelopeHeader, ciphertext: bytes, aad: bytes | None,
     batch: keyops.CheckedKeys | None = None,
 ) -> dict[str, Any]:
-    header = _header(ciphertext)
     record, data_key = _use_key(call, tx, header.key_id, batch)
     plaintext = open_gcm(data_key, ciphertext, aad)
     if batch is None:
@@ -236,30 +235,29 @@ def _open(
 def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
     if params.items is None:
         assert params.ciphertext is not None
-        return _open(call, tx, params.ciphertext, params.aad)
+        return _open(call, tx, _header(params.ciphertext), params.ciphertext, params.aad)
     _check_batch(call, params.items)
     # Parse every item first, so that the keys they name load in one query; a malformed
     # item keeps its error for its own turn.
-    parsed: list[DecryptItem | SceauError] = []
+    parsed: list[tuple[DecryptItem, EnvelopeHeader] | SceauError] = []
     for index, raw in enumerate(params.items):
         try:
             item = parse_model(DecryptItem, raw, where=f"items.{index}")
-            _header(item.ciphertext)
+            parsed.append((item, _header(item.ciphertext)))
         except SceauError as exc:
             parsed.append(exc)
-        else:
-            parsed.append(item)
     batch = keyops.CheckedKeys(
         tx.conn, call.rt.keystore,
-        [_header(p.ciphertext).key_id for p in parsed if isinstance(p, DecryptItem)],
+        [p[1].key_id for p in parsed if not isinstance(p, SceauError)],
         for_update=True,
     )
 
     def one(index: int, _raw: dict[str, Any]) -> dict[str, Any]:
-        item = parsed[index]
-        if isinstance(item, SceauError):
-            raise item
-        return _open(call, tx, item.ciphertext, item.aad, batch)
+        entry = parsed[index]
+        if isinstance(entry, SceauError):
+            raise entry
+        item, header = entry
+        return _open(call, tx, header, item.ciphertext, item.aad, batch)
 
     result = {"items": _run_items(tx, params.items, one)}
     batch.flush(tx.conn)
