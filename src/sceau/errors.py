@@ -110,6 +110,13 @@ class RateLimited(CallerError):
         self.retry_after = retry_after
 
 
+class ConcurrentChange(CallerError):
+    """The row changed between read and write (another admin, another node): try again."""
+
+    code = "invalid_request"
+    title = "Concurrent change"
+
+
 # --- access ----------------------------------------------------------------------------------
 
 

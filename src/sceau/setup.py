@@ -23,10 +23,10 @@ from cryptography.x509.oid import NameOID
 
 from sceau.config import CONFIG_FILE, SETTINGS, Config, load_config, render_default_config
 from sceau.errors import ConfigError
-from sceau.keystore import init_keystore
+from sceau.keystore import init_keystore, open_keystore
 from sceau.service.accounts import hash_password
 from sceau.service.runtime import keystore_settings
-from sceau.store import repo
+from sceau.store import accounts
 from sceau.store.db import create_engines, upgrade
 from sceau.vocab import Role
 
@@ -288,11 +288,11 @@ def initialize(
         upgrade(engines)
         password = secrets.token_urlsafe(15)
         now = int(time.time())
-        with engines.write.begin() as conn:
-            if repo.get_account(conn, ADMIN_USER) is None:
-                repo.insert_account(
+        with open_keystore(settings) as sealer, engines.write.begin() as conn:
+            if accounts.get_account(conn, ADMIN_USER) is None:
+                accounts.insert_account(
                     conn,
-                    repo.AccountRow(
+                    sealer.seal_row(accounts.AccountRow(
                         username=ADMIN_USER,
                         password_hash=hash_password(password),
                         role=str(Role.ADMIN),
@@ -301,7 +301,7 @@ def initialize(
                         totp_secret=None,
                         created_at=now,
                         updated_at=now,
-                    ),
+                    )),
                 )
             else:
                 password = ""

@@ -82,7 +82,7 @@ def test_cli_app_add_and_encrypt_decrypt_round_trip(server: Server, tmp_path: Pa
     assert stat.S_IMODE((keys / "profile.json").stat().st_mode) == 0o600
     added = run_cli("app", "add", "--name", "cli-app", "--jwk", str(keys / "sign.pub.jwk"),
                     "--enc-jwk", str(keys / "enc.pub.jwk"), "--profile", str(keys / "profile.json"),
-                    "--json", "--data-dir", str(server.data_dir),
+                    "--users", "*@example.com", "--json", "--data-dir", str(server.data_dir),
                     env={**server.env, **env})
     app_id = json.loads(added.stdout)["app_id"]
     listed = json.loads(run_cli("app", "list", "--json", "--data-dir", str(server.data_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from sceau.keystore import open_keystore
 from sceau.service.accounts import hash_password
-from sceau.store import repo
+from sceau.service.runtime import keystore_settings
+from sceau.store import accounts
 from sceau.store.db import create_engines
 from sceau.vocab import Role
 from support import Server
@@ -22,19 +25,26 @@ PASSWORD = "violet-meadow-compass-17"
 
 def put_account(server: Server, username: str, password: str, role: Role, *,
                 must_change: bool = False) -> None:
-    """Create or overwrite an account straight in the store (test set-up only)."""
+    """Create or overwrite an account in the store, sealed with the server's keystore.
+
+    Test set-up done as the host operator would (data dir and keystore at hand); a row
+    written without the keystore would not verify, which the trust-boundary tests show.
+    """
     engines = create_engines(server.config().database_url)
     now = int(time.time())
     try:
-        with engines.write.begin() as conn:
+        with open_keystore(keystore_settings(server.config())) as keystore, \
+                engines.write.begin() as conn:
             values = {"password_hash": hash_password(password), "role": str(role),
                       "status": "active", "must_change_password": must_change,
                       "totp_secret": None, "updated_at": now}
-            if repo.get_account(conn, username) is None:
-                repo.insert_account(conn, repo.AccountRow(username=username, created_at=now,
-                                                          **values))
+            before = accounts.get_account(conn, username)
+            if before is None:
+                accounts.insert_account(conn, keystore.seal_row(accounts.AccountRow(
+                    username=username, created_at=now, **values)))  # type: ignore[arg-type]
             else:
-                repo.update_account(conn, username, **values)
+                accounts.save_account(conn, before, keystore.seal_row(dataclasses.replace(
+                    before, revision=before.revision + 1, **values)))  # type: ignore[arg-type]
     finally:
         engines.dispose()
 

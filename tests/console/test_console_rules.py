@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from sceau.keystore import init_keystore, open_keystore
+from sceau.keystore.base import KeystoreSettings
 from sceau.service import accounts
 from sceau.service.console import security
 from sceau.service.console.web import SESSION_COOKIE, Console
-from sceau.store import repo
+from sceau.service.runtime import VerifiedRows
+from sceau.store import accounts as store_accounts
 from sceau.store.db import create_engines, upgrade
 
 # --- passwords (SC 38) --------------------------------------------------------------------
@@ -97,18 +101,26 @@ class Clock:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Any:
+    """A store with one account and one session, both sealed by a real file keystore; the
+    console is given a runtime with just what ``load_session`` uses."""
     engines = create_engines(f"sqlite:///{tmp_path / 'c.db'}")
     upgrade(engines)
+    settings = KeystoreSettings(tmp_path / "keystore")
+    init_keystore(settings)
+    keystore = open_keystore(settings)
     now = 1_700_000_000
     with engines.write.begin() as conn:
-        repo.insert_account(conn, repo.AccountRow(
+        store_accounts.insert_account(conn, keystore.seal_row(store_accounts.AccountRow(
             username="alice@example.com", password_hash=accounts.hash_password("x" * 12),
             role="user", status="active", must_change_password=False, totp_secret=None,
-            created_at=now, updated_at=now))
-        repo.insert_console_session(conn, repo.ConsoleSessionRow(
-            sid_hash=security.session_id_hash("sid-1"), username="alice@example.com",
-            csrf="c", created_at=now, last_seen_at=now, ip=None))
-    yield engines, now
+            created_at=now, updated_at=now)))
+        store_accounts.insert_console_session(conn, keystore.seal_row(
+            store_accounts.ConsoleSessionRow(
+                sid_hash=security.session_id_hash("sid-1"), username="alice@example.com",
+                csrf="c", created_at=now, last_seen_at=now, ip=None)))
+    runtime = SimpleNamespace(engines=engines, keystore=keystore, rows=VerifiedRows(keystore))
+    yield runtime, engines, now
+    keystore.close()
     engines.dispose()
 
 
@@ -117,22 +129,22 @@ def _request(sid: str) -> Any:
 
 
 def test_idle_session_is_refused_and_deleted(store: Any) -> None:
-    engines, now = store
+    runtime, engines, now = store
     clock = Clock(now + 60)
-    console = Console(SimpleNamespace(engines=engines), clock=clock)  # type: ignore[arg-type]
+    console = Console(runtime, clock=clock)
     assert console.load_session(_request("sid-1")) is not None  # touched at now + 60
     clock.now = now + 60 + security.IDLE_TIMEOUT_S - 1
     assert console.load_session(_request("sid-1")) is not None
     clock.now += security.IDLE_TIMEOUT_S
     assert console.load_session(_request("sid-1")) is None
     with engines.read.connect() as conn:
-        assert repo.get_console_session(conn, security.session_id_hash("sid-1")) is None
+        assert store_accounts.get_console_session(conn, security.session_id_hash("sid-1")) is None
 
 
 def test_active_session_still_ends_at_the_absolute_timeout(store: Any) -> None:
-    engines, now = store
+    runtime, _engines, now = store
     clock = Clock(now)
-    console = Console(SimpleNamespace(engines=engines), clock=clock)  # type: ignore[arg-type]
+    console = Console(runtime, clock=clock)
     while clock.now < now + security.ABSOLUTE_TIMEOUT_S - 600:
         clock.now += 600
         assert console.load_session(_request("sid-1")) is not None
@@ -141,11 +153,14 @@ def test_active_session_still_ends_at_the_absolute_timeout(store: Any) -> None:
 
 
 def test_unknown_or_disabled_account_session_is_refused(store: Any) -> None:
-    engines, now = store
-    console = Console(SimpleNamespace(engines=engines), clock=Clock(now))  # type: ignore[arg-type]
+    runtime, engines, now = store
+    console = Console(runtime, clock=Clock(now))
     assert console.load_session(_request("not-a-session")) is None
     with engines.write.begin() as conn:
-        repo.update_account(conn, "alice@example.com", status="disabled")
+        before = store_accounts.get_account(conn, "alice@example.com")
+        assert before is not None
+        store_accounts.save_account(conn, before, runtime.keystore.seal_row(
+            dataclasses.replace(before, status="disabled", revision=before.revision + 1)))
     assert console.load_session(_request("sid-1")) is None
 
 

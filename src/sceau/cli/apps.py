@@ -81,11 +81,12 @@ def _read_jwk(path: Path, what: str) -> dict[str, object]:
 def add(
     name: Annotated[str, typer.Option("--name", help="application name")],
     jwk: Annotated[Path, typer.Option("--jwk", help="public signing JWK file (with alg)")],
-    enc_jwk: Annotated[Path | None, typer.Option("--enc-jwk", help="public encryption JWK")] = None,
     users: Annotated[
-        list[str] | None,
-        typer.Option("--users", help="identities or *@domain the app may assert; '*' = any"),
-    ] = None,
+        list[str],
+        typer.Option("--users", help="identity or *@domain the app may assert (repeatable; "
+                     "required: an app asserts nobody unless told; '*' = every user)"),
+    ],
+    enc_jwk: Annotated[Path | None, typer.Option("--enc-jwk", help="public encryption JWK")] = None,
     profile: Annotated[
         Path | None,
         typer.Option("--profile", help="client profile to complete with app_id and service keys"),
@@ -100,7 +101,7 @@ def add(
     sign = _read_jwk(jwk, "--jwk")
     enc = _read_jwk(enc_jwk, "--enc-jwk") if enc_jwk else None
     with admin.admin_session(config) as session:
-        app_id = admin.add_application(session, name=name, jwk=sign, enc_jwk=enc, users=users or [])
+        app_id = admin.add_application(session, name=name, jwk=sign, enc_jwk=enc, users=users)
         jwks = session.keystore.public_jwks()
     if profile is not None:
         data = json.loads(profile.read_text(encoding="utf-8"))
@@ -118,19 +119,24 @@ def add(
         typer.echo(app_id)
 
 
+ANY_USER_WARNING = "warning: may assert EVERY user ('*')"
+
+
 @app.command("list")
 def list_apps(
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """List registered applications."""
+    """List registered applications (an app that may assert every user is flagged)."""
     from sceau import admin
-    from sceau.service.runtime import open_store
+    from sceau.keystore import open_keystore
+    from sceau.service.runtime import keystore_settings, open_store
 
     config = config_from(data_dir)
     engines = open_store(config)
     try:
-        apps = admin.list_applications(engines)
+        with open_keystore(keystore_settings(config)) as keystore:
+            apps = admin.list_applications(engines, keystore)
     finally:
         engines.dispose()
     if as_json:
@@ -141,9 +147,16 @@ def list_apps(
 
     table = Table("app_id", "name", "status", "users", "keys")
     for a in apps:
-        table.add_row(a["app_id"], a["name"], a["status"], " ".join(a["users"]),
+        users = " ".join(a["users"])
+        if a["any_user"]:
+            users = f"{users}  [{ANY_USER_WARNING}]"
+        status = a["status"] if a["sealed"] else f"{a['status']} (SEAL FAILS: refused)"
+        table.add_row(a["app_id"], a["name"], status, users,
                       " ".join(f"{k['kid'][:12]}…({k['alg']},{k['status']})" for k in a["keys"]))
     Console().print(table)
+    for a in apps:
+        if a["any_user"]:
+            typer.echo(f"{a['app_id']}: {ANY_USER_WARNING}", err=True)
 
 
 def _set_status(app_id: str, status: AppStatus, data_dir: Path | None) -> None:
@@ -164,6 +177,24 @@ def enable(app_id: str, data_dir: DataDir = None) -> None:
 def disable(app_id: str, data_dir: DataDir = None) -> None:
     """Disable an application: every node refuses its next call."""
     _set_status(app_id, AppStatus.DISABLED, data_dir)
+
+
+@app.command("set-users")
+def set_users(
+    app_id: str,
+    users: Annotated[
+        list[str],
+        typer.Option("--users", help="identity or *@domain the app may assert (repeatable); "
+                     "replaces the list; '*' = every user"),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Replace the users an application may assert."""
+    from sceau import admin
+
+    with admin.admin_session(config_from(data_dir)) as session:
+        admin.set_application_users(session, app_id, users)
+    typer.echo(f"{app_id}: users {' '.join(users)}")
 
 
 @app.command("add-key")

@@ -90,7 +90,12 @@ def serve(
 
 @db_cli.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations, then seal rows that have no seal yet.
+
+    Sealing trusts the rows as they stand (docs/security.md, "trust on upgrade"): review
+    `sceau app list` and the console accounts before upgrading from a version without seals.
+    """
+    from sceau import admin
     from sceau.store.db import create_engines, current_revision, head_revision, upgrade
 
     config = config_from(data_dir)
@@ -101,6 +106,11 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         typer.echo(f"schema: {before or 'empty'} -> {head_revision()}")
     finally:
         engines.dispose()
+    with admin.admin_session(config) as session:
+        sealed = admin.seal_existing_rows(session)
+    if sealed:
+        counts = ", ".join(f"{name} {count}" for name, count in sealed.items())
+        typer.echo(f"sealed existing rows (trust on upgrade): {counts}")
 
 
 def _read_input(path: Path | None) -> bytes:

@@ -15,10 +15,10 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from sceau.core.rowseal import SealedRow, payload_of
 from sceau.errors import ConfigError, IntegrityFailure
 
 __all__ = [
@@ -54,6 +55,8 @@ KEY_ID_LEN = 16
 SEED_LEN = 32
 MASTER_KEY_LEN = 32
 SEAL_KEY_LEN = 32
+
+Row = TypeVar("Row", bound=SealedRow)
 
 
 class KeyPurpose(StrEnum):
@@ -254,6 +257,24 @@ class Keystore(ABC):
     def verify_seal(self, payload: bytes, mac: bytes) -> None:
         """Check a seal in constant time; raise :class:`IntegrityFailure` if it is wrong."""
         constant_time_check(self.seal(payload), bytes(mac))
+
+    def seal_row(self, row: Row) -> Row:
+        """``row`` (a frozen dataclass, ``sceau.core.rowseal``) with its seal computed."""
+        sealed: Row = replace(row, seal=self.seal(payload_of(row)))  # type: ignore[type-var]
+        return sealed
+
+    def verify_row(self, row: Row) -> Row:
+        """``row`` once its seal verified; :class:`IntegrityFailure` names the row otherwise.
+
+        A row without a seal (written by SQL alone, or not yet sealed after an upgrade)
+        never verifies.
+        """
+        expected = self.seal(payload_of(row))
+        if row.seal is None or not hmac.compare_digest(expected, bytes(row.seal)):
+            raise IntegrityFailure(
+                f"the {row.seal_kind()} row {row.seal_id()!r} does not match its seal"
+            )
+        return row
 
     # --- signing ----------------------------------------------------------------------
 

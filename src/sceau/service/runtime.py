@@ -23,22 +23,23 @@ from sceau.errors import (
     ApplicationDisabled,
     AuditUnavailable,
     ConfigError,
+    IntegrityFailure,
     SceauError,
     UnknownApplication,
     UserNotAllowed,
 )
 from sceau.jose.appkeys import AppKey, EncKey, app_key_from_jwk, enc_key_from_jwk
-from sceau.jose.request import RequestVerifier
+from sceau.jose.request import RequestVerifier, TokenRefused
 from sceau.keystore import open_keystore
-from sceau.keystore.base import Keystore, KeystoreSettings
-from sceau.store import repo
+from sceau.keystore.base import Keystore, KeystoreSettings, Row
+from sceau.store import applications
+from sceau.store.applications import ANY_USER
 from sceau.store.db import Engines, check_durability, check_schema, create_engines
 from sceau.store.writer import Writer
 from sceau.vocab import AppKeyStatus, AppStatus
 
 log = logging.getLogger("sceau.service")
 
-ANY_USER = "*"
 APP_KEY_CACHE_S = 30.0
 
 
@@ -57,15 +58,54 @@ def keystore_settings(config: Config) -> KeystoreSettings:
 
 
 def user_allowed(patterns: tuple[str, ...], user: str) -> bool:
-    """May an application assert ``user``? Patterns are exact identities, ``*@domain`` or ``*``."""
+    """May an application assert ``user``? Patterns are exact identities, ``*@domain`` or ``*``.
+
+    An empty list allows nobody: an application asserts no user unless told
+    (SECURITY-CASES 47).
+    """
     return any(p == ANY_USER or principal_matches(p, user) for p in patterns)
 
 
-class AppKeyCache:
-    """kid -> (app_id, parsed key). Parsing is cached; status is re-read inside every job."""
+class VerifiedRows:
+    """Sealed rows whose seal verified, by kind and id.
 
-    def __init__(self, engines: Engines) -> None:
+    Every use of a sealed row is checked; a row read again *exactly* as it was when its seal
+    last verified (every column, the seal and the revision included) is known good without
+    a second keystore operation. Any change of any byte is a miss and is verified again, so
+    the cache can never vouch for something the keystore did not.
+    """
+
+    def __init__(self, keystore: Keystore, limit: int = 10_000) -> None:
+        self._keystore = keystore
+        self._limit = limit
+        self._seen: dict[tuple[str, str], Any] = {}
+
+    def check(self, row: Row) -> Row:
+        """``row`` once verified; :class:`IntegrityFailure` otherwise (and it is forgotten)."""
+        key = (str(row.seal_kind()), row.seal_id())
+        if self._seen.get(key) == row:
+            return row
+        try:
+            self._keystore.verify_row(row)
+        except IntegrityFailure:
+            self._seen.pop(key, None)
+            raise
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen[key] = row
+        return row
+
+
+class AppKeyCache:
+    """kid -> (app_id, parsed key). Parsing is cached; status is re-read inside every job.
+
+    A row read from the store is used only once its seal verified: a key inserted with SQL
+    alone never verifies a signature (SECURITY-CASES 45).
+    """
+
+    def __init__(self, engines: Engines, rows: VerifiedRows) -> None:
         self._engines = engines
+        self.rows = rows
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, str, AppKey]] = {}
         self._enc: dict[str, EncKey] = {}
@@ -77,7 +117,7 @@ class AppKeyCache:
             return entry[1], entry[2]
         try:
             with self._engines.read.connect() as conn:
-                row = repo.get_app_key(conn, kid)
+                row = applications.get_app_key(conn, kid)
         except sa.exc.SQLAlchemyError:
             # No call can be answered without its audit record anyway (docs/deploy.md).
             raise AuditUnavailable("the store is unreachable") from None
@@ -85,6 +125,10 @@ class AppKeyCache:
             with self._lock:
                 self._entries.pop(kid, None)
             return None
+        try:
+            self.rows.check(row)
+        except IntegrityFailure as failure:
+            raise TokenRefused(failure, row.app_id) from None
         key = app_key_from_jwk(row.jwk)
         with self._lock:
             if len(self._entries) > 10_000:
@@ -127,18 +171,23 @@ def check_application(
     """SPEC §6 step 1: the key is still active, the app enabled, and may assert ``user``.
 
     Read inside the job's transaction, so a disable or a key retirement committed by any
-    node refuses the very next call.
+    node refuses the very next call. Both rows are verified against their seals first: an
+    application or key row written with SQL alone fails closed with ``integrity_failure``.
     """
-    found = repo.app_check(conn, kid)
-    if found is None or found.key_app != app_id or found.key_status != AppKeyStatus.ACTIVE:
+    found = applications.app_check(conn, kid)
+    if found is None:
         raise UnknownApplication("the signing key is not registered or was retired")
-    if found.status != AppStatus.ENABLED:
+    key, app = found
+    keys.rows.check(key)
+    keys.rows.check(app)
+    if key.app_id != app_id or key.status != AppKeyStatus.ACTIVE:
+        raise UnknownApplication("the signing key is not registered or was retired")
+    if app.status != AppStatus.ENABLED:
         raise ApplicationDisabled("this application is disabled")
-    if not user_allowed(found.users, user):
+    if not user_allowed(app.users, user):
         raise UserNotAllowed("this application may not act for this user")
-    enc = keys.enc_key(found.enc_jwk) if found.enc_jwk else None
-    return CallerApp(app_id=found.app_id, name=found.name, enc_key=enc)
-
+    enc = keys.enc_key(app.enc_jwk) if app.enc_jwk else None
+    return CallerApp(app_id=app.app_id, name=app.name, enc_key=enc)
 
 
 @dataclass
@@ -158,6 +207,11 @@ class Runtime:
     @property
     def service_id(self) -> str:
         return self.config.service_id
+
+    @property
+    def rows(self) -> VerifiedRows:
+        """Every sealed row is checked through this (seals verified, unchanged rows cached)."""
+        return self.app_keys.rows
 
     def should_touch(self, app_id: str, now: int) -> bool:
         """Record an application's last use at most once a minute per node."""
@@ -228,7 +282,8 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
         checkpoint_every=int(config.get("audit.checkpoint_every")),
         checkpoint_interval_s=float(config.get("audit.checkpoint_interval_s")),
     )
-    cache = AppKeyCache(engines)
+    rows = VerifiedRows(keystore)
+    cache = AppKeyCache(engines, rows)
     limits = config
     verifier = RequestVerifier(
         service_id=config.service_id,

@@ -21,6 +21,7 @@ console_sessions = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("last_seen_at", sa.BigInteger, nullable=False),
     sa.Column("ip", sa.String(64), nullable=True),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
     sa.Index("ix_console_sessions_username", "username"),
     sa.Index("ix_console_sessions_last_seen", "last_seen_at"),
 )
@@ -41,6 +42,17 @@ console_totp_used = sa.Table(
     metadata,
     sa.Column("username", sa.String(320), primary_key=True),
     sa.Column("last_step", sa.BigInteger, nullable=False),
+)
+
+# OpenID Connect sign-in in flight: state (hashed), nonce and PKCE verifier, minutes long.
+console_login_state = sa.Table(
+    "console_login_state",
+    metadata,
+    sa.Column("state_hash", sa.String(64), primary_key=True),
+    sa.Column("nonce", sa.String(128), nullable=False),
+    sa.Column("verifier", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_console_login_state_created", "created_at"),
 )
 
 # Keyset pagination of the console's key table, newest first or by expiry, at 100 000 keys.

@@ -46,9 +46,12 @@ def _select(table: str, columns: tuple[str, ...]) -> str:
 STATEMENTS: dict[str, str] = {
     "remember_jti": "INSERT INTO replay (iss, jti, expires_at) VALUES (:iss, :jti, :expires_at) "
     "ON CONFLICT DO NOTHING RETURNING jti",
-    "app_check": "SELECT k.app_id AS key_app, k.status AS key_status, a.app_id, a.name, "
-    "a.users, a.status, a.enc_jwk FROM app_keys k JOIN applications a ON a.app_id = k.app_id "
-    "WHERE k.kid = :kid",
+    # Both rows whole, seals included: the caller verifies them before deciding anything.
+    "app_check": "SELECT k.app_id AS key_app, k.alg AS key_alg, k.jwk AS key_jwk, "
+    "k.status AS key_status, k.added_at AS key_added_at, k.retired_at AS key_retired_at, "
+    "k.revision AS key_revision, k.seal AS key_seal, a.app_id, a.name, a.users, a.status, "
+    "a.enc_jwk, a.created_at, a.last_used_at, a.revision, a.seal "
+    "FROM app_keys k JOIN applications a ON a.app_id = k.app_id WHERE k.kid = :kid",
     "insert_key": _insert("keys", _KEY_COLUMNS),
     "insert_auth": _insert("authorizations", _AUTH_COLUMNS),
     "load_keys": _select("keys", _KEY_COLUMNS),

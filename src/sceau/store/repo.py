@@ -14,9 +14,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sceau.core.model import Authorization, KeyRecord, Rules
 from sceau.store import hot
 from sceau.store.schema import (
-    accounts,
-    app_keys,
-    applications,
     audit_checkpoints,
     audit_records,
     authorizations,
@@ -25,7 +22,7 @@ from sceau.store.schema import (
     replay,
     service_meta,
 )
-from sceau.vocab import AppKeyStatus, AppStatus, AuthorizationStatus, KeyStatus, Right
+from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
 # --- keys -------------------------------------------------------------------------------------
 
@@ -293,207 +290,6 @@ def purge_replay(conn: sa.Connection, before: int) -> int:
     return conn.execute(replay.delete().where(replay.c.expires_at < before)).rowcount
 
 
-# --- applications --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppRow:
-    app_id: str
-    name: str
-    users: tuple[str, ...]
-    status: AppStatus
-    enc_jwk: dict[str, Any] | None
-    created_at: int
-    last_used_at: int | None
-
-
-@dataclass(frozen=True)
-class AppKeyRow:
-    kid: str
-    app_id: str
-    alg: str
-    jwk: dict[str, Any]
-    status: AppKeyStatus
-    added_at: int
-    retired_at: int | None
-
-
-def _app_from_row(row: Any) -> AppRow:
-    return AppRow(
-        app_id=row.app_id,
-        name=row.name,
-        users=tuple(json.loads(row.users)),
-        status=AppStatus(row.status),
-        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-    )
-
-
-def _app_key_from_row(row: Any) -> AppKeyRow:
-    return AppKeyRow(
-        kid=row.kid,
-        app_id=row.app_id,
-        alg=row.alg,
-        jwk=json.loads(row.jwk),
-        status=AppKeyStatus(row.status),
-        added_at=row.added_at,
-        retired_at=row.retired_at,
-    )
-
-
-def insert_application(conn: sa.Connection, app: AppRow) -> None:
-    conn.execute(
-        applications.insert().values(
-            app_id=app.app_id,
-            name=app.name,
-            users=json.dumps(list(app.users)),
-            status=str(app.status),
-            enc_jwk=json.dumps(app.enc_jwk) if app.enc_jwk else None,
-            created_at=app.created_at,
-            last_used_at=None,
-        )
-    )
-
-
-def insert_app_key(conn: sa.Connection, key: AppKeyRow, thumbprint: str) -> None:
-    conn.execute(
-        app_keys.insert().values(
-            kid=key.kid,
-            app_id=key.app_id,
-            alg=key.alg,
-            jwk=json.dumps(key.jwk, sort_keys=True),
-            thumbprint=thumbprint,
-            status=str(key.status),
-            added_at=key.added_at,
-            retired_at=key.retired_at,
-        )
-    )
-
-
-def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
-    row = conn.execute(
-        sa.select(app_keys.c.kid).where(
-            sa.or_(app_keys.c.kid == kid, app_keys.c.thumbprint == thumbprint)
-        )
-    ).first()
-    return row is not None
-
-
-def get_application(conn: sa.Connection, app_id: str) -> AppRow | None:
-    row = conn.execute(sa.select(applications).where(applications.c.app_id == app_id)).first()
-    return _app_from_row(row) if row is not None else None
-
-
-def list_applications(conn: sa.Connection) -> list[AppRow]:
-    rows = conn.execute(sa.select(applications).order_by(applications.c.created_at)).all()
-    return [_app_from_row(r) for r in rows]
-
-
-@dataclass(frozen=True)
-class AppCheck:
-    """What every request needs to know of its application, read in one query."""
-
-    key_app: str
-    key_status: AppKeyStatus
-    app_id: str
-    name: str
-    users: tuple[str, ...]
-    status: AppStatus
-    enc_jwk: dict[str, Any] | None
-
-
-def app_check(conn: sa.Connection, kid: str) -> AppCheck | None:
-    """The signing key's application and statuses (SPEC §6 step 1), one indexed join."""
-    row = hot.run(conn, "app_check", {"kid": kid}).first()
-    if row is None:
-        return None
-    return AppCheck(
-        key_app=row.key_app,
-        key_status=AppKeyStatus(row.key_status),
-        app_id=row.app_id,
-        name=row.name,
-        users=tuple(json.loads(row.users)),
-        status=AppStatus(row.status),
-        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
-    )
-
-
-def get_app_key(conn: sa.Connection, kid: str) -> AppKeyRow | None:
-    row = conn.execute(sa.select(app_keys).where(app_keys.c.kid == kid)).first()
-    return _app_key_from_row(row) if row is not None else None
-
-
-def list_app_keys(conn: sa.Connection, app_id: str) -> list[AppKeyRow]:
-    rows = conn.execute(
-        sa.select(app_keys).where(app_keys.c.app_id == app_id).order_by(app_keys.c.added_at)
-    ).all()
-    return [_app_key_from_row(r) for r in rows]
-
-
-def set_application_status(conn: sa.Connection, app_id: str, status: AppStatus) -> bool:
-    result = conn.execute(
-        applications.update().where(applications.c.app_id == app_id).values(status=str(status))
-    )
-    return result.rowcount == 1
-
-
-def retire_app_key(conn: sa.Connection, kid: str, now: int) -> bool:
-    result = conn.execute(
-        app_keys.update()
-        .where(app_keys.c.kid == kid, app_keys.c.status == str(AppKeyStatus.ACTIVE))
-        .values(status=str(AppKeyStatus.RETIRED), retired_at=now)
-    )
-    return result.rowcount == 1
-
-
-def touch_application(conn: sa.Connection, app_id: str, now: int) -> None:
-    conn.execute(
-        applications.update()
-        .where(applications.c.app_id == app_id)
-        .where(
-            sa.or_(applications.c.last_used_at.is_(None), applications.c.last_used_at < now - 60)
-        )
-        .values(last_used_at=now)
-    )
-
-
-# --- console accounts -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AccountRow:
-    username: str
-    password_hash: str
-    role: str
-    status: str
-    must_change_password: bool
-    totp_secret: str | None
-    created_at: int
-    updated_at: int
-
-
-def insert_account(conn: sa.Connection, account: AccountRow) -> None:
-    conn.execute(accounts.insert().values(**account.__dict__))
-
-
-def get_account(conn: sa.Connection, username: str) -> AccountRow | None:
-    row = conn.execute(sa.select(accounts).where(accounts.c.username == username)).first()
-    return AccountRow(**row._mapping) if row is not None else None
-
-
-def list_accounts(conn: sa.Connection) -> list[AccountRow]:
-    rows = conn.execute(sa.select(accounts).order_by(accounts.c.username)).all()
-    return [AccountRow(**r._mapping) for r in rows]
-
-
-def update_account(conn: sa.Connection, username: str, **values: Any) -> bool:
-    result = conn.execute(
-        accounts.update().where(accounts.c.username == username).values(**values)
-    )
-    return result.rowcount == 1
-
-
 # --- audit ----------------------------------------------------------------------------------------
 
 
@@ -679,63 +475,9 @@ def overwrite_seed(conn: sa.Connection, key_id: bytes) -> None:
 # Tables in sceau.store.console_schema.
 
 from sceau.store.console_schema import (  # noqa: E402 - section appended for the console
-    console_sessions,
     console_throttle,
     console_totp_used,
 )
-
-
-@dataclass(frozen=True)
-class ConsoleSessionRow:
-    sid_hash: str
-    username: str
-    csrf: str
-    created_at: int
-    last_seen_at: int
-    ip: str | None
-
-
-def insert_console_session(conn: sa.Connection, row: ConsoleSessionRow) -> None:
-    conn.execute(console_sessions.insert().values(**row.__dict__))
-
-
-def get_console_session(conn: sa.Connection, sid_hash: str) -> ConsoleSessionRow | None:
-    row = conn.execute(
-        sa.select(console_sessions).where(console_sessions.c.sid_hash == sid_hash)
-    ).first()
-    return ConsoleSessionRow(**row._mapping) if row is not None else None
-
-
-def touch_console_session(conn: sa.Connection, sid_hash: str, now: int) -> None:
-    conn.execute(
-        console_sessions.update()
-        .where(console_sessions.c.sid_hash == sid_hash)
-        .values(last_seen_at=now)
-    )
-
-
-def delete_console_session(conn: sa.Connection, sid_hash: str) -> int:
-    return conn.execute(
-        console_sessions.delete().where(console_sessions.c.sid_hash == sid_hash)
-    ).rowcount
-
-
-def delete_console_sessions_of(conn: sa.Connection, username: str) -> int:
-    """End every session of an account (password change, disable, role change)."""
-    return conn.execute(
-        console_sessions.delete().where(console_sessions.c.username == username)
-    ).rowcount
-
-
-def purge_console_sessions(conn: sa.Connection, *, idle_before: int, created_before: int) -> int:
-    return conn.execute(
-        console_sessions.delete().where(
-            sa.or_(
-                console_sessions.c.last_seen_at < idle_before,
-                console_sessions.c.created_at < created_before,
-            )
-        )
-    ).rowcount
 
 
 def get_throttle(conn: sa.Connection, scope: str, subject: str) -> tuple[int, int] | None:
@@ -885,12 +627,3 @@ def audit_lines_desc(
         query = query.where(audit_records.c.seq < before)
     rows = conn.execute(query.order_by(audit_records.c.seq.desc()).limit(limit)).all()
     return [(int(r.seq), r.line) for r in rows]
-
-
-def set_application_users(conn: sa.Connection, app_id: str, users: Sequence[str]) -> bool:
-    result = conn.execute(
-        applications.update()
-        .where(applications.c.app_id == app_id)
-        .values(users=json.dumps(list(users)))
-    )
-    return result.rowcount == 1

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0003"
 
 keys = sa.Table(
     "keys",
@@ -66,6 +66,8 @@ applications = sa.Table(
     sa.Column("enc_jwk", sa.Text, nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("last_used_at", sa.BigInteger, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
 )
 
 app_keys = sa.Table(
@@ -79,6 +81,8 @@ app_keys = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("added_at", sa.BigInteger, nullable=False),
     sa.Column("retired_at", sa.BigInteger, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
     sa.Index("ix_app_keys_app", "app_id"),
 )
 
@@ -93,6 +97,10 @@ accounts = sa.Table(
     sa.Column("totp_secret", sa.String(128), nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # "password", or "oidc": the identity is proven by the OpenID provider at each sign-in.
+    sa.Column("auth", sa.String(16), nullable=False, server_default="password"),
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
 )
 
 replay = sa.Table(
@@ -133,6 +141,36 @@ node_leases = sa.Table(
     sa.Column("node", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
+)
+
+# Every audit node that ever wrote (servers and CLI sessions), sealed: a node whose records
+# and checkpoints were all deleted is still listed here (and in the witness).
+audit_nodes = sa.Table(
+    "audit_nodes",
+    metadata,
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("registered_at", sa.BigInteger, nullable=False),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
+)
+
+# Actions that could open a path to data wait here for a second admin (separation of duties).
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("approval_id", sa.String(32), primary_key=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("summary", sa.String(1000), nullable=False),
+    sa.Column("requested_by", sa.String(320), nullable=False),
+    sa.Column("requested_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("decided_by", sa.String(320), nullable=True),
+    sa.Column("decided_at", sa.BigInteger, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("seal", sa.LargeBinary(64), nullable=True),
+    sa.Index("ix_approvals_status", "status", "requested_at"),
 )
 
 service_meta = sa.Table(

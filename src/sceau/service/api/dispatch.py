@@ -17,7 +17,7 @@ from sceau.service.api import crypto, keys
 from sceau.service.api.context import Call
 from sceau.service.params import parse_params
 from sceau.service.runtime import Runtime, check_application
-from sceau.store import repo
+from sceau.store import applications
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Op
 
@@ -61,7 +61,7 @@ def make_job(rt: Runtime, op: Op, request: VerifiedRequest, ip: str | None) -> J
             )
         params = parse_params(op, request.params)
         if rt.should_touch(app.app_id, tx.now):
-            repo.touch_application(tx.conn, app.app_id, tx.now)
+            applications.touch_application(tx.conn, app.app_id, tx.now)
         call = Call(rt=rt, app=app, user=user, ip=ip, jti=request.jti)
         return call, handler(call, params, tx)
 

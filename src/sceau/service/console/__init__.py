@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 
 from sceau.service.console import adminpages, auditpages, auth, keypages, protectpage, security
 from sceau.service.console.web import Console, ConsoleRoute, PageError
-from sceau.store import repo
+from sceau.store import accounts, repo
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -50,7 +50,7 @@ def mount(app: FastAPI, rt: Runtime) -> Console:
 
     def purge(conn: sa.Connection, now: int) -> None:
         # Runs in the writer's periodic maintenance: expired sessions and stale counters go.
-        repo.purge_console_sessions(conn, idle_before=now - console.idle_timeout,
+        accounts.purge_console_sessions(conn, idle_before=now - console.idle_timeout,
                                     created_before=now - console.absolute_timeout)
         repo.purge_throttle(conn, now - security.THROTTLE_WINDOW_S)
 

@@ -15,8 +15,9 @@ from sceau.core.model import normalize_identity
 from sceau.core.policy import validate_principal
 from sceau.errors import InvalidRequest, NotFound, SceauError
 from sceau.jose.appkeys import app_key_from_jwk, app_key_from_pem
+from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
-from sceau.service.console.auth import reauthenticate
+from sceau.service.console.auth import checked_account, reauthenticate, save_changed
 from sceau.service.console.web import (
     PREFIX,
     Console,
@@ -26,7 +27,7 @@ from sceau.service.console.web import (
     form_of,
     not_found,
 )
-from sceau.store import repo
+from sceau.store import accounts
 from sceau.store.writer import Tx
 from sceau.vocab import Action, AppStatus, Role
 
@@ -39,6 +40,10 @@ class ConsoleRunner:
 
     console: Console
     session: Session
+
+    @property
+    def keystore(self) -> Keystore:
+        return self.console.rt.keystore
 
     def run(self, action: Action, fn: Any, *, key: str | None = None) -> Any:
         return self.console.run(self.session, action, fn, key=key).value
@@ -74,7 +79,7 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     def render_apps(request: Request, session: Session, *, status: int = 200,
                     error: str | None = None, form: dict[str, str] | None = None) -> Response:
-        apps = admin.list_applications(console.rt.engines)
+        apps = admin.list_applications(console.rt.engines, console.rt.keystore)
         return console.render(request, "apps.html", status=status, session=session, apps=apps,
                               error=error, form=form or {}, algs=APP_ALGS,
                               notice={"added": "Application registered."}.get(
@@ -107,7 +112,8 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     def render_app(request: Request, session: Session, app_id: str, *, status: int = 200,
                    error: str | None = None) -> Response:
-        found = [a for a in admin.list_applications(console.rt.engines) if a["app_id"] == app_id]
+        found = [a for a in admin.list_applications(console.rt.engines, console.rt.keystore)
+                 if a["app_id"] == app_id]
         if not found:
             raise not_found()
         notices = {"added": "Application registered.", "key_added": "Signing key added.",
@@ -173,9 +179,10 @@ def router(console: Console, route_class: type) -> APIRouter:
                         error: str | None = None, issued: tuple[str, str] | None = None,
                         ) -> Response:
         with console.rt.engines.read.connect() as conn:
-            accounts = repo.list_accounts(conn)
+            rows = accounts.list_accounts(conn)
+        listed = [(row, admin.row_verifies(console.rt.keystore, row)) for row in rows]
         return console.render(request, "accounts.html", status=status, session=session,
-                              accounts=accounts, roles=[str(x) for x in Role], error=error,
+                              accounts=listed, roles=[str(x) for x in Role], error=error,
                               issued=issued)
 
     @r.get("/accounts")
@@ -202,12 +209,12 @@ def router(console: Console, route_class: type) -> APIRouter:
 
         def create(tx: Tx) -> None:
             tx.ctx.details = {"account": username, "role": role_text}
-            if repo.get_account(tx.conn, username) is not None:
+            if accounts.get_account(tx.conn, username) is not None:
                 raise InvalidRequest("username: this account exists already")
-            repo.insert_account(tx.conn, repo.AccountRow(
+            accounts.insert_account(tx.conn, console.rt.keystore.seal_row(accounts.AccountRow(
                 username=username, password_hash=hashed, role=role_text, status="active",
                 must_change_password=True, totp_secret=None, created_at=tx.now,
-                updated_at=tx.now))
+                updated_at=tx.now)))
 
         try:
             console.run(session, Action.ACCOUNT_CREATE, create)
@@ -244,10 +251,10 @@ def router(console: Console, route_class: type) -> APIRouter:
             shown = {k: v for k, v in values.items() if k in ("role", "status")}
             if action == "reset":
                 shown["credentials"] = "reset"
-            if not repo.update_account(tx.conn, username, updated_at=tx.now, **values):
-                raise NotFound("no such account")
+            save_changed(console, tx, checked_account(console, tx, username), **values)
             # A role change, a reset or a disable ends the account's sessions at once.
-            ended = 0 if action == "enable" else repo.delete_console_sessions_of(tx.conn, username)
+            ended = (0 if action == "enable"
+                     else accounts.delete_console_sessions_of(tx.conn, username))
             tx.ctx.details = {"account": username, "changed": shown, "sessions_ended": ended}
 
         try:

@@ -8,14 +8,16 @@ one audited transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sceau.core.model import normalize_identity
-from sceau.errors import InvalidRequest, NotFound
+from sceau.errors import IntegrityFailure, InvalidRequest, NotFound
 from sceau.service.accounts import hash_password, verify_password
 from sceau.service.console import security
 from sceau.service.console.security import ThrottleScope
@@ -33,7 +35,8 @@ from sceau.service.console.web import (
     new_token,
     set_cookie,
 )
-from sceau.store import repo
+from sceau.store import accounts, repo
+from sceau.store.accounts import AUTH_PASSWORD, AccountRow, ConsoleSessionRow
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Outcome
 
@@ -62,9 +65,13 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     now = console.now()
     with console.rt.engines.read.connect() as conn:
         counters = [repo.get_throttle(conn, str(s), v) for s, v in _throttle_keys(username, ip)]
-        account = repo.get_account(conn, username)
+        account = accounts.get_account(conn, username)
     throttled = any(security.is_throttled(c, now) for c in counters)
-    usable = account is not None and account.status == "active"
+    tampered = account is not None and not _seal_holds(console, account)
+    # Only password accounts sign in here; an OpenID Connect account proves its identity at
+    # its provider, never with a password an admin could have set.
+    usable = (account is not None and account.status == "active"
+              and account.auth == AUTH_PASSWORD and not tampered)
     # Always one argon2 verification, throttled or not, known account or not: timing says
     # nothing about which check failed.
     password_ok = verify_password(account.password_hash if usable and account else None,
@@ -77,6 +84,9 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     session_id = new_token()
 
     def record(tx: Tx) -> LoginOutcome:
+        if tampered:
+            # A row written behind the service's back: refused and audited as such.
+            raise IntegrityFailure("this account does not match its seal")
         second_ok = True
         if account is not None and account.totp_secret:
             last = repo.totp_last_step(tx.conn, username)
@@ -87,9 +97,7 @@ def attempt_login(console: Console, username: str, password: str, code: str,
             if totp_step is not None:
                 repo.set_totp_last_step(tx.conn, username, totp_step)
             repo.clear_throttle(tx.conn, str(ThrottleScope.ACCOUNT), username)
-            repo.insert_console_session(tx.conn, repo.ConsoleSessionRow(
-                sid_hash=security.session_id_hash(session_id), username=username,
-                csrf=new_token(), created_at=tx.now, last_seen_at=tx.now, ip=ip))
+            open_session(console, tx, session_id, username, ip)
             tx.item_record(outcome=Outcome.GRANTED, key=None,
                            details={"second_factor": account.totp_secret is not None})
             return LoginOutcome(session_id)
@@ -110,8 +118,40 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     return result
 
 
+def _seal_holds(console: Console, account: AccountRow) -> bool:
+    try:
+        console.rt.rows.check(account)
+    except IntegrityFailure:
+        return False
+    return True
+
+
+def open_session(console: Console, tx: Tx, session_id: str, username: str,
+                 ip: str | None) -> None:
+    """Store a new session, sealed (a session row written with SQL alone opens nothing)."""
+    accounts.insert_console_session(tx.conn, console.rt.keystore.seal_row(ConsoleSessionRow(
+        sid_hash=security.session_id_hash(session_id), username=username,
+        csrf=new_token(), created_at=tx.now, last_seen_at=tx.now, ip=ip)))
+
+
+def checked_account(console: Console, tx: Tx, username: str) -> AccountRow:
+    """The account row inside a change, its seal verified (``not_found``, ``integrity``)."""
+    account = accounts.get_account(tx.conn, username)
+    if account is None:
+        raise NotFound("no such account")
+    return console.rt.rows.check(account)
+
+
+def save_changed(console: Console, tx: Tx, before: AccountRow, **changes: Any) -> AccountRow:
+    """Write ``before`` with ``changes``, the revision bumped and sealed anew."""
+    after = console.rt.keystore.seal_row(dataclasses.replace(
+        before, revision=before.revision + 1, updated_at=tx.now, **changes))
+    accounts.save_account(tx.conn, before, after)
+    return after
+
+
 def _end_session(tx: Tx, sid_hash: str) -> None:
-    repo.delete_console_session(tx.conn, sid_hash)
+    accounts.delete_console_session(tx.conn, sid_hash)
 
 
 def change_password(console: Console, session: Session, current: str, new: str,
@@ -119,9 +159,9 @@ def change_password(console: Console, session: Session, current: str, new: str,
     """Set a new password, end every session of the account, open a fresh one."""
     username = session.account.username
     with console.rt.engines.read.connect() as conn:
-        account = repo.get_account(conn, username)
-    if account is None or not verify_password(account.password_hash,
-                                              current[: security.MAX_PASSWORD]):
+        account = accounts.get_account(conn, username)
+    if account is None or not _seal_holds(console, account) or not verify_password(
+            account.password_hash, current[: security.MAX_PASSWORD]):
         raise PageError(400, "The current password is wrong.")
     if new != confirm:
         raise PageError(400, "The two new passwords differ.")
@@ -133,12 +173,10 @@ def change_password(console: Console, session: Session, current: str, new: str,
     session_id = new_token()
 
     def change(tx: Tx) -> None:
-        repo.update_account(tx.conn, username, password_hash=hashed,
-                            must_change_password=False, updated_at=tx.now)
-        ended = repo.delete_console_sessions_of(tx.conn, username)
-        repo.insert_console_session(tx.conn, repo.ConsoleSessionRow(
-            sid_hash=security.session_id_hash(session_id), username=username,
-            csrf=new_token(), created_at=tx.now, last_seen_at=tx.now, ip=session.ip))
+        save_changed(console, tx, checked_account(console, tx, username),
+                     password_hash=hashed, must_change_password=False)
+        ended = accounts.delete_console_sessions_of(tx.conn, username)
+        open_session(console, tx, session_id, username, session.ip)
         tx.ctx.details = {"sessions_ended": ended}
 
     console.run(session, Action.CONSOLE_PASSWORD_CHANGE, change)
@@ -148,9 +186,9 @@ def change_password(console: Console, session: Session, current: str, new: str,
 def reauthenticate(console: Console, session: Session, password: str) -> None:
     """Ask for the password again before a grave action (destroy, app key registration)."""
     with console.rt.engines.read.connect() as conn:
-        account = repo.get_account(conn, session.account.username)
-    if account is None or not verify_password(account.password_hash,
-                                              password[: security.MAX_PASSWORD]):
+        account = accounts.get_account(conn, session.account.username)
+    if account is None or not _seal_holds(console, account) or not verify_password(
+            account.password_hash, password[: security.MAX_PASSWORD]):
         raise PageError(403, "Re-authentication failed: wrong password.")
 
 
@@ -240,13 +278,12 @@ def router(console: Console, route_class: type) -> APIRouter:
             raise PageError(400, "The code does not match this secret; check the device clock.")
 
         def change(tx: Tx) -> None:
-            if enable:
-                assert match is not None
-                repo.update_account(tx.conn, username, totp_secret=secret, updated_at=tx.now)
+            account = checked_account(console, tx, username)
+            if enable and match is not None:
+                save_changed(console, tx, account, totp_secret=secret)
                 repo.set_totp_last_step(tx.conn, username, match.step)
-            elif not repo.update_account(tx.conn, username, totp_secret=None,
-                                         updated_at=tx.now):
-                raise NotFound("no such account")
+            else:
+                save_changed(console, tx, account, totp_secret=None)
             tx.ctx.details = {"account": username,
                               "second_factor": "enabled" if enable else "disabled"}
 

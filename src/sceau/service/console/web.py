@@ -9,6 +9,7 @@ store and on the writer's futures.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -27,11 +28,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from sceau.core.b64 import b64u_encode
-from sceau.errors import SceauError
+from sceau.errors import IntegrityFailure, SceauError
 from sceau.service.console import security
 from sceau.service.params import rfc3339
-from sceau.store import repo
-from sceau.store.writer import AuditContext, Job, JobFn, JobOutcome
+from sceau.store import accounts
+from sceau.store.writer import AuditContext, Job, JobFn, JobOutcome, Tx
 from sceau.vocab import Action, Role
 
 if TYPE_CHECKING:
@@ -166,29 +167,41 @@ class Console:
     # --- sessions ---------------------------------------------------------------------------
 
     def load_session(self, request: Request) -> Session | None:
-        """The live session of this request, or None (expired ones are deleted)."""
+        """The live session of this request, or None (expired ones are deleted).
+
+        The session row and its account are both verified against their seals: a row
+        written with SQL alone is refused with ``integrity_failure`` and audited.
+        """
         sid = request.cookies.get(SESSION_COOKIE)
         if not sid or len(sid) > 128:
             return None
         sid_hash = security.session_id_hash(sid)
         now = self.now()
         with self.rt.engines.read.connect() as conn:
-            row = repo.get_console_session(conn, sid_hash)
-            account = repo.get_account(conn, row.username) if row is not None else None
+            row = accounts.get_console_session(conn, sid_hash)
+            account = accounts.get_account(conn, row.username) if row is not None else None
         if row is None:
             return None
+        try:
+            self.rt.rows.check(row)
+            if account is not None:
+                self.rt.rows.check(account)
+        except IntegrityFailure as failure:
+            self.refuse(Action.CONSOLE_SESSION, failure, user=row.username,
+                        ip=client_ip(request))
+            raise
         expired = security.session_expired(
             row.created_at, row.last_seen_at, now,
             idle=self.idle_timeout, absolute=self.absolute_timeout,
         )
         if expired or account is None or account.status != "active":
             with self.rt.engines.write.begin() as conn:
-                repo.delete_console_session(conn, sid_hash)
+                accounts.delete_console_session(conn, sid_hash)
             return None
         if now - row.last_seen_at >= security.TOUCH_EVERY_S:
             # Bookkeeping, not a console action: written directly, not audited.
             with self.rt.engines.write.begin() as conn:
-                repo.touch_console_session(conn, sid_hash, now)
+                accounts.touch_console_session(conn, sid_hash, now)
         return Session(
             sid_hash=sid_hash,
             csrf=row.csrf,
@@ -239,6 +252,16 @@ class Console:
         )
         outcome: JobOutcome = self.rt.writer.submit(Job(fn=fn, ctx=ctx)).result()
         return outcome
+
+    def refuse(self, action: Action, error: SceauError, *, user: str | None,
+               ip: str | None) -> None:
+        """Write the audit record of a refusal decided outside a change (fail closed)."""
+
+        def refused(_tx: Tx) -> None:
+            raise error
+
+        with contextlib.suppress(SceauError):
+            self.run(None, action, refused, user=user, ip=ip)
 
 
 def client_ip(request: Request) -> str | None:
@@ -361,7 +384,7 @@ def _error_page(console: Console, request: Request, error: PageError) -> Respons
     session = None
     try:
         session = console.load_session(request)
-    except sa.exc.SQLAlchemyError:
+    except (sa.exc.SQLAlchemyError, SceauError):
         log.warning("console: could not load the session for an error page")
     return console.render(request, "error.html", status=error.status, session=session,
                           message=error.message)

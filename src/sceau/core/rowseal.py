@@ -1,0 +1,61 @@
+"""Seal payloads of the rows that authorization and audit trust (besides key records).
+
+A sealed row carries ``seal = HMAC(seal key, payload)``, computed inside the keystore with
+the same seal key as key records (SPEC §5). The payload is the canonical JSON (RFC 8785)
+of ``{v, kind, id, fields}``:
+
+- ``kind`` names the table, so a row sealed for one table never verifies in another;
+- ``id`` is the row's primary key, so a sealed row cannot be copied under another id;
+- ``fields`` are every column a decision reads, the row's ``revision`` included.
+
+Columns that only do bookkeeping (``last_used_at``, a session's ``last_seen_at``) are left
+out on purpose: they change often, decide nothing, and leaving them out lets the service
+touch them without a keystore operation. This module does no I/O: the keystore computes
+and checks the HMAC, the store keeps the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sceau.core.canonical import canonical_json
+
+ROW_SEAL_VERSION = 1
+
+
+class SealedKind(StrEnum):
+    """The tables whose rows are sealed; the value is written into every payload."""
+
+    APPLICATION = "application"
+    APP_KEY = "app_key"
+    ACCOUNT = "account"
+    CONSOLE_SESSION = "console_session"
+    AUDIT_NODE = "audit_node"
+    APPROVAL = "approval"
+
+
+class SealedRow(Protocol):
+    """A row model that can say what its seal covers."""
+
+    @property
+    def seal(self) -> bytes | None: ...
+
+    def seal_kind(self) -> SealedKind: ...
+
+    def seal_id(self) -> str: ...
+
+    def seal_fields(self) -> Mapping[str, Any]: ...
+
+
+def row_seal_payload(kind: SealedKind, row_id: str, fields: Mapping[str, Any]) -> bytes:
+    """The bytes the keystore MACs for one row (canonical JSON, so both sides agree)."""
+    return canonical_json(
+        {"v": ROW_SEAL_VERSION, "kind": str(kind), "id": row_id, "fields": dict(fields)}
+    )
+
+
+def payload_of(row: SealedRow) -> bytes:
+    """:func:`row_seal_payload` of a row model."""
+    return row_seal_payload(row.seal_kind(), row.seal_id(), row.seal_fields())
