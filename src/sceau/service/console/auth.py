@@ -84,9 +84,6 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     session_id = new_token()
 
     def record(tx: Tx) -> LoginOutcome:
-        if tampered:
-            # A row written behind the service's back: refused and audited as such.
-            raise IntegrityFailure("this account does not match its seal")
         second_ok = True
         if account is not None and account.totp_secret:
             last = repo.totp_last_step(tx.conn, username)
@@ -105,7 +102,10 @@ def attempt_login(console: Console, username: str, password: str, code: str,
             counter = repo.get_throttle(tx.conn, str(scope), subject)
             failures, start = security.after_failure(counter, tx.now)
             repo.set_throttle(tx.conn, str(scope), subject, failures, start)
-        reason = "throttled" if throttled else "bad_credentials"
+        # A row written behind the service's back is refused and audited as such; the
+        # visitor gets the same answer as for any other failure.
+        reason = ("throttled" if throttled else
+                  IntegrityFailure.code if tampered else "bad_credentials")
         tx.item_record(outcome=Outcome.DENIED, key=None, reason=reason,
                        details={"unknown_account": not known})
         return LoginOutcome(None, throttled=throttled)
