@@ -6,12 +6,15 @@ the code; `sceau db upgrade` brings an older one up to date.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from sceau.client import Client
+from sceau.jose.client import ClientIdentity, generate_app_keys
 from sceau.store.db import _alembic_config, create_engines, current_revision, head_revision
 from support import Server, make_server, run_cli
 
@@ -71,3 +74,43 @@ def test_serve_refuses_a_schema_newer_than_the_code(installed: Server) -> None:
     log = serve_refusal(installed)
     assert "revision f00d_next, which this code does not know" in log
     assert "Traceback" not in log
+
+
+def test_upgrade_seals_rows_written_before_seals_existed(installed: Server) -> None:
+    """Trust on upgrade: rows of a version without seals are sealed once by `db upgrade`.
+
+    The application is written as revision 0002 wrote it (no seal column); after the
+    upgrade it verifies and is served, and a second upgrade seals nothing more.
+    """
+    sign_priv, sign_pub, enc_priv, enc_pub = generate_app_keys("ES256")
+    engines = create_engines(installed.config().database_url)
+    try:
+        with engines.write.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0002")
+            conn.execute(sa.text(
+                "INSERT INTO applications (app_id, name, users, status, enc_jwk, created_at)"
+                " VALUES ('app_legacy', 'legacy', '[\"*@example.com\"]', 'enabled', :enc, 1)"),
+                {"enc": json.dumps(enc_pub)})
+            conn.execute(sa.text(
+                "INSERT INTO app_keys (kid, app_id, alg, jwk, thumbprint, status, added_at)"
+                " VALUES (:kid, 'app_legacy', 'ES256', :jwk, :kid, 'active', 1)"),
+                {"kid": sign_pub["kid"], "jwk": json.dumps(sign_pub)})
+    finally:
+        engines.dispose()
+    out = run_cli("db", "upgrade", "--data-dir", str(installed.data_dir), env=installed.env)
+    text = out.stdout.decode()
+    assert "0002 -> " in text
+    assert "sealed existing rows (trust on upgrade): applications 1, app_keys 1, accounts 1" \
+        in text
+    again = run_cli("db", "upgrade", "--data-dir", str(installed.data_dir), env=installed.env)
+    assert "sealed" not in again.stdout.decode()
+    installed.start()
+    try:
+        identity = ClientIdentity(app_id="app_legacy", kid=sign_pub["kid"], alg="ES256",
+                                  private_jwk=sign_priv, enc_private_jwk=enc_priv)
+        with Client(service_url=installed.url, identity=identity, user="bob@example.com",
+                    verify=installed.cert) as client:
+            _key_id, envelope = client.encrypt(b"still served")
+            assert client.decrypt(envelope) == b"still served"
+    finally:
+        installed.stop()
