@@ -316,7 +316,7 @@ class _Reader:
                 self.at += 1
                 continue
             members += self.address(groups=False)
-            if self.kind() not in (",", ";"):
+            if self.kind() not in (",", ";", None):
                 raise _Syntax("has text after an address")
 
     def angle_addr(self) -> str:
