@@ -193,8 +193,9 @@ class _NextHopWithoutTLS(Exception):
 class ProtectingHandler:
     """aiosmtpd handler: protect marked messages, forward everything to the next hop.
 
-    ``next_hop_ca``: CA file (PEM) for the next hop's certificate, instead of the system
-    store. ``require_next_hop_tls``: refuse (``451``) to forward over plain SMTP when the
+    ``next_hop_tls``: the context for STARTTLS to the next hop, from
+    :func:`client_tls_context` (``None``: the system store, verified).
+    ``require_next_hop_tls``: refuse (``451``) to forward over plain SMTP when the
     next hop does not offer STARTTLS; without it, STARTTLS is used whenever offered, which
     an active attacker between the two can suppress.
     """
@@ -202,11 +203,12 @@ class ProtectingHandler:
     def __init__(self, keys: KeySource, next_hop: tuple[str, int], *,
                  tag: str | None = DEFAULT_TAG, header: str | None = DEFAULT_HEADER,
                  protect_subject: bool = False, timeout: float = 60.0,
-                 next_hop_ca: Path | None = None, require_next_hop_tls: bool = False) -> None:
+                 next_hop_tls: ssl.SSLContext | None = None,
+                 require_next_hop_tls: bool = False) -> None:
         self._keys = keys
         self._protect_subject = protect_subject
         self._next_hop = next_hop
-        self._next_hop_tls = client_tls_context(next_hop_ca)
+        self._next_hop_tls = next_hop_tls or client_tls_context(None)
         self._require_next_hop_tls = require_next_hop_tls
         self._tag = tag
         self._header = header
