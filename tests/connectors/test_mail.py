@@ -189,3 +189,25 @@ def test_tampered_structure_is_refused(server: Server, app: TestApp, tamper: str
 def test_message_without_from_is_refused(server: Server, app: TestApp) -> None:
     with server.client(app, SENDER) as client, pytest.raises(InvalidRequest):
         protect_message(client, b"To: bob@example.com\n\nhello\n")
+
+
+@pytest.mark.parametrize(("head", "reason"), [
+    (b"From : alice@example.com\nFrom: mallory@example.org\n",
+     "a header field has a space before its colon (obsolete syntax, refused)"),
+    (b"From: alice@example.com\nfrom: mallory@example.org\n",
+     "the message has several From fields"),
+    (b"From: =?utf-8?q?alice=40example.com?= <mallory@example.org>\n",
+     "the From field has an encoded-word that decodes to an address or a control character"),
+])
+def test_protect_refuses_a_header_read_two_ways(server: Server, app: TestApp, tmp_path: Path,
+                                                profiles: dict[str, Path], head: bytes,
+                                                reason: str) -> None:
+    src, out = tmp_path / "in.eml", tmp_path / "out.eml"
+    src.write_bytes(head + b"To: bob@example.com\nSubject: x\n\nhello\n")
+    with server.client(app, STRANGER) as client:
+        before = sum(1 for _ in client.iter_keys(role="owner"))
+        proc = invoke("mail", "protect", str(src), "-o", str(out), "-p", str(profiles[SENDER]))
+        assert sum(1 for _ in client.iter_keys(role="owner")) == before  # no key for mallory
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == f"sceau: error: {src}: {reason}\n"
+    assert not out.exists()

@@ -86,7 +86,8 @@ def protect(
                                                   help="move the Subject inside too")] = False,
     force: ForceOpt = False,
 ) -> None:
-    """Protect a message under one new key: owner From, recipients To, Cc and Bcc."""
+    """Protect a message under one new key: owner From, recipients To, Cc and Bcc (a header
+    that could be read two ways is refused)."""
     from sceau.connectors.mail import protect_message
 
     with _client(profile) as client:
@@ -139,12 +140,31 @@ def relay(
         "--data-dir", help="use DIR/tls/cert.pem and key.pem for STARTTLS")] = None,
     users: Annotated[Path | None, typer.Option(
         "--users", exists=True, dir_okay=False,
-        help="require AUTH (PLAIN/LOGIN over TLS) against user:argon2-hash lines")] = None,
+        help="require AUTH (PLAIN/LOGIN over TLS) against user:argon2-hash lines; "
+             "needed to listen off a loopback address")] = None,
     protect_subject: Annotated[bool, typer.Option(
         "--protect-subject", help="move the Subject of protected messages inside")] = False,
+    next_hop_ca: Annotated[Path | None, typer.Option(
+        "--next-hop-ca", exists=True, dir_okay=False,
+        help="PEM CA file to verify the next hop's STARTTLS certificate (default: the "
+             "system store); a certificate that does not verify is answered 451")] = None,
+    require_next_hop_tls: Annotated[bool, typer.Option(
+        "--require-next-hop-tls",
+        help="answer 451 instead of forwarding in plain SMTP when the next hop offers "
+             "no STARTTLS")] = False,
 ) -> None:
-    """Relay SMTP: protect messages marked by the header or subject tag, forward all."""
-    from sceau.connectors.relay import Credentials, ProtectingHandler, Relay, server_tls_context
+    """Relay SMTP: protect messages marked by the header or subject tag, forward all.
+
+    A header that could be read two ways is refused (554). Off a loopback address, --users
+    is required. STARTTLS to the next hop whenever offered, its certificate verified.
+    """
+    from sceau.connectors.relay import (
+        Credentials,
+        ProtectingHandler,
+        Relay,
+        client_tls_context,
+        server_tls_context,
+    )
 
     listen_at = _host_port(listen, "--listen")
     hop = _host_port(next_hop, "--next-hop")
@@ -157,17 +177,24 @@ def relay(
         credentials = Credentials.load(users) if users is not None else None
     except (OSError, ValueError, SceauError) as exc:
         raise _error(tls_cert or users or "relay", describe_failure(exc), EXIT_USAGE) from None
+    try:
+        hop_tls = client_tls_context(next_hop_ca)
+    except (OSError, ValueError) as exc:  # not a PEM file of certificates
+        raise _error(next_hop_ca or "relay", describe_failure(exc), EXIT_USAGE) from None
     client = _client(profile)
     handler = ProtectingHandler(client, hop, tag=tag or None, header=header or None,
-                                protect_subject=protect_subject)
+                                protect_subject=protect_subject, next_hop_tls=hop_tls,
+                                require_next_hop_tls=require_next_hop_tls)
     running = Relay(handler, listen_at[0], listen_at[1], tls=tls, credentials=credentials)
     try:
         running.start()
-    except SceauError as exc:
+    except (OSError, SceauError) as exc:
+        client.close()
         raise _error("relay", describe_failure(exc), EXIT_USAGE) from None
     notes = (" (STARTTLS required)" if tls else "") + (" (AUTH required)" if credentials else "")
+    hop_notes = "STARTTLS required" if require_next_hop_tls else "STARTTLS when offered"
     sys.stderr.write(f"sceau mail relay: listening on {listen_at[0]}:{listen_at[1]}{notes}, "
-                     f"forwarding to {hop[0]}:{hop[1]}\n")
+                     f"forwarding to {hop[0]}:{hop[1]} ({hop_notes})\n")
     sys.stderr.flush()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

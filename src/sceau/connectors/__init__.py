@@ -2,6 +2,8 @@
 
 - :mod:`sceau.connectors.files`: ``.sceau`` files (suite-2 STREAM with a hidden file header).
 - :mod:`sceau.connectors.mail`: MIME messages protected and opened under one key.
+- :mod:`sceau.connectors.mime`: the one strict reading of a message's header (sender,
+  recipients), shared by the mail connector and the relay.
 - :mod:`sceau.connectors.relay`: an SMTP relay that protects marked messages in transit.
 
 Contents never travel to the service: it only hands out data keys (``generate-data-key``,

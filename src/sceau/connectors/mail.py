@@ -39,7 +39,6 @@ import quopri
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
-from email.utils import getaddresses
 from typing import Any
 
 from sceau.connectors.files import (
@@ -49,6 +48,7 @@ from sceau.connectors.files import (
     open_file_stream,
     seal_file_stream,
 )
+from sceau.connectors.mime import SenderNotAllowed, parse_header, participants, split_fields
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.core.canonical import canonical_json
 from sceau.core.envelope import (
@@ -65,6 +65,7 @@ __all__ = [
     "MARKER_FIELD",
     "SCEAU_MEDIA_TYPE",
     "ProtectedMail",
+    "SenderNotAllowed",
     "is_protected",
     "open_message",
     "protect_message",
@@ -91,22 +92,6 @@ def _lines(data: bytes) -> list[bytes]:
     return data.splitlines(keepends=True)
 
 
-def split_fields(message: bytes) -> tuple[list[bytes], bytes, bytes]:
-    """Split a message into raw header fields (folding and line ends kept), the blank
-    separator line (``b""`` if none) and the body, so that they concatenate back to it."""
-    fields: list[bytes] = []
-    pos = 0
-    for line in _lines(message):
-        if line in (b"\r\n", b"\n"):
-            return fields, line, message[pos + len(line):]
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        else:
-            fields.append(line)
-        pos += len(line)
-    return fields, b"", b""
-
-
 def _field_name(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
 
@@ -118,10 +103,6 @@ def _is_content_field(field: bytes) -> bool:
 
 def _is_ours(field: bytes) -> bool:
     return _is_content_field(field) or _field_name(field) == MARKER_FIELD.lower()
-
-
-def _eol_of(fields: list[bytes]) -> bytes:
-    return b"\r\n" if fields and fields[0].endswith(b"\r\n") else b"\n"
 
 
 def _headers(fields: Iterable[bytes]) -> Message:
@@ -253,29 +234,6 @@ class ProtectedMail:
     attachments: tuple[str, ...]
 
 
-def _addresses(values: Iterable[str]) -> list[str]:
-    return [addr for _, addr in getaddresses([str(v) for v in values]) if "@" in addr]
-
-
-def _participants(headers: Message, extra: Iterable[str]) -> tuple[str, list[str]]:
-    senders = _addresses(headers.get_all("From", []))
-    if not senders:
-        raise InvalidRequest("the message has no From address (it becomes the key's owner)")
-    sender = senders[0]
-    seen = {sender.lower()}
-    recipients: list[str] = []
-    for field in ("To", "Cc", "Bcc"):
-        for addr in [*_addresses(headers.get_all(field, []))]:
-            if addr.lower() not in seen:
-                seen.add(addr.lower())
-                recipients.append(addr)
-    for addr in extra:
-        if "@" in addr and addr.lower() not in seen:
-            seen.add(addr.lower())
-            recipients.append(addr)
-    return sender, recipients
-
-
 def _attachment_name(name: str, index: int) -> str:
     try:
         check_file_name(name)
@@ -293,21 +251,37 @@ def _sceau_part(name: str, sealed: bytes, eol: bytes) -> bytes:
 
 
 def protect_message(keys: KeySource, message: bytes, *, protect_subject: bool = False,
-                    extra_recipients: Iterable[str] = (), **key_options: Any) -> ProtectedMail:
+                    extra_recipients: Iterable[str] = (), require_sender: str | None = None,
+                    **key_options: Any) -> ProtectedMail:
     """Protect a whole message under one new key owned by its sender.
 
-    The key's recipients are the To, Cc and Bcc addresses plus ``extra_recipients`` (a
-    relay's envelope recipients); the sender is the owner, so the key source must be
-    allowed to act for it. ``key_options`` go to ``generate-data-key``.
+    The header is read once, strictly, by :func:`sceau.connectors.mime.parse_header` and
+    :func:`~sceau.connectors.mime.participants` (a message that could be read another way
+    raises :class:`~sceau.connectors.mime.MalformedMessage`): the owner is the one From
+    address, the key's recipients are the To, Cc and Bcc addresses plus
+    ``extra_recipients`` (a relay's envelope recipients). The key source must be allowed to
+    act for the owner. ``require_sender`` (the relay's authenticated login) must then be
+    that very owner, compared without case, or :class:`SenderNotAllowed` is raised before
+    any service call: the check and the owner come from one parse. ``key_options`` go to
+    ``generate-data-key``.
     """
-    if is_protected(message):
+    header = parse_header(message)
+    who = participants(header, require_sender=require_sender)
+    if any(f.name == MARKER_FIELD.lower() for f in header.fields):
         raise InvalidRequest("the message is already protected")
-    fields, sep, body = split_fields(message)
-    eol = _eol_of(fields)
-    headers = _headers(fields)
-    sender, recipients = _participants(headers, extra_recipients)
+    sender = who.sender
+    recipients = list(who.recipients)
+    seen = {sender.lower(), *(r.lower() for r in recipients)}
+    for address in extra_recipients:
+        if "@" in address and address.lower() not in seen:
+            seen.add(address.lower())
+            recipients.append(address)
+    fields = [f.raw for f in header.fields]
+    sep, body, eol = header.separator, header.body, header.eol
+    message_id = header.named("message-id")
 
-    content_at = [i for i, f in enumerate(fields) if _is_content_field(f)]
+    content_at = [i for i, f in enumerate(header.fields)
+                  if f.name == "mime-version" or f.name.startswith("content-")]
     entity = b"".join(fields[i] for i in content_at) + (sep or eol) + body
     found = _attachments(entity)
     skeleton = bytearray()
@@ -324,7 +298,7 @@ def protect_message(keys: KeySource, message: bytes, *, protect_subject: bool = 
         cursor = att.end
     skeleton += entity[cursor:]
 
-    subject_at = next((i for i, f in enumerate(fields) if _field_name(f) == "subject"), None)
+    subject_at = next((i for i, f in enumerate(header.fields) if f.name == "subject"), None)
     manifest = {
         "attachments": listed,
         "content_at": content_at,
@@ -336,7 +310,7 @@ def protect_message(keys: KeySource, message: bytes, *, protect_subject: bool = 
     encoded = canonical_json(manifest)
     payload = _PAYLOAD_MAGIC + len(encoded).to_bytes(4, "big") + encoded + bytes(skeleton)
 
-    options = {"name": str(headers.get("Message-ID", "")).strip() or "mail message",
+    options = {"name": (message_id[0].text() if message_id else "") or "mail message",
                **key_options}
     if recipients:
         options["recipients"] = recipients
