@@ -49,6 +49,7 @@ USERS: Mapping[str, Mapping[str, Any]] = {
     "erin": {"email": "erin@example.com", "email_verified": True},
     "mixed": {"email": "Mixed@Example.COM", "email_verified": True},
     "pat": {"email": "pat@example.com", "email_verified": True},
+    "frank": {"email": "frank@example.com", "email_verified": True},
     "outsider": {"email": "outsider@elsewhere.org", "email_verified": True},
     "carol": {"email": "carol@example.com", "email_verified": False},
     "dave": {"email": "dave@example.com"},

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from authlib.integrations.httpx_client import OAuth2Client
-from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.common.errors import AuthlibBaseError
 from authlib.oidc.core import CodeIDToken
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -559,7 +559,7 @@ class OidcLogin:
             with self.oauth_client() as client:
                 token = client.fetch_token(metadata.token_endpoint, grant_type="authorization_code",
                                            code=code, code_verifier=row.verifier)
-        except OAuth2Error as failure:
+        except AuthlibBaseError as failure:
             # The provider's error code only (a short registered token), never its text.
             shown = failure.error if failure.error in OAUTH_ERRORS | {
                 "invalid_grant", "invalid_client"} else "other"
