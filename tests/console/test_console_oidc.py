@@ -22,12 +22,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from authlib.integrations.httpx_client import OAuth2Client
 from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 from joserfc import jws
 from joserfc.jwk import OctKey
 
-from auditlog import audit_lines, last_record, records, verify_store
+from auditlog import audit_lines, count_rows, last_record, records, verify_store
 from oidc_support import (
     CLIENT_ID,
     OTHER_CLIENT_ID,
@@ -45,6 +44,7 @@ from sceau.service.console.oidc import (
     NO_PASSWORD,
     Expected,
     IssuerMismatch,
+    OAuth2Client,
     OidcReason,
     OidcRefused,
     ProviderMetadata,
@@ -54,7 +54,16 @@ from sceau.service.console.oidc import (
 from sceau.store import accounts
 from sceau.store.db import create_engines
 from sceau.vocab import Role
-from support import STORES, Server, TestApp, databases_for, make_server, run_cli, store_env
+from support import (
+    STORES,
+    Server,
+    TestApp,
+    databases_for,
+    free_port,
+    make_server,
+    run_cli,
+    store_env,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -605,3 +614,24 @@ def test_protect_page_works_for_a_user_signed_in_through_the_provider(
     assert (opened / "note.txt").read_bytes() == source.read_bytes()
     made = last_record(site.server, action="GENERATE_DATA_KEY", outcome="GRANTED")
     assert made["user"] == "alice@example.com" and made["app"] == "console"
+
+
+def test_an_unreachable_provider_fails_closed(tmp_path: Path) -> None:
+    """Discovery fails: no redirect, no state row; a callback opens nothing."""
+    server = make_server(tmp_path, start=False, env={
+        "SCEAU_DATABASE_URL": "", **GOOD,
+        "SCEAU_OIDC_ISSUER": f"https://localhost:{free_port()}"})
+    server.start()
+    console = Console(server)
+    try:
+        started = console.http.get("/console/oidc/start")
+        assert started.status_code == 502
+        assert "cannot be reached" in started.text and "location" not in started.headers
+        assert count_rows(server, "console_login_state") == 0
+        answer = console.http.get(f"{CALLBACK_PATH}?code=x&state=y")
+        assert answer.status_code == 403 and signed_in_as(console) is None
+        assert last_record(server, action="CONSOLE_LOGIN")["reason"] == "unknown_state"
+        assert GOOD["MY_SECRET"] not in server.log()
+    finally:
+        console.close()
+        server.stop()

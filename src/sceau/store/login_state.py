@@ -14,7 +14,13 @@ import sqlalchemy as sa
 
 from sceau.store.console_schema import console_login_state
 
-__all__ = ["LoginState", "insert_login_state", "purge_login_states", "take_login_state"]
+__all__ = [
+    "LoginState",
+    "count_login_states",
+    "insert_login_state",
+    "purge_login_states",
+    "take_login_state",
+]
 
 
 @dataclass(frozen=True)
@@ -58,3 +64,8 @@ def purge_login_states(conn: sa.Connection, created_before: int) -> int:
     return int(conn.execute(
         console_login_state.delete().where(console_login_state.c.created_at < created_before)
     ).rowcount)
+
+
+def count_login_states(conn: sa.Connection) -> int:
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(console_login_state)).scalar_one())

@@ -24,6 +24,7 @@ import os
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,7 +33,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from authlib.integrations.httpx_client import OAuth2Client
 from authlib.common.errors import AuthlibBaseError
 from authlib.oidc.core import CodeIDToken
 from fastapi import APIRouter, Request
@@ -61,12 +61,21 @@ from sceau.store.accounts import AUTH_OIDC, AccountRow
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Outcome, Role
 
+with warnings.catch_warnings():
+    # Authlib 1.9 prefers the httpx2 package and warns (always, on stderr) when it runs on
+    # httpx, which Sceau pins; the client is the same either way.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    from authlib.integrations.httpx_client import OAuth2Client
+
 log = logging.getLogger("sceau.console.oidc")
 
 CALLBACK_PATH = f"{PREFIX}/oidc/callback"
 START_PATH = f"{PREFIX}/oidc/start"
 BINDING_COOKIE = "__Host-sceau_oidc"
 STATE_TTL_S = 600
+# Starting a sign-in needs no account, so it is capped: a flood of starts fills at most this
+# many rows (each gone after STATE_TTL_S) and then delays OpenID sign-ins, never passwords.
+MAX_IN_FLIGHT = 10_000
 # An ID token comes straight from the token endpoint: one issued longer ago than this, or
 # later than the clock skew allows, is not the answer to this exchange.
 MAX_ID_TOKEN_AGE_S = 600
@@ -278,6 +287,10 @@ class ProviderMetadata:
                    is True, **endpoints)
 
 
+class TooManySignIns(Exception):
+    """More sign-ins are in flight than :data:`MAX_IN_FLIGHT`."""
+
+
 class IssuerMismatch(ValueError):
     """The provider's discovery document names an issuer other than the configured one."""
 
@@ -479,6 +492,8 @@ class OidcLogin:
         state, binding, nonce = new_token(), new_token(), new_token()
         verifier = b64u_encode(os.urandom(48))  # 64 characters, RFC 7636 §4.1
         with self.console.rt.engines.write.begin() as conn:
+            if login_state.count_login_states(conn) >= MAX_IN_FLIGHT:
+                raise TooManySignIns()
             # Bookkeeping of a sign-in not yet made, like a session touch: not audited.
             login_state.insert_login_state(conn, login_state.LoginState(
                 state_hash=_state_hash(state, binding), nonce=nonce, verifier=verifier,
@@ -635,6 +650,10 @@ def router(login: OidcLogin, route_class: type) -> APIRouter:
         # that expires; the state it creates answers only in this browser.
         try:
             url, binding = login.begin()
+        except TooManySignIns:
+            log.warning("oidc: %d sign-ins in flight; refusing new ones", MAX_IN_FLIGHT)
+            raise PageError(503, "Too many sign-ins are in progress. Try again in a few "
+                            "minutes.") from None
         except IssuerMismatch:
             log.warning("oidc: the provider's discovery document names another issuer")
             raise PageError(502, SHOWN[OidcReason.PROVIDER_UNAVAILABLE]) from None
