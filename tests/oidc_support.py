@@ -33,8 +33,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support import free_port
-
 HERE = Path(__file__).resolve().parent / "oidc"
 SCRIPT = HERE / "provider.mjs"
 CLIENT_ID = "sceau-console"
@@ -121,19 +119,19 @@ class TestProvider:
     __test__ = False
 
     directory: Path
-    port: int
     ca: TestCA
     client_secret: str
     other_secret: str
+    issuer: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def issuer(self) -> str:
-        return f"https://localhost:{self.port}"
+    def port(self) -> int:
+        return int(self.issuer.rpartition(":")[2])
 
     def start(self, redirect_uri: str) -> None:
         config = {
-            "issuer": self.issuer, "port": self.port,
+            "host": "localhost",
             "cert": str(self.ca.cert_file), "key": str(self.ca.key_file),
             "users": USERS,
             "clients": [
@@ -157,6 +155,7 @@ class TestProvider:
         if not line.startswith("ready "):
             self.proc.wait(5)
             raise AssertionError(f"the test provider did not start:\n{self.log()[-3000:]}")
+        self.issuer = line.split()[1]
 
     def log(self) -> str:
         path = self.directory / "provider.log"
@@ -195,7 +194,7 @@ class TestProvider:
 def running_provider(directory: Path, redirect_uri: str) -> Iterator[TestProvider]:
     """A provider whose Sceau client may redirect only to ``redirect_uri``; stopped after."""
     need_node()
-    provider = TestProvider(directory=directory, port=free_port(), ca=make_ca(directory),
+    provider = TestProvider(directory=directory, ca=make_ca(directory),
                             client_secret=secrets.token_urlsafe(24),
                             other_secret=secrets.token_urlsafe(24))
     provider.start(redirect_uri)

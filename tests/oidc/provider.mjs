@@ -1,7 +1,9 @@
 // The OpenID provider of the console tests: oidc-provider (a certified OpenID Connect
 // implementation) over HTTPS on loopback, configured by the JSON file named on the command
 // line (tests/oidc_support.py writes it):
-//   {"issuer", "port", "cert", "key", "clients": [client metadata], "users": {login: claims}}
+//   {"host", "cert", "key", "clients": [client metadata], "users": {login: claims}}
+// It listens on a port the system picks (no race with other processes for a "free" port);
+// the issuer is https://HOST:PORT.
 // Sign-in uses the package's own development interaction pages (any password; the login
 // must be one of `users`). Consent is granted for the registered clients without a page, as
 // a first-party deployment does (oidc-provider's documented loadExistingGrant hook).
@@ -52,7 +54,14 @@ async function loadExistingGrant(ctx) {
   return grant;
 }
 
-const provider = new Provider(config.issuer, {
+const server = https.createServer({
+  cert: fs.readFileSync(config.cert),
+  key: fs.readFileSync(config.key),
+});
+await new Promise((resolve) => { server.listen(0, '127.0.0.1', resolve); });
+const issuer = `https://${config.host}:${server.address().port}`;
+
+const provider = new Provider(issuer, {
   clients: config.clients,
   jwks: { keys },
   findAccount,
@@ -66,14 +75,8 @@ const provider = new Provider(config.issuer, {
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
 });
 
-const server = https.createServer({
-  cert: fs.readFileSync(config.cert),
-  key: fs.readFileSync(config.key),
-}, provider.callback());
-
-server.listen(config.port, '127.0.0.1', () => {
-  process.stdout.write(`ready ${config.issuer}\n`);
-});
+server.on('request', provider.callback());
+process.stdout.write(`ready ${issuer}\n`);
 
 function stop() {
   server.close(() => process.exit(0));
