@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
+from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account, shots_dir
 from joserfc import jws
 from joserfc.jwk import OctKey
 
@@ -585,6 +585,9 @@ def test_protect_page_works_for_a_user_signed_in_through_the_provider(
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto("/console/login")
+            shots = shots_dir()
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "login-oidc.png"))
             page.click("#oidc-start")
             page.wait_for_url(f"{site.provider.issuer}/**")
             page.fill("input[name=login]", "alice")
