@@ -151,8 +151,15 @@ class TestProvider:
         self.proc = subprocess.Popen(["node", str(SCRIPT), str(path)], cwd=HERE,
                                      stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
+        # Anything printed before the ready line (a runtime warning) is skipped; end of
+        # output without it means the provider stopped.
+        line = ""
+        for _ in range(100):
+            line = self.proc.stdout.readline().decode()
+            if not line or line.startswith("ready "):
+                break
         if not line.startswith("ready "):
+            self.proc.kill()
             self.proc.wait(5)
             raise AssertionError(f"the test provider did not start:\n{self.log()[-3000:]}")
         self.issuer = line.split()[1]
