@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./sceau-data
 
-.PHONY: run test lint bench fuzz supply-chain system clean
+.PHONY: run test lint bench fuzz supply-chain system test-provider clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml
 system:
 	@bash scripts/setup-system.sh
 
+# The OpenID provider of the console's OpenID Connect tests (npm ci into tests/oidc).
+test-provider: system
+	@bash scripts/setup-test-provider.sh
+
 run: $(STAMP)
 	@test -d $(DATA_DIR) || $(VENV)/bin/sceau init --data-dir $(DATA_DIR)
 	$(VENV)/bin/sceau serve --data-dir $(DATA_DIR)
 
-test: $(STAMP) system
+test: $(STAMP) system test-provider
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -38,4 +42,4 @@ supply-chain: $(STAMP)
 	bash scripts/supply-chain.sh check
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info tests/oidc/node_modules

@@ -107,6 +107,31 @@ SETTINGS: tuple[Setting, ...] = (
             _one_of("FULL", "EXTRA")),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
+    # OpenID Connect sign-in to the console (docs/console.md). Off while issuer is empty; the
+    # settings are checked together when the service starts (service/console/oidc.py).
+    Setting("oidc", "issuer", str, "", "SCEAU_OIDC_ISSUER",
+            doc="the provider's issuer URL (https); discovery at "
+            "ISSUER/.well-known/openid-configuration; empty = no OpenID Connect sign-in"),
+    Setting("oidc", "client_id", str, "", "SCEAU_OIDC_CLIENT_ID"),
+    Setting("oidc", "client_secret_env", str, "", "SCEAU_OIDC_CLIENT_SECRET_ENV",
+            doc="NAME of the environment variable holding the client secret (not the secret)"),
+    Setting("oidc", "client_secret_file", str, "", "SCEAU_OIDC_CLIENT_SECRET_FILE",
+            doc="or a file holding the client secret (one of the two)"),
+    Setting("oidc", "token_auth", str, "client_secret_basic", "SCEAU_OIDC_TOKEN_AUTH",
+            _one_of("client_secret_basic", "client_secret_post"),
+            doc="how Sceau authenticates to the token endpoint"),
+    Setting("oidc", "scopes", str, "openid email", "SCEAU_OIDC_SCOPES",
+            doc="space-separated; must include openid and email"),
+    Setting("oidc", "ca_file", str, "", "SCEAU_OIDC_CA_FILE",
+            doc="PEM CAs to trust for the provider's TLS; empty = the system's"),
+    Setting("oidc", "display_name", str, "", "SCEAU_OIDC_DISPLAY_NAME",
+            doc="shown as 'Sign in with NAME'; default the issuer's host"),
+    Setting("oidc", "provision", str, "user", "SCEAU_OIDC_PROVISION", _one_of("user", "none"),
+            doc="an unknown verified email at first sign-in: user = a `user` account is "
+            "created; none = refused until an account exists"),
+    Setting("oidc", "email_domains", str, "", "SCEAU_OIDC_EMAIL_DOMAINS",
+            doc="space-separated domains whose emails may sign in; '*' = any; required "
+            "with provision = user"),
 )
 
 

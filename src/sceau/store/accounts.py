@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sceau.core.rowseal import SealedKind
+from sceau.errors import InvalidRequest
 from sceau.store.applications import save_revision
 from sceau.store.console_schema import console_sessions
 from sceau.store.schema import accounts
@@ -131,7 +132,15 @@ def list_accounts(conn: sa.Connection) -> list[AccountRow]:
 
 
 def save_account(conn: sa.Connection, before: AccountRow, after: AccountRow) -> None:
-    """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
+    """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since.
+
+    An account's sign-in method never changes, and an OpenID Connect account never gets a
+    password (:class:`InvalidRequest`): whatever page or command asks, the store refuses.
+    """
+    if after.auth != before.auth:
+        raise InvalidRequest("an account's sign-in method cannot change")
+    if before.auth == AUTH_OIDC and after.password_hash != before.password_hash:
+        raise InvalidRequest("this account signs in through OpenID Connect: it has no password")
     values = asdict(after)
     del values["username"]
     save_revision(conn, accounts, accounts.c.username == before.username, before.revision,

@@ -12,7 +12,15 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from sceau.service.console import adminpages, auditpages, auth, keypages, protectpage, security
+from sceau.service.console import (
+    adminpages,
+    auditpages,
+    auth,
+    keypages,
+    oidc,
+    protectpage,
+    security,
+)
 from sceau.service.console.web import Console, ConsoleRoute, PageError
 from sceau.store import accounts, repo
 
@@ -47,12 +55,17 @@ def mount(app: FastAPI, rt: Runtime) -> Console:
         router = module.router(console, route_class)
         _refuse_get_on_post_only(router)
         app.include_router(router)
+    # OpenID Connect sign-in, when configured (its settings are checked here, at start).
+    login = oidc.mount_login(console)
+    if login is not None:
+        app.include_router(oidc.router(login, route_class))
 
     def purge(conn: sa.Connection, now: int) -> None:
         # Runs in the writer's periodic maintenance: expired sessions and stale counters go.
         accounts.purge_console_sessions(conn, idle_before=now - console.idle_timeout,
                                     created_before=now - console.absolute_timeout)
         repo.purge_throttle(conn, now - security.THROTTLE_WINDOW_S)
+        oidc.purge(conn, now)
 
     rt.writer.maintenance.append(purge)
     return console
