@@ -632,8 +632,12 @@ class OidcLogin:
 
 
 def purge(conn: Any, now: int) -> None:
-    """Writer maintenance: sign-ins never finished go once their state has expired."""
-    login_state.purge_login_states(conn, now - STATE_TTL_S)
+    """Writer maintenance: sign-ins never finished go a lifetime after their state expired.
+
+    Kept that long so that a late answer is refused as ``state_expired`` (what happened)
+    rather than ``unknown_state``, whatever the timing of this maintenance.
+    """
+    login_state.purge_login_states(conn, now - 2 * STATE_TTL_S)
 
 
 # --- routes --------------------------------------------------------------------------------------
