@@ -419,4 +419,4 @@ def _receipt(console: Console, destroyed: DestroyedKey, outcome: JobOutcome) -> 
 def _message(error: SceauError) -> str:
     if error.reason is not None:
         return f"Refused: {error.reason}."
-    return f"Refused: {error.detail}"
+    return f"Refused: {error.public_detail}"  # a 5xx's detail stays in the log
