@@ -145,7 +145,10 @@ class SceauTarget:
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.env = {"SCEAU_PORT": str(self.port), "SCEAU_DATABASE_URL": ""}
+        # The benchmark drives one application at a node's full capacity, which the default
+        # per-application rate limit exists to prevent: turn it off here, and only here.
+        self.env = {"SCEAU_PORT": str(self.port), "SCEAU_DATABASE_URL": "",
+                    "SCEAU_RATE_LIMIT_PER_APP": "0"}
         if self.store == "postgres":
             self.db = create_database()
             self.env["SCEAU_DATABASE_URL"] = self.db["url"]

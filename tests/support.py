@@ -152,6 +152,20 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def node_id(self) -> str:
+        """The audit node id of the running process, from its log's last "serving" line.
+
+        ``/readyz`` does not name it (anonymous callers get the status only).
+        """
+        for line in reversed(self.log().splitlines()):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("msg") == "serving":
+                return str(entry["node"])
+        raise AssertionError(f"no 'serving' line in the log:\n{self.log()[-3000:]}")
+
     # --- applications and clients --------------------------------------------------------
 
     @contextlib.contextmanager

@@ -427,6 +427,9 @@ class Client(_Core):
         return result
 
     def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
+        """One page ``{keys, next_cursor}``. A key the user may only use (not manage) comes
+        in the recipient view: ``key_id``, ``name``, ``owner``, ``status`` and its own
+        ``authorizations`` only (docs/policy.md); read other members with ``.get``."""
         result: dict[str, Any] = self.call(Op.LIST_KEYS, filters, user=user)
         return result
 
@@ -591,6 +594,7 @@ class AsyncClient(_Core):
         return key_id
 
     async def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
+        """As :meth:`Client.list_keys` (keys the user may only use in the recipient view)."""
         result: dict[str, Any] = await self.call(Op.LIST_KEYS, filters, user=user)
         return result
 

@@ -18,6 +18,12 @@ from sceau.errors import ConfigError
 
 CONFIG_FILE = "sceau.toml"
 DEFAULT_DATA_DIR = "./sceau-data"
+#: Requests per second per application and node. One node serves about 1 100-1 350 calls a
+#: second on SQLite and 700-850 on PostgreSQL (docs/performance.md, CPU per request of the
+#: cheapest operations), so 500 leaves most of a node to the other applications when one
+#: runs away, and is far above what an application makes in normal use (43 million calls a
+#: day per node; bulk work goes in batches of up to 1 000 items per call).
+DEFAULT_RATE_LIMIT_PER_APP = 500
 
 
 def default_data_dir() -> Path:
@@ -44,6 +50,10 @@ class Setting:
 
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be > 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
 
 
 def _port(value: Any) -> str | None:
@@ -95,8 +105,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "refusals_per_ip_per_s", int, 20, "SCEAU_REFUSALS_PER_IP_PER_S",
             doc="refused calls (400/401/413) per second per client address before each "
             "further refusal is answered after a delay; 0 = no tarpit"),
-    Setting("limits", "rate_limit_per_app", int, 0, "SCEAU_RATE_LIMIT_PER_APP",
-            doc="requests per second per application; 0 = unlimited"),
+    # On by default: a runaway application is held to about half of what one node serves
+    # (docs/deploy.md, "Rate limit"), which a normal one never reaches.
+    Setting("limits", "rate_limit_per_app", int, DEFAULT_RATE_LIMIT_PER_APP,
+            "SCEAU_RATE_LIMIT_PER_APP", _not_negative,
+            doc="requests per second per application and node (bursts of one second); "
+            "0 = unlimited"),
     Setting("keys", "default_lifetime_days", int, 365, "SCEAU_DEFAULT_LIFETIME_DAYS", _positive),
     Setting("audit", "node_id", str, "", "SCEAU_NODE_ID", _node_id,
             doc="this node's audit chain id; empty = leased automatically"),

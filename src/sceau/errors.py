@@ -28,6 +28,16 @@ class SceauError(Exception):
         """HTTP status for this error's code."""
         return HTTP_STATUS[self.code]
 
+    @property
+    def public_detail(self) -> str:
+        """The detail a remote caller is told: ``detail``, or only the title for a 5xx.
+
+        A backend failure's detail is for the operator: it can name a keystore file, a
+        PKCS#11 module or a database host. Callers get the stable code and the title, the
+        log gets the detail (with the request id).
+        """
+        return self.detail if self.status < 500 else self.title
+
     def diagnostics(self) -> str:
         """A one-paragraph human explanation, for the CLI."""
         text = f"{self.code}: {self.detail}"
@@ -42,7 +52,7 @@ class SceauError(Exception):
             "title": self.title,
             "status": self.status,
             "code": self.code,
-            "detail": self.detail,
+            "detail": self.public_detail,
             "request_id": request_id,
         }
         if self.reason is not None:

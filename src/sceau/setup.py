@@ -12,9 +12,10 @@ import shutil
 import stat
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,9 +53,74 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def make_tls_certificate(tls_dir: Path, hosts: list[str], *, days: int = 825) -> None:
-    """A self-signed ECDSA P-256 certificate for ``hosts`` (names and IP addresses)."""
-    tls_dir.mkdir(mode=0o700, exist_ok=False)
+# Names every certificate made here carries, so local clients and health checks verify.
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+TLS_DAYS = 825  # the longest lifetime browsers accept for a server certificate
+
+
+def tls_names(config: Config, extra: Sequence[str] = ()) -> list[str]:
+    """The names the service's certificate must carry, the service's own first.
+
+    The host of an explicit ``service.service_id`` (what clients dial, and what ``aud``
+    names), the configured ``server.host`` unless it is a wildcard address (0.0.0.0, ::),
+    ``extra`` names, then localhost and the loopback addresses. Duplicates are dropped;
+    DNS names are lower-cased and IP addresses written in their canonical form.
+    """
+    wanted: list[str] = []
+    explicit = str(config.get("service.service_id"))
+    if explicit:
+        host = urlsplit(explicit).hostname
+        if not host:
+            raise ConfigError(f"service.service_id: {explicit!r} names no host")
+        wanted.append(host)
+    wanted.append(config.host)
+    wanted += [*extra, *LOCAL_NAMES]
+    names: list[str] = []
+    for raw in wanted:
+        name = _tls_name(raw)
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+def _tls_name(raw: str) -> str | None:
+    """``raw`` as a certificate name, None for a wildcard listen address."""
+    text = raw.strip().strip("[]")
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return None if address.is_unspecified else str(address)
+    try:
+        name = text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ConfigError(f"{raw!r} is not a host name for the TLS certificate") from None
+    if not _DNS_NAME.fullmatch(name):
+        raise ConfigError(f"{raw!r} is not a host name for the TLS certificate")
+    return name
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"  # "_": container and host aliases
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def build_tls_certificate(
+    hosts: Sequence[str], *, days: int = TLS_DAYS
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed ECDSA P-256 server certificate for ``hosts`` (names and IP addresses).
+
+    An end-entity certificate, not a CA: ``CA:FALSE`` (critical), key usage
+    ``digitalSignature`` only (ECDHE-ECDSA signs the handshake; there is no RSA key
+    transport to encipher for) and extended key usage ``serverAuth``. Clients trust it by
+    listing it as their trust anchor (``verify=DATA_DIR/tls/cert.pem``); OpenSSL accepts a
+    self-signed end-entity certificate found in the trust store, and since it cannot sign
+    other certificates, trusting it trusts nothing else. The first host is the subject CN.
+    """
+    if not hosts:
+        raise ConfigError("a TLS certificate needs at least one name")
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -62,7 +128,11 @@ def make_tls_certificate(tls_dir: Path, hosts: list[str], *, days: int = 825) ->
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sceau local service")])
+    common = hosts[0] if len(hosts[0]) <= 64 else "Sceau service"
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Sceau (self-signed)"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common),
+    ])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -73,21 +143,88 @@ def make_tls_certificate(tls_dir: Path, hosts: list[str], *, days: int = 825) ->
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_private(
-        tls_dir / "key.pem",
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+    return key, cert
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+
+
+def make_tls_certificate(tls_dir: Path, hosts: Sequence[str], *, days: int = TLS_DAYS) -> None:
+    """Create ``tls_dir`` with a new self-signed ``cert.pem`` and its ``key.pem`` (0600)."""
+    tls_dir.mkdir(mode=0o700, exist_ok=False)
+    key, cert = build_tls_certificate(hosts, days=days)
+    write_private(tls_dir / "key.pem", _key_pem(key))
     (tls_dir / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@dataclass(frozen=True)
+class RenewedCertificate:
+    """What ``sceau tls renew`` wrote: the new certificate and where the old one went."""
+
+    cert: Path
+    names: tuple[str, ...]
+    not_after: dt.datetime
+    previous: Path | None
+
+
+def renew_tls_certificate(
+    config: Config, extra: Sequence[str] = (), *, days: int = TLS_DAYS, force: bool = False
+) -> RenewedCertificate:
+    """Replace ``DATA_DIR/tls/cert.pem`` and ``key.pem`` with a new self-signed pair.
+
+    The names are :func:`tls_names` of the current configuration. The previous pair is kept
+    as ``cert.pem.old`` / ``key.pem.old`` (one generation), so clients can be given both
+    certificates during the switch. A certificate that is not self-signed (one an operator
+    installed from a CA) is left alone unless ``force``. The new files replace the old ones
+    atomically; a running ``sceau serve`` keeps the pair it loaded until restarted.
+    """
+    tls_dir = config.tls_cert.parent
+    names = tls_names(config, extra)
+    previous: Path | None = None
+    if config.tls_cert.exists():
+        current = x509.load_pem_x509_certificate(config.tls_cert.read_bytes())
+        if current.issuer != current.subject and not force:
+            raise ConfigError(
+                f"{config.tls_cert} was not made by Sceau (issuer {current.issuer.rfc4514_string()}"
+                "); renew it with its CA, or pass --force to replace it with a self-signed one"
+            )
+        previous = config.tls_cert.with_name("cert.pem.old")
+    key, cert = build_tls_certificate(names, days=days)
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    suffix = secrets.token_hex(4)
+    new_key = tls_dir / f".key.pem.{suffix}.tmp"
+    new_cert = tls_dir / f".cert.pem.{suffix}.tmp"
+    write_private(new_key, _key_pem(key))
+    new_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if previous is not None:
+        os.replace(config.tls_cert, previous)
+        if config.tls_key.exists():
+            os.replace(config.tls_key, config.tls_key.with_name("key.pem.old"))
+    os.replace(new_key, config.tls_key)
+    os.replace(new_cert, config.tls_cert)
+    return RenewedCertificate(cert=config.tls_cert, names=tuple(names),
+                              not_after=cert.not_valid_after_utc, previous=previous)
 
 
 # The keystore settings `sceau init` / `sceau keystore init` record in sceau.toml. The PIN is
@@ -270,6 +407,7 @@ def initialize(
         check_env_agrees(values)
         set_config_values(data_dir, values)
         config = load_config(data_dir)
+        names = tls_names(config)  # a bad service_id or host fails before anything is made
         settings = replace(keystore_settings(config), signing_alg=choice.signing_alg)
         init_keystore(settings)
     except BaseException:
@@ -282,7 +420,7 @@ def initialize(
         if created:
             data_dir.rmdir()
         raise
-    make_tls_certificate(data_dir / "tls", ["localhost", "127.0.0.1", "::1"])
+    make_tls_certificate(data_dir / "tls", names)
     engines = create_engines(config.database_url, synchronous=str(config.get("audit.synchronous")))
     try:
         upgrade(engines)

@@ -100,7 +100,8 @@ def post_raw(node: Server, token: str, op: Op) -> httpx.Response:
 
 def test_each_node_leases_its_own_chain(cluster: Cluster) -> None:
     ready = [httpx.get(f"{n.url}/readyz", verify=n.cert).json() for n in cluster.nodes]
-    assert sorted(r["node"] for r in ready) == ["n1", "n2"]
+    assert ready == [{"status": "ready"}] * 2
+    assert sorted(n.node_id() for n in cluster.nodes) == ["n1", "n2"]
     discovered = {httpx.get(f"{n.url}/.well-known/sceau-configuration", verify=n.cert)
                   .json()["service_id"] for n in cluster.nodes}
     assert discovered == {SERVICE_ID}
@@ -270,7 +271,7 @@ def test_sigkill_of_one_node_loses_no_acknowledged_record(cluster: Cluster,
     verify_cluster(cluster)
     # Restarted on the same host, A takes its lease back at once and continues chain n1.
     cluster.a.start()
-    assert httpx.get(f"{cluster.a.url}/readyz", verify=cluster.a.cert).json()["node"] == "n1"
+    assert cluster.a.node_id() == "n1"
     with client(cluster.a, cluster.app) as c:
         c.encrypt(b"after the restart")
     report = verify_cluster(cluster)
@@ -279,7 +280,7 @@ def test_sigkill_of_one_node_loses_no_acknowledged_record(cluster: Cluster,
 
 def test_a_second_process_cannot_take_a_live_node_id(cluster: Cluster, tmp_path: Path) -> None:
     """Two processes must never write one chain: the same SCEAU_NODE_ID is refused."""
-    node_of_b = httpx.get(f"{cluster.b.url}/readyz", verify=cluster.b.cert).json()["node"]
+    node_of_b = cluster.b.node_id()
     intruder = Server(data_dir=cluster.a.data_dir, port=free_port(),
                       env={**cluster.a.env, "SCEAU_NODE_ID": node_of_b},
                       log_path=tmp_path / "intruder.log")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sceau.errors import RateLimited
+from sceau.config import DEFAULT_RATE_LIMIT_PER_APP, load_config, render_default_config
+from sceau.errors import ConfigError, RateLimited
 from sceau.jose.request import TokenRefused, VerifiedRequest
 from sceau.service.limits import RateLimiter
 
@@ -108,3 +111,20 @@ def test_admit_wraps_the_refusal_for_auditing() -> None:
         limiter.admit(request)
     assert isinstance(refused.value.error, RateLimited)
     assert (refused.value.app_id, refused.value.jti) == ("app-1", "j" * 22)
+
+
+def test_the_default_limit_is_on_and_bounds_a_runaway_application(tmp_path: Path) -> None:
+    """Without configuration an application gets DEFAULT per second, bursts of one second."""
+    config = load_config(tmp_path, env={})
+    assert config.get("limits.rate_limit_per_app") == DEFAULT_RATE_LIMIT_PER_APP > 0
+    assert RateLimiter.from_config(config).enabled
+    limiter = RateLimiter(float(config.get("limits.rate_limit_per_app")), clock=FakeClock())
+    assert _drain(limiter, "runaway") == DEFAULT_RATE_LIMIT_PER_APP
+    assert _drain(limiter, "another") == DEFAULT_RATE_LIMIT_PER_APP  # others unaffected
+    # `sceau init` writes the default, with its meaning, into the commented sceau.toml.
+    assert f"# rate_limit_per_app = {DEFAULT_RATE_LIMIT_PER_APP}" in render_default_config()
+    # 0 still turns it off, and a negative figure is a named configuration error.
+    assert not RateLimiter.from_config(
+        load_config(tmp_path, env={"SCEAU_RATE_LIMIT_PER_APP": "0"})).enabled
+    with pytest.raises(ConfigError, match="limits.rate_limit_per_app"):
+        load_config(tmp_path, env={"SCEAU_RATE_LIMIT_PER_APP": "-1"})

@@ -119,8 +119,14 @@ def _keys_table(keys: list[dict[str, Any]]) -> None:
     table = Table("key_id", "status", "owner", "name", "tag", "created_at", "expires_at",
                   "grants")
     for k in keys:
-        table.add_row(k["key_id"], k["status"], k["owner"], k["name"] or "", k["tag"] or "",
-                      k["created_at"], k["expires_at"], str(len(k["authorizations"])))
+        # A key you may only use comes in the recipient view (docs/policy.md): no tag or
+        # dates, and only your own authorization, shown as its rights.
+        full = "rules" in k
+        grants = (str(len(k["authorizations"])) if full else
+                  "yours: " + "; ".join(",".join(a["rights"]) for a in k["authorizations"]))
+        table.add_row(k["key_id"], k["status"], k["owner"], k.get("name") or "",
+                      k.get("tag") or "", k.get("created_at") or "", k.get("expires_at") or "",
+                      grants)
     _console().print(table)
 
 

@@ -23,7 +23,7 @@ from sceau.keystore.base import KeyPurpose
 from sceau.service import console
 from sceau.service.api.endpoint import ApiEndpoint, SceauApp
 from sceau.service.background import start_background, stop_background
-from sceau.service.observability import Metrics
+from sceau.service.observability import Metrics, NotReady
 from sceau.service.openapi import openapi_document
 from sceau.service.runtime import Runtime
 from sceau.vocab import Op
@@ -75,13 +75,30 @@ def create_app(rt: Runtime) -> SceauApp:
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
+    # The last problems logged, so a probe every few seconds logs only changes.
+    logged: dict[str, str] = {}
+
     @app.get("/readyz")
     async def readyz() -> Response:
+        """Anonymous: ready, or unavailable with problem classes; the details go to the log."""
         problems = await asyncio.get_running_loop().run_in_executor(None, readiness_problems, rt)
         metrics.ready.set(0 if problems else 1)
+        for kind in NotReady:
+            metrics.not_ready.labels(str(kind)).set(1 if kind in problems else 0)
+        details = {str(kind): detail for kind, detail in problems.items()}
+        if details != logged:
+            if details:
+                log.warning("not ready", extra={"fields": {"problems": details}})
+            else:
+                log.info("ready")
+            logged.clear()
+            logged.update(details)
         if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready", "node": rt.writer.node})
+            return JSONResponse(
+                {"status": "unavailable", "problems": [str(kind) for kind in problems]},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -94,20 +111,23 @@ def create_app(rt: Runtime) -> SceauApp:
     return SceauApp(ApiEndpoint(rt, metrics), app)
 
 
-def readiness_problems(rt: Runtime) -> list[str]:
-    """Why the node cannot serve right now (empty when ready)."""
-    problems: list[str] = []
+def readiness_problems(rt: Runtime) -> dict[NotReady, str]:
+    """Why the node cannot serve right now, by class with the detail (empty when ready).
+
+    The details are for the operator (log); they may name paths, tokens and exception types.
+    """
+    problems: dict[NotReady, str] = {}
     if rt.selftest_error is not None:
-        problems.append(rt.selftest_error)
+        problems[NotReady.SELFTEST] = rt.selftest_error
     try:
         rt.keystore.check_health()
     except SceauError as exc:
-        problems.append(f"keystore: {exc.detail}")
+        problems[NotReady.KEYSTORE] = exc.detail
     try:
         with rt.engines.read.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as exc:
-        problems.append(f"database unreachable ({type(exc).__name__})")
+        problems[NotReady.STORE] = f"database unreachable ({type(exc).__name__})"
     if not rt.writer.healthy:
-        problems.append(f"audit trail not writable ({rt.writer.last_error})")
+        problems[NotReady.AUDIT] = f"audit trail not writable ({rt.writer.last_error})"
     return problems

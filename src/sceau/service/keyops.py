@@ -15,7 +15,12 @@ import sqlalchemy as sa
 
 from sceau.core.b64 import b64u_encode
 from sceau.core.model import Authorization, KeyRecord, Rules
-from sceau.core.policy import display_status, validate_networks
+from sceau.core.policy import (
+    can_manage,
+    display_status,
+    matching_authorizations,
+    validate_networks,
+)
 from sceau.errors import IntegrityFailure, NotFound
 from sceau.keystore.base import Keystore
 from sceau.service.params import RulesParam, rfc3339
@@ -193,4 +198,45 @@ def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
         "rules": record.rules.to_json(),
         "decryptions": record.decryptions,
         "revision": record.revision,
+    }
+
+
+#: The members of a key a recipient sees in ``list-keys`` (see :func:`recipient_view`).
+RECIPIENT_VIEW = ("key_id", "name", "owner", "status", "authorizations")
+#: The members of each of its own authorization entries.
+RECIPIENT_ENTRY = ("principal", "rights", "status", "not_before", "not_after")
+
+
+def sees_in_full(record: KeyRecord, user: str, now: int) -> bool:
+    """Whether ``user`` gets the whole metadata of ``record``: exactly who may manage it.
+
+    The same test as ``describe-key`` (owner, or a governing ``manage`` entry that is active
+    and in its window), so a listing never shows more than ``describe-key`` would answer.
+    """
+    return can_manage(record, user, now)
+
+
+def recipient_view(record: KeyRecord, user: str, now: int) -> dict[str, Any]:
+    """What a caller who may use ``record`` but not manage it sees (docs/policy.md).
+
+    Id, name, owner, status, and only the authorization entries that govern ``user``: its
+    exact entry, or else the ``*@domain`` entries that match it (policy precedence), each
+    without ``added_by`` (another principal) or ``added_at``. No other principal, no rules
+    or networks, no counters, tag, application, dates or revision.
+    """
+    return {
+        "key_id": key_id_text(record.key_id),
+        "name": record.name,
+        "owner": record.owner,
+        "status": str(display_status(record, now)),
+        "authorizations": [
+            {
+                "principal": a.principal,
+                "rights": sorted(str(r) for r in a.rights),
+                "status": str(a.status),
+                "not_before": rfc3339(a.not_before),
+                "not_after": rfc3339(a.not_after),
+            }
+            for a in matching_authorizations(record, user)
+        ],
     }

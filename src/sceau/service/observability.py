@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -49,6 +50,18 @@ def setup_logging(level: str) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+class NotReady(StrEnum):
+    """Why a node is not ready, as ``/readyz`` tells anonymous callers: a class, no detail.
+
+    The detail (a file path, a PKCS#11 error, an exception type) goes to the log only.
+    """
+
+    SELFTEST = "selftest"
+    KEYSTORE = "keystore"
+    STORE = "store"
+    AUDIT = "audit"
+
+
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own."""
 
@@ -71,6 +84,12 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )
         self.ready = Gauge("sceau_ready", "1 when the service is ready", registry=self.registry)
+        self.not_ready = Gauge(
+            "sceau_not_ready", "1 while this class of problem keeps the node unready",
+            ["problem"], registry=self.registry,
+        )
+        for problem in NotReady:
+            self.not_ready.labels(str(problem)).set(0)
 
     def observe_batch(self, jobs: int, seconds: float) -> None:
         self.audit_write.observe(seconds)

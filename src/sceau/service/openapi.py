@@ -87,7 +87,8 @@ def _document(service_id: str) -> dict[str, Any]:
         "/.well-known/jwks.json": "the service's public keys",
         "/.well-known/sceau-configuration": "discovery document",
         "/healthz": "liveness",
-        "/readyz": "readiness (503 with problems when not ready)",
+        "/readyz": "readiness: 200 {status: ready}, or 503 {status: unavailable, problems} "
+        "with problem classes only (selftest, keystore, store, audit); details in the log",
         "/metrics": "Prometheus metrics",
         "/openapi.json": "this document",
     }

@@ -350,8 +350,35 @@ class DataKeyResult(BaseModel):
     token: str | None = None
 
 
+class OwnAuthorizationOut(BaseModel):
+    """One of the caller's own authorization entries, as a recipient sees it."""
+
+    principal: str
+    rights: list[Right]
+    status: Literal["active", "disabled"]
+    not_before: str | None
+    not_after: str | None
+
+
+class RecipientKeyView(BaseModel):
+    """A key the caller may use but not manage: no other principal, no rules or networks.
+
+    ``authorizations`` holds only the entries that govern the caller (its exact entry, or
+    else the ``*@domain`` entries matching it). Owners and ``manage`` holders get
+    :class:`KeyMetadata` instead.
+    """
+
+    key_id: str
+    name: str | None
+    owner: str
+    status: ListStatus
+    authorizations: list[OwnAuthorizationOut]
+
+
 class ListKeysResult(BaseModel):
-    keys: list[KeyMetadata]
+    """Each key in full (owner, ``manage``) or in the recipient view."""
+
+    keys: list[KeyMetadata | RecipientKeyView]
     next_cursor: str | None
 
 

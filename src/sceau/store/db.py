@@ -9,6 +9,11 @@ PostgreSQL connections come from SQLAlchemy's pool (``store.pool_size``), are ch
 use (``pool_pre_ping``) so that a node reconnects by itself after the database was away, and
 carry a connect timeout, TCP keepalives and a lock timeout so that a vanished peer or a
 stuck lock holder turns into a prompt ``503`` instead of a hung request.
+
+Every engine is created with ``hide_parameters=True``: a failing statement's exception (its
+``str()``, a traceback, a log line) names the SQL but never its bound values, which include
+seeds, seals, names and principals. The database's own message can still quote a value
+(PostgreSQL's ``DETAIL: Key (...)=(...)``); the service logs exception types only.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class Engines:
 def _sqlite_engine(url: str, *, immediate: bool, synchronous: str) -> sa.Engine:
     engine = sa.create_engine(
         url,
+        hide_parameters=True,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         pool_pre_ping=False,
     )
@@ -125,6 +131,7 @@ def _postgres_engine(url: str, pool_size: int) -> sa.Engine:
     # and one pool bounds this node's connections at 2 x pool_size.
     return sa.create_engine(
         url,
+        hide_parameters=True,
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -153,7 +160,7 @@ def _alembic_config(conn: sa.Connection) -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest migration this code knows."""
-    with sa.create_engine("sqlite://").connect() as conn:
+    with sa.create_engine("sqlite://", hide_parameters=True).connect() as conn:
         script = ScriptDirectory.from_config(_alembic_config(conn))
         head = script.get_current_head()
     assert head is not None
@@ -203,7 +210,7 @@ def check_schema(engines: Engines) -> None:
 
 def known_revisions() -> set[str]:
     """Every migration revision this code ships."""
-    with sa.create_engine("sqlite://").connect() as conn:
+    with sa.create_engine("sqlite://", hide_parameters=True).connect() as conn:
         script = ScriptDirectory.from_config(_alembic_config(conn))
         return {rev.revision for rev in script.walk_revisions()}
 

@@ -116,13 +116,17 @@ def _row_type(name: str, columns: tuple[str, ...]) -> Any:
 
 @contextmanager
 def _driver_errors(conn: sa.Connection, sql: str, params: Any) -> Iterator[None]:
-    """Wrap a DBAPI error the way SQLAlchemy does (``sa.exc.DBAPIError`` subclasses)."""
+    """Wrap a DBAPI error the way SQLAlchemy does (``sa.exc.DBAPIError`` subclasses).
+
+    The parameters are hidden, as on every engine of ``store/db.py``: the message names the
+    statement, never the values bound to it (seeds, seals, principals).
+    """
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         yield
     except dbapi_error as exc:
         raise sa.exc.DBAPIError.instance(
-            sql, params, exc, dbapi_error, dialect=conn.dialect
+            sql, params, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect
         ) from exc
 
 

@@ -102,7 +102,7 @@ def _check_plaintext(call: Call, plaintext: bytes) -> None:
 
 
 def _error_item(exc: SceauError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": exc.code, "detail": exc.detail}
+    error: dict[str, Any] = {"code": exc.code, "detail": exc.public_detail}
     if exc.reason is not None:
         error["reason"] = str(exc.reason)
     return {"error": error}

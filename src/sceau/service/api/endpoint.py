@@ -82,6 +82,10 @@ class ApiEndpoint:
             await _send(send, 200, JOSE, token.encode("ascii"))
         except SceauError as error:
             code = error.code
+            if error.status >= 500:  # the caller is told the title only (public_detail)
+                log.warning("call failed", extra={"fields": {
+                    "op": op_label, "code": code, "detail": error.detail,
+                    "request_id": request_id}})
             headers = []
             retry = getattr(error, "retry_after", None)
             if retry is not None:

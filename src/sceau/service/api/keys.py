@@ -115,6 +115,13 @@ def domain_pattern(user: str) -> str | None:
 
 
 def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
+    """A page of the caller's keys: in full where it may manage, else the recipient view.
+
+    Filters on members a recipient does not see (``application``, ``tag``) match only keys
+    shown in full, so a recipient cannot learn an owner's tag or application by filtering on
+    guesses; such a page may take several reads to fill. Creation times are not hidden this
+    way: the order of the list and its cursors already follow them (docs/policy.md).
+    """
     flt = repo.KeyFilter(
         user=call.user,
         user_domain_pattern=domain_pattern(call.user),
@@ -127,15 +134,29 @@ def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
         tag=params.tag,
         now=tx.now,
     )
+    hidden_filter = params.application is not None or params.tag is not None
     after = _decode_cursor(params.cursor) if params.cursor else None
-    rows = repo.list_keys(tx.conn, flt, limit=params.limit + 1, after=after)
-    page, more = rows[: params.limit], len(rows) > params.limit
-    keys = []
-    for record in page:
-        call.rt.keystore.verify_seal(record.seal_payload(), record.seal)
-        keys.append(keyops.metadata(record, tx.now))
+    wanted = params.limit + 1  # one more than the page tells whether there is a next one
+    shown: list[tuple[KeyRecord, bool]] = []
+    while len(shown) < wanted:
+        rows = repo.list_keys(tx.conn, flt, limit=wanted, after=after)
+        for record in rows:
+            # Verified before anything is decided from it (who sees what).
+            call.rt.keystore.verify_seal(record.seal_payload(), record.seal)
+            full = call.manage_any or keyops.sees_in_full(record, call.user, tx.now)
+            if full or not hidden_filter:
+                shown.append((record, full))
+        if len(rows) < wanted:
+            break
+        after = (rows[-1].created_at, rows[-1].key_id)
+    page, more = shown[: params.limit], len(shown) > params.limit
+    keys = [
+        keyops.metadata(record, tx.now) if full
+        else keyops.recipient_view(record, call.user, tx.now)
+        for record, full in page
+    ]
     tx.ctx.details = {"count": len(keys)}
-    return {"keys": keys, "next_cursor": _encode_cursor(page[-1]) if more and page else None}
+    return {"keys": keys, "next_cursor": _encode_cursor(page[-1][0]) if more and page else None}
 
 
 # --- key changes --------------------------------------------------------------------------------

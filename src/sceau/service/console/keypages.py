@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
-from sceau.core.model import KeyRecord, normalize_identity
-from sceau.core.policy import display_status
+from sceau.core.model import Authorization, KeyRecord, normalize_identity
+from sceau.core.policy import display_status, matching_authorizations
 from sceau.errors import IntegrityFailure, NotFound, SceauError
 from sceau.service import keyops
 from sceau.service.api import keys as key_api
@@ -135,55 +135,92 @@ class KeyQuery:
             after = (struct.unpack(">q", raw[:8])[0], raw[8:])
         return cls(values, flt, sort, values["order"] != "asc", limit, after)
 
-    def cursor_of(self, record: KeyRecord) -> str:
+    def position_of(self, record: KeyRecord) -> tuple[int, bytes]:
         value = record.created_at if self.sort == "created" else record.expires_at
-        return b64u_encode(struct.pack(">q", value) + record.key_id)
+        return value, record.key_id
+
+    def cursor_of(self, record: KeyRecord) -> str:
+        value, key_id = self.position_of(record)
+        return b64u_encode(struct.pack(">q", value) + key_id)
 
 
 @dataclass(frozen=True)
 class KeyRow:
+    """One line of the key table; a key the account may only use shows the recipient view.
+
+    ``full`` is False for such a key (docs/policy.md): application, dates and tag are None
+    and shown as a dash, like the API's ``list-keys`` recipient view.
+    """
+
     key_id: str
     status: str
     owner: str
     name: str | None
-    application: str
-    created_at: int
+    application: str | None
+    created_at: int | None
     tag: str | None
-    expires_at: int
+    expires_at: int | None
     manageable: bool
+    full: bool
+
+
+def _key_row(record: KeyRecord, status: str, manageable: bool, full: bool) -> KeyRow:
+    kid = keyops.key_id_text(record.key_id)
+    if full:
+        return KeyRow(kid, status, record.owner, record.name, record.application,
+                      record.created_at, record.tag, record.expires_at, manageable, True)
+    return KeyRow(kid, status, record.owner, record.name, None, None, None, None, False, False)
 
 
 def key_rows(
     console: Console, session: Session, query: KeyQuery
 ) -> tuple[list[KeyRow], str | None]:
-    """One audited page (LIST_KEYS, like the API's list-keys)."""
+    """One audited page (LIST_KEYS, like the API's list-keys).
+
+    ``admin`` and ``auditor`` accounts see every key in full; a ``user`` account sees in
+    full the keys it may manage and the recipient view of the others. As in the API, the
+    application and tag filters then match only keys it sees in full.
+    """
     actor = actor_of(session)
-    visible = None if session.account.sees_all else (
-        actor.username, domain_pattern(actor.username))
+    sees_all = session.account.sees_all
+    visible = None if sees_all else (actor.username, domain_pattern(actor.username))
+    hidden_filter = not sees_all and (
+        query.flt.application is not None or query.flt.tag is not None)
 
     def page(tx: Tx) -> tuple[list[KeyRow], str | None]:
-        records = repo.console_list_keys(
-            tx.conn, query.flt, visible_to=visible, sort=query.sort,
-            descending=query.descending, limit=query.limit + 1, after=query.after,
-        )
-        shown, more = records[: query.limit], len(records) > query.limit
-        rows: list[KeyRow] = []
-        bad: list[str] = []
-        for record in shown:
-            kid = keyops.key_id_text(record.key_id)
-            try:
-                console.rt.keystore.verify_seal(record.seal_payload(), record.seal)
-            except IntegrityFailure:
-                # Shown, flagged, and named in the record; never acted upon.
-                bad.append(kid)
-                status, manageable = "integrity_failure", False
-            else:
-                status = str(display_status(record, tx.now))
+        wanted = query.limit + 1
+        after = query.after
+        picked: list[tuple[KeyRecord, KeyRow, bool]] = []
+        while len(picked) < wanted:
+            records = repo.console_list_keys(
+                tx.conn, query.flt, visible_to=visible, sort=query.sort,
+                descending=query.descending, limit=wanted, after=after,
+            )
+            for record in records:
+                try:
+                    console.rt.keystore.verify_seal(record.seal_payload(), record.seal)
+                except IntegrityFailure:
+                    # Shown, flagged, and named in the record; never acted upon. Who may
+                    # see it in full cannot be told from a record that does not verify.
+                    if hidden_filter:
+                        continue
+                    row = _key_row(record, "integrity_failure", False, sees_all)
+                    picked.append((record, row, True))
+                    continue
                 manageable = keyactions.may_manage(actor, record, tx.now)
-            rows.append(KeyRow(kid, status, record.owner, record.name, record.application,
-                               record.created_at, record.tag, record.expires_at, manageable))
+                full = sees_all or manageable
+                if hidden_filter and not full:
+                    continue
+                status = str(display_status(record, tx.now))
+                picked.append((record, _key_row(record, status, manageable, full), False))
+            if len(records) < wanted:
+                break
+            after = query.position_of(records[-1])
+        shown, more = picked[: query.limit], len(picked) > query.limit
+        rows = [row for _record, row, _bad in shown]
+        bad = [row.key_id for _record, row, is_bad in shown if is_bad]
         tx.ctx.details = {"count": len(rows), **({"integrity_failures": bad} if bad else {})}
-        return rows, (query.cursor_of(shown[-1]) if more and shown else None)
+        return rows, (query.cursor_of(shown[-1][0]) if more and shown else None)
 
     result: tuple[list[KeyRow], str | None] = console.run(session, Action.LIST_KEYS, page).value
     return result
@@ -197,11 +234,16 @@ def _access(line: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class KeyView:
+    """The key page. ``full`` False: the recipient view (docs/policy.md), where the page
+    shows id, name, owner, status and ``authorizations``, the account's own entries only."""
+
     record: KeyRecord
     status: str
     manageable: bool
     accesses: list[dict[str, Any]] | None
     next_before: int | None
+    full: bool
+    authorizations: tuple[Authorization, ...]
 
 
 def key_view(console: Console, session: Session, key_id: bytes, before: int | None) -> KeyView:
@@ -223,8 +265,11 @@ def key_view(console: Console, session: Session, key_id: bytes, before: int | No
             accesses = [_access(line) for _seq, line in page]
             more_before = page[-1][0] if len(rows) > ACCESS_PAGE and page else None
             tx.ctx.details = {"accesses": len(accesses)}
+        full = manageable or session.account.sees_all
+        entries = record.authorizations if full else tuple(
+            matching_authorizations(record, actor.username))
         return KeyView(record, str(display_status(record, tx.now)), manageable, accesses,
-                       more_before)
+                       more_before, full, entries)
 
     try:
         view: KeyView = console.run(session, Action.DESCRIBE_KEY, describe).value
@@ -305,7 +350,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         return console.render(
             request, "key.html", status=status, session=session, view=view, key=view.record,
             key_text=key_text, error=error, notice=DONE.get(done),
-            rules=view.record.rules.to_json(),
+            rules=view.record.rules.to_json() if view.full else {},
             rights=[str(r) for r in Right],
         )
 
@@ -419,4 +464,4 @@ def _receipt(console: Console, destroyed: DestroyedKey, outcome: JobOutcome) -> 
 def _message(error: SceauError) -> str:
     if error.reason is not None:
         return f"Refused: {error.reason}."
-    return f"Refused: {error.detail}"
+    return f"Refused: {error.public_detail}"  # a 5xx's detail stays in the log
