@@ -242,36 +242,53 @@ def list_applications(engines: Engines, keystore: Keystore) -> list[dict[str, An
     return out
 
 
-def seal_existing_rows(session: AdminSession) -> dict[str, int]:
+@dataclass(frozen=True)
+class Unsealed:
+    """Rows a schema upgrade found without a seal."""
+
+    applications: tuple[AppRow, ...]
+    app_keys: tuple[AppKeyRow, ...]
+    accounts: tuple[accounts.AccountRow, ...]
+    sessions: int
+
+    def __bool__(self) -> bool:
+        return bool(self.applications or self.app_keys or self.accounts or self.sessions)
+
+
+def unsealed_rows(engines: Engines) -> Unsealed:
+    """What :func:`seal_existing_rows` would seal (read with the store alone)."""
+    with engines.read.connect() as conn:
+        apps = applications.list_applications(conn)
+        return Unsealed(
+            applications=tuple(a for a in apps if a.seal is None),
+            app_keys=tuple(k for a in apps for k in applications.list_app_keys(conn, a.app_id)
+                           if k.seal is None),
+            accounts=tuple(a for a in accounts.list_accounts(conn) if a.seal is None),
+            sessions=accounts.count_unsealed_sessions(conn),
+        )
+
+
+def seal_existing_rows(session: AdminSession, pending: Unsealed) -> dict[str, int]:
     """Seal the rows a schema upgrade found unsealed (trust on upgrade, docs/security.md).
 
-    Run by ``sceau db upgrade`` right after the migration that added the seals: every
-    application, application key and console account as it stands is sealed once with the
-    keystore's seal key, and console sessions without a seal are ended. The counts go into
-    one ``ROWS_SEALED`` audit record. Rows that already carry a seal are left alone (they
-    are checked at their next use), so running it again changes nothing.
+    Run by ``sceau db upgrade`` right after the migration that added the seals, when
+    :func:`unsealed_rows` found any: every application, application key and console
+    account as it stands is sealed once with the keystore's seal key, and console sessions
+    without a seal are ended. The counts go into one ``ROWS_SEALED`` audit record. Rows
+    that already carry a seal are left alone (they are checked at their next use), so
+    running it again changes nothing.
     """
     keystore = session.keystore
-    with session.engines.read.connect() as conn:
-        pending = (
-            [a for a in applications.list_applications(conn) if a.seal is None],
-            [k for a in applications.list_applications(conn)
-             for k in applications.list_app_keys(conn, a.app_id) if k.seal is None],
-            [a for a in accounts.list_accounts(conn) if a.seal is None],
-        )
-        unsealed_sessions = accounts.count_unsealed_sessions(conn)
-    if not any(pending) and not unsealed_sessions:
-        return {}
 
     def seal(tx: Tx) -> dict[str, int]:
-        apps, keys, people = pending
-        for app in apps:
+        for app in pending.applications:
             applications.save_application(tx.conn, app, keystore.seal_row(app))
-        for key in keys:
+        for key in pending.app_keys:
             applications.save_app_key(tx.conn, key, keystore.seal_row(key))
-        for account in people:
+        for account in pending.accounts:
             accounts.save_account(tx.conn, account, keystore.seal_row(account))
-        counts = {"applications": len(apps), "app_keys": len(keys), "accounts": len(people),
+        counts = {"applications": len(pending.applications),
+                  "app_keys": len(pending.app_keys), "accounts": len(pending.accounts),
                   "sessions_ended": accounts.delete_unsealed_sessions(tx.conn)}
         tx.ctx.details = {"trust_on_upgrade": counts}
         return counts
