@@ -166,7 +166,11 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
         fb = pool.submit(node_b.run_now, job(locker("b", k2, k1), jti="dl-b"))
         values = {fa.result(60).value, fb.result(60).value}
     assert values == {"a", "b"}
-    assert sorted(runs.values()) == [1, 2]  # exactly one victim, run again
+    # At least one victim, run again. Sometimes both: when the first victim's retry takes
+    # its first row lock again before the survivor, woken up, re-locks that row (PostgreSQL
+    # row locks wait on the holder's transaction, then re-check), the retry closes a new
+    # cycle and the other writer becomes the victim. Each retry must start afresh.
+    assert min(runs.values()) >= 1 and max(runs.values()) >= 2
     report = verify_store(engines, keystore)
     assert report.ok, report.first_problem
     with engines.read.connect() as conn:
@@ -175,9 +179,9 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
     assert sorted(r["node"] for r in records) == ["na", "nb"]
     assert all(r["outcome"] == "GRANTED" and r["details"] == {"runs": 1} for r in records)
     keys = {r["node"]: r["key"] for r in records}
-    victim = next(n for n, count in runs.items() if count == 2)
-    survivor = "a" if victim == "b" else "b"
-    assert keys == {f"n{victim}": None, f"n{survivor}": f"{survivor}-first-attempt"}
+    # The key set by a first attempt survives only where that attempt committed.
+    assert keys == {f"n{name}": f"{name}-first-attempt" if count == 1 else None
+                    for name, count in runs.items()}
 
 
 def test_node_whose_records_were_all_archived_continues_from_its_checkpoint(
