@@ -53,8 +53,7 @@ def test_each_class_takes_its_path(forged: dict[str, Any], cls: str, error: type
         lookups.append(kid)
         return (APP, forged["key"]) if kid == forged["kid"] else None
 
-    verifier = RequestVerifier(service_id=SERVICE, lookup_key=lookup, jwe_private_jwk=None,
-                               jwe_kid=None)
+    verifier = RequestVerifier(service_id=SERVICE, lookup_key=lookup)
     tokens = forged["tokens"][cls]
     assert tokens
     for token in tokens:

@@ -71,6 +71,17 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )
         self.ready = Gauge("sceau_ready", "1 when the service is ready", registry=self.registry)
+        # SECURITY-CASES 49: every private-key operation done for an inbound JWE, counted
+        # just before it runs, and every JWE refused by the per-address budget instead.
+        self.jwe_private_key_ops = Counter(
+            "sceau_jwe_private_key_ops", "Private-key operations on inbound JWE, by alg",
+            ["alg"], registry=self.registry,
+        )
+        self.jwe_budget_refusals = Counter(
+            "sceau_jwe_budget_refusals",
+            "Inbound JWE refused by the per-address budget before any private-key operation",
+            registry=self.registry,
+        )
 
     def observe_batch(self, jobs: int, seconds: float) -> None:
         self.audit_write.observe(seconds)
