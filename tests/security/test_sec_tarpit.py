@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -56,3 +57,36 @@ def test_flooding_address_is_answered_slowly_and_valid_calls_are_not(tmp_path: P
             assert c.decrypt(envelope) == b"still served"
     finally:
         server.stop()
+
+
+def test_jwe_over_its_budget_is_tarpitted_too(tmp_path: Path) -> None:
+    """A 429 from the JWE budget is a refusal before any authorization: once the address
+    is past its refusal budget too, it is answered late like the other refusals."""
+    from sceau.core.b64 import b64u_decode, b64u_encode
+    from sceau.jose.client import sign_request, wrap_for_service
+
+    server = make_server(tmp_path, env={"SCEAU_REFUSALS_PER_IP_PER_S": "2",  # bursts of 20
+                                        "SCEAU_JWE_PER_IP_PER_S": "1"})  # bursts of 10
+    try:
+        app = server.register_app()
+        with httpx.Client(verify=server.cert, timeout=30) as http:
+            enc = next(k for k in http.get(f"{server.url}/.well-known/jwks.json").json()["keys"]
+                       if k.get("alg") == "ECDH-ES+A256KW")
+            answers = []
+            for _ in range(30):
+                jws = sign_request(app.identity, sub="alice@example.com", aud=server.url,
+                                   op="encrypt", params={}, now=int(time.time()))
+                parts = wrap_for_service(jws, enc).split(".")
+                parts[1] = b64u_encode(os.urandom(len(b64u_decode(parts[1]))))
+                started = time.monotonic()
+                r = http.post(f"{server.url}/v1/encrypt", content=".".join(parts),
+                              headers={"Content-Type": "application/jose"})
+                answers.append((r.status_code, time.monotonic() - started))
+                if r.status_code == 429 and answers[-1][1] >= 0.9:
+                    break
+    finally:
+        server.stop()
+    statuses = [status for status, _ in answers]
+    assert statuses[:10] == [401] * 10  # the JWE budget's burst, answered at once
+    status, waited = answers[-1]
+    assert status == 429 and waited >= 0.9  # a budget refusal, answered after the delay
