@@ -259,6 +259,19 @@ class SceauTarget:
                 out[name] = float(value)
         return out
 
+    def jwe_stats(self) -> dict[str, float]:
+        """Inbound-JWE counters from /metrics: private-key operations (all algs) and the
+        requests the per-address budget refused before any (SECURITY-CASES 49)."""
+        text = httpx.get(f"{self.url}/metrics", verify=self.cafile, timeout=10).text
+        out = {"private_key_ops": 0.0, "budget_refusals": 0.0}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("sceau_jwe_private_key_ops_total{"):
+                out["private_key_ops"] += float(value)
+            elif name == "sceau_jwe_budget_refusals_total":
+                out["budget_refusals"] = float(value)
+        return out
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
@@ -468,6 +481,19 @@ class OpenBaoTarget:
             "db": None,
             "bodies": self.pools[workload.name],
         }
+
+    def jwe_stats(self) -> dict[str, float]:
+        """Inbound-JWE counters from /metrics: private-key operations (all algs) and the
+        requests the per-address budget refused before any (SECURITY-CASES 49)."""
+        text = httpx.get(f"{self.url}/metrics", verify=self.cafile, timeout=10).text
+        out = {"private_key_ops": 0.0, "budget_refusals": 0.0}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("sceau_jwe_private_key_ops_total{"):
+                out["private_key_ops"] += float(value)
+            elif name == "sceau_jwe_budget_refusals_total":
+                out["budget_refusals"] = float(value)
+        return out
 
     def stop(self) -> None:
         stop_process(self.proc)
