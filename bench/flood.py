@@ -420,8 +420,14 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                              else all(m <= SLOWDOWN_LIMIT for m in marks if m is not None)),
             "refused_per_s": jwe_flood["refused_per_s"], "statuses": jwe_flood["statuses"],
             "accepted": jwe_flood["accepted"], "valid_errors": jwe_valid["errors"],
-            "private_key_ops_per_s": _div(ops.get("private_key_ops"), seconds),
-            "budget_refusals_per_s": _div(ops.get("budget_refusals"), seconds),
+            # In this flood a 401 is a private-key operation that failed and a 429 a
+            # refusal by the budget before one: their rates, over the flood's window.
+            "private_key_ops_per_s": _div(jwe_flood["statuses"].get("401", 0), seconds),
+            "budget_refusals_per_s": _div(jwe_flood["statuses"].get("429", 0), seconds),
+            # The same split from the server's own counters (/metrics), over the phase.
+            "private_key_op_share": _div(ops.get("private_key_ops"),
+                                         (ops.get("private_key_ops") or 0.0)
+                                         + (ops.get("budget_refusals") or 0.0)),
         }
     only = phases.get("flood_only", {}).get("flood")
     if only is not None:

@@ -348,7 +348,8 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
             f"({_statuses(j_only.get('statuses'))}), of which "
             f"{_num(j_only.get('private_key_ops_per_s'))}/s reached a private-key operation "
             f"and {_num(j_only.get('budget_refusals_per_s'))}/s were refused by the budget "
-            f"before one; accepted: {j_only.get('accepted', 0)}.")
+            f"before one (server counters: {_pct(j_only.get('private_key_op_share'))} reached "
+            f"one); accepted: {j_only.get('accepted', 0)}.")
     if s.get("cpu_ms_per_refusal") is not None:
         lines.append(f"- Server CPU per refused request, flood alone (mix): "
                      f"**{_num(s['cpu_ms_per_refusal'], 3)} ms** at "

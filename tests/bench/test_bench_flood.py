@@ -251,8 +251,9 @@ def test_summarize_jwe_only_verdict() -> None:
     assert j["throughput_slowdown"] == pytest.approx(350 / 300)
     assert j["p99_slowdown"] == pytest.approx(1.5)
     assert j["within_limit"] is True and j["connections"] == 512
-    assert j["private_key_ops_per_s"] == pytest.approx(20.0)
-    assert j["budget_refusals_per_s"] == pytest.approx(580.0)
+    assert j["private_key_ops_per_s"] == pytest.approx(20.0)  # the 401s
+    assert j["budget_refusals_per_s"] == pytest.approx(580.0)  # the 429s
+    assert j["private_key_op_share"] == pytest.approx(200 / 6000)
     phases["flooded_jwe"]["valid"] = _valid(100, 20.0, 45.0)
     assert flood.summarize(phases)["jwe_only"]["within_limit"] is False
     md = report.flood_section({
@@ -262,6 +263,7 @@ def test_summarize_jwe_only_verdict() -> None:
     assert "| valid + JWE-only flood | 100 |" in md
     assert "**JWE with random keys only** (SECURITY-CASES 49; 512 connections" in md
     assert "of which 20/s reached a private-key operation and 580/s were refused" in md
+    assert "(server counters: 3 % reached one)" in md
 
 
 def test_summarize_without_a_flooded_phase_decides_nothing() -> None:

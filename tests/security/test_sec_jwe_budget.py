@@ -196,6 +196,41 @@ def test_bound_callers_never_spend_the_budget(budget_server: Server,
     assert statuses == [401] * BURST
 
 
+def test_jwe_the_guard_refuses_spends_no_budget(budget_server: Server,
+                                               budget_app: TestApp) -> None:
+    """Refused by the header checks (SECURITY-CASES 12): no private-key operation, so the
+    unit taken on arrival comes back, however many there are."""
+    keys = service_enc_keys(budget_server)
+    sender = From(budget_server, "127.0.0.51")
+    before = metrics(budget_server)
+    try:
+        statuses = set()
+        for _ in range(3 * BURST):
+            parts = random_key_jwe(budget_server, budget_app, keys[RSA]).split(".")
+            parts[0] = b64u_encode(b'{"alg":"RSA1_5","enc":"A256GCM","cty":"JWT","kid":"%s"}'
+                                   % keys[RSA]["kid"].encode())
+            response = sender.post(".".join(parts))
+            statuses.add((response.status_code, response.json()["detail"]))
+        assert statuses == {(401, JWE_REFUSED)}
+        assert ops(metrics(budget_server)) == ops(before)
+        # The whole burst is still there for JWEs that do reach the private key.
+        assert sender.post(random_key_jwe(budget_server, budget_app,
+                                          keys[ECDH])).status_code == 401
+    finally:
+        sender.close()
+
+
+def test_an_exhausted_address_gets_429_before_any_parsing(budget_server: Server,
+                                                          budget_app: TestApp) -> None:
+    sender = From(budget_server, "127.0.0.61")
+    try:
+        _exhaust(budget_server, budget_app, sender)
+        response = sender.post("a.b.c.d.e")  # not even base64url JSON: not looked at
+        assert response.status_code == 429 and response.json()["code"] == "rate_limited"
+    finally:
+        sender.close()
+
+
 # --- the budget itself, on a fake clock --------------------------------------------------------
 
 

@@ -23,12 +23,29 @@ class FakeClock:
 
 def test_budget_then_delay_then_refill() -> None:
     clock = FakeClock()
-    tarpit = RefusalTarpit(2, delay=1.0, clock=clock)
+    tarpit = RefusalTarpit(2, delay=1.0, jitter=0.0, clock=clock)
     assert [tarpit.penalty("10.0.0.1") for _ in range(20)] == [0.0] * 20  # burst = 10 x rate
     assert tarpit.penalty("10.0.0.1") == 1.0
     assert tarpit.penalty("10.0.0.2") == 0.0  # per address
     clock.now += 1.0  # two refusals' worth of budget comes back each second
     assert [tarpit.penalty("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 1.0]
+
+
+def test_delay_is_spread_by_the_jitter() -> None:
+    draws = iter([0.0, 0.5, 0.999])
+    tarpit = RefusalTarpit(1, delay=1.0, jitter=1.0, clock=FakeClock(),
+                           rand=lambda: next(draws))
+    for _ in range(10):
+        assert tarpit.penalty("10.0.0.1") == 0.0
+    assert [tarpit.penalty("10.0.0.1") for _ in range(3)] == [1.0, 1.5, 1.999]
+
+
+def test_ipv6_addresses_share_their_64_budget() -> None:
+    tarpit = RefusalTarpit(1, jitter=0.0, clock=FakeClock())
+    for i in range(10):  # a different address each time, all in one /64
+        assert tarpit.penalty(f"2001:db8::{i + 1:x}") == 0.0
+    assert tarpit.penalty("2001:db8::ffff") == 1.0
+    assert tarpit.penalty("2001:db8:0:1::1") == 0.0  # the next /64 is another site
 
 
 @pytest.mark.parametrize("rate", [0, -1])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -129,17 +130,24 @@ class RefusalTarpit:
     answer per call, and each refusal that names an application also an audit record; a
     closed-loop attacker always has the next one ready. Past a per-address budget of
     refusals (a token bucket: ``rate`` per second, bursts of ``10 × rate``), each further
-    refusal is answered after ``delay`` seconds of idle waiting: the answer and its code are
-    unchanged, nothing else is slowed, and the attacker's connections spend their time
-    waiting instead of being served. Valid calls are never delayed.
+    refusal is answered after ``delay`` seconds of idle waiting, plus up to ``jitter``
+    seconds drawn at random: the answer and its code are unchanged, nothing else is slowed,
+    and the attacker's connections spend their time waiting instead of being served. Valid
+    calls are never delayed. The jitter spreads the answers out: with one fixed delay, the
+    hundreds of connections of a flood come back together, once a second, and each such
+    wave of refusals holds the core for tens of milliseconds at a stretch (the valid
+    callers' p99 sees it).
     """
 
-    def __init__(self, rate: float, *, delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, *, delay: float = 1.0, jitter: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
         self.rate = rate
         self.burst = 10 * rate
         self.delay = delay
+        self.jitter = jitter
         self._clock = clock
+        self._rand = rand
         self._buckets: dict[str, tuple[float, float]] = {}
 
     @classmethod
@@ -160,7 +168,7 @@ class RefusalTarpit:
             self._buckets[ip] = (tokens - 1.0, now)
             return 0.0
         self._buckets[ip] = (tokens, now)
-        return self.delay
+        return self.delay + self.jitter * self._rand()
 
 
 def address_key(ip: str | None) -> str | None:

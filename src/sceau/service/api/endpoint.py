@@ -8,11 +8,12 @@ application), rate limit, the writer job (application checks, params, handler, a
 one commit), then the signed (and, when needed, encrypted) response.
 
 A JWE request costs a private-key operation before its inner JWS can name the caller
-(SECURITY-CASES 49). So the token is first screened by the cheap checks alone; a JWE then
-takes one unit of its address's :class:`~sceau.service.limits.JweBudget` (429 when there is
-none left, and the tarpit applies), and is decrypted and verified on a one-thread executor
-of its own, off the event loop: other connections are served meanwhile, and JWE work,
-wanted or not, can hold at most that one thread.
+(SECURITY-CASES 49). So a JWE first takes one unit of its address's
+:class:`~sceau.service.limits.JweBudget` (429 when there is none left, and the tarpit
+applies), before it is even parsed; then the cheap checks; then it is decrypted and verified
+on a one-thread executor of its own, off the event loop: other connections are served
+meanwhile, and JWE work, wanted or not, can hold at most that one thread. The unit comes
+back unless a private-key operation ran for a caller that stayed unknown.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sceau.errors import (
     PayloadTooLarge,
     SceauError,
 )
+from sceau.jose.guard import looks_like_jwe
 from sceau.jose.request import TokenRefused, VerifiedRequest
 from sceau.jose.response import encrypt_to
 from sceau.keystore.base import KeyPurpose
@@ -180,30 +182,36 @@ class ApiEndpoint:
         """Verify the token; a JWE only within its address's budget, and off the loop."""
         verifier = self.rt.verifier
         now = int(time.time())
-        screened = verifier.screen(body)
-        if screened.private_key_alg is None:
+        if not looks_like_jwe(body):
             # A bare JWS: an ES256/EdDSA/RSA verification of 0.05-0.15 ms, done here (a
             # thread hop would cost a fifth of it again; docs/performance.md).
-            return verifier.finish(screened, op=op.value, now=now)
+            return verifier.verify(body, op=op.value, now=now)
+        # Charged before anything else is done with the JWE (so before its private-key
+        # operation): an address over its budget costs not even the parse.
         try:
-            self.jwe_budget.take(ip)  # before the private-key operation, never after
+            self.jwe_budget.take(ip)
         except JweBudgetExhausted as exc:
             self.metrics.jwe_budget_refusals.inc()
             raise TokenRefused(exc, None) from None
-        finish = functools.partial(verifier.finish, screened, op=op.value, now=now,
-                                   before_private_key_op=self._count_private_key_op)
+        operations: list[str] = []
+
+        def before_private_key_op(alg: str) -> None:
+            operations.append(alg)
+            self.metrics.jwe_private_key_ops.labels(alg).inc()
+
         try:
+            screened = verifier.screen(body)
+            finish = functools.partial(verifier.finish, screened, op=op.value, now=now,
+                                       before_private_key_op=before_private_key_op)
             verified = await asyncio.get_running_loop().run_in_executor(
                 self._jwe_executor, finish)
         except TokenRefused as refused:
-            if refused.bound:
+            # Spent only by a private-key operation done for a caller still unknown.
+            if refused.bound or not operations:
                 self.jwe_budget.refund(ip)
             raise
         self.jwe_budget.refund(ip)
         return verified
-
-    def _count_private_key_op(self, alg: str) -> None:
-        self.metrics.jwe_private_key_ops.labels(alg).inc()
 
     async def _submit(self, job: Job) -> JobOutcome:
         outcome: JobOutcome = await self.rt.writer.submit_async(job)
