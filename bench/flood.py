@@ -30,8 +30,9 @@ runs; valid callers alone again (the two "alone" runs bracket the flooded one, s
 in the machine's background load shows); the flood alone (the server CPU per refused
 request); valid callers under a garbage-only flood (diagnostic: is the structural guard
 alone cheap enough?); valid callers under a JWE-only flood on :data:`JWE_FLOOD_CONNECTIONS`
-connections (the verdict of SECURITY-CASES 49: with that many connections the refusal
-tarpit alone would still let one private-key operation per connection and second through);
+connections (the verdict of SECURITY-CASES 49: many connections, because the refusal tarpit
+answers late only after the work is done, so the number of requests in flight is what the
+per-address JWE budget has to bound);
 then each class alone for half that time, plus the diagnostic class
 ``audited-garbage`` (guard-refused junk that names the registered ``kid``: audited, but no
 signature work), which separates the cost of the audit write from the cost of the ES256

@@ -123,32 +123,45 @@ class RateLimiter:
             del self._buckets[app]
 
 
+#: Most addresses the tarpit tracks before it forgets those that are back within budget.
+_TARPIT_MAX_ADDRESSES = 100_000
+
+
 class RefusalTarpit:
     """Slows down whoever keeps sending calls that are refused before any authorization.
 
     A flood of invalid tokens costs the single-core server TLS, parsing and a problem
     answer per call, and each refusal that names an application also an audit record; a
-    closed-loop attacker always has the next one ready. Past a per-address budget of
-    refusals (a token bucket: ``rate`` per second, bursts of ``10 × rate``), each further
-    refusal is answered after ``delay`` seconds of idle waiting, plus up to ``jitter``
-    seconds drawn at random: the answer and its code are unchanged, nothing else is slowed,
+    closed-loop attacker always has the next one ready. Each address has a budget of
+    refusals: ``rate`` per second, bursts of ``10 × rate``. Past it, the address's
+    refusals are answered no faster than ``rate`` per second *in all*, whatever the number
+    of its connections: each is held back until its turn (a generic cell rate algorithm:
+    the n-th refusal beyond the burst is due ``n / rate`` seconds on), at most
+    ``max_delay`` seconds. The answer and its code are unchanged, nothing else is slowed,
     and the attacker's connections spend their time waiting instead of being served. Valid
-    calls are never delayed. The jitter spreads the answers out: with one fixed delay, the
-    hundreds of connections of a flood come back together, once a second, and each such
-    wave of refusals holds the core for tens of milliseconds at a stretch (the valid
-    callers' p99 sees it).
+    calls are never delayed.
+
+    Per address rather than per request, because a delay per request would let the rate
+    grow with the connections: 512 connections each waiting one second are still 512
+    refusals a second. The cap keeps each answer within the request timeout; an address
+    with so many connections that its turn is further than ``max_delay`` away has its
+    answers spread at random over the cap's second half, so that those connections do not
+    all come back at once (a wave of hundreds of refusals holds the core for tens of
+    milliseconds, which valid callers' p99 would see). Its rate is then at most
+    connections / (``max_delay`` / 2).
     """
 
-    def __init__(self, rate: float, *, delay: float = 1.0, jitter: float = 1.0,
+    def __init__(self, rate: float, *, max_delay: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random) -> None:
         self.rate = rate
         self.burst = 10 * rate
-        self.delay = delay
-        self.jitter = jitter
+        self.max_delay = max_delay
         self._clock = clock
         self._rand = rand
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # Per address, when its budget would be whole again ("theoretical arrival time").
+        self._due: dict[str, float] = {}
+        self._swept = -math.inf
 
     @classmethod
     def from_config(cls, config: Config) -> RefusalTarpit:
@@ -160,15 +173,27 @@ class RefusalTarpit:
         if self.rate <= 0 or ip is None:
             return 0.0
         now = self._clock()
-        tokens, last = self._buckets.get(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()  # bounded memory under a spread-out flood
-        if tokens >= 1.0:
-            self._buckets[ip] = (tokens - 1.0, now)
+        if len(self._due) >= _TARPIT_MAX_ADDRESSES:
+            self._forget_recovered(now)
+        tolerance = self.burst / self.rate  # the burst, in seconds of budget
+        due = max(self._due.get(ip, now), now) + 1.0 / self.rate
+        delay = due - now - tolerance
+        if delay <= 0:
+            self._due[ip] = due
             return 0.0
-        self._buckets[ip] = (tokens, now)
-        return self.delay + self.jitter * self._rand()
+        if delay > self.max_delay:
+            due = now + tolerance + self.max_delay
+            delay = self.max_delay * (1.0 - 0.5 * self._rand())
+        self._due[ip] = due
+        return delay
+
+    def _forget_recovered(self, now: float) -> None:
+        if now - self._swept >= 1.0:
+            self._swept = now
+            for ip in [ip for ip, due in self._due.items() if due <= now]:
+                del self._due[ip]
+        if len(self._due) >= _TARPIT_MAX_ADDRESSES:
+            self._due.clear()  # bounded memory under a flood spread over many addresses
 
 
 def address_key(ip: str | None) -> str | None:
