@@ -18,13 +18,22 @@ pinned to CPU 0; two generator processes run on CPU 1:
   ``oversized``      a request head declaring a body over ``limits.max_body_bytes``: 413
                      before any byte of body is read. The server then waits for a body that
                      never comes, so the flood closes that connection and opens a new one
-                     (one TLS handshake per refusal, as a real attacker would cause).
+                     (one TLS handshake per refusal, as a real attacker would cause);
+  ``jwe-rsa``        a well-formed compact JWE to the service's RSA key whose encrypted key
+                     is random bytes: nothing but the RSA-OAEP private-key operation can
+                     refuse it (SECURITY-CASES 49), so the per-address JWE budget decides
+                     whether that operation runs (401) or not (429);
+  ``jwe-ec``         the same to the service's EC key (ECDH-ES+A256KW).
 
 Phases, each ``BENCH_SECONDS`` long: valid callers alone; valid callers while the flood
 runs; valid callers alone again (the two "alone" runs bracket the flooded one, so a drift
 in the machine's background load shows); the flood alone (the server CPU per refused
 request); valid callers under a garbage-only flood (diagnostic: is the structural guard
-alone cheap enough?); then each class alone for half that time, plus the diagnostic class
+alone cheap enough?); valid callers under a JWE-only flood on :data:`JWE_FLOOD_CONNECTIONS`
+connections (the verdict of SECURITY-CASES 49: many connections, because the refusal tarpit
+answers late only after the work is done, so the number of requests in flight is what the
+per-address JWE budget has to bound);
+then each class alone for half that time, plus the diagnostic class
 ``audited-garbage`` (guard-refused junk that names the registered ``kid``: audited, but no
 signature work), which separates the cost of the audit write from the cost of the ES256
 verification.
@@ -57,10 +66,13 @@ from typing import Any
 from bench.loadgen import Connection, HttpError, build_request, percentile
 from bench.procstat import cpu_line, cpu_seconds, loadavg
 
-MIX = ("garbage", "bad-signature", "unknown-kid", "oversized")
+MIX = ("garbage", "bad-signature", "unknown-kid", "oversized", "jwe-rsa", "jwe-ec")
+JWE_MIX = ("jwe-rsa", "jwe-ec")
 #: Measured alone only: it tells the audit write apart from the signature verification.
 DIAGNOSTIC = ("audited-garbage",)
 FLOOD_CONNECTIONS = 32
+#: The JWE-only flood: half the server's default connection cap (server.max_connections).
+JWE_FLOOD_CONNECTIONS = 512
 VALID_CONCURRENCY = 8
 SLOWDOWN_LIMIT = 2.0
 #: Declared by ``oversized`` requests: over the default 16 MiB + 64 KiB body limit.
@@ -132,6 +144,38 @@ def forged_tokens(sceau: Mapping[str, Any], *, now: int, count: int = 16) -> dic
                              "jku": "https://attacker.invalid/jwks"})
         _h, payload, signature = out["bad-signature"][-1].split(".")
         out["audited-garbage"].append(f"{header}.{payload}.{signature}")
+    return out
+
+
+def random_key_jwes(sceau: Mapping[str, Any], *, now: int, count: int = 16
+                    ) -> dict[str, list[str]]:
+    """``jwe-rsa`` and ``jwe-ec`` tokens: well-formed JWEs with random encrypted keys.
+
+    Each wraps a real signed ``encrypt`` request (1 KiB) to one of the service keys
+    published in ``sceau["service_jwks"]``, then replaces the encrypted key with random
+    bytes of the same length. Header, IV, ciphertext and tag are those of a real JWE, so
+    every structural check passes and only the private-key operation can refuse it. A class
+    whose key the service does not publish (a server from before the EC key) is left out.
+    """
+    from sceau.core.b64 import b64u_decode
+    from sceau.jose.client import ClientIdentity, sign_request, wrap_for_service
+
+    ident = sceau["identity"]
+    identity = ClientIdentity(app_id=ident["app_id"], kid=ident["kid"], alg=ident["alg"],
+                              private_jwk=ident["private_jwk"], enc_private_jwk=None)
+    enc = {k["alg"]: k for k in sceau["service_jwks"]["keys"] if k.get("use") == "enc"}
+    params = {"plaintext": _b64u(secrets.token_bytes(1024))}
+    out: dict[str, list[str]] = {}
+    for cls, alg in (("jwe-rsa", "RSA-OAEP-256"), ("jwe-ec", "ECDH-ES+A256KW")):
+        if alg not in enc:
+            continue
+        out[cls] = []
+        for _ in range(count):
+            jws = sign_request(identity, sub=sceau["user"], aud=sceau["service_id"],
+                               op="encrypt", params=params, now=now, lifetime=300)
+            parts = wrap_for_service(jws, enc[alg]).split(".")
+            parts[1] = _b64u(secrets.token_bytes(len(b64u_decode(parts[1]))))
+            out[cls].append(".".join(parts))
     return out
 
 
@@ -361,6 +405,31 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             "p99_slowdown": _div(garbage["lat_ms"]["p99"], out["p99_alone"]),
             "refused_per_s": phases["flooded_garbage"]["flood"]["refused_per_s"],
         }
+    jwe_phase = phases.get("flooded_jwe", {})
+    jwe_valid = jwe_phase.get("valid")
+    if jwe_valid is not None:
+        jwe_flood = jwe_phase["flood"]
+        seconds = jwe_flood["duration_s"]
+        ops = jwe_phase.get("jwe", {})
+        marks = [_div(out["rps_alone"], jwe_valid["rps"]),
+                 _div(jwe_valid["lat_ms"]["p99"], out["p99_alone"])]
+        out["jwe_only"] = {
+            "connections": jwe_flood["connections"],
+            "rps": jwe_valid["rps"], "p99": jwe_valid["lat_ms"]["p99"],
+            "throughput_slowdown": marks[0], "p99_slowdown": marks[1],
+            "within_limit": (None if None in marks
+                             else all(m <= SLOWDOWN_LIMIT for m in marks if m is not None)),
+            "refused_per_s": jwe_flood["refused_per_s"], "statuses": jwe_flood["statuses"],
+            "accepted": jwe_flood["accepted"], "valid_errors": jwe_valid["errors"],
+            # In this flood a 401 is a private-key operation that failed and a 429 a
+            # refusal by the budget before one: their rates, over the flood's window.
+            "private_key_ops_per_s": _div(jwe_flood["statuses"].get("401", 0), seconds),
+            "budget_refusals_per_s": _div(jwe_flood["statuses"].get("429", 0), seconds),
+            # The same split from the server's own counters (/metrics), over the phase.
+            "private_key_op_share": _div(ops.get("private_key_ops"),
+                                         (ops.get("private_key_ops") or 0.0)
+                                         + (ops.get("budget_refusals") or 0.0)),
+        }
     only = phases.get("flood_only", {}).get("flood")
     if only is not None:
         out["cpu_ms_per_refusal"] = only["server_cpu_ms_per_refusal"]
@@ -373,6 +442,8 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             "server_cpu_frac": ph["flood"]["server_cpu_frac"],
             "audit_jobs_per_refusal": _div(ph.get("writer", {}).get("jobs"),
                                            ph["flood"]["refused"]),
+            "private_key_ops_per_refusal": _div(ph.get("jwe", {}).get("private_key_ops"),
+                                                ph["flood"]["refused"]),
             "lat_ms": ph["flood"]["by_class"][cls]["lat_ms"],
             "cpu0_others_frac": ph["flood"]["cpu0_others_frac"],
             "generator_cpu_frac": ph["flood"]["generator_cpu_frac"],
@@ -400,7 +471,7 @@ def summarize(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _flood_phases(phases: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    out = [phases[k] for k in ("flooded", "flood_only", "flooded_garbage")
+    out = [phases[k] for k in ("flooded", "flood_only", "flooded_garbage", "flooded_jwe")
            if "flood" in phases.get(k, {})]
     return out + list(phases.get("classes", {}).values())
 
@@ -463,6 +534,10 @@ class FloodProcess:
         return result
 
 
+def _delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: after.get(name, 0.0) - value for name, value in before.items()}
+
+
 def _writer_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """Audit jobs and commits of the group-commit writer between two /metrics readings."""
     def delta(name: str) -> float:
@@ -487,12 +562,17 @@ def run_flood(target: Any, settings: Any, workdir: Path) -> dict[str, Any]:
     valid_spec.update(workload="encrypt", concurrency=VALID_CONCURRENCY)
     tokens = forged_tokens(target.spec_base["sceau"], now=int(time.time()))
     tokens["garbage"] = garbage_tokens()
+    tokens.update(random_key_jwes(target.spec_base["sceau"], now=int(time.time())))
     base = {"host": valid_spec["host"], "port": valid_spec["port"],
             "cafile": valid_spec["cafile"], "path": "/v1/encrypt",
             "server_pid": valid_spec["server_pid"], "connections": FLOOD_CONNECTIONS,
             "tokens": tokens, "max_seconds": settings.seconds * 6 + 120}
     phases: dict[str, Any] = {}
     notes: list[str] = []
+    mix = [cls for cls in MIX if cls in tokens or cls == "oversized"]
+    jwe_mix = [cls for cls in JWE_MIX if cls in tokens]
+    notes += [f"class {cls} left out: the server publishes no key for it"
+              for cls in JWE_MIX if cls not in tokens]
 
     def too_late(what: str) -> bool:
         if time.monotonic() > settings.deadline:
@@ -501,16 +581,19 @@ def run_flood(target: Any, settings: Any, workdir: Path) -> dict[str, Any]:
             return True
         return False
 
-    def valid(label: str, flood_mix: Sequence[str] | None = None) -> dict[str, Any]:
-        before = target.writer_stats()
-        worker = (FloodProcess({**base, "mix": list(flood_mix)}, workdir, label)
+    def valid(label: str, flood_mix: Sequence[str] | None = None,
+              connections: int = FLOOD_CONNECTIONS) -> dict[str, Any]:
+        before, jwe_before = target.writer_stats(), target.jwe_stats()
+        worker = (FloodProcess({**base, "mix": list(flood_mix), "connections": connections},
+                               workdir, label)
                   if flood_mix else None)
         try:
             result = run_generator({**valid_spec, "label": label}, workdir, settings)
         finally:
             flood_result = worker.stop() if worker is not None else None
         phase: dict[str, Any] = {"valid": result,
-                                 "writer": _writer_delta(before, target.writer_stats())}
+                                 "writer": _writer_delta(before, target.writer_stats()),
+                                 "jwe": _delta(jwe_before, target.jwe_stats())}
         line = (f"flood {label:>13}: valid {result['rps']:6.0f} req/s p50 "
                 f"{result['lat_ms']['p50']:7.2f} ms p99 {result['lat_ms']['p99']:7.2f} ms")
         if flood_result is not None:
@@ -520,29 +603,33 @@ def run_flood(target: Any, settings: Any, workdir: Path) -> dict[str, Any]:
         return phase
 
     def flood_only(label: str, mix: Sequence[str], seconds: float) -> dict[str, Any]:
-        before = target.writer_stats()
+        before, jwe_before = target.writer_stats(), target.jwe_stats()
         worker = FloodProcess({**base, "mix": list(mix)}, workdir, label)
         time.sleep(seconds)
         result = worker.stop()
         say(f"flood {label:>15}: {result['refused_per_s']:6.0f} refused/s "
             f"{result['server_cpu_ms_per_refusal']:.3f} ms server CPU each "
             f"statuses {result['statuses']}")
-        return {"flood": result, "writer": _writer_delta(before, target.writer_stats())}
+        return {"flood": result, "writer": _writer_delta(before, target.writer_stats()),
+                "jwe": _delta(jwe_before, target.jwe_stats())}
 
     if not too_late("valid callers alone"):
         phases["alone_before"] = valid("alone-before")
     if not too_late("valid callers under the flood"):
-        phases["flooded"] = valid("flooded", MIX)
+        phases["flooded"] = valid("flooded", mix)
     if not too_late("valid callers alone, after"):
         phases["alone_after"] = valid("alone-after")
     if not too_late("flood alone"):
-        phases["flood_only"] = flood_only("only", MIX, settings.seconds)
+        phases["flood_only"] = flood_only("only", mix, settings.seconds)
     # Diagnostic: would the structural guard alone keep valid callers within the limit?
     if not too_late("valid callers under a garbage-only flood"):
         phases["flooded_garbage"] = valid("garbage-flooded", ("garbage",))
+    # SECURITY-CASES 49: well-formed JWEs with random keys, on many connections.
+    if jwe_mix and not too_late("valid callers under a JWE-only flood"):
+        phases["flooded_jwe"] = valid("jwe-flooded", jwe_mix, JWE_FLOOD_CONNECTIONS)
     class_seconds = max(1.0, settings.seconds / 2)
     phases["classes"] = {}
-    for cls in (*MIX, *DIAGNOSTIC):
+    for cls in (*mix, *DIAGNOSTIC):
         if not too_late(f"class {cls} alone"):
             phases["classes"][cls] = flood_only(cls, [cls], class_seconds)
     return {
@@ -550,7 +637,9 @@ def run_flood(target: Any, settings: Any, workdir: Path) -> dict[str, Any]:
         "valid_workload": "encrypt 1 KiB",
         "valid_concurrency": VALID_CONCURRENCY,
         "flood_connections": FLOOD_CONNECTIONS,
-        "mix": list(MIX),
+        "jwe_flood_connections": JWE_FLOOD_CONNECTIONS,
+        "jwe_per_ip_per_s": os.environ.get("SCEAU_JWE_PER_IP_PER_S", "default"),
+        "mix": mix,
         "seconds": settings.seconds,
         "class_seconds": class_seconds,
         "oversized_declared_bytes": OVERSIZED_BYTES,

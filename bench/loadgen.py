@@ -168,6 +168,10 @@ class SceauRequests:
             self._identity, sub=s["user"], aud=s["service_id"], op=s["op"], params=params,
             now=int(time.time()), jti=jti, lifetime=300,
         )
+        if s.get("wrap_to"):  # the JWE workloads: nested in a JWE to that service key
+            from sceau.jose.client import wrap_for_service
+
+            token = wrap_for_service(token, s["wrap_to"])
         raw = build_request(self.spec["host"], self.spec["port"], self.spec["path"],
                             self.spec["headers"], token.encode("ascii"))
         return raw, jti

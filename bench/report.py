@@ -245,6 +245,7 @@ _FLOOD_PHASES = (
     ("alone_after", "valid alone (after)"),
     ("flood_only", "flood alone"),
     ("flooded_garbage", "valid + garbage-only flood"),
+    ("flooded_jwe", "valid + JWE-only flood"),
 )
 
 
@@ -292,7 +293,7 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
     """The flood benchmark's part of the report: phases, slowdown, cost per refusal."""
     s = flood["summary"]
     phases = flood["phases"]
-    lines = ["## Invalid-token flood (SECURITY-CASES 43)", ""]
+    lines = ["## Invalid-token flood (SECURITY-CASES 43, 49)", ""]
     if meta is not None:
         lines += [f"Run {meta.get('started')} on {meta.get('cpus')} CPUs "
                   f"({meta.get('cpu_model')}){', quick mode' if meta.get('quick') else ''}.", ""]
@@ -334,6 +335,21 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
         lines.append(f"- Diagnostic, garbage only ({_num(g_only['refused_per_s'])} refused/s): "
                      f"throughput {_x(g_only['throughput_slowdown'])}, p99 "
                      f"{_x(g_only['p99_slowdown'])} of the valid callers alone.")
+    j_only = s.get("jwe_only")
+    if j_only:
+        verdict = {True: "✔ within", False: "✘ over", None: "? not decided:"}[
+            j_only.get("within_limit")]
+        lines.append(
+            f"- **JWE with random keys only** (SECURITY-CASES 49; {j_only['connections']} "
+            f"connections, `limits.jwe_per_ip_per_s` = {flood.get('jwe_per_ip_per_s', '?')}): "
+            f"valid callers' throughput **{_x(j_only['throughput_slowdown'])}**, p99 "
+            f"**{_x(j_only['p99_slowdown'])}**: {verdict} the {FLOOD_SLOWDOWN_LIMIT:.0f}× "
+            f"limit. Flood {_num(j_only['refused_per_s'])} refused/s "
+            f"({_statuses(j_only.get('statuses'))}), of which "
+            f"{_num(j_only.get('private_key_ops_per_s'))}/s reached a private-key operation "
+            f"and {_num(j_only.get('budget_refusals_per_s'))}/s were refused by the budget "
+            f"before one (server counters: {_pct(j_only.get('private_key_op_share'))} reached "
+            f"one); accepted: {j_only.get('accepted', 0)}.")
     if s.get("cpu_ms_per_refusal") is not None:
         lines.append(f"- Server CPU per refused request, flood alone (mix): "
                      f"**{_num(s['cpu_ms_per_refusal'], 3)} ms** at "
@@ -359,8 +375,8 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
             "",
             "| class | refused/s | statuses | server CPU ms/refusal | server core use | "
             "CPU 0 others | audit jobs/refusal | refusal p50 / p99 ms | flood gen CPU | "
-            "CPU 1 others |",
-            "|" + "---|" * 10,
+            "CPU 1 others | private-key ops/refusal |",
+            "|" + "---|" * 11,
         ]
         for cls, row in by_class.items():
             lines.append(
@@ -369,7 +385,8 @@ def flood_section(flood: Mapping[str, Any], meta: Mapping[str, Any] | None = Non
                 f"{_pct(row.get('cpu0_others_frac'))} | "
                 f"{_num(row['audit_jobs_per_refusal'], 2)} | "
                 f"{_num(row['lat_ms']['p50'], 2)} / {_num(row['lat_ms']['p99'], 2)} | "
-                f"{_pct(row.get('generator_cpu_frac'))} | {_pct(row.get('cpu1_others_frac'))} |"
+                f"{_pct(row.get('generator_cpu_frac'))} | {_pct(row.get('cpu1_others_frac'))} | "
+                f"{_num(row.get('private_key_ops_per_refusal'), 2)} |"
             )
     if flood.get("notes"):
         lines += ["", *(f"- {note}" for note in flood["notes"])]

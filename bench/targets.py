@@ -43,6 +43,9 @@ class Workload:
     # drain last tens of seconds and the run overshoot its 10 minutes.
     max_concurrency: int | None = None
     high_only: bool = False  # run only at the highest concurrency (batch decrypt)
+    # Sceau only, opt-in (BENCH_WORKLOADS): the request is wrapped in a JWE to the service
+    # key of this alg, so the run measures the inbound-JWE path (budget, thread, decryption).
+    jwe_alg: str | None = None
 
     def concurrencies(self, wanted: list[int]) -> list[int]:
         """The concurrencies this workload runs at, given the run's list."""
@@ -59,6 +62,8 @@ WORKLOADS = {
         Workload("get-data-key"),
         Workload("batch-encrypt", BATCH_ITEMS, max_concurrency=8),
         Workload("batch-decrypt", BATCH_ITEMS, max_concurrency=8, high_only=True),
+        Workload("encrypt-jwe-ec", jwe_alg="ECDH-ES+A256KW"),
+        Workload("encrypt-jwe-rsa", jwe_alg="RSA-OAEP-256"),
     )
 }
 
@@ -238,16 +243,20 @@ class SceauTarget:
         }
 
     def spec(self, workload: Workload) -> dict[str, Any]:
-        op = {"batch-encrypt": "encrypt", "batch-decrypt": "decrypt"}.get(workload.name,
-                                                                          workload.name)
+        op = {"batch-encrypt": "encrypt", "batch-decrypt": "decrypt", "encrypt-jwe-ec": "encrypt",
+              "encrypt-jwe-rsa": "encrypt"}.get(workload.name, workload.name)
         spec: dict[str, Any] = json.loads(json.dumps(self.spec_base))
         spec["path"] = f"/v1/{op}"
         spec["items_per_request"] = workload.items
         spec["sceau"].update(
             op=op,
-            params_pool=self.pools[workload.name],
-            require_jwe=op in ("generate-data-key", "get-data-key"),
+            params_pool=self.pools[op if workload.jwe_alg else workload.name],
+            require_jwe=op in ("generate-data-key", "get-data-key") or bool(workload.jwe_alg),
         )
+        if workload.jwe_alg:
+            spec["sceau"]["wrap_to"] = next(
+                k for k in spec["sceau"]["service_jwks"]["keys"]
+                if k.get("use") == "enc" and k.get("alg") == workload.jwe_alg)
         return spec
 
     def writer_stats(self) -> dict[str, float]:
@@ -260,6 +269,19 @@ class SceauTarget:
             name, _, value = line.partition(" ")
             if name in wanted:
                 out[name] = float(value)
+        return out
+
+    def jwe_stats(self) -> dict[str, float]:
+        """Inbound-JWE counters from /metrics: private-key operations (all algs) and the
+        requests the per-address budget refused before any (SECURITY-CASES 49)."""
+        text = httpx.get(f"{self.url}/metrics", verify=self.cafile, timeout=10).text
+        out = {"private_key_ops": 0.0, "budget_refusals": 0.0}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("sceau_jwe_private_key_ops_total{"):
+                out["private_key_ops"] += float(value)
+            elif name == "sceau_jwe_budget_refusals_total":
+                out["budget_refusals"] = float(value)
         return out
 
     def stop(self) -> None:

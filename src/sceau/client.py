@@ -230,8 +230,7 @@ class _Core:
             for k in keys
             if k.get("use") == "sig" and (wanted is None or k.get("kid") == wanted)
         }
-        enc = [k for k in keys if k.get("use") == "enc"]
-        self._service_enc = enc[0] if enc else None
+        self._service_enc = _service_enc_key(keys, config)
 
     def _request(
         self, op: Op, params: Mapping[str, Any], user: str | None, jwe: bool | None
@@ -265,6 +264,23 @@ class _Core:
             require_jwe=op in KEY_MATERIAL_OPS,
         )
         return claims["result"]
+
+
+def _service_enc_key(keys: list[Mapping[str, Any]],
+                     config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The service key to encrypt requests to: the one discovery names (``encryption_kid``).
+
+    Without discovery (a profile's copy of the JWKS), or when the JWKS does not hold the
+    named key (fetched a moment apart), an ``ECDH-ES+A256KW`` key is preferred: the service
+    opens it at a quarter of the cost of RSA-OAEP.
+    """
+    enc = [k for k in keys if k.get("use") == "enc"]
+    named = config.get("encryption_kid") if config else None
+    for key in enc:
+        if named is not None and key.get("kid") == named:
+            return key
+    preferred = [k for k in enc if k.get("alg") == "ECDH-ES+A256KW"] or enc
+    return preferred[0] if preferred else None
 
 
 def tls_verify(verify: str | bool) -> ssl.SSLContext | bool:

@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "refusals_per_ip_per_s", int, 20, "SCEAU_REFUSALS_PER_IP_PER_S",
             doc="refused calls (400/401/413) per second per client address before each "
             "further refusal is answered after a delay; 0 = no tarpit"),
+    Setting("limits", "jwe_per_ip_per_s", int, 10, "SCEAU_JWE_PER_IP_PER_S", _positive,
+            doc="JWE private-key operations per second per client address (bursts of 10x) "
+            "that did not turn out to come from a registered application; over it 429"),
     # On by default: a runaway application is held to about half of what one node serves
     # (docs/deploy.md, "Rate limit"), which a normal one never reaches.
     Setting("limits", "rate_limit_per_app", int, DEFAULT_RATE_LIMIT_PER_APP,

@@ -4,12 +4,15 @@ named after, class assignment, window figures, the slowdown summary and its repo
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwcrypto import jwk as jwcrypto_jwk
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -19,21 +22,36 @@ from bench import flood, report  # noqa: E402
 from sceau.errors import InvalidToken, UnknownApplication  # noqa: E402
 from sceau.jose.appkeys import app_key_from_jwk  # noqa: E402
 from sceau.jose.client import generate_app_keys  # noqa: E402
-from sceau.jose.request import RequestVerifier, TokenRefused  # noqa: E402
+from sceau.jose.request import JWE_REFUSED, RequestVerifier, TokenRefused  # noqa: E402
 
 SERVICE = "https://sceau.test:8443"
 APP = "app-1"
+PRIVATE_KEY_OP = {"jwe-rsa": "RSA-OAEP-256", "jwe-ec": "ECDH-ES+A256KW"}
+
+
+def _service_enc_key(key: Any, alg: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    jwk = jwcrypto_jwk.JWK.from_pyca(key)
+    private: dict[str, Any] = jwk.export_private(as_dict=True)
+    public: dict[str, Any] = jwk.export_public(as_dict=True)
+    for part in (private, public):
+        part.update(alg=alg, use="enc", kid=jwk.thumbprint())
+    return private, public
 
 
 @pytest.fixture(scope="module")
 def forged() -> dict[str, Any]:
     priv, pub, enc_priv, _enc_pub = generate_app_keys("ES256")
+    service_keys = [_service_enc_key(rsa.generate_private_key(65537, 2048), "RSA-OAEP-256"),
+                    _service_enc_key(ec.generate_private_key(ec.SECP256R1()), "ECDH-ES+A256KW")]
     sceau = {"identity": {"app_id": APP, "kid": pub["kid"], "alg": "ES256",
                           "private_jwk": priv, "enc_private_jwk": enc_priv},
-             "user": "bench@example.org", "service_id": SERVICE}
+             "user": "bench@example.org", "service_id": SERVICE,
+             "service_jwks": {"keys": [public for _private, public in service_keys]}}
     tokens = flood.forged_tokens(sceau, now=1_800_000_000, count=2)
     tokens["garbage"] = flood.garbage_tokens()
-    return {"tokens": tokens, "kid": pub["kid"], "key": app_key_from_jwk(pub)}
+    tokens.update(flood.random_key_jwes(sceau, now=1_800_000_000, count=2))
+    return {"tokens": tokens, "kid": pub["kid"], "key": app_key_from_jwk(pub),
+            "service_jwks": [private for private, _public in service_keys]}
 
 
 @pytest.mark.parametrize(
@@ -43,6 +61,8 @@ def forged() -> dict[str, Any]:
         ("bad-signature", InvalidToken, APP, True),
         ("unknown-kid", UnknownApplication, None, True),
         ("audited-garbage", InvalidToken, APP, True),
+        ("jwe-rsa", InvalidToken, None, False),
+        ("jwe-ec", InvalidToken, None, False),
     ],
 )
 def test_each_class_takes_its_path(forged: dict[str, Any], cls: str, error: type,
@@ -53,18 +73,26 @@ def test_each_class_takes_its_path(forged: dict[str, Any], cls: str, error: type
         lookups.append(kid)
         return (APP, forged["key"]) if kid == forged["kid"] else None
 
-    verifier = RequestVerifier(service_id=SERVICE, lookup_key=lookup, jwe_private_jwk=None,
-                               jwe_kid=None)
+    verifier = RequestVerifier(service_id=SERVICE, lookup_key=lookup,
+                               jwe_private_jwks=forged["service_jwks"])
     tokens = forged["tokens"][cls]
     assert tokens
     for token in tokens:
         lookups.clear()
+        ops: list[str] = []
         with pytest.raises(TokenRefused) as caught:
-            verifier.verify(token.encode(), op="encrypt", now=1_800_000_000)
+            screened = verifier.screen(token.encode())
+            assert screened.private_key_alg == PRIVATE_KEY_OP.get(cls)
+            verifier.finish(screened, op="encrypt", now=1_800_000_000,
+                            before_private_key_op=ops.append)
         assert isinstance(caught.value.error, error), caught.value.error
         # app_id set = the API writes an audit record for this refusal (SPEC §8).
         assert caught.value.app_id == audited_app
         assert bool(lookups) is looked_up
+        # The JWE classes reach exactly one private-key operation, which refuses them.
+        assert ops == ([PRIVATE_KEY_OP[cls]] if cls in PRIVATE_KEY_OP else [])
+        if cls in PRIVATE_KEY_OP:
+            assert caught.value.error.detail == JWE_REFUSED and not caught.value.bound
 
 
 def test_bad_signature_tokens_name_the_registered_kid_with_a_full_size_signature(
@@ -92,7 +120,7 @@ def test_oversized_head_declares_more_than_the_limit_and_sends_no_body() -> None
 @pytest.mark.parametrize(
     ("mix", "n", "expected"),
     [(("a", "b"), 5, ["a", "b", "a", "b", "a"]), (("a",), 2, ["a", "a"]),
-     (flood.MIX, 32, list(flood.MIX) * 8)],
+     (flood.MIX, 32, (list(flood.MIX) * 6)[:32])],
 )
 def test_assign_classes_round_robin(mix: tuple[str, ...], n: int, expected: list[str]) -> None:
     assert flood.assign_classes(mix, n) == expected
@@ -197,6 +225,47 @@ def test_summarize_garbage_only_diagnostic() -> None:
     assert "By class: garbage 1,000/s (p50 5.0 ms)." in md
 
 
+def test_jwe_tokens_are_well_formed_with_random_keys(forged: dict[str, Any]) -> None:
+    from sceau.core.b64 import b64u_decode
+
+    keys = {k["kid"]: k for k in forged["service_jwks"]}
+    for cls, alg in PRIVATE_KEY_OP.items():
+        seen = set()
+        for token in forged["tokens"][cls]:
+            header = json.loads(b64u_decode(token.split(".")[0].encode()))
+            assert header["alg"] == alg and keys[header["kid"]]["alg"] == alg
+            encrypted_key = b64u_decode(token.split(".")[1].encode())
+            assert len(encrypted_key) == (256 if alg == "RSA-OAEP-256" else 40)
+            seen.add(encrypted_key)
+        assert len(seen) == len(forged["tokens"][cls])  # random, not one replayed key
+
+
+def test_summarize_jwe_only_verdict() -> None:
+    phases = _phases(400, 30.0)
+    flood_part = _flood(600, 0.3, "jwe-ec")
+    flood_part.update(duration_s=10.0, connections=512, statuses={"401": 200, "429": 5800})
+    phases["flooded_jwe"] = {"valid": _valid(300, 20.0, 45.0), "flood": flood_part,
+                             "jwe": {"private_key_ops": 200.0, "budget_refusals": 5800.0}}
+    s = flood.summarize(phases)
+    j = s["jwe_only"]
+    assert j["throughput_slowdown"] == pytest.approx(350 / 300)
+    assert j["p99_slowdown"] == pytest.approx(1.5)
+    assert j["within_limit"] is True and j["connections"] == 512
+    assert j["private_key_ops_per_s"] == pytest.approx(20.0)  # the 401s
+    assert j["budget_refusals_per_s"] == pytest.approx(580.0)  # the 429s
+    assert j["private_key_op_share"] == pytest.approx(200 / 6000)
+    phases["flooded_jwe"]["valid"] = _valid(100, 20.0, 45.0)
+    assert flood.summarize(phases)["jwe_only"]["within_limit"] is False
+    md = report.flood_section({
+        "server": "s", "valid_workload": "w", "valid_concurrency": 8, "flood_connections": 32,
+        "mix": list(flood.MIX), "seconds": 1, "class_seconds": 1, "jwe_per_ip_per_s": "10",
+        "phases": phases, "summary": flood.summarize(phases)})
+    assert "| valid + JWE-only flood | 100 |" in md
+    assert "**JWE with random keys only** (SECURITY-CASES 49; 512 connections" in md
+    assert "of which 20/s reached a private-key operation and 580/s were refused" in md
+    assert "(server counters: 3 % reached one)" in md
+
+
 def test_summarize_without_a_flooded_phase_decides_nothing() -> None:
     phases = _phases(100, 100.0)
     del phases["flooded"]
@@ -219,7 +288,7 @@ def test_flood_section_reports_the_verdict_and_costs() -> None:
     full = report.markdown({"meta": {"started": "t", "cpus": 2, "cpu_model": "x",
                                      "python": "p", "seconds": 1, "openbao": "b"},
                             "runs": [], "ratios": [], "reference": {}, "flood": doc})
-    assert "## Invalid-token flood (SECURITY-CASES 43)" in full
+    assert "## Invalid-token flood (SECURITY-CASES 43, 49)" in full
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,8 @@ def test_jws_size_cap() -> None:
 # --- compact JWE -----------------------------------------------------------------------------
 
 KID = "svc-enc"
+# One kid per algorithm, as the service holds one key of each kind.
+ECDH_KID = "svc-enc-ec"
 
 
 def _p256_epk() -> dict[str, str]:
@@ -223,8 +225,9 @@ def _x25519_epk() -> dict[str, str]:
 
 EPK = _p256_epk()
 RSA_HEADER = {"alg": "RSA-OAEP-256", "enc": "A256GCM", "cty": "JWT", "kid": KID}
-ECDH_HEADER = {"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "cty": "JWT", "kid": KID, "epk": EPK}
-JWE_ALLOWED = frozenset({"RSA-OAEP-256", "ECDH-ES+A256KW"})
+ECDH_HEADER = {"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "cty": "JWT", "kid": ECDH_KID,
+               "epk": EPK}
+JWE_KEYS = {KID: "RSA-OAEP-256", ECDH_KID: "ECDH-ES+A256KW"}
 
 
 def jwe(header: object, ek: bytes = b"\x02" * 40, iv: bytes = b"\x03" * 12,
@@ -248,8 +251,9 @@ def _off_curve(epk: dict[str, str]) -> dict[str, str]:
     ],
 )
 def test_jwe_header_accepted(header: dict[str, object]) -> None:
-    parsed = parse_unverified_jwe(jwe(header), allowed_algs=JWE_ALLOWED, expected_kid=KID)
-    assert parsed.alg == header["alg"] and parsed.enc == "A256GCM" and parsed.kid == KID
+    parsed = parse_unverified_jwe(jwe(header), keys=JWE_KEYS)
+    assert parsed.alg == header["alg"] and parsed.enc == "A256GCM"
+    assert parsed.kid == header["kid"] and JWE_KEYS[parsed.kid] == parsed.alg
 
 
 JWE_REFUSALS = [
@@ -269,6 +273,9 @@ JWE_REFUSALS = [
     pytest.param(jwe({**RSA_HEADER, "jku": "https://evil"}), "not allowed", id="jku"),
     pytest.param(jwe({**RSA_HEADER, "typ": "JWE"}), "not allowed", id="typ"),
     pytest.param(jwe({**RSA_HEADER, "kid": "other"}), "kid", id="wrong-kid"),
+    pytest.param(jwe({**RSA_HEADER, "kid": 7}), "kid", id="kid-not-a-string"),
+    pytest.param(jwe({**RSA_HEADER, "kid": ECDH_KID}), "alg", id="rsa-alg-on-the-ec-kid"),
+    pytest.param(jwe({**ECDH_HEADER, "kid": KID}), "alg", id="ecdh-alg-on-the-rsa-kid"),
     pytest.param(jwe({k: v for k, v in RSA_HEADER.items() if k != "kid"}), "needs", id="no-kid"),
     pytest.param(jwe({k: v for k, v in RSA_HEADER.items() if k != "cty"}), "needs", id="no-cty"),
     pytest.param(jwe({**RSA_HEADER, "cty": "json"}), "cty", id="cty-json"),
@@ -297,20 +304,18 @@ JWE_REFUSALS = [
 @pytest.mark.parametrize(("token", "detail"), JWE_REFUSALS)
 def test_jwe_refusals(token: bytes, detail: str) -> None:
     with pytest.raises(InvalidToken) as info:
-        parse_unverified_jwe(token, allowed_algs=JWE_ALLOWED, expected_kid=KID)
+        parse_unverified_jwe(token, keys=JWE_KEYS)
     assert detail in info.value.detail
 
 
-def test_jwe_alg_outside_caller_allow_list() -> None:
-    with pytest.raises(InvalidToken, match="alg"):
-        parse_unverified_jwe(jwe(ECDH_HEADER), allowed_algs=frozenset({"RSA-OAEP-256"}),
-                             expected_kid=KID)
+def test_jwe_kid_the_caller_holds_no_key_for() -> None:
+    with pytest.raises(InvalidToken, match="kid"):
+        parse_unverified_jwe(jwe(ECDH_HEADER), keys={KID: "RSA-OAEP-256"})
 
 
 def test_jwe_never_accepts_algs_outside_spec_even_if_caller_asks() -> None:
     with pytest.raises(InvalidToken, match="alg"):
-        parse_unverified_jwe(jwe({**RSA_HEADER, "alg": "RSA1_5"}),
-                             allowed_algs=frozenset({"RSA1_5"}), expected_kid=KID)
+        parse_unverified_jwe(jwe({**RSA_HEADER, "alg": "RSA1_5"}), keys={KID: "RSA1_5"})
 
 
 @pytest.mark.parametrize(

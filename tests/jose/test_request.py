@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,8 +85,7 @@ def verifier(lookup: Callable[[str], tuple[str, AppKey] | None] | None = None,
     return RequestVerifier(
         service_id=SERVICE,
         lookup_key=lookup or Lookup(),
-        jwe_private_jwk=SERVICE_ENC[enc][0] if enc else None,
-        jwe_kid=None,
+        jwe_private_jwks=[SERVICE_ENC[enc][0]] if enc else (),
         **kwargs,
     )
 
@@ -578,8 +578,7 @@ def test_jwe_inner_token_still_fully_checked() -> None:
 
 def test_verifier_jwe_kid_defaults_to_thumbprint() -> None:
     private = {k: v for k, v in SERVICE_ENC["p256"][0].items() if k != "kid"}
-    check = RequestVerifier(service_id=SERVICE, lookup_key=Lookup(), jwe_private_jwk=private,
-                            jwe_kid=None)
+    check = RequestVerifier(service_id=SERVICE, lookup_key=Lookup(), jwe_private_jwks=[private])
     public = {**SERVICE_ENC["p256"][1], "kid": thumbprint(private)}
     jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
     assert check.verify(wrap_for_service(jws, public).encode(), op=OP, now=NOW).was_jwe
@@ -591,3 +590,130 @@ def test_decrypt_spy_sees_a_real_decryption(monkeypatch: pytest.MonkeyPatch) -> 
     jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
     verifier().verify(wrap_for_service(jws, SERVICE_ENC["rsa"][1]).encode(), op=OP, now=NOW)
     assert spy.calls == 1
+
+
+# --- two service keys, and the two-step verification the API budgets between ------------------
+
+
+def _both_keys() -> RequestVerifier:
+    return RequestVerifier(service_id=SERVICE, lookup_key=Lookup(),
+                           jwe_private_jwks=[SERVICE_ENC["p256"][0], SERVICE_ENC["rsa"][0]])
+
+
+@pytest.mark.parametrize("enc", ["p256", "rsa"])
+def test_a_service_with_both_keys_opens_either(enc: str) -> None:
+    jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
+    wrapped = wrap_for_service(jws, SERVICE_ENC[enc][1]).encode()
+    assert _both_keys().verify(wrapped, op=OP, now=NOW).was_jwe
+
+
+def test_two_keys_with_one_kid_are_refused() -> None:
+    private = SERVICE_ENC["p256"][0]
+    with pytest.raises(ValueError, match="kid"):
+        RequestVerifier(service_id=SERVICE, lookup_key=Lookup(),
+                        jwe_private_jwks=[private, {**SERVICE_ENC["rsa"][0],
+                                                    "kid": private["kid"]}])
+
+
+def test_a_public_key_is_refused_as_jwe_key() -> None:
+    with pytest.raises(ValueError, match="private"):
+        RequestVerifier(service_id=SERVICE, lookup_key=Lookup(),
+                        jwe_private_jwks=[SERVICE_ENC["p256"][1]])
+
+
+class OpLog:
+    """Records, in order, the hook's calls and jwcrypto's decryptions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[str] = []
+        original = jwcrypto_jwe.JWE.deserialize
+
+        def spy(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            self.events.append("decrypt")
+            return original(obj, *args, **kwargs)
+
+        monkeypatch.setattr(jwcrypto_jwe.JWE, "deserialize", spy)
+
+    def hook(self, alg: str) -> None:
+        self.events.append(f"hook {alg}")
+
+
+@pytest.mark.parametrize(("enc", "alg"), [("p256", "ECDH-ES+A256KW"), ("rsa", "RSA-OAEP-256")])
+def test_screen_names_the_private_key_operation_and_finish_calls_the_hook_first(
+    enc: str, alg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = OpLog(monkeypatch)
+    check = _both_keys()
+    jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
+    screened = check.screen(wrap_for_service(jws, SERVICE_ENC[enc][1]).encode())
+    assert screened.private_key_alg == alg
+    assert log.events == []  # screening used no key
+    result = check.finish(screened, op=OP, now=NOW, before_private_key_op=log.hook)
+    assert result.was_jwe
+    assert log.events == [f"hook {alg}", "decrypt"]
+
+
+def test_a_bare_jws_needs_no_private_key_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = OpLog(monkeypatch)
+    screened = _both_keys().screen(token())
+    assert screened.private_key_alg is None
+    _both_keys().finish(screened, op=OP, now=NOW, before_private_key_op=log.hook)
+    assert log.events == []
+
+
+def test_a_hook_that_refuses_prevents_the_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = OpLog(monkeypatch)
+
+    def refuse(_alg: str) -> None:
+        raise TokenRefused(InvalidToken("over budget"), None)
+
+    jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
+    screened = _both_keys().screen(wrap_for_service(jws, SERVICE_ENC["rsa"][1]).encode())
+    with pytest.raises(TokenRefused, match="over budget"):
+        _both_keys().finish(screened, op=OP, now=NOW, before_private_key_op=refuse)
+    assert log.events == []
+
+
+@pytest.mark.parametrize(("header", "enc"), JWE_BEFORE_DECRYPT)
+def test_screen_refuses_what_the_guard_refuses(header: dict[str, Any], enc: str) -> None:
+    ek = b"\x02" * 40 if header["alg"] == "ECDH-ES+A256KW" else b"\x02" * 256
+    with pytest.raises(TokenRefused) as info:
+        verifier(enc=enc).screen(_fake_jwe(header, ek))
+    assert info.value.error.detail == JWE_REFUSED and not info.value.bound
+
+
+@pytest.mark.parametrize("enc", ["p256", "rsa"])
+def test_random_encrypted_key_reaches_the_operation_and_fails_unbound(
+    enc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flood of SECURITY-CASES 49: well formed, so only the private key can refuse it."""
+    log = OpLog(monkeypatch)
+    jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
+    parts = wrap_for_service(jws, SERVICE_ENC[enc][1]).split(".")
+    parts[1] = b64u_encode(os.urandom(len(b64u_decode(parts[1]))))
+    check = _both_keys()
+    screened = check.screen(".".join(parts).encode())
+    with pytest.raises(TokenRefused) as info:
+        check.finish(screened, op=OP, now=NOW, before_private_key_op=log.hook)
+    assert info.value.error.detail == JWE_REFUSED
+    assert info.value.app_id is None and not info.value.bound
+    assert log.events[0].startswith("hook") and "decrypt" in log.events
+
+
+@pytest.mark.parametrize(
+    ("make", "bound"),
+    [
+        pytest.param(lambda: token(op="decrypt"), True, id="claims-after-signature"),
+        pytest.param(lambda: token(exp=NOW - 600, iat=NOW - 700), True, id="expired"),
+        pytest.param(lambda: token(signer=ClientIdentity(APP1, ident().kid, "ES256",
+                                                         _jwks(APP2_KEY, "ES256")[0], None)),
+                     False, id="bad-signature"),
+        pytest.param(lambda: token(header={"alg": "none", "kid": ident().kid,
+                                           "typ": "sceau-req+jwt"}), False, id="guard"),
+    ],
+)
+def test_bound_says_whether_the_signature_verified(make: Callable[[], bytes],
+                                                   bound: bool) -> None:
+    with pytest.raises(TokenRefused) as info:
+        verifier().verify(make(), op=OP, now=NOW)
+    assert info.value.bound is bound

@@ -208,20 +208,26 @@ def test_jwks_contents_and_signing_rotation(keystore: Any) -> None:
 
     jwks = keystore.public_jwks()
     by_kid = {k["kid"]: k for k in jwks["keys"]}
-    assert len(by_kid) == len(jwks["keys"]) == 4
-    assert {old_response.kid, old_audit.kid, new_audit.kid, keystore.jwe_kid()} == set(by_kid)
+    assert len(by_kid) == len(jwks["keys"]) == 5
+    ec_kid = keystore.encryption_kid()
+    assert ec_kid != keystore.jwe_kid()
+    assert {old_response.kid, old_audit.kid, new_audit.kid, keystore.jwe_kid(), ec_kid} == set(
+        by_kid)
     for key in jwks["keys"]:
         assert key["kid"] == jwk_thumbprint(key)
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # public halves only
     enc = by_kid[keystore.jwe_kid()]
     assert (enc["kty"], enc["use"], enc["alg"]) == ("RSA", "enc", "RSA-OAEP-256")
     assert len(b64u_dec(enc["n"])) * 8 == 3072
+    ec_enc = by_kid[ec_kid]
+    assert (ec_enc["kty"], ec_enc["crv"], ec_enc["use"], ec_enc["alg"]) == (
+        "EC", "P-256", "enc", "ECDH-ES+A256KW")
     assert all(by_kid[k]["use"] == "sig" for k in (old_audit.kid, new_audit.kid))
     json.dumps(jwks)  # serializable as is
 
 
 def test_jwe_key_decrypts_what_its_public_half_encrypts(keystore: Any) -> None:
-    public = jwk.JWK(**keystore.public_jwks()["keys"][-1])
+    public = jwk.JWK(**keystore.jwe_public_jwk())
     token = jwe.JWE(b"inner jws", json.dumps(
         {"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": keystore.jwe_kid()}
     ))

@@ -70,9 +70,12 @@ class SpecClient:
             "alg": self.alg, "kid": self.kid, "typ": "sceau-req+jwt"})
         body = token.serialize(compact=True)
         if wrap:
+            # The alg is the one the JWKS gives the key discovery names (ECDH-ES+A256KW
+            # for the EC key it names today; RSA-OAEP-256 for the RSA key).
+            service_enc = self.jwks.get_key(self.enc_kid)
             outer = jwe.JWE(body.encode(), protected={
-                "alg": "RSA-OAEP-256", "enc": "A256GCM", "cty": "JWT", "kid": self.enc_kid})
-            outer.add_recipient(self.jwks.get_key(self.enc_kid))
+                "alg": service_enc["alg"], "enc": "A256GCM", "cty": "JWT", "kid": self.enc_kid})
+            outer.add_recipient(service_enc)
             body = outer.serialize(compact=True)
         response = httpx.post(f"{self.url}/v1/{op}", content=body,
                               headers={"Content-Type": "application/jose"},

@@ -325,8 +325,9 @@ def _same_keys(source: Keystore, target: Keystore) -> None:
         if ([i.kid for i in source.signing_keys(purpose)]
                 != [i.kid for i in target.signing_keys(purpose)]):
             raise ConfigError(f"the token's {purpose.value} signing keys differ")
-    if source.jwe_kid() != target.jwe_kid():
-        raise ConfigError("the JWE key was not copied")
+    if ([k["kid"] for k in source.jwe_public_jwks()]
+            != [k["kid"] for k in target.jwe_public_jwks()]):
+        raise ConfigError("the JWE keys were not copied")
 
 
 def migrate_to_pkcs11(config: Config, choice: KeystoreChoice) -> Path:

@@ -161,7 +161,7 @@ def _open_jwe(raw: bytes, enc_private_jwk: Mapping[str, Any] | None) -> bytes:
     try:
         alg = _jwe_alg(enc_private_jwk)
         kid = enc_private_jwk.get("kid") or thumbprint(enc_private_jwk)
-        parse_unverified_jwe(raw, allowed_algs=frozenset({alg}), expected_kid=str(kid))
+        parse_unverified_jwe(raw, keys={str(kid): alg})
         envelope = jwcrypto_jwe.JWE(algs=[alg, JWE_ENC])
         envelope.deserialize(raw.decode("ascii"), key=jwcrypto_jwk.JWK(**dict(enc_private_jwk)))
         inner: bytes = envelope.payload

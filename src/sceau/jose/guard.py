@@ -295,17 +295,19 @@ def _check_epk(epk: object) -> None:
 def parse_unverified_jwe(
     token: bytes,
     *,
-    allowed_algs: frozenset[str],
-    expected_kid: str,
+    keys: Mapping[str, str],
     max_bytes: int = MAX_TOKEN_BYTES,
 ) -> UnverifiedJwe:
     """Check a compact JWE's structure and header before any private-key operation.
 
+    ``keys`` maps each ``kid`` the caller holds a private key for to the one algorithm
+    that key is used with: the algorithm comes from the key, never from the token.
+
     Five strict base64url parts; header members among ``alg``, ``enc``, ``kid``, ``cty``,
     ``epk`` (``epk`` present exactly for ``ECDH-ES+A256KW``, a valid public P-256 or X25519
-    key); ``alg`` in ``allowed_algs`` and in :data:`JWE_ALGS` (so ``RSA1_5``, ``dir``,
-    ``A*KW``, ``PBES2-*`` are never accepted whatever the caller passes); ``enc`` =
-    ``A256GCM``; ``cty`` = ``JWT``; ``kid`` = ``expected_kid``; a 12-byte IV and a 16-byte
+    key); ``alg`` in :data:`JWE_ALGS` (so ``RSA1_5``, ``dir``, ``A*KW``, ``PBES2-*`` are
+    never accepted whatever the caller passes); ``enc`` = ``A256GCM``; ``cty`` = ``JWT``;
+    ``kid`` one of ``keys`` and ``alg`` that key's algorithm; a 12-byte IV and a 16-byte
     tag. Raises :class:`InvalidToken`.
     """
     header_b64, ek_b64, iv_b64, ct_b64, tag_b64 = _split_compact(token, 5, max_bytes)
@@ -316,15 +318,17 @@ def parse_unverified_jwe(
         raise InvalidToken(f"JWE header member not allowed: {safe_name(extra[0])}")
     if not _JWE_REQUIRED_MEMBERS <= members:
         raise InvalidToken("JWE header needs alg, enc, kid and cty")
-    alg, enc = header["alg"], header["enc"]
-    if not isinstance(alg, str) or alg not in allowed_algs or alg not in JWE_ALGS:
+    alg, enc, kid = header["alg"], header["enc"], header["kid"]
+    if not isinstance(alg, str) or alg not in JWE_ALGS:
         raise InvalidToken("JWE alg not allowed")
     if enc != JWE_ENC:
         raise InvalidToken("JWE enc not allowed")
     if header["cty"] != "JWT":
         raise InvalidToken("JWE cty must be JWT")
-    if header["kid"] != expected_kid:
-        raise InvalidToken("JWE kid is not the service's encryption key")
+    if not isinstance(kid, str) or kid not in keys:
+        raise InvalidToken("JWE kid is not one of the service's encryption keys")
+    if alg != keys[kid]:
+        raise InvalidToken("JWE alg not allowed for this kid")
     encrypted_key = _b64(ek_b64, "JWE encrypted key")
     if alg == "ECDH-ES+A256KW":
         if "epk" not in header:
@@ -342,4 +346,4 @@ def parse_unverified_jwe(
     _b64(ct_b64, "JWE ciphertext")
     if len(_b64(tag_b64, "JWE tag")) != _GCM_TAG_BYTES:
         raise InvalidToken("JWE tag has the wrong length")
-    return UnverifiedJwe(header=header, alg=alg, enc=enc, kid=expected_kid, token=bytes(token))
+    return UnverifiedJwe(header=header, alg=alg, enc=enc, kid=kid, token=bytes(token))

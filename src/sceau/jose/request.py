@@ -5,6 +5,11 @@ Order of checks, cheapest first, so that a flood of junk never reaches RSA/EC wo
 structure and header; the key lookup by ``kid``; ``alg`` = the key's algorithm; the
 signature; the claims.
 
+Verification comes in two steps so that the API can put a budget between them
+(SECURITY-CASES 49): :meth:`RequestVerifier.screen` does the cheap checks only and says
+whether finishing will cost a private-key operation (a JWE); :meth:`RequestVerifier.finish`
+does the rest. :meth:`RequestVerifier.verify` runs both.
+
 Claim policy (decided here where the SPEC is silent):
 
 * The claim set is exactly ``iss sub aud iat exp jti op params``: all required, any other
@@ -27,7 +32,7 @@ kept as the exception's ``__cause__`` for logs.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +51,7 @@ from sceau.jose.appkeys import SIGNING_ALGS, AppKey, thumbprint
 from sceau.jose.guard import (
     JWE_ENC,
     MAX_TOKEN_BYTES,
+    UnverifiedJwe,
     check_kid,
     looks_like_jwe,
     parse_unverified_jwe,
@@ -60,6 +66,7 @@ __all__ = [
     "SKEW",
     "JWE_REFUSED",
     "RequestVerifier",
+    "Screened",
     "TokenRefused",
     "VerifiedRequest",
 ]
@@ -101,13 +108,57 @@ class TokenRefused(Exception):
     caller can audit the refusal under that application (SPEC §10).
     """
 
-    def __init__(self, error: SceauError, app_id: str | None, jti: str | None = None) -> None:
+    def __init__(self, error: SceauError, app_id: str | None, jti: str | None = None, *,
+                 bound: bool = False) -> None:
         super().__init__(error.detail)
         self.error = error
         self.app_id = app_id
         # Set only when the signature verified: refusals decided after that point are
         # audited with the request's jti (SPEC §10).
         self.jti = jti
+        # True when the signature verified with a registered key: the caller is known,
+        # whatever was wrong afterwards (claims, rate). The JWE budget refunds such calls.
+        self.bound = bound
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A token that passed :meth:`RequestVerifier.screen`: nothing verified, no key used.
+
+    ``jwe`` is set when the token is a JWE whose header names one of the service's
+    encryption keys: finishing it costs one private-key operation (RSA-OAEP or ECDH), done
+    before anything identifies the caller.
+    """
+
+    token: bytes
+    jwe: UnverifiedJwe | None
+
+    @property
+    def private_key_alg(self) -> str | None:
+        """The algorithm of the private-key operation :meth:`RequestVerifier.finish` will do."""
+        return self.jwe.alg if self.jwe is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _JweKey:
+    kid: str
+    alg: str
+    jwk: jwcrypto_jwk.JWK
+
+
+def _jwe_key(private_jwk: Mapping[str, Any]) -> _JweKey:
+    key = jwcrypto_jwk.JWK(**dict(private_jwk))
+    if not key.has_private:
+        raise ValueError("a JWE key must be a private key")
+    kty, crv = private_jwk.get("kty"), private_jwk.get("crv")
+    if kty == "RSA":
+        alg = "RSA-OAEP-256"
+    elif (kty, crv) in (("EC", "P-256"), ("OKP", "X25519")):
+        alg = "ECDH-ES+A256KW"
+    else:
+        raise ValueError("a JWE key must be RSA, EC P-256 or OKP X25519")
+    kid = private_jwk.get("kid") or thumbprint(private_jwk)
+    return _JweKey(kid=str(kid), alg=alg, jwk=key)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
@@ -132,9 +183,9 @@ class RequestVerifier:
     """Verifies request tokens for one service id. Pure: ``now`` comes in as an argument.
 
     ``lookup_key(kid)`` returns ``(app_id, AppKey)`` for an active key of any application,
-    or ``None``. ``jwe_private_jwk`` is the service's private encryption key (RSA ->
-    ``RSA-OAEP-256``, EC P-256 / X25519 -> ``ECDH-ES+A256KW``); with ``None``, JWE requests
-    are refused. ``jwe_kid`` defaults to the JWK's ``kid``, else its thumbprint.
+    or ``None``. ``jwe_private_jwks`` are the service's private encryption keys (RSA ->
+    ``RSA-OAEP-256``, EC P-256 / X25519 -> ``ECDH-ES+A256KW``), each named by its ``kid``,
+    else its thumbprint; with none, JWE requests are refused.
     """
 
     def __init__(
@@ -142,8 +193,7 @@ class RequestVerifier:
         *,
         service_id: str,
         lookup_key: Callable[[str], tuple[str, AppKey] | None],
-        jwe_private_jwk: Mapping[str, Any] | None,
-        jwe_kid: str | None,
+        jwe_private_jwks: Sequence[Mapping[str, Any]] = (),
         max_lifetime: int = MAX_LIFETIME,
         skew: int = SKEW,
         max_token_bytes: int = MAX_TOKEN_BYTES,
@@ -153,33 +203,58 @@ class RequestVerifier:
         self._max_lifetime = max_lifetime
         self._skew = skew
         self._max_token_bytes = max_token_bytes
-        self._jwe_key: jwcrypto_jwk.JWK | None = None
-        self._jwe_kid = ""
-        self._jwe_algs: frozenset[str] = frozenset()
-        if jwe_private_jwk is not None:
-            key = jwcrypto_jwk.JWK(**dict(jwe_private_jwk))
-            if not key.has_private:
-                raise ValueError("jwe_private_jwk must be a private key")
-            kty, crv = jwe_private_jwk.get("kty"), jwe_private_jwk.get("crv")
-            if kty == "RSA":
-                self._jwe_algs = frozenset({"RSA-OAEP-256"})
-            elif (kty, crv) in (("EC", "P-256"), ("OKP", "X25519")):
-                self._jwe_algs = frozenset({"ECDH-ES+A256KW"})
-            else:
-                raise ValueError("jwe_private_jwk must be RSA, EC P-256 or OKP X25519")
-            self._jwe_key = key
-            default_kid = jwe_private_jwk.get("kid") or thumbprint(jwe_private_jwk)
-            self._jwe_kid = jwe_kid or str(default_kid)
+        self._jwe_keys: dict[str, _JweKey] = {}
+        for private_jwk in jwe_private_jwks:
+            key = _jwe_key(private_jwk)
+            if key.kid in self._jwe_keys:
+                raise ValueError("two JWE keys share one kid")
+            self._jwe_keys[key.kid] = key
+        self._jwe_algs = {kid: key.alg for kid, key in self._jwe_keys.items()}
 
     def verify(self, token: bytes, *, op: str, now: int) -> VerifiedRequest:
         """Verify ``token`` for the URL's ``op`` at time ``now``; raise :class:`TokenRefused`."""
+        return self.finish(self.screen(token), op=op, now=now)
+
+    def screen(self, token: bytes) -> Screened:
+        """The cheap checks: size, and for a JWE its whole structure and header.
+
+        No key is used and nothing is looked up. Raises :class:`TokenRefused`; a JWE
+        refused here gets the same answer as one that does not decrypt.
+        """
         if not isinstance(token, bytes):
             raise TokenRefused(InvalidToken("token must be bytes"), None)
         if len(token) > self._max_token_bytes:
             raise TokenRefused(PayloadTooLarge("request token too large"), None)
-        was_jwe = looks_like_jwe(token)
-        if was_jwe:
-            token = self._decrypt(token)
+        if not looks_like_jwe(token):
+            return Screened(token=token, jwe=None)
+        try:
+            if not self._jwe_keys:
+                raise InvalidToken("this service accepts no JWE")
+            jwe = parse_unverified_jwe(token, keys=self._jwe_algs,
+                                       max_bytes=self._max_token_bytes)
+        except InvalidToken as exc:
+            raise TokenRefused(InvalidToken(JWE_REFUSED), None) from exc
+        return Screened(token=token, jwe=jwe)
+
+    def finish(
+        self,
+        screened: Screened,
+        *,
+        op: str,
+        now: int,
+        before_private_key_op: Callable[[str], None] | None = None,
+    ) -> VerifiedRequest:
+        """Verify a screened token; raise :class:`TokenRefused`.
+
+        ``before_private_key_op(alg)`` runs just before the JWE's private-key operation (and
+        never when there is none): it may count the operation, or raise to prevent it.
+        """
+        token = screened.token
+        was_jwe = screened.jwe is not None
+        if screened.jwe is not None:
+            if before_private_key_op is not None:
+                before_private_key_op(screened.jwe.alg)
+            token = self._decrypt(screened.jwe)
         try:
             jws = parse_unverified_jws(
                 token,
@@ -202,7 +277,8 @@ class RequestVerifier:
         try:
             return self._check_claims(jws.claims, app_id, jws.kid, op, now, was_jwe)
         except (InvalidToken, TokenExpired) as exc:
-            raise TokenRefused(exc, app_id, _wellformed_jti(jws.claims.get("jti"))) from None
+            raise TokenRefused(exc, app_id, _wellformed_jti(jws.claims.get("jti")),
+                               bound=True) from None
 
     def _app_hint(self, token: bytes) -> str | None:
         """The application a malformed token names by its ``kid``, for the audit record.
@@ -222,19 +298,12 @@ class RequestVerifier:
         found = self._lookup_key(kid)
         return found[0] if found is not None else None
 
-    def _decrypt(self, token: bytes) -> bytes:
-        """Decrypt a JWE request; every failure gives the same :data:`JWE_REFUSED`."""
+    def _decrypt(self, jwe: UnverifiedJwe) -> bytes:
+        """Decrypt a screened JWE; every failure gives the same :data:`JWE_REFUSED`."""
+        key = self._jwe_keys[jwe.kid]
         try:
-            if self._jwe_key is None:
-                raise InvalidToken("this service accepts no JWE")
-            parse_unverified_jwe(
-                token,
-                allowed_algs=self._jwe_algs,
-                expected_kid=self._jwe_kid,
-                max_bytes=self._max_token_bytes,
-            )
-            envelope = jwcrypto_jwe.JWE(algs=[*self._jwe_algs, JWE_ENC])
-            envelope.deserialize(token.decode("ascii"), key=self._jwe_key)
+            envelope = jwcrypto_jwe.JWE(algs=[key.alg, JWE_ENC])
+            envelope.deserialize(jwe.token.decode("ascii"), key=key.jwk)
             inner: bytes = envelope.payload
         except Exception as exc:  # noqa: BLE001 - any failure must look the same outside
             raise TokenRefused(InvalidToken(JWE_REFUSED), None) from exc

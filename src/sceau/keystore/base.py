@@ -3,7 +3,8 @@
 Master keys and the seal key never leave a keystore: callers hand in the derivation input
 and get the 32-byte data key back, or hand in a payload and get its seal. Signing keys sign
 inside the keystore too; only their public halves come out (JWKS). The one exception is the
-service's inbound-JWE RSA key, which is a software key for every backend (see docs/hsm.md).
+service's inbound-JWE keys (EC P-256 and RSA), software keys for every backend (see
+docs/hsm.md).
 """
 
 from __future__ import annotations
@@ -301,27 +302,59 @@ class Keystore(ABC):
         """Every audit key id, newest first."""
         return [info.kid for info in reversed(self.signing_keys(KeyPurpose.AUDIT))]
 
-    # --- inbound JWE key (software for every backend) -----------------------------------
+    # --- inbound JWE keys (software for every backend) ----------------------------------
 
     @abstractmethod
     def jwe_private_jwk(self) -> Mapping[str, Any]:
-        """The private RSA JWK that decrypts inbound JWE (a software key, see docs/hsm.md)."""
+        """The private RSA JWK that decrypts inbound ``RSA-OAEP-256`` JWE (docs/hsm.md)."""
 
     @abstractmethod
     def jwe_public_jwk(self) -> Mapping[str, Any]:
         """The public half of :meth:`jwe_private_jwk`, with kid, use "enc" and alg."""
 
     def jwe_kid(self) -> str:
-        """The service encryption key id."""
+        """The RSA encryption key id (clients that pinned it keep working)."""
         return str(self.jwe_public_jwk()["kid"])
 
+    @abstractmethod
+    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
+        """Every private key that opens inbound JWE, the preferred one first.
+
+        The preferred key is EC P-256 (``ECDH-ES+A256KW``): its private-key operation costs
+        about a quarter of RSA-3072's, and it runs before the caller is identified.
+        """
+
+    @abstractmethod
+    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
+        """The public halves of :meth:`jwe_private_jwks`, in the same order."""
+
+    def encryption_kid(self) -> str:
+        """The key id discovery names for inbound JWE (``encryption_kid``): the preferred."""
+        return str(self.jwe_public_jwks()[0]["kid"])
+
     def public_jwks(self) -> dict[str, Any]:
-        """The service JWKS: every signing key version (retired ones too) and the JWE key."""
+        """The service JWKS: every signing key version (retired ones too), the JWE keys.
+
+        The RSA JWE key stays where it always was, first of the ``enc`` keys, for clients
+        that take the first one; the others follow. Clients should use ``encryption_kid``.
+        """
         keys: list[dict[str, Any]] = []
         for purpose in KeyPurpose:
             keys.extend(dict(info.public_jwk) for info in self.signing_keys(purpose))
+        rsa_kid = self.jwe_kid()
         keys.append(dict(self.jwe_public_jwk()))
+        keys.extend(dict(k) for k in self.jwe_public_jwks() if k["kid"] != rsa_kid)
         return {"keys": keys}
+
+    def jwe_status_rows(self) -> list[dict[str, Any]]:
+        """The JWE keys as :meth:`status` rows (public facts only)."""
+        rsa_kid = self.jwe_kid()
+        return [
+            {"label": "jwe" if k["kid"] == rsa_kid else f"jwe-{str(k['kty']).lower()}",
+             "kind": "jwe", "version": 1, "kid": k["kid"], "alg": k["alg"], "current": True,
+             "retired": False}
+            for k in sorted(self.jwe_public_jwks(), key=lambda k: k["kid"] != rsa_kid)
+        ]
 
     # --- health ---------------------------------------------------------------------------
 

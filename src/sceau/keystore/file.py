@@ -3,7 +3,8 @@
 Layout (dir 0700, files 0600)::
 
     keystore.json   master keys (versioned), seal key, signing keys (PKCS#8)
-    jwe.json        the service's inbound-JWE RSA key (also used by the pkcs11 backend)
+    jwe.json        the service's inbound-JWE keys, EC P-256 and RSA-3072 (also used by the
+                    pkcs11 backend)
 
 Each file is a small JSON envelope, written atomically (temporary file, fsync, rename, fsync
 of the directory). With a passphrase (``passphrase_env`` names an environment variable that
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
@@ -35,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from jwcrypto import jwk as jwcrypto_jwk
 
@@ -54,7 +57,15 @@ from sceau.keystore.base import (
     jwk_thumbprint,
 )
 
-__all__ = ["FileKeystore", "JweKeyFile", "read_secret_file", "write_secret_file"]
+__all__ = [
+    "FileKeystore",
+    "JweKeyFile",
+    "derive_ec_jwe_jwk",
+    "read_secret_file",
+    "write_secret_file",
+]
+
+log = logging.getLogger("sceau.keystore")
 
 KEYSTORE_FILE = "keystore.json"
 JWE_FILE = "jwe.json"
@@ -70,7 +81,12 @@ _SCRYPT_P = 1
 # Refuse absurd parameters from a (tampered) file before spending memory on them.
 _SCRYPT_MAX_N = 2**20
 JWE_ALG = "RSA-OAEP-256"
+JWE_EC_ALG = "ECDH-ES+A256KW"
 JWE_RSA_BITS = 3072
+# Order of P-256 (FIPS 186-4 D.1.2.3), for a private scalar derived from HKDF output.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+# Purpose label of the derivation of derive_ec_jwe_jwk: never used for anything else.
+_EC_FROM_RSA_INFO = b"sceau/jwe-ec-p256-from-rsa/v1"
 
 
 # --- secret files ----------------------------------------------------------------------------
@@ -206,52 +222,142 @@ def generate_jwe_rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=JWE_RSA_BITS)
 
 
-class JweKeyFile:
-    """The service's RSA-3072 JWE key, kept in ``jwe.json`` (0600) for every backend.
+def _ec_jwe_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """The private JWK of a P-256 inbound-JWE key, with kid (thumbprint), use and alg."""
+    numbers = key.private_numbers()
+    jwk: dict[str, Any] = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64u(numbers.public_numbers.x.to_bytes(32, "big")),
+        "y": b64u(numbers.public_numbers.y.to_bytes(32, "big")),
+    }
+    jwk["kid"] = jwk_thumbprint(jwk)
+    jwk["d"] = b64u(numbers.private_value.to_bytes(32, "big"))
+    jwk["use"] = "enc"
+    jwk["alg"] = JWE_EC_ALG
+    return jwk
 
-    jwcrypto decrypts inbound JWE in software, so the key must be usable in process memory;
-    see docs/hsm.md for why this key, unlike the master keys, is not in the token.
+
+def derive_ec_jwe_jwk(rsa_private_jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """The P-256 JWE key of a keystore made before it had one, derived from its RSA JWE key.
+
+    A data dir from before the EC key is upgraded when it is opened, and every node of a
+    cluster holds its own copy of ``jwe.json``: a random key would differ from node to node
+    (a request encrypted to one node's key would fail on the others). Derived, the key is
+    the same wherever the same RSA key is, with no coordination. The derivation is
+    HKDF-SHA256 of the RSA private exponent with a purpose label; 48 bytes reduced into
+    ``[1, n-1]`` (FIPS 186-4 B.4.1, bias below 2**-128). It adds no exposure: both keys live
+    in the same file and protect the same thing. New keystores get a random EC key.
+    """
+    secret = b64u_dec(str(rsa_private_jwk["d"]))
+    okm = HKDF(algorithm=hashes.SHA256(), length=48, salt=None, info=_EC_FROM_RSA_INFO).derive(
+        secret
+    )
+    scalar = int.from_bytes(okm, "big") % (_P256_ORDER - 1) + 1
+    return _ec_jwe_jwk(ec.derive_private_key(scalar, ec.SECP256R1()))
+
+
+def _rsa_jwe_jwk(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = jwcrypto_jwk.JWK.from_pyca(key).export_private(as_dict=True)
+    jwk.pop("kid", None)
+    jwk["kid"] = jwk_thumbprint(jwk)
+    jwk["use"] = "enc"
+    jwk["alg"] = JWE_ALG
+    return jwk
+
+
+def _checked_ec_jwk(jwk: Any) -> dict[str, Any]:
+    """``jwk`` if it is a whole P-256 JWE key whose public half matches its private one."""
+    if not isinstance(jwk, dict) or (jwk.get("kty"), jwk.get("crv")) != ("EC", "P-256"):
+        raise ValueError("not an EC P-256 key")
+    key = ec.derive_private_key(int.from_bytes(b64u_dec(jwk["d"]), "big"), ec.SECP256R1())
+    expected = _ec_jwe_jwk(key)
+    if any(jwk.get(m) != expected[m] for m in ("x", "y", "kid", "use", "alg")):
+        raise ValueError("EC JWE key does not match its own private value")
+    return expected
+
+
+class JweKeyFile:
+    """The service's inbound-JWE keys, kept in ``jwe.json`` (0600) for every backend.
+
+    Two keys: EC P-256 (``ECDH-ES+A256KW``), the one discovery names, and RSA-3072
+    (``RSA-OAEP-256``), the original one, kept for clients that pinned it. The file holds
+    ``{"jwk": <RSA>, "ec_jwk": <EC>}``; a file from before the EC key has only ``jwk`` and
+    gets the EC key on its next :meth:`load` (see :func:`derive_ec_jwe_jwk`).
+
+    jwcrypto decrypts inbound JWE in software, so the keys must be usable in process
+    memory; see docs/hsm.md for why they, unlike the master keys, are not in the token.
     """
 
-    def __init__(self, private_jwk: Mapping[str, Any]) -> None:
+    def __init__(self, private_jwk: Mapping[str, Any], ec_private_jwk: Mapping[str, Any]) -> None:
         self._private = dict(private_jwk)
         self._public = {
             k: self._private[k] for k in ("kty", "n", "e", "kid", "use", "alg")
         }
+        self._ec_private = dict(ec_private_jwk)
+        self._ec_public = {
+            k: self._ec_private[k] for k in ("kty", "crv", "x", "y", "kid", "use", "alg")
+        }
 
     @staticmethod
     def create(path: Path, passphrase: bytes | None) -> JweKeyFile:
-        """Generate a new RSA-3072 key and write it to ``path``; refuse to overwrite."""
+        """Generate new RSA-3072 and P-256 keys and write them to ``path``; never overwrite."""
         if path.exists():
             raise ConfigError(f"{path} already exists; refusing to overwrite a JWE key")
-        key = generate_jwe_rsa_key()
-        jwk: dict[str, Any] = jwcrypto_jwk.JWK.from_pyca(key).export_private(as_dict=True)
-        jwk.pop("kid", None)
-        jwk["kid"] = jwk_thumbprint(jwk)
-        jwk["use"] = "enc"
-        jwk["alg"] = JWE_ALG
-        write_secret_file(path, {"jwk": jwk}, passphrase)
-        return JweKeyFile(jwk)
+        rsa_jwk = _rsa_jwe_jwk(generate_jwe_rsa_key())
+        ec_jwk = _ec_jwe_jwk(ec.generate_private_key(ec.SECP256R1()))
+        keys = JweKeyFile(rsa_jwk, ec_jwk)
+        write_secret_file(path, keys.document(), passphrase)
+        return keys
 
     @staticmethod
     def load(path: Path, passphrase: bytes | None, passphrase_env: str | None) -> JweKeyFile:
-        """Read ``path`` (see :func:`read_secret_file` for the errors)."""
+        """Read ``path`` (see :func:`read_secret_file` for the errors).
+
+        A file without the EC key gets the derived one, written back in place (atomically;
+        if the file cannot be written, the derived key is used anyway and a warning logged:
+        the next start derives the same key).
+        """
         data = read_secret_file(path, passphrase, passphrase_env)
         try:
-            return JweKeyFile(data["jwk"])
-        except (KeyError, TypeError):
-            raise KeystoreUnavailable(f"{path} holds no JWE key") from None
+            rsa_jwk = dict(data["jwk"])
+            stored = data.get("ec_jwk")
+            ec_jwk = derive_ec_jwe_jwk(rsa_jwk) if stored is None else _checked_ec_jwk(stored)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise KeystoreUnavailable(f"{path} holds no usable JWE key") from None
+        keys = JweKeyFile(rsa_jwk, ec_jwk)
+        if stored is None:
+            try:
+                write_secret_file(path, keys.document(), passphrase)
+                log.info("added the EC P-256 JWE key to %s", path.name)
+            except OSError as exc:
+                log.warning("could not save the derived EC JWE key to %s (%s); using it "
+                            "unsaved", path.name, exc.strerror)
+        return keys
+
+    def document(self) -> dict[str, Any]:
+        """The file's content: both private keys (secret: written only by write_secret_file)."""
+        return {"jwk": dict(self._private), "ec_jwk": dict(self._ec_private)}
 
     @property
     def private_jwk(self) -> Mapping[str, Any]:
-        """The private JWK (a copy each time: callers cannot alter the keystore's)."""
+        """The RSA private JWK (a copy each time: callers cannot alter the keystore's)."""
         return dict(self._private)
 
     @property
     def public_jwk(self) -> Mapping[str, Any]:
-        """The public JWK with kid, use and alg."""
+        """The RSA public JWK with kid, use and alg."""
         return dict(self._public)
 
+    @property
+    def private_jwks(self) -> list[Mapping[str, Any]]:
+        """Both private JWKs, the preferred (EC) first; copies."""
+        return [dict(self._ec_private), dict(self._private)]
+
+    @property
+    def public_jwks(self) -> list[Mapping[str, Any]]:
+        """Both public JWKs, the preferred (EC) first; copies."""
+        return [dict(self._ec_public), dict(self._public)]
 
 
 # --- software signing keys ----------------------------------------------------------------
@@ -557,6 +663,12 @@ class FileKeystore(Keystore):
     def jwe_public_jwk(self) -> Mapping[str, Any]:
         return self._jwe.public_jwk
 
+    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.private_jwks
+
+    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.public_jwks
+
     # --- health -------------------------------------------------------------------------
 
     def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
@@ -584,8 +696,7 @@ class FileKeystore(Keystore):
                     "version": info.version, "kid": info.kid, "alg": info.alg,
                     "current": signer is signers[-1], "retired": False,
                 })
-        rows.append({"label": "jwe", "kind": "jwe", "version": 1, "kid": self.jwe_kid(),
-                     "alg": JWE_ALG, "current": True, "retired": False})
+        rows.extend(self.jwe_status_rows())
         return rows
 
     def close(self) -> None:

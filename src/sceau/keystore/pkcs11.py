@@ -9,7 +9,8 @@ Token objects (all ``CKA_TOKEN``, ``CKA_PRIVATE``; secret and private keys
     sceau-audit-vN      same rule
     sceau-master-vN-retired   CKO_DATA tombstone of a destroyed master version
 
-The inbound-JWE RSA key stays a software key in ``<keystore dir>/jwe.json`` (docs/hsm.md).
+The inbound-JWE keys (EC P-256 and RSA) stay software keys in ``<keystore dir>/jwe.json``
+(docs/hsm.md).
 
 Sessions come from a fixed pool (a queue): a PKCS#11 session must not be used by two
 threads at once, and opening one per call is slow on network HSMs. Any token error makes the
@@ -653,6 +654,12 @@ class Pkcs11Keystore(Keystore):
     def jwe_public_jwk(self) -> Mapping[str, Any]:
         return self._jwe.public_jwk
 
+    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.private_jwks
+
+    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.public_jwks
+
     # --- health -------------------------------------------------------------------------
 
     def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
@@ -697,8 +704,7 @@ class Pkcs11Keystore(Keystore):
                     "version": info.version, "kid": info.kid, "alg": info.alg,
                     "current": info is infos[-1], "retired": False,
                 })
-        rows.append({"label": "jwe", "kind": "jwe", "version": 1, "kid": self.jwe_kid(),
-                     "alg": "RSA-OAEP-256", "current": True, "retired": False})
+        rows.extend(self.jwe_status_rows())
         return rows
 
     def close(self) -> None:
@@ -816,7 +822,7 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
     Imports every usable master version (same version numbers, so stored keys still derive),
     tombstones for retired versions, the seal key (stored seals still verify), and every
     signing key version (old audit records still verify, the service keeps its kids); copies
-    the JWE key file. The token objects are sensitive and non-extractable. The source files
+    both JWE keys. The token objects are sensitive and non-extractable. The source files
     are left in place: the operator destroys them once the new keystore is verified.
     """
     from sceau.keystore.base import b64u_dec
@@ -858,7 +864,7 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
         pool.run_rw(create)
     finally:
         pool.close()
-    write_secret_file(target.path / JWE_FILE, {"jwk": dict(jwe.private_jwk)}, target.passphrase())
+    write_secret_file(target.path / JWE_FILE, jwe.document(), target.passphrase())
 
 
 def _import_secret(session: Any, label: str, raw: bytes) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto import jwk as jwcrypto_jwk
 
@@ -37,6 +37,7 @@ SELF_TESTS = (
     "sign_response",
     "sign_audit",
     "rsa_oaep_256",
+    "ecdh_p256",
 )
 
 # FIPS 180-2 appendix B.1: SHA-256("abc").
@@ -146,6 +147,20 @@ def _run_one(keystore: Keystore, name: str, corrupt: bool) -> None:
         if corrupt:
             ciphertext[-1] ^= 0x01
         if key.decrypt(bytes(ciphertext), oaep) != secret:
+            raise _Failed
+    elif name == "ecdh_p256":
+        # The preferred JWE key: ECDH both ways with a throw-away peer must agree.
+        jwks = [j for j in keystore.jwe_private_jwks() if j.get("kty") == "EC"]
+        if not jwks:
+            raise _Failed
+        own = jwcrypto_jwk.JWK(**jwks[0]).get_op_key("unwrapKey")
+        if not isinstance(own, ec.EllipticCurvePrivateKey):
+            raise _Failed
+        peer = ec.generate_private_key(ec.SECP256R1())
+        ours = bytearray(own.exchange(ec.ECDH(), peer.public_key()))
+        if corrupt:
+            ours[0] ^= 0x01
+        if len(ours) != 32 or bytes(ours) != peer.exchange(ec.ECDH(), own.public_key()):
             raise _Failed
     else:  # pragma: no cover - SELF_TESTS and this dispatch are kept in step
         raise _Failed

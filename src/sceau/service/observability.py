@@ -90,6 +90,17 @@ class Metrics:
         )
         for problem in NotReady:
             self.not_ready.labels(str(problem)).set(0)
+        # SECURITY-CASES 49: every private-key operation done for an inbound JWE, counted
+        # just before it runs, and every JWE refused by the per-address budget instead.
+        self.jwe_private_key_ops = Counter(
+            "sceau_jwe_private_key_ops", "Private-key operations on inbound JWE, by alg",
+            ["alg"], registry=self.registry,
+        )
+        self.jwe_budget_refusals = Counter(
+            "sceau_jwe_budget_refusals",
+            "Inbound JWE refused by the per-address budget before any private-key operation",
+            registry=self.registry,
+        )
 
     def observe_batch(self, jobs: int, seconds: float) -> None:
         self.audit_write.observe(seconds)

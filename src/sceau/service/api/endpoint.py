@@ -6,17 +6,27 @@ order: operation name, start-up self-test state, ``Content-Type``, body within t
 (413 before any decoding), token verification (refusals audited when the ``kid`` named an
 application), rate limit, the writer job (application checks, params, handler, audit record,
 one commit), then the signed (and, when needed, encrypted) response.
+
+A JWE request costs a private-key operation before its inner JWS can name the caller
+(SECURITY-CASES 49). So a JWE first takes one unit of its address's
+:class:`~sceau.service.limits.JweBudget` (429 when there is none left, and the tarpit
+applies), before it is even parsed; then the cheap checks; then it is decrypted and verified
+on a one-thread executor of its own, off the event loop: other connections are served
+meanwhile, and JWE work, wanted or not, can hold at most that one thread. The unit comes
+back unless a private-key operation ran for a caller that stayed unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sceau.core.b64 import b64u_encode
@@ -27,12 +37,13 @@ from sceau.errors import (
     PayloadTooLarge,
     SceauError,
 )
-from sceau.jose.request import TokenRefused
+from sceau.jose.guard import looks_like_jwe
+from sceau.jose.request import TokenRefused, VerifiedRequest
 from sceau.jose.response import encrypt_to
 from sceau.keystore.base import KeyPurpose
 from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
-from sceau.service.limits import RateLimiter, RefusalTarpit
+from sceau.service.limits import JweBudget, JweBudgetExhausted, RateLimiter, RefusalTarpit
 from sceau.service.observability import Metrics
 from sceau.service.receipts import DestroyedKey, receipt_result, sign_service_jws
 from sceau.service.runtime import Runtime
@@ -54,6 +65,10 @@ _OPS = {op.value: op for op in Op}
 # Refusals before any authorization (malformed, bad or unknown token, oversized): the ones a
 # flood is made of. Policy refusals of an identified caller are the rate limiter's business.
 _TARPIT_STATUSES = frozenset({400, 401, 413})
+# Threads that open inbound JWE. One: a JWE costs 0.6 ms (ECDH-ES) to 2 ms (RSA-OAEP) of
+# CPU, so one thread opens hundreds a second, and a flood of them (within each address's
+# budget, from many addresses) can take no more than that thread's share of the CPU.
+_JWE_THREADS = 1
 
 
 class ApiEndpoint:
@@ -66,8 +81,14 @@ class ApiEndpoint:
         self.max_body = limits["max_body_bytes"] + 64 * 1024  # room for the JOSE wrapping
         self.rate_limiter = RateLimiter.from_config(rt.config)
         self.tarpit = RefusalTarpit.from_config(rt.config)
+        self.jwe_budget = JweBudget.from_config(rt.config)
+        self._jwe_executor = ThreadPoolExecutor(_JWE_THREADS, thread_name_prefix="sceau-jwe")
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Stop the JWE thread (requests still queued there are finished first)."""
+        self._jwe_executor.shutdown(wait=True)
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -92,7 +113,7 @@ class ApiEndpoint:
                 headers.append((b"retry-after", str(retry).encode()))
             if error.status == 413:
                 headers.append((b"connection", b"close"))  # the body was never read
-            if error.status in _TARPIT_STATUSES:
+            if error.status in _TARPIT_STATUSES or isinstance(error, JweBudgetExhausted):
                 client = scope.get("client")
                 delay = self.tarpit.penalty(client[0] if client else None)
                 if delay:
@@ -136,7 +157,7 @@ class ApiEndpoint:
         client = scope.get("client")
         ip = client[0] if client else None
         try:
-            verified = rt.verifier.verify(body, op=op.value, now=int(time.time()))
+            verified = await self._verify(body, op, ip)
             self.rate_limiter.admit(verified)  # 429 after the signature verified
         except TokenRefused as refused:
             await self._audit_refusal(op, refused, ip)
@@ -160,6 +181,41 @@ class ApiEndpoint:
             assert call.app.enc_key is not None
             token = encrypt_to(token, call.app.enc_key)
         return token
+
+    async def _verify(self, body: bytes, op: Op, ip: str | None) -> VerifiedRequest:
+        """Verify the token; a JWE only within its address's budget, and off the loop."""
+        verifier = self.rt.verifier
+        now = int(time.time())
+        if not looks_like_jwe(body):
+            # A bare JWS: an ES256/EdDSA/RSA verification of 0.05-0.15 ms, done here: a
+            # thread hop costs about 0.1 ms of CPU on one core (docs/performance.md).
+            return verifier.verify(body, op=op.value, now=now)
+        # Charged before anything else is done with the JWE (so before its private-key
+        # operation): an address over its budget costs not even the parse.
+        try:
+            self.jwe_budget.take(ip)
+        except JweBudgetExhausted as exc:
+            self.metrics.jwe_budget_refusals.inc()
+            raise TokenRefused(exc, None) from None
+        operations: list[str] = []
+
+        def before_private_key_op(alg: str) -> None:
+            operations.append(alg)
+            self.metrics.jwe_private_key_ops.labels(alg).inc()
+
+        try:
+            screened = verifier.screen(body)
+            finish = functools.partial(verifier.finish, screened, op=op.value, now=now,
+                                       before_private_key_op=before_private_key_op)
+            verified = await asyncio.get_running_loop().run_in_executor(
+                self._jwe_executor, finish)
+        except TokenRefused as refused:
+            # Spent only by a private-key operation done for a caller still unknown.
+            if refused.bound or not operations:
+                self.jwe_budget.refund(ip)
+            raise
+        self.jwe_budget.refund(ip)
+        return verified
 
     async def _submit(self, job: Job) -> JobOutcome:
         outcome: JobOutcome = await self.rt.writer.submit_async(job)
