@@ -41,7 +41,7 @@ def writers(engines: Engines, keystore: Keystore) -> Iterator[list[Writer]]:
 
 def new_writer(engines: Engines, keystore: Keystore, opened: list[Writer], node: str = "",
                ) -> Writer:
-    writer = Writer(engines, keystore, node_id=node, checkpoint_interval_s=3600)
+    writer = Writer(engines, keystore, witness=None, node_id=node, checkpoint_interval_s=3600)
     writer.open()
     opened.append(writer)
     return writer

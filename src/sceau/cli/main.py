@@ -96,6 +96,7 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     `sceau app list` and the console accounts before upgrading from a version without seals.
     """
     from sceau import admin
+    from sceau.auditlog.registry import register_existing_nodes
     from sceau.store.db import create_engines, current_revision, head_revision, upgrade
 
     config = config_from(data_dir)
@@ -108,6 +109,8 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         engines.dispose()
     with admin.admin_session(config) as session:
         sealed = admin.seal_existing_rows(session)
+        if registered := register_existing_nodes(session):
+            sealed["audit_nodes"] = len(registered)
     if sealed:
         counts = ", ".join(f"{name} {count}" for name, count in sealed.items())
         typer.echo(f"sealed existing rows (trust on upgrade): {counts}")
