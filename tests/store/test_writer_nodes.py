@@ -358,14 +358,9 @@ def witnessed_writer(engines: Engines, keystore: Keystore, opened: list[Writer],
 
 def stored_checkpoint_lines(engines: Engines, node: str = "n1") -> list[str]:
     with engines.read.connect() as conn:
-        return [str(r[0]) for r in conn.exec_driver_sql(
-            "SELECT line FROM audit_checkpoints WHERE node = %s ORDER BY node_seq"
-            % _literal(node))]
-
-
-def _literal(text: str) -> str:
-    assert text.isalnum()
-    return f"'{text}'"
+        rows = conn.execute(sa.text("SELECT line FROM audit_checkpoints WHERE node = :node "
+                                    "ORDER BY node_seq"), {"node": node})
+        return [str(r[0]) for r in rows]
 
 
 def witness_lines(directory: Path, node: str = "n1") -> list[str]:
