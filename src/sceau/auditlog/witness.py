@@ -241,7 +241,7 @@ class WitnessFile:
             if obj is None or obj.get("type") != "checkpoint":
                 continue
             try:
-                point = witness_point(text, keys, f"{path} (last checkpoint)")
+                point = witness_point(text, keys, f"{path}, last checkpoint")
             except IntegrityFailure as exc:
                 log.warning("audit witness: skipping a line that does not verify: %s",
                             exc.detail)

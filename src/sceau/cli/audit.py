@@ -100,7 +100,8 @@ def _print_verification(result: Verification, as_json: bool) -> None:
     _print_registry(result)
     _print_witness(result)
     if result.ok:
-        extra = " and the witness" if result.witness is not None else ""
+        extra = (", and the trail reaches every witnessed position"
+                 if result.witness is not None else "")
         typer.echo(f"OK: every hash, signature, link and checkpoint verifies{extra}")
         return
     first = result.problems[0]

@@ -110,6 +110,8 @@ class VerifyProblem:
     message: str
 
     def __str__(self) -> str:
+        if self.line is None and self.seq is None:  # about a node, not a line (witness, registry)
+            return f"node {self.node}: {self.kind}: {self.message}"
         return f"line {self.line}, seq {self.seq}, node {self.node}: {self.kind}: {self.message}"
 
 
