@@ -75,6 +75,11 @@ def _syslog_target(value: Any) -> str | None:
     return "udp://host:port, tcp://host:port, unix:/path, or empty (off)"
 
 
+def _https_url(value: Any) -> str | None:
+    ok = value == "" or (value.startswith("https://") and len(value) > len("https://"))
+    return None if ok else "an https:// URL, or empty (off)"
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("service", "service_id", str, "", "SCEAU_SERVICE_ID",
             doc="service id (aud); default https://HOST:PORT"),
@@ -123,6 +128,14 @@ SETTINGS: tuple[Setting, ...] = (
             "(RFC 5424); empty = off"),
     Setting("audit", "witness_syslog_facility", str, "audit",
             "SCEAU_AUDIT_WITNESS_SYSLOG_FACILITY", doc="facility of the witness messages"),
+    Setting("audit", "witness_url", str, "", "SCEAU_AUDIT_WITNESS_URL", _https_url,
+            doc="also POST each checkpoint to this countersigning witness (another Sceau: "
+            "https://HOST:PORT/witness/v1/checkpoint); empty = off"),
+    Setting("audit", "witness_url_ca", str, "", "SCEAU_AUDIT_WITNESS_URL_CA",
+            doc="PEM bundle the witness's TLS certificate must chain to; empty = system CAs"),
+    Setting("audit", "witness_peers_dir", str, "", "SCEAU_AUDIT_WITNESS_PEERS_DIR",
+            doc="serve as the countersigning witness of the services whose JWKS are the "
+            "PEER.json files of this directory; empty = off"),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
 )

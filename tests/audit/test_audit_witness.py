@@ -8,7 +8,9 @@ each; `--witness` fails naming the node, and the server refuses to continue such
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import socket
 import threading
 import time
@@ -413,3 +415,98 @@ def test_an_unwritable_witness_makes_the_node_unready_and_refuse_calls(
     server.stop()
     rc, report, _ = verify(server, "--witness", str(server.data_dir / "witness"))
     assert rc == 0, report["problems"]
+
+
+# --- a second Sceau as countersigning witness -----------------------------------------------------
+
+
+def test_a_second_sceau_keeps_and_countersigns_every_checkpoint(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from jwcrypto import jwk, jws
+
+    peer = new_server(request, tmp_path / "payroll", "sqlite", {"SCEAU_CHECKPOINT_EVERY": "2"},
+                      start=False)
+    peers_dir = tmp_path / "peers"
+    peers_dir.mkdir()
+    (peers_dir / "payroll.json").write_text(json.dumps(_jwks(peer)))
+    witness = new_server(request, tmp_path / "witness", "sqlite",
+                         {"SCEAU_AUDIT_WITNESS_PEERS_DIR": str(peers_dir)})
+    url = f"{witness.url}/witness/v1/checkpoint"
+    peer.env.update(SCEAU_AUDIT_WITNESS_URL=url, SCEAU_AUDIT_WITNESS_URL_CA=witness.cert)
+    app = peer.register_app("countersigned")
+    peer.start()
+    with peer.client(app, OWNER) as c:
+        for i in range(5):
+            c.encrypt(f"p {i}".encode())
+    peer.stop()
+
+    kept_dir = witness.data_dir / "witness" / "peers" / "payroll"
+    local = [json.loads(x) for x in (peer.data_dir / "witness" / "n1.jsonl").read_text().split()]
+    checkpoints = [o for o in local if o["type"] == "checkpoint"]
+    countersigned = [o for o in local if o["type"] == "countersignature"]
+    kept = [json.loads(x) for x in (kept_dir / "n1.jsonl").read_text().split()]
+    assert kept == checkpoints and len(checkpoints) == 3
+    witness_jwks = httpx.get(f"{witness.url}/.well-known/jwks.json", verify=witness.cert).json()
+    keys = {k["kid"]: k for k in witness_jwks["keys"]}
+    assert [c["node_seq"] for c in countersigned] == [c["node_seq"] for c in checkpoints]
+    for receipt, checkpoint in zip(countersigned, checkpoints, strict=True):
+        token = jws.JWS()
+        token.deserialize(receipt["jws"])
+        header = token.jose_header
+        assert header["typ"] == "sceau-countersign+jwt"
+        token.verify(jwk.JWK(**keys[header["kid"]]))  # raises unless the witness signed it
+        claims = json.loads(token.payload)
+        line = json.dumps(checkpoint, sort_keys=True, separators=(",", ":"))
+        assert claims["iss"] == witness.url and claims["peer"] == "payroll"
+        assert (claims["node"], claims["node_seq"], claims["hash"]) == (
+            "n1", checkpoint["node_seq"], checkpoint["hash"])
+        assert claims["checkpoint"] == hashlib.sha256(line.encode()).hexdigest()
+
+    rc, report, _ = verify(peer, "--witness", str(peer.data_dir / "witness"))
+    assert rc == 0 and report["witness"]["countersignatures"] >= 3
+    # The peer's host is compromised too: its tail cut and its local witness wiped. The
+    # copy the other service keeps still shows the cut.
+    sql(peer, "DELETE FROM audit_records WHERE node = 'n1' AND node_seq > 2",
+        "DELETE FROM audit_checkpoints WHERE node = 'n1' AND node_seq > 2")
+    shutil.rmtree(peer.data_dir / "witness")
+    rc, report, _ = verify(peer, "--witness", str(kept_dir))
+    assert rc == 1 and kinds_by_node(report) == {"n1": {"behind_witness"}}
+
+    # Only a peer's signed checkpoint is kept and countersigned: not the witness's own.
+    witness.register_app("own")  # the witness's cli1 writes and checkpoints
+    with witness.http() as http:
+        forged = dict(checkpoints[-1], node_seq=99)
+        own = (witness.data_dir / "witness").glob("*.jsonl")
+        own_line = next(x for f in own for x in f.read_text().split())
+        for body in (json.dumps(forged), own_line, "{}", json.dumps(local[0])[:-5]):
+            answer = http.post(url, content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400, body
+            assert answer.json()["error"] == "invalid_request"
+        too_big = http.post(url, content=b"{" + b" " * 10_000 + b"}")
+        assert too_big.status_code == 413
+    assert [json.loads(x) for x in (kept_dir / "n1.jsonl").read_text().split()] == kept
+    witness.stop()
+
+
+def test_an_unreachable_remote_witness_is_logged_and_does_not_stop_calls(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = new_server(request, tmp_path, "sqlite", {
+        "SCEAU_CHECKPOINT_EVERY": "1", "SCEAU_AUDIT_WITNESS_SYSLOG": f"tcp://127.0.0.1:{port}",
+    })
+    app = server.register_app("open")
+    with server.client(app, OWNER) as c:
+        for i in range(3):
+            c.encrypt(f"o {i}".encode())
+    assert httpx.get(f"{server.url}/readyz", verify=server.cert).status_code == 200
+    server.stop()
+    log = server.log()
+    assert f"audit witness tcp://127.0.0.1:{port} unreachable (ConnectionRefusedError)" in log
+    assert "not delivered at shutdown" in log
+    # The local witness took every checkpoint all along.
+    rc, report, _ = verify(server, "--witness", str(server.data_dir / "witness"))
+    assert rc == 0 and report["witness"]["windows"]["n1"]["unprotected_records"] == 0

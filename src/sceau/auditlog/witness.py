@@ -14,7 +14,11 @@ store never had), is also written to:
 - the **syslog stream** ``audit.witness_syslog`` (``udp://host:514``, ``tcp://host:601``,
   ``unix:/dev/log``; off when empty): the RFC 5424 message of :mod:`sceau.auditlog.syslog`,
   sent by a background thread that retries with a bounded backlog. Its failures are logged
-  and counted but never block calls: the file witness still stands.
+  and counted but never block calls: the file witness still stands;
+- a **countersigning witness** ``audit.witness_url`` (off when empty): each checkpoint line
+  is POSTed to it (another Sceau service: :mod:`sceau.service.witness_api`) and the
+  countersignature it answers is appended to the node's witness file, next to the
+  checkpoint, as a ``{"type": "countersignature", ...}`` line. Same thread rules as syslog.
 
 The reading side (:func:`read_witness`) takes witness files, directories of them, syslog
 captures and JSON Lines exports, and keeps every signed checkpoint or record in them whose
@@ -33,10 +37,12 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import httpx
 
 from sceau.auditlog.syslog import BOM, SyslogOptions, facility_code, syslog_line
 from sceau.config import Config
@@ -53,7 +59,9 @@ from sceau.errors import AuditUnavailable, ConfigError, IntegrityFailure, Invali
 from sceau.store.nodes import valid_node_id
 
 __all__ = [
+    "COUNTERSIGNATURE_TYPE",
     "WITNESS_DIR_NAME",
+    "HttpsWitness",
     "SyslogTarget",
     "SyslogWitness",
     "Witness",
@@ -71,6 +79,9 @@ log = logging.getLogger("sceau.audit")
 
 WITNESS_DIR_NAME = "witness"
 WITNESS_SUFFIX = ".jsonl"
+COUNTERSIGNATURE_TYPE = "countersignature"
+_HTTP_TIMEOUT_S = 10.0
+_MAX_ANSWER_BYTES = 16 * 1024
 _READ_BLOCK = 64 * 1024
 # Remote witness messages kept while the destination is away (one per checkpoint: at the
 # default 10 s interval, 10 000 is more than a day of a busy node).
@@ -128,6 +139,8 @@ class WitnessSettings:
     directory: Path
     syslog: SyslogTarget | None = None
     syslog_options: SyslogOptions = field(default_factory=SyslogOptions)
+    url: str = ""  # the countersigning witness, or ""
+    url_ca: Path | None = None  # PEM bundle its TLS certificate must chain to (else system)
 
 
 def witness_settings(config: Config) -> WitnessSettings:
@@ -138,10 +151,16 @@ def witness_settings(config: Config) -> WitnessSettings:
         facility = facility_code(str(config.get("audit.witness_syslog_facility")))
     except InvalidRequest as exc:
         raise ConfigError(f"audit.witness_syslog_facility: {exc.detail}") from None
+    url = str(config.get("audit.witness_url"))
+    ca = str(config.get("audit.witness_url_ca"))
+    if ca and not Path(ca).is_file():
+        raise ConfigError(f"audit.witness_url_ca: {ca} is not a file")
     return WitnessSettings(
         directory=Path(directory) if directory else config.data_dir / WITNESS_DIR_NAME,
         syslog=SyslogTarget.parse(target) if target else None,
         syslog_options=SyslogOptions(facility=facility),
+        url=url,
+        url_ca=Path(ca) if ca else None,
     )
 
 
@@ -162,6 +181,8 @@ class WitnessFile:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._torn: set[str] = set()
+        # The writer thread appends checkpoints, the countersigning thread their receipts.
+        self._lock = threading.Lock()
 
     def prepare(self) -> None:
         """Create the directory (0700) if needed; refuse one that others may write to."""
@@ -206,6 +227,20 @@ class WitnessFile:
 
     def append(self, node: str, line: str) -> None:
         """Append one line durably, in one ``write()``; OSError when it cannot."""
+        with self._lock:
+            self._append(node, line)
+
+    def last_line(self, node: str) -> str | None:
+        """The file's last non-empty line (to skip a repeated line), or None."""
+        try:
+            for raw in _tail_lines(self.path(node)):
+                if raw.strip():
+                    return raw.decode("utf-8", errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        return None
+
+    def _append(self, node: str, line: str) -> None:
         path = self.path(node)
         data = (("\n" if node in self._torn else "") + line + "\n").encode("utf-8")
         existed = path.exists()
@@ -282,51 +317,49 @@ def _json_object(text: str) -> dict[str, Any] | None:
 # --- the syslog stream -----------------------------------------------------------------------
 
 
-class SyslogWitness:
-    """Sends witness messages to a syslog destination from a thread of its own.
+Item = TypeVar("Item")
 
-    Framing: one datagram per message over UDP and ``unix:`` datagram sockets; over TCP (and
-    a ``unix:`` stream socket) each message ends with LF (RFC 6587 non-transparent framing,
-    which every collector reads and which a plain capture keeps one message per line; a
-    message never contains a raw LF). Undelivered messages wait in a bounded backlog and are
-    retried with backoff; when it overflows the oldest are dropped and counted.
+
+class _RemoteWitness(Generic[Item]):
+    """Delivers items from a thread of its own, in order, retrying with backoff.
+
+    Undelivered items wait in a bounded backlog; when it overflows the oldest are dropped
+    and counted. The first failure is logged as an error, then one error a minute while it
+    lasts; a recovery is logged too.
     """
 
-    def __init__(self, target: SyslogTarget, options: SyslogOptions,
-                 max_backlog: int = MAX_BACKLOG) -> None:
-        self.target = target
-        self.options = options
-        self._backlog: deque[bytes] = deque()
+    def __init__(self, name: str, max_backlog: int = MAX_BACKLOG) -> None:
+        self.name = name
+        self._backlog: deque[Item] = deque()
         self._max = max_backlog
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-        self._stream = target.transport == "tcp"
         self.sent = 0
         self.failures = 0
         self.dropped = 0
         self.last_error: str | None = None
         self._last_log = 0.0
 
-    def send(self, line: str) -> None:
-        """Queue the RFC 5424 message of one stored line; never blocks on the network."""
-        message = syslog_line(line, self.options).encode("utf-8")
+    def __str__(self) -> str:
+        return self.name
+
+    def _queue(self, item: Item) -> None:
         with self._cond:
             if len(self._backlog) >= self._max:
                 self._backlog.popleft()
                 self.dropped += 1
-                log.error("audit witness %s: backlog full, oldest message dropped", self.target)
-            self._backlog.append(message)
+                log.error("audit witness %s: backlog full, oldest message dropped", self.name)
+            self._backlog.append(item)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sceau-witness-syslog",
+                self._thread = threading.Thread(target=self._run, name="sceau-witness",
                                                 daemon=True)
                 self._thread.start()
             self._cond.notify()
 
     @property
     def backlog(self) -> int:
-        """Messages not delivered yet."""
+        """Items not delivered yet."""
         with self._cond:
             return len(self._backlog)
 
@@ -340,7 +373,7 @@ class SyslogWitness:
             thread.join(timeout)
         left = self.backlog
         if left:
-            log.error("audit witness %s: %d message(s) not delivered at shutdown", self.target,
+            log.error("audit witness %s: %d message(s) not delivered at shutdown", self.name,
                       left)
         self._disconnect()
 
@@ -352,9 +385,9 @@ class SyslogWitness:
                     self._cond.wait()
                 if not self._backlog:
                     return
-                message = self._backlog[0]
+                item = self._backlog[0]
             try:
-                self._deliver(message)
+                self._deliver(item)
             except OSError as exc:
                 self._failed(exc)
                 with self._cond:
@@ -365,10 +398,10 @@ class SyslogWitness:
                 continue
             delay = _RETRY_MIN_S
             with self._cond:
-                if self._backlog and self._backlog[0] is message:
+                if self._backlog and self._backlog[0] is item:
                     self._backlog.popleft()
             if self.last_error is not None:
-                log.info("audit witness %s reachable again", self.target)
+                log.info("audit witness %s reachable again", self.name)
             self.sent += 1
             self.last_error = None
 
@@ -376,12 +409,42 @@ class SyslogWitness:
         self._disconnect()
         self.failures += 1
         first = self.last_error is None
-        self.last_error = type(exc).__name__
+        # A refusal says why (an HTTP status); a socket error by its class, never a value.
+        self.last_error = str(exc.strerror) if isinstance(exc, _Refused) else type(exc).__name__
         now = time.monotonic()
         if first or now - self._last_log >= _LOG_EVERY_S:
             self._last_log = now
             log.error("audit witness %s unreachable (%s): checkpoints wait in a backlog of %d",
-                      self.target, self.last_error, self.backlog)
+                      self.name, self.last_error, self.backlog)
+
+    def _deliver(self, item: Item) -> None:
+        """Deliver one item; OSError when it could not be (it is retried)."""
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        """Drop any connection after a failure or at close."""
+
+
+class SyslogWitness(_RemoteWitness[bytes]):
+    """Sends witness messages to a syslog destination.
+
+    Framing: one datagram per message over UDP and ``unix:`` datagram sockets; over TCP (and
+    a ``unix:`` stream socket) each message ends with LF (RFC 6587 non-transparent framing,
+    which every collector reads and which a plain capture keeps one message per line; a
+    message never contains a raw LF).
+    """
+
+    def __init__(self, target: SyslogTarget, options: SyslogOptions,
+                 max_backlog: int = MAX_BACKLOG) -> None:
+        super().__init__(str(target), max_backlog)
+        self.target = target
+        self.options = options
+        self._sock: socket.socket | None = None
+        self._stream = target.transport == "tcp"
+
+    def send(self, line: str) -> None:
+        """Queue the RFC 5424 message of one stored line; never blocks on the network."""
+        self._queue(syslog_line(line, self.options).encode("utf-8"))
 
     def _connect(self) -> socket.socket:
         target = self.target
@@ -408,19 +471,68 @@ class SyslogWitness:
         sock.connect(address)
         return sock
 
-    def _deliver(self, message: bytes) -> None:
+    def _deliver(self, item: bytes) -> None:
         if self._sock is None:
             self._sock = self._connect()
         if self._stream:
-            self._sock.sendall(message + b"\n")
+            self._sock.sendall(item + b"\n")
         else:
-            self._sock.send(message)
+            self._sock.send(item)
 
     def _disconnect(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+
+
+class _Refused(OSError):
+    """The countersigning witness answered, but not with a countersignature."""
+
+
+class HttpsWitness(_RemoteWitness[tuple[str, str]]):
+    """POSTs each checkpoint line to a countersigning witness and keeps its answer.
+
+    The request body is the exact checkpoint line (``application/json``); the answer
+    ``{"countersignature": "<compact JWS>"}``, which ``keep(node, line, jws)`` stores next to
+    the checkpoint. TLS is verified (against ``ca``, else the system's CAs).
+    """
+
+    def __init__(self, url: str, ca: Path | None, keep: Callable[[str, str, str], None],
+                 max_backlog: int = MAX_BACKLOG) -> None:
+        super().__init__(url, max_backlog)
+        self.url = url
+        self._keep = keep
+        self._client = httpx.Client(verify=str(ca) if ca else True, timeout=_HTTP_TIMEOUT_S,
+                                    follow_redirects=False)
+
+    def send(self, node: str, line: str) -> None:
+        """Queue one checkpoint line of ``node``; never blocks on the network."""
+        self._queue((node, line))
+
+    def _deliver(self, item: tuple[str, str]) -> None:
+        node, line = item
+        try:
+            answer = self._client.post(self.url, content=line.encode("utf-8"),
+                                       headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise _Refused(errno.ECONNREFUSED, type(exc).__name__) from None
+        if answer.status_code != 200 or len(answer.content) > _MAX_ANSWER_BYTES:
+            raise _Refused(errno.EPROTO, f"HTTP {answer.status_code}")
+        try:
+            jws = answer.json().get("countersignature")
+        except (ValueError, AttributeError):
+            jws = None
+        if not isinstance(jws, str) or jws.count(".") != 2:
+            raise _Refused(errno.EPROTO, "no countersignature in the answer")
+        self._keep(node, line, jws)
+
+    def _disconnect(self) -> None:
+        """The HTTP client keeps its own pool; nothing to drop per failure."""
+
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
+        self._client.close()
 
 
 # --- the witness the writer uses -------------------------------------------------------------
@@ -437,6 +549,10 @@ class Witness:
         self.file = WitnessFile(settings.directory)
         self.syslog = (
             SyslogWitness(settings.syslog, settings.syslog_options) if settings.syslog else None
+        )
+        self.https = (
+            HttpsWitness(settings.url, settings.url_ca, self._keep_countersignature)
+            if settings.url else None
         )
 
     def __str__(self) -> str:
@@ -465,19 +581,31 @@ class Witness:
             ) from None
         if self.syslog is not None:
             self.syslog.send(line)
+        if self.https is not None:
+            self.https.send(node, line)
+
+    def _keep_countersignature(self, node: str, line: str, jws: str) -> None:
+        """Store a countersignature next to its checkpoint (OSError: retried)."""
+        checkpoint = json.loads(line)
+        self.file.append(node, json.dumps({
+            "type": COUNTERSIGNATURE_TYPE, "v": 1, "node": node,
+            "node_seq": checkpoint["node_seq"], "hash": checkpoint["hash"],
+            "witness": self.settings.url, "jws": jws,
+        }, sort_keys=True, separators=(",", ":")))
 
     def close(self) -> None:
         """Flush the remote streams (briefly) and stop their threads."""
-        if self.syslog is not None:
-            self.syslog.close()
+        for remote in self._remotes():
+            remote.close()
+
+    def _remotes(self) -> list[_RemoteWitness[Any]]:
+        return [r for r in (self.syslog, self.https) if r is not None]
 
     def status(self) -> dict[str, Any]:
         """Counters of the remote streams (for metrics and logs)."""
-        if self.syslog is None:
-            return {}
-        return {"syslog": {"target": str(self.syslog.target), "sent": self.syslog.sent,
-                           "failures": self.syslog.failures, "dropped": self.syslog.dropped,
-                           "backlog": self.syslog.backlog, "error": self.syslog.last_error}}
+        return {str(r): {"sent": r.sent, "failures": r.failures, "dropped": r.dropped,
+                         "backlog": r.backlog, "error": r.last_error}
+                for r in self._remotes()}
 
 
 def open_witness(config: Config) -> Witness:
@@ -497,6 +625,7 @@ class WitnessEvidence:
     lines: int
     unreadable: int  # not JSON and no audit line inside (other programs' syslog, torn lines)
     problems: list[VerifyProblem]
+    countersignatures: int = 0
 
     def index(self) -> tuple[WitnessIndex, list[VerifyProblem]]:
         """The positions indexed, and any conflict between them."""
@@ -505,7 +634,7 @@ class WitnessEvidence:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for ``--json`` output."""
         return {"sources": self.sources, "positions": len(self.points), "lines": self.lines,
-                "unreadable_lines": self.unreadable}
+                "unreadable_lines": self.unreadable, "countersignatures": self.countersignatures}
 
 
 def extract_json(text: str) -> str | None:
@@ -539,7 +668,7 @@ def read_witness(paths: Sequence[Path], jwks: Mapping[str, Any]) -> WitnessEvide
     sources: list[str] = []
     points: list[WitnessPoint] = []
     problems: list[VerifyProblem] = []
-    lines = unreadable = 0
+    lines = unreadable = countersigned = 0
     for given in paths:
         for path in _files(given):
             sources.append(str(path))
@@ -566,7 +695,9 @@ def read_witness(paths: Sequence[Path], jwks: Mapping[str, Any]) -> WitnessEvide
                         continue
                     if point is not None:
                         points.append(point)
-    return WitnessEvidence(sources, points, lines, unreadable, problems)
+                    elif obj.get("type") == COUNTERSIGNATURE_TYPE:
+                        countersigned += 1
+    return WitnessEvidence(sources, points, lines, unreadable, problems, countersigned)
 
 
 def _node_of(obj: Mapping[str, Any]) -> str | None:
