@@ -122,7 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit", "synchronous", str, "FULL", "SCEAU_SQLITE_SYNCHRONOUS",
             _one_of("FULL", "EXTRA")),
     Setting("audit", "witness_dir", str, "", "SCEAU_AUDIT_WITNESS_DIR",
-            doc="append-only checkpoint witness files, one per node; default DATA_DIR/witness"),
+            doc="append-only checkpoint witness files, one per node; default DATA_DIR/witness "
+            "(a relative path is taken in DATA_DIR)"),
     Setting("audit", "witness_syslog", str, "", "SCEAU_AUDIT_WITNESS_SYSLOG", _syslog_target,
             doc="also send each checkpoint to udp://host:port, tcp://host:port or unix:/path "
             "(RFC 5424); empty = off"),

@@ -156,7 +156,8 @@ def witness_settings(config: Config) -> WitnessSettings:
     if ca and not Path(ca).is_file():
         raise ConfigError(f"audit.witness_url_ca: {ca} is not a file")
     return WitnessSettings(
-        directory=Path(directory) if directory else config.data_dir / WITNESS_DIR_NAME,
+        # A relative directory is taken in the data dir, whatever the working directory.
+        directory=config.data_dir / (directory or WITNESS_DIR_NAME),
         syslog=SyslogTarget.parse(target) if target else None,
         syslog_options=SyslogOptions(facility=facility),
         url=url,
@@ -651,8 +652,11 @@ def extract_json(text: str) -> str | None:
 
 
 def _files(path: Path) -> list[Path]:
+    """A file as given; in a directory its ``*.jsonl`` files (a witness file moved aside,
+    ``n1.jsonl.restored-DATE``, is then read only when named)."""
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in path.iterdir()
+                      if p.is_file() and p.suffix == WITNESS_SUFFIX and not p.name.startswith("."))
     return [path]
 
 

@@ -151,6 +151,8 @@ def verify(
             keys = read_jwks(jwks) if jwks is not None else (
                 keystore.public_jwks() if keystore is not None else {})
             start = read_start_checkpoints(start_checkpoint, keys) if start_checkpoint else None
+            # The witness first, the store after: a checkpoint is witnessed only once
+            # committed, so a live store read later holds everything the witness read saw.
             evidence = read_witness(witness, keys) if witness else None
             result = verify_store(engines, keys, start=start, witness=evidence, sealer=keystore)
         finally:
