@@ -353,6 +353,7 @@ class Writer:
                 "to continue it"
             )
         return None
+
     def _take_lease(self, node: str, now: int) -> str | None:
         """Lease ``node``; the foreign holder's token when it is held by a live process."""
         with self._engines.write.begin() as conn:
