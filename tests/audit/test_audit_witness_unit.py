@@ -80,15 +80,22 @@ def test_the_last_verified_checkpoint_is_read_from_the_end(
     witness.prepare()
     witness.open_node("n1")
     keys = jwks_public_keys(keystore.public_jwks())
-    assert witness.last_checkpoint("n1", keys) is None
+    asked: list[int] = []
+
+    def audit_keys() -> dict[str, Any]:
+        asked.append(1)
+        return keys
+
+    assert witness.last_checkpoint("n1", audit_keys) is None
+    assert asked == []  # no checkpoint line: the keystore is not even asked
     for node_seq in range(1, 400):  # more than one 64 KiB block from the end
         witness.append("n1", checkpoint(keystore, "n1", node_seq))
     forged = json.loads(checkpoint(keystore, "n1", 400))
     forged["node_seq"] = 900  # pushed forward: the signature no longer covers it
     witness.append("n1", json.dumps(forged))
     witness.append("n1", '{"type":"countersignature","node":"n1","node_seq":399}')
-    found = witness.last_checkpoint("n1", keys)
-    assert found is not None and found.node_seq == 399
+    found = witness.last_checkpoint("n1", audit_keys)
+    assert found is not None and found.node_seq == 399 and asked == [1]
     assert (tmp_path / "w" / "n1.jsonl").stat().st_mode & 0o777 == 0o600
 
 

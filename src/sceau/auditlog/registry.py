@@ -11,11 +11,12 @@ import re
 
 from sceau.admin import AdminSession
 from sceau.store import nodes
+from sceau.store.db import Engines
 from sceau.store.nodes import AuditNodeRow, NodeKind
 from sceau.store.writer import Tx
 from sceau.vocab import Action
 
-__all__ = ["kind_of", "register_existing_nodes"]
+__all__ = ["kind_of", "register_existing_nodes", "unlisted_nodes"]
 
 _CLI_NODE = re.compile(r"cli\d+")
 
@@ -25,8 +26,10 @@ def kind_of(node: str) -> NodeKind:
     return NodeKind.CLI if _CLI_NODE.fullmatch(node) else NodeKind.SERVER
 
 
-def _unlisted(session: AdminSession) -> set[str]:
-    with session.engines.read.connect() as conn:
+def unlisted_nodes(engines: Engines) -> set[str]:
+    """Nodes with records or checkpoints but no registry row (read with the store alone, so
+    that ``db upgrade`` opens the keystore only when there is something to register)."""
+    with engines.read.connect() as conn:
         return nodes.trail_nodes(conn) - {row.node for row in nodes.list_nodes(conn)}
 
 
@@ -35,7 +38,7 @@ def register_existing_nodes(session: AdminSession) -> list[str]:
 
     Nothing is written (and nothing audited) when every node is registered already.
     """
-    if not _unlisted(session):
+    if not unlisted_nodes(session.engines):
         return []
     keystore = session.keystore
 

@@ -259,25 +259,29 @@ class WitnessFile:
         if not existed:
             _fsync_dir(self.directory)
 
-    def last_checkpoint(self, node: str, keys: Mapping[str, AuditPublicKey]) -> WitnessPoint | None:
-        """The node's last checkpoint in its file whose signature verifies, or None.
+    def last_checkpoint(
+        self, node: str, keys: Callable[[], Mapping[str, AuditPublicKey]]
+    ) -> WitnessPoint | None:
+        """The node's last checkpoint in its file whose signature verifies with ``keys()``
+        (asked once, and only if there is a checkpoint line), or None.
 
         Read from the end. A line that does not verify is skipped with a warning: a forged
         line must not decide where the chain stands (``sceau audit verify --witness``
         reports it).
         """
         path = self.path(node)
-        try:
-            lines = list(_tail_lines(path))
-        except FileNotFoundError:
+        if not path.exists():
             return None
-        for raw in lines:
+        known: dict[str, AuditPublicKey] | None = None
+        for raw in _tail_lines(path):  # lazily: the file may hold years of checkpoints
             text = raw.decode("utf-8", errors="replace").strip()
             obj = _json_object(text)
             if obj is None or obj.get("type") != "checkpoint":
                 continue
+            if known is None:
+                known = dict(keys())
             try:
-                point = witness_point(text, keys, f"{path}, last checkpoint")
+                point = witness_point(text, known, f"{path}, last checkpoint")
             except IntegrityFailure as exc:
                 log.warning("audit witness: skipping a line that does not verify: %s",
                             exc.detail)
@@ -559,12 +563,16 @@ class Witness:
     def __str__(self) -> str:
         return str(self.settings.directory)
 
-    def open_node(self, node: str, jwks: Mapping[str, Any]) -> WitnessPoint | None:
-        """Prepare ``node``'s witness file; its last witnessed checkpoint, if any."""
+    def open_node(
+        self, node: str, jwks: Callable[[], Mapping[str, Any]]
+    ) -> WitnessPoint | None:
+        """Prepare ``node``'s witness file; its last witnessed checkpoint, if any, checked
+        with the audit keys of ``jwks()`` (not asked when the file holds no checkpoint: an
+        administrative command on a data dir without a keystore yet must still run)."""
         self.file.prepare()
         try:
             self.file.open_node(node)
-            return self.file.last_checkpoint(node, jwks_public_keys(jwks))
+            return self.file.last_checkpoint(node, lambda: jwks_public_keys(jwks()))
         except OSError as exc:
             raise ConfigError(
                 f"audit witness file for node {node} in {self.settings.directory} cannot be "

@@ -154,9 +154,12 @@ class Job:
 class CheckpointWitness(Protocol):
     """Somewhere outside the store that keeps every committed checkpoint of a node."""
 
-    def open_node(self, node: str, jwks: Mapping[str, Any]) -> WitnessPoint | None:
+    def open_node(
+        self, node: str, jwks: Callable[[], Mapping[str, Any]]
+    ) -> WitnessPoint | None:
         """Get ready to witness ``node``; its last witnessed checkpoint (signature checked
-        with ``jwks``), or None. :class:`ConfigError` when the witness cannot be used."""
+        with the JWKS ``jwks()`` returns, asked only when there is a line to check), or None.
+        :class:`ConfigError` when the witness cannot be used."""
 
     def publish(self, node: str, line: str) -> None:
         """Keep one committed checkpoint line durably; :class:`SceauError` when it cannot."""
@@ -279,7 +282,7 @@ class Writer:
         self._last_lease = self._clock()
         try:
             witnessed = (
-                self._witness.open_node(self.node, self._keystore.public_jwks())
+                self._witness.open_node(self.node, self._audit_jwks)
                 if self._witness is not None else None
             )
             with self._engines.write.begin() as conn:
@@ -705,6 +708,11 @@ class Writer:
     def _head_seq(self, conn: sa.Connection, head: ChainHead) -> int:
         found = repo.chain_head(conn, head.node)
         return found[2] if found is not None else 0
+
+    def _audit_jwks(self) -> dict[str, Any]:
+        """The audit keys only: a checkpoint is never signed by the response key."""
+        infos = self._keystore.signing_keys(KeyPurpose.AUDIT)
+        return {"keys": [dict(info.public_jwk) for info in infos]}
 
     def _sign_audit(self, digest: bytes) -> bytes:
         _info, sig = self._keystore.sign(KeyPurpose.AUDIT, digest)
