@@ -510,3 +510,27 @@ def test_an_unreachable_remote_witness_is_logged_and_does_not_stop_calls(
     # The local witness took every checkpoint all along.
     rc, report, _ = verify(server, "--witness", str(server.data_dir / "witness"))
     assert rc == 0 and report["witness"]["windows"]["n1"]["unprotected_records"] == 0
+
+
+def test_db_upgrade_registers_the_nodes_that_wrote_before_the_registry(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = new_server(request, tmp_path, "sqlite", start=False)
+    server.register_app("legacy")  # cli1 writes, and registers
+    run_node(server, "n1", 2)
+    sql(server, "DELETE FROM audit_nodes")  # as a store from before schema 0003 has it
+    rc, report, _ = verify(server)
+    assert rc == 1 and kinds_by_node(report) == {"cli1": {"unregistered_node"},
+                                                 "n1": {"unregistered_node"}}
+    out = run_cli("db", "upgrade", "--data-dir", str(server.data_dir), env=server.env)
+    assert "audit_nodes 2" in out.stdout.decode()
+    rc, report, _ = verify(server, "--witness", str(server.data_dir / "witness"))
+    assert rc == 0, report["problems"]
+    assert report["registry"]["nodes"] == {"cli1": {"kind": "cli", "seal": "ok"},
+                                           "n1": {"kind": "server", "seal": "ok"}}
+    upgrade = [r for r in rows(server, "SELECT line FROM audit_records")
+               if '"ROWS_SEALED"' in r[0]]
+    assert json.loads(upgrade[-1][0])["details"] == {
+        "trust_on_upgrade": {"audit_nodes": ["cli1", "n1"]}}
+    again = run_cli("db", "upgrade", "--data-dir", str(server.data_dir), env=server.env)
+    assert "audit_nodes" not in again.stdout.decode()
