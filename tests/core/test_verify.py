@@ -696,7 +696,12 @@ CHECKPOINT_FIELDS = {"type", "v", "node", "node_seq", "hash", "time", "kid", "si
 def _unpadded_b64url(text: str) -> bytes:
     if "=" in text:
         raise ValueError("padded")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # "The unpadded base64url of the signature" is one text: a last character whose unused
+    # bits differ decodes to the same bytes but is not that encoding.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 def _load_keys(jwks_doc: Mapping[str, Any]) -> dict[str, Any]:
