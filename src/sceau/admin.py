@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sceau.auditlog.witness import open_witness
 from sceau.config import Config
 from sceau.core.b64 import b64u_encode
 from sceau.core.policy import validate_principal
@@ -61,7 +62,7 @@ class AdminSession:
 def admin_session(config: Config) -> Iterator[AdminSession]:
     engines = open_store(config)
     keystore = open_keystore(keystore_settings(config))
-    writer = Writer(engines, keystore, node_prefix="cli")
+    writer = Writer(engines, keystore, witness=open_witness(config), node_prefix="cli")
     try:
         writer.open()
         yield AdminSession(config, engines, keystore, writer, getpass.getuser())

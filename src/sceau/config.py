@@ -74,6 +74,22 @@ def _node_id(value: Any) -> str | None:
     return None if ok else "must be 1-64 letters, digits, '-', '_' or '.'"
 
 
+def _syslog_target(value: Any) -> str | None:
+    """A light check; ``sceau.auditlog.witness.SyslogTarget`` parses it at start."""
+    if value == "" or value.startswith("unix:/"):
+        return None
+    scheme, sep, rest = value.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if sep and scheme in ("udp", "tcp") and host and colon and port.isdigit():
+        return None
+    return "udp://host:port, tcp://host:port, unix:/path, or empty (off)"
+
+
+def _https_url(value: Any) -> str | None:
+    ok = value == "" or (value.startswith("https://") and len(value) > len("https://"))
+    return None if ok else "an https:// URL, or empty (off)"
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("service", "service_id", str, "", "SCEAU_SERVICE_ID",
             doc="service id (aud); default https://HOST:PORT"),
@@ -122,6 +138,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit", "max_batch", int, 256, "SCEAU_AUDIT_MAX_BATCH", _positive),
     Setting("audit", "synchronous", str, "FULL", "SCEAU_SQLITE_SYNCHRONOUS",
             _one_of("FULL", "EXTRA")),
+    Setting("audit", "witness_dir", str, "", "SCEAU_AUDIT_WITNESS_DIR",
+            doc="append-only checkpoint witness files, one per node; default DATA_DIR/witness "
+            "(a relative path is taken in DATA_DIR)"),
+    Setting("audit", "witness_syslog", str, "", "SCEAU_AUDIT_WITNESS_SYSLOG", _syslog_target,
+            doc="also send each checkpoint to udp://host:port, tcp://host:port or unix:/path "
+            "(RFC 5424); empty = off"),
+    Setting("audit", "witness_syslog_facility", str, "audit",
+            "SCEAU_AUDIT_WITNESS_SYSLOG_FACILITY", doc="facility of the witness messages"),
+    Setting("audit", "witness_url", str, "", "SCEAU_AUDIT_WITNESS_URL", _https_url,
+            doc="also POST each checkpoint to this countersigning witness (another Sceau: "
+            "https://HOST:PORT/witness/v1/checkpoint); empty = off"),
+    Setting("audit", "witness_url_ca", str, "", "SCEAU_AUDIT_WITNESS_URL_CA",
+            doc="PEM bundle the witness's TLS certificate must chain to; empty = system CAs"),
+    Setting("audit", "witness_peers_dir", str, "", "SCEAU_AUDIT_WITNESS_PEERS_DIR",
+            doc="serve as the countersigning witness of the services whose JWKS are the "
+            "PEER.json files of this directory; empty = off"),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
     # OpenID Connect sign-in to the console (docs/console.md). Off while issuer is empty; the

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sceau.auditlog.witness import open_witness
 from sceau.config import CONFIG_FILE, SETTINGS, Config, load_config, render_default_config
 from sceau.errors import ConfigError
 from sceau.keystore import init_keystore, open_keystore
@@ -421,6 +422,7 @@ def initialize(
             data_dir.rmdir()
         raise
     make_tls_certificate(data_dir / "tls", names)
+    open_witness(config).file.prepare()  # the audit witness dir, 0700 (docs/audit.md)
     engines = create_engines(config.database_url, synchronous=str(config.get("audit.synchronous")))
     try:
         upgrade(engines)

@@ -121,3 +121,18 @@ def test_nothing_left_to_archive_is_an_error(archived: dict[str, Any]) -> None:
                    "--data-dir", str(server.data_dir), check=False)
     assert proc.returncode == 1 and b"nothing to archive" in proc.stderr
     assert not (base / "none.jsonl").exists()
+
+
+def test_archived_records_are_not_taken_for_a_cut(archived: dict[str, Any]) -> None:
+    """The witness saw records the archive removed: neither verify nor a restart objects."""
+    server = archived["server"]
+    witness = server.data_dir / "witness"
+    seen = [json.loads(line)["node_seq"] for line in (witness / "n1.jsonl").read_text().split()]
+    lowest = db(server.data_dir).execute(
+        "SELECT min(node_seq) FROM audit_records WHERE node = 'n1'").fetchone()[0]
+    assert min(seen) < lowest  # the witness holds positions that were archived
+    rc, report = _verify("--data-dir", str(server.data_dir), "--witness", str(witness))
+    assert rc == 0, report["problems"]
+    server.restart()  # the start-up check accepts a chain whose beginning was archived
+    rc, report = _verify("--data-dir", str(server.data_dir), "--witness", str(witness))
+    assert rc == 0, report["problems"]

@@ -35,9 +35,12 @@ from sceau.core.audit import (
 from sceau.core.verify import (
     ProblemKind,
     VerifyReport,
+    WitnessIndex,
+    WitnessPoint,
     checkpoint_anchor,
     jwks_public_keys,
     verify_lines,
+    witness_point,
 )
 from sceau.errors import IntegrityFailure, InvalidRequest
 from sceau.vocab import Action, Outcome
@@ -515,6 +518,153 @@ def test_report_is_a_value() -> None:
         report.records = 0  # type: ignore[misc]
 
 
+# --- witnesses (SECURITY-CASES 48) --------------------------------------------------------------
+
+
+def forked_export() -> Export:
+    """BASE with n1's fifth record written differently: what a node that restarted from its
+    fourth record (the rest cut from the store) writes next. Lines as in BASE."""
+    ex = Export()
+    ex.record("n1")
+    ex.record("n1")
+    ex.record("n2", step=8)
+    ex.record("n1")
+    ex.checkpoint("n1")
+    ex.record("n2")
+    ex.record("n1")
+    ex.record("n1", user="mallory@corp.com")
+    ex.record("n2", step=6)
+    ex.record("n1")
+    ex.checkpoint("n1")
+    ex.checkpoint("n2")
+    return ex
+
+
+FORKED_LINES = forked_export().lines
+_KEYS = jwks_public_keys(BASE_JWKS)
+
+
+def witnessed(*lines: str) -> WitnessIndex:
+    points = [witness_point(text, _KEYS, f"w{i}") for i, text in enumerate(lines, 1)]
+    index, conflicts = WitnessIndex.of(p for p in points if p is not None)
+    assert not conflicts
+    return index
+
+
+# The witness holds BASE's last checkpoints: n1@6 (line 11) and n2@3 (line 12).
+FULL_WITNESS = (BASE_LINES[10], BASE_LINES[11])
+
+# (id, stream, witness lines, expected problems as (node, kind) in report order, and whether
+# the stream verifies without the witness: the cuts and the fork do, which is the point).
+WITNESS_SCENARIOS: list[
+    tuple[str, list[str], tuple[str, ...], list[tuple[str | None, str]], bool]
+] = [
+    ("intact", BASE_LINES, FULL_WITNESS, [], True),
+    ("tail-and-checkpoints-cut", without(8, 10, 11), FULL_WITNESS, [("n1", "behind_witness")],
+     True),
+    ("whole-node-removed", without(3, 6, 9, 12), FULL_WITNESS, [("n2", "node_removed")], True),
+    ("records-gone-checkpoints-left", without(3, 6, 9), FULL_WITNESS,
+     [("n2", "missing_tail"), ("n2", "behind_witness")], False),
+    ("restarted-from-older-head", FORKED_LINES, FULL_WITNESS, [("n1", "witness_mismatch")],
+     True),
+    ("fork-after-the-witness", FORKED_LINES, (BASE_LINES[4],), [], True),
+    ("record-lines-witness-too", without(10, 11), (BASE_LINES[9],), [("n1", "behind_witness")],
+     True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("lines", "witness", "expected", "alone_ok"),
+                         [s[1:] for s in WITNESS_SCENARIOS],
+                         ids=[s[0] for s in WITNESS_SCENARIOS])
+def test_witness_scenarios(
+    lines: list[str], witness: tuple[str, ...], expected: list[tuple[str | None, str]],
+    alone_ok: bool,
+) -> None:
+    report = verify_lines(lines, BASE_JWKS, witness=witnessed(*witness))
+    assert [(p.node, p.kind) for p in report.problems] == expected, report.problems
+    assert verify_lines(lines, BASE_JWKS).ok is alone_ok
+
+
+def test_witness_problem_names_the_node_and_the_witnessed_position() -> None:
+    report = verify_lines(without(8, 10, 11), BASE_JWKS, witness=witnessed(*FULL_WITNESS))
+    problem = report.problems[0]
+    assert problem.line is None and problem.node == "n1"
+    assert "stops at node_seq 4" in problem.message and "node_seq 6" in problem.message
+    assert "w1" in problem.message  # where the witness saw it
+    mismatch = verify_lines(FORKED_LINES, BASE_JWKS, witness=witnessed(*FULL_WITNESS))
+    assert mismatch.problems[0].line == 10  # n1#6 of the fork: the first witnessed record
+
+
+def test_unprotected_window_per_node() -> None:
+    # Witness: n1 up to its checkpoint at 3 (line 5); n2 never witnessed.
+    report = verify_lines(BASE_LINES, BASE_JWKS, witness=witnessed(BASE_LINES[4]))
+    assert report.ok and report.windows is not None
+    n1, n2 = report.windows["n1"], report.windows["n2"]
+    seqs = {(r["node"], r["node_seq"]): r["seq"] for r in BASE.records}
+    assert (n1.witnessed, n1.records) == (3, 3)
+    assert (n1.first_seq, n1.last_seq) == (seqs[("n1", 4)], seqs[("n1", 6)])
+    assert (n2.witnessed, n2.records, n2.source) == (0, 3, None)
+    full = verify_lines(BASE_LINES, BASE_JWKS, witness=witnessed(*FULL_WITNESS))
+    assert full.windows is not None
+    assert {n: w.records for n, w in full.windows.items()} == {"n1": 0, "n2": 0}
+    assert verify_lines(BASE_LINES, BASE_JWKS).windows is None
+
+
+def test_two_signed_hashes_for_one_position_are_a_conflict() -> None:
+    points = [witness_point(text, _KEYS, src)
+              for text, src in ((BASE_LINES[10], "a"), (FORKED_LINES[10], "b"))]
+    _index, conflicts = WitnessIndex.of(p for p in points if p is not None)
+    assert [(c.node, c.kind) for c in conflicts] == [("n1", "witness_conflict")]
+    assert "a and b" in conflicts[0].message
+
+
+def test_archived_positions_do_not_alarm() -> None:
+    """A witness older than an archive boundary: positions below the anchor are archived."""
+    suffix = BASE_LINES[5:]  # after n1's checkpoint at 3 (line 5); n2 starts later too
+    start = {"n1": checkpoint_anchor(BASE_LINES[4], BASE_JWKS),
+             "n2": ChainHead("n2", 1, json.loads(BASE_LINES[2])["hash"])}
+    witness = witnessed(BASE_LINES[1], BASE_LINES[4], *FULL_WITNESS)  # n1#2, n1@3, ...
+    report = verify_lines(suffix, BASE_JWKS, start=start, witness=witness)
+    assert report.ok, report.problems
+    wrong = {**start, "n1": ChainHead("n1", 3, "7" * 64)}
+    kinds = {p.kind for p in verify_lines(suffix, BASE_JWKS, start=wrong, witness=witness).problems}
+    assert "witness_mismatch" in kinds
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (BASE_LINES[10], ("n1", 6)),
+        (BASE_LINES[0], ("n1", 1)),  # a record vouches for its position too
+        ('{"type":"countersignature","node":"n1"}', None),
+    ],
+    ids=["checkpoint", "record", "other-type"],
+)
+def test_witness_point_reads(line: str, expected: tuple[str, int] | None) -> None:
+    point = witness_point(line, _KEYS, "here")
+    assert (None if point is None else (point.node, point.node_seq)) == expected
+    if point is not None:
+        assert isinstance(point, WitnessPoint) and point.source == "here"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        edit(BASE_LINES[10], node_seq=9),  # pushed forward: signature no longer covers it
+        edit(BASE_LINES[0], user="x"),  # record edited: hash
+        resign(BASE_LINES[0], ROGUE),
+        resign(BASE_LINES[0], STRANGE),
+        edit(BASE_LINES[10], extra=1),
+        "{not json",
+    ],
+    ids=["checkpoint-edited", "record-edited", "rogue-key", "unknown-kid", "extra-member",
+         "not-json"],
+)
+def test_witness_point_refuses_what_does_not_verify(line: str) -> None:
+    with pytest.raises(IntegrityFailure, match="^here: "):
+        witness_point(line, _KEYS, "here")
+
+
 # --- an independent verifier, from the SPEC text only --------------------------------------
 # Uses only cryptography, hashlib, json and rfc8785; nothing from sceau.core.audit/verify.
 # It returns the 1-based number of the first bad line, or None.
@@ -546,7 +696,12 @@ CHECKPOINT_FIELDS = {"type", "v", "node", "node_seq", "hash", "time", "kid", "si
 def _unpadded_b64url(text: str) -> bytes:
     if "=" in text:
         raise ValueError("padded")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # "The unpadded base64url of the signature" is one text: a last character whose unused
+    # bits differ decodes to the same bytes but is not that encoding.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 def _load_keys(jwks_doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +20,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sceau.auditlog.witness import Witness, WitnessSettings
 from sceau.core.model import KeyRecord, Rules
 from sceau.core.verify import verify_lines
-from sceau.errors import AccessDenied, AuditUnavailable, ConfigError, ReplayedRequest
+from sceau.errors import (
+    AccessDenied,
+    AuditUnavailable,
+    ConfigError,
+    IntegrityFailure,
+    ReplayedRequest,
+)
 from sceau.keystore import Keystore
-from sceau.store import hot, repo
+from sceau.store import hot, nodes, repo
 from sceau.store.db import Engines
 from sceau.store.writer import AuditContext, Job, Tx, Writer
 from sceau.vocab import Action, KeyStatus
@@ -41,7 +50,7 @@ def writers(engines: Engines, keystore: Keystore) -> Iterator[list[Writer]]:
 
 def new_writer(engines: Engines, keystore: Keystore, opened: list[Writer], node: str = "",
                ) -> Writer:
-    writer = Writer(engines, keystore, node_id=node, checkpoint_interval_s=3600)
+    writer = Writer(engines, keystore, witness=None, node_id=node, checkpoint_interval_s=3600)
     writer.open()
     opened.append(writer)
     return writer
@@ -337,3 +346,205 @@ def test_sqlalchemy_writes_are_counted(engines: Engines) -> None:
         assert hot.writes(conn) == start + 2
         conn.exec_driver_sql("UPDATE keys SET tag = tag WHERE 0 = 1")
         assert hot.writes(conn) == start + 3
+
+
+# --- registry and witness (SECURITY-CASES 48) ---------------------------------------------------
+
+
+def witnessed_writer(engines: Engines, keystore: Keystore, opened: list[Writer], directory: Path,
+                     node: str = "n1", **options: Any) -> Writer:
+    writer = Writer(engines, keystore, witness=Witness(WitnessSettings(directory=directory)),
+                    node_id=node, checkpoint_interval_s=3600, **options)
+    writer.open()
+    opened.append(writer)
+    return writer
+
+
+def stored_checkpoint_lines(engines: Engines, node: str = "n1") -> list[str]:
+    with engines.read.connect() as conn:
+        rows = conn.execute(sa.text("SELECT line FROM audit_checkpoints WHERE node = :node "
+                                    "ORDER BY node_seq"), {"node": node})
+        return [str(r[0]) for r in rows]
+
+
+def witness_lines(directory: Path, node: str = "n1") -> list[str]:
+    path = directory / f"{node}.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def sql(engines: Engines, *statements: str) -> None:
+    with engines.write.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def test_a_node_registers_in_a_sealed_row_with_its_first_record(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    idle = new_writer(engines, keystore, writers, "n7")
+    server = new_writer(engines, keystore, writers, "n8")
+    cli = Writer(engines, keystore, witness=None, node_prefix="cli")
+    cli.open()
+    writers.append(cli)
+    with engines.read.connect() as conn:
+        assert nodes.list_nodes(conn) == []  # leasing alone registers nothing
+    server.run_now(job())
+    cli.run_now(job())
+    with engines.read.connect() as conn:
+        rows = {row.node: row for row in nodes.list_nodes(conn)}
+    assert set(rows) == {"n8", "cli1"} and idle.node not in rows
+    assert (rows["n8"].kind, rows["cli1"].kind) == ("server", "cli")
+    for row in rows.values():
+        keystore.verify_row(row)  # sealed by the keystore, not just stored
+    forged = dataclasses.replace(rows["n8"], kind="cli")
+    with pytest.raises(IntegrityFailure):
+        keystore.verify_row(forged)
+
+
+def test_checkpoints_reach_the_witness_only_after_their_commit(
+    engines: Engines, keystore: Keystore, writers: list[Writer], tmp_path: Path
+) -> None:
+    directory = tmp_path / "witness"
+    writer = witnessed_writer(engines, keystore, writers, directory, checkpoint_every=2)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for i in range(4):
+        writer.run_now(job(jti=f"w-{i}"))
+    assert witness_lines(directory) == stored_checkpoint_lines(engines)
+    assert len(witness_lines(directory)) == 2
+
+    @sa.event.listens_for(engines.write, "commit")
+    def refuse_commit(_conn: sa.Connection) -> None:
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("disk full"))
+
+    jobs = [job(jti="w-4"), job(jti="w-5")]  # two more records: a checkpoint is due
+    try:
+        writer._run_batch(jobs)
+    finally:
+        sa.event.remove(engines.write, "commit", refuse_commit)
+    assert all(isinstance(j.future.exception(0), AuditUnavailable) for j in jobs)
+    # The batch wrote a checkpoint that never committed: the witness does not have it.
+    assert witness_lines(directory) == stored_checkpoint_lines(engines)
+    assert len(witness_lines(directory)) == 2
+
+
+def _cut(engines: Engines, above: int) -> None:
+    sql(engines, f"DELETE FROM audit_records WHERE node = 'n1' AND node_seq > {above}",
+        f"DELETE FROM audit_checkpoints WHERE node = 'n1' AND node_seq > {above}")
+
+
+def _remove(engines: Engines) -> None:
+    sql(engines, "DELETE FROM audit_records WHERE node = 'n1'",
+        "DELETE FROM audit_checkpoints WHERE node = 'n1'",
+        "DELETE FROM audit_nodes WHERE node = 'n1'")
+
+
+# (attack, with a witness, expected refusal)
+REFUSALS = [
+    ("tail-and-checkpoints-cut", True,
+     r"audit node n1: the store stops at node_seq 3 but its witness \(.*n1\.jsonl.*\) saw "
+     r"node_seq 5"),
+    ("whole-node-removed", True,
+     r"audit node n1: the store holds no record of it but its witness .* saw node_seq 5"),
+    ("restarted-from-older-head", True,
+     r"audit node n1: the store's record at node_seq 5 is not the one its witness .* saw"),
+    ("records-cut-checkpoints-left", False,
+     r"audit node n1: the store stops at node_seq 3 but its own newest stored checkpoint saw "
+     r"node_seq 5"),
+    ("registered-nothing-left", False,
+     r"audit node n1 is registered \(it wrote records\) but the store holds no record"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("attack", "with_witness", "refusal"), REFUSALS,
+                         ids=[r[0] for r in REFUSALS])
+def test_a_chain_behind_what_it_reached_is_not_continued(
+    engines: Engines, keystore: Keystore, writers: list[Writer], tmp_path: Path,
+    attack: str, with_witness: bool, refusal: str,
+) -> None:
+    directory = tmp_path / "witness"
+    first = witnessed_writer(engines, keystore, writers, directory, checkpoint_every=2)
+    for i in range(5):
+        first.run_now(job(jti=f"a-{i}"))
+    first.stop()  # final checkpoint at 5, witnessed
+    writers.remove(first)
+    assert [json.loads(x)["node_seq"] for x in witness_lines(directory)] == [2, 4, 5]
+    if attack == "tail-and-checkpoints-cut":
+        _cut(engines, 3)
+    elif attack == "whole-node-removed":
+        _remove(engines)
+    elif attack == "restarted-from-older-head":
+        _cut(engines, 3)
+        unaware = new_writer(engines, keystore, writers, "n1")  # no witness: it forks
+        for i in range(3):
+            unaware.run_now(job(jti=f"b-{i}"))
+        unaware.stop()
+        writers.remove(unaware)
+    elif attack == "records-cut-checkpoints-left":
+        sql(engines, "DELETE FROM audit_records WHERE node = 'n1' AND node_seq > 3")
+    else:
+        sql(engines, "DELETE FROM audit_records WHERE node = 'n1'",
+            "DELETE FROM audit_checkpoints WHERE node = 'n1'")
+    with pytest.raises(ConfigError, match=refusal):
+        if with_witness:
+            witnessed_writer(engines, keystore, writers, directory)
+        else:
+            new_writer(engines, keystore, writers, "n1")
+    with engines.read.connect() as conn:  # refused before writing, and the lease is free
+        assert repo.acquire_lease(conn, "n1", "probe", NOW, 1) is None
+
+
+def test_a_registry_row_written_outside_sceau_refuses_the_node(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    sql(engines, "INSERT INTO audit_nodes (node, kind, registered_at, seal) "
+                 f"VALUES ('n1', 'server', {NOW}, NULL)")
+    with pytest.raises(ConfigError, match="registry row .* does not match its seal"):
+        new_writer(engines, keystore, writers, "n1")
+
+
+def test_an_unwritable_witness_fails_closed_then_recovers(
+    engines: Engines, keystore: Keystore, writers: list[Writer], tmp_path: Path
+) -> None:
+    directory = tmp_path / "witness"
+    writer = witnessed_writer(engines, keystore, writers, directory, checkpoint_every=1)
+    writer.run_now(job(jti="f-0"))
+    # Root ignores modes: a directory in the file's place makes every append fail.
+    (directory / "n1.jsonl").unlink()
+    (directory / "n1.jsonl").mkdir()
+    committed = writer.run_now(job(jti="f-1"))  # committed; its checkpoint is not witnessed
+    assert len(committed.records) == 1
+    assert writer.healthy is False and writer.last_error == "witness: WitnessUnavailable"
+    with pytest.raises(AuditUnavailable, match="witness"):
+        writer.run_now(job(jti="f-2"))
+    with engines.read.connect() as conn:  # refused before anything was written
+        assert repo.remember_jti(conn, "app-1", "f-2", NOW) is True
+    (directory / "n1.jsonl").rmdir()
+    writer.run_now(job(jti="f-3"))
+    assert writer.healthy is True
+    # The pending checkpoint went first, then the new one; the one before the failure is in
+    # the file that was replaced.
+    assert witness_lines(directory) == stored_checkpoint_lines(engines)[1:]
+
+
+def test_a_store_that_lost_committed_records_is_not_continued_after_a_failure(
+    engines: Engines, keystore: Keystore, writers: list[Writer], tmp_path: Path
+) -> None:
+    writer = witnessed_writer(engines, keystore, writers, tmp_path / "witness")
+    for i in range(3):
+        writer.run_now(job(jti=f"r-{i}"))
+
+    @sa.event.listens_for(engines.write, "commit")
+    def refuse_commit(_conn: sa.Connection) -> None:
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    try:
+        with pytest.raises(AuditUnavailable):
+            writer.run_now(job(jti="r-3"))
+    finally:
+        sa.event.remove(engines.write, "commit", refuse_commit)
+    _cut(engines, 1)  # while the node was failing, its last records were removed
+    with pytest.raises(AuditUnavailable, match="behind this node"):
+        writer.run_now(job(jti="r-4"))
+    with engines.read.connect() as conn:
+        assert repo.chain_head(conn, "n1") is not None
+        assert repo.chain_head(conn, "n1")[0] == 1  # type: ignore[index]

@@ -137,7 +137,7 @@ def archive_audit(session: AdminSession, *, before: int, output: Path) -> Archiv
     """Archive the records with ``seq < before`` to ``output`` and remove them (see module)."""
     engines = session.engines
     jwks = session.keystore.public_jwks()
-    current = verify_store(engines, jwks)
+    current = verify_store(engines, jwks, sealer=session.keystore)
     if not current.ok:
         raise IntegrityFailure(
             f"the store does not verify, nothing archived: {current.first_problem}"

@@ -13,6 +13,11 @@ stream and handles what only a stream has:
 - **Store rows.** Verifying a store also checks that every row's indexed columns (``seq``,
   ``node``, ``node_seq``, ``key``, ``hash``) say what its signed line says: ``list-accesses``
   searches by ``key``, so an edited column would hide a record from it (``row_mismatch``).
+- **The node registry** (store only): every ``audit_nodes`` row's seal, a registered node
+  with no record or checkpoint left (``node_removed``), a node with a trail but no valid
+  row (``unregistered_node``).
+- **A witness** (``--witness``, :mod:`sceau.auditlog.witness`): positions kept outside the
+  store that the stream must still reach, and each node's unprotected window after them.
 
 Line numbers of a store are those of the export ``sceau audit export`` would write.
 """
@@ -25,25 +30,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from sceau.auditlog import store
 from sceau.auditlog.export import StreamItem, iter_stream
 from sceau.auditlog.store import RecordRow
+from sceau.auditlog.witness import WitnessEvidence
 from sceau.core.audit import CHECKPOINT_TYPE, RECORD_TYPE, ChainHead
 from sceau.core.verify import (
+    ProblemKind,
     ProblemsMixin,
     VerifyProblem,
     VerifyReport,
+    WitnessIndex,
     checkpoint_anchor,
     verify_lines,
 )
 from sceau.errors import IntegrityFailure, InvalidRequest
+from sceau.keystore.base import Keystore
+from sceau.store import nodes
 from sceau.store.db import Engines
 from sceau.vocab import Action, Outcome
 
 __all__ = [
+    "REGISTRY_SEAL",
     "ROW_MISMATCH",
     "UNCONFIRMED_ANCHOR",
+    "UNREGISTERED_NODE",
     "Anchor",
+    "Registry",
     "Verification",
     "read_jwks",
     "read_start_checkpoints",
@@ -54,6 +69,8 @@ __all__ = [
 
 UNCONFIRMED_ANCHOR = "unconfirmed_anchor"
 ROW_MISMATCH = "row_mismatch"
+REGISTRY_SEAL = "registry_seal"  # an audit_nodes row that does not match its seal
+UNREGISTERED_NODE = "unregistered_node"  # a trail whose node has no valid registry row
 _ARCHIVE_MARK = '"' + Action.AUDIT_ARCHIVE.value + '"'
 
 
@@ -75,12 +92,36 @@ class Anchor:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """The node registry as verification found it: node -> seal verdict.
+
+    A verdict is ``ok``, ``bad`` (the row does not match its seal) or ``unchecked`` (no
+    keystore at hand: ``--jwks`` without the data dir's keystore).
+    """
+
+    nodes: dict[str, str]
+    kinds: dict[str, str]
+    seals_checked: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for ``--json`` output."""
+        return {
+            "seals_checked": self.seals_checked,
+            "nodes": {node: {"kind": self.kinds[node], "seal": verdict}
+                      for node, verdict in sorted(self.nodes.items())},
+        }
+
+
+@dataclass(frozen=True)
 class Verification(ProblemsMixin):
-    """A verified stream: the core report, the anchors used, and every problem found."""
+    """A verified stream: the core report, the anchors used, and every problem found;
+    with the witness and the registry when they were part of the check."""
 
     report: VerifyReport
     anchors: list[Anchor]
     problems: list[VerifyProblem] = field(default_factory=list)
+    witness: WitnessEvidence | None = None
+    registry: Registry | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for ``--json`` output."""
@@ -88,12 +129,19 @@ class Verification(ProblemsMixin):
             return {"line": p.line, "seq": p.seq, "node": p.node, "kind": p.kind,
                     "message": p.message}
 
+        witness: dict[str, Any] | None = None
+        if self.witness is not None:
+            windows = self.report.windows or {}
+            witness = {**self.witness.to_json(),
+                       "windows": {n: w.to_json() for n, w in sorted(windows.items())}}
         return {
             "ok": self.ok,
             "records": self.report.records,
             "checkpoints": self.report.checkpoints,
             "nodes": dict(sorted(self.report.nodes.items())),
             "anchors": [a.to_json() for a in self.anchors],
+            "witness": witness,
+            "registry": self.registry.to_json() if self.registry is not None else None,
             "first_problem": problem(self.problems[0]) if self.problems else None,
             "problems": [problem(p) for p in self.problems],
         }
@@ -209,13 +257,20 @@ def verify_stream(
     *,
     start: Mapping[str, ChainHead] | None = None,
     extra_problems: Sequence[VerifyProblem] = (),
+    witness: WitnessEvidence | None = None,
 ) -> Verification:
     """Verify export lines; leading checkpoints become (to be confirmed) anchors.
 
-    ``start`` gives trusted anchors (from ``--start-checkpoint``). Raises
+    ``start`` gives trusted anchors (from ``--start-checkpoint``); ``witness`` positions
+    kept outside the store (:func:`sceau.auditlog.witness.read_witness`). Raises
     :class:`InvalidRequest` only for a bad JWKS.
     """
     given = dict(start or {})
+    index: WitnessIndex | None = None
+    witness_problems: list[VerifyProblem] = []
+    if witness is not None:
+        index, conflicts = witness.index()
+        witness_problems = list(witness.problems) + conflicts
     stream = _Stream(lines, jwks, given)
 
     # The core verifier takes its start heads up front, but leading anchors are only known
@@ -232,14 +287,14 @@ def verify_stream(
         yield from buffered
         yield from iterator
 
-    report = verify_lines(replay(), jwks, start=heads)
+    report = verify_lines(replay(), jwks, start=heads, witness=index)
     bad_lines = {p.line for p in report.problems}
     confirmations = [
         (int(rec["seq"]), rec) for number, rec in stream.archive_records
         if number not in bad_lines and isinstance(rec.get("seq"), int)
     ]  # fmt: skip
     anchors: list[Anchor] = [Anchor(head, None, None, given=True) for head in given.values()]
-    problems = list(report.problems) + list(extra_problems)
+    problems = list(report.problems) + list(extra_problems) + witness_problems
     for node, (number, head) in sorted(stream.leading.items()):
         confirmed = next((seq for seq, rec in confirmations if _listed(rec, head)), None)
         anchors.append(Anchor(head, number, confirmed))
@@ -251,16 +306,20 @@ def verify_stream(
                 "you trust it",
             ))  # fmt: skip
     problems.sort(key=_problem_order)
-    return Verification(report=report, anchors=anchors, problems=problems)
+    return Verification(report=report, anchors=anchors, problems=problems, witness=witness)
 
 
 def verify_file(
-    path: Path, jwks: Mapping[str, Any], *, start: Mapping[str, ChainHead] | None = None
+    path: Path,
+    jwks: Mapping[str, Any],
+    *,
+    start: Mapping[str, ChainHead] | None = None,
+    witness: WitnessEvidence | None = None,
 ) -> Verification:
-    """Verify an export file (JSON Lines)."""
+    """Verify an export file (JSON Lines), against a witness if one is given."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            return verify_stream(handle, jwks, start=start)
+            return verify_stream(handle, jwks, start=start, witness=witness)
     except OSError as exc:
         raise InvalidRequest(f"export: cannot read {path}: {type(exc).__name__}") from None
     except UnicodeDecodeError:
@@ -286,15 +345,57 @@ def _row_problem(number: int, row: RecordRow) -> VerifyProblem | None:
     )  # fmt: skip
 
 
+def _check_registry(
+    conn: sa.Connection, sealer: Keystore | None
+) -> tuple[Registry, list[VerifyProblem]]:
+    """The registry against the trail of the same snapshot (see the module docstring)."""
+    problems: list[VerifyProblem] = []
+    verdicts: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    trail = nodes.trail_nodes(conn)
+    for row in nodes.list_nodes(conn):
+        kinds[row.node] = row.kind
+        if sealer is None:
+            verdicts[row.node] = "unchecked"
+        else:
+            try:
+                sealer.verify_row(row)
+            except IntegrityFailure:
+                verdicts[row.node] = "bad"
+                problems.append(VerifyProblem(
+                    None, None, row.node, REGISTRY_SEAL,
+                    "its audit_nodes row does not match its seal (written outside Sceau)",
+                ))  # fmt: skip
+                continue
+            verdicts[row.node] = "ok"
+        if row.node not in trail:
+            problems.append(VerifyProblem(
+                None, None, row.node, str(ProblemKind.NODE_REMOVED),
+                f"node {row.node} is registered (it wrote records) but no record or "
+                "checkpoint of it is left",
+            ))  # fmt: skip
+    for node in sorted(trail - verdicts.keys()):
+        problems.append(VerifyProblem(
+            None, None, node, UNREGISTERED_NODE,
+            f"node {node} has records or checkpoints but no registry row",
+        ))  # fmt: skip
+    return Registry(verdicts, kinds, seals_checked=sealer is not None), problems
+
+
 def verify_store(
     engines: Engines,
     jwks: Mapping[str, Any],
     *,
     start: Mapping[str, ChainHead] | None = None,
     until: int | None = None,
+    witness: WitnessEvidence | None = None,
+    registry: bool = True,
+    sealer: Keystore | None = None,
 ) -> Verification:
-    """Verify the store as its JSON Lines export, plus its rows' index columns."""
+    """Verify the store as its JSON Lines export, plus its rows' index columns, its node
+    registry (seals checked with ``sealer``, the keystore, when given) and ``witness``."""
     row_problems: list[VerifyProblem] = []
+    found: Registry | None = None
 
     def lines(items: Iterator[StreamItem]) -> Iterator[str]:
         for number, item in enumerate(items, start=1):
@@ -307,8 +408,13 @@ def verify_store(
     with engines.read.connect() as conn:
         store.snapshot(conn)
         with conn.begin():
-            result = verify_stream(lines(iter_stream(conn, until=until)), jwks, start=start)
-    if not row_problems:
+            result = verify_stream(lines(iter_stream(conn, until=until)), jwks, start=start,
+                                   witness=witness)
+            if registry and until is None:
+                found, registry_problems = _check_registry(conn, sealer)
+                row_problems += registry_problems
+    if not row_problems and found is None:
         return result
     problems = sorted(result.problems + row_problems, key=_problem_order)
-    return Verification(report=result.report, anchors=result.anchors, problems=problems)
+    return Verification(report=result.report, anchors=result.anchors, problems=problems,
+                        witness=witness, registry=found)

@@ -24,8 +24,10 @@ from sceau.auditlog.verify import (
     verify_file,
     verify_store,
 )
+from sceau.auditlog.witness import WitnessEvidence, read_witness
 from sceau.cli.common import DataDir, config_from, fail, print_json
 from sceau.config import Config
+from sceau.keystore.base import Keystore
 from sceau.store.db import Engines, create_engines
 
 app = typer.Typer(help="Audit trail: verify, export, archive.", no_args_is_help=True)
@@ -44,15 +46,38 @@ def _engines(data_dir: Path | None, database_url: str | None) -> tuple[Engines, 
     return create_engines(config.database_url), config
 
 
-def _keystore_jwks(config: Config) -> dict[str, Any]:
+def _open_keystore(config: Config) -> Keystore:
     from sceau.keystore import open_keystore
     from sceau.service.runtime import keystore_settings
 
-    keystore = open_keystore(keystore_settings(config))
-    try:
-        return keystore.public_jwks()
-    finally:
-        keystore.close()
+    return open_keystore(keystore_settings(config))
+
+
+def _print_witness(result: Verification) -> None:
+    witness = result.witness
+    if witness is None:
+        return
+    typer.echo(f"witness: {len(witness.points)} signed positions in {len(witness.sources)} "
+               f"file(s), {witness.unreadable} unreadable line(s) skipped")
+    if not witness.points:
+        typer.echo("witness: WARNING: it holds no signed checkpoint; it protects nothing yet")
+    for node, window in sorted((result.report.windows or {}).items()):
+        after = (f"after witnessed node_seq {window.witnessed}" if window.witnessed
+                 else "(never witnessed)")
+        if window.records:
+            typer.echo(f"unprotected {node}: {window.records} record(s) {after} "
+                       f"(seq {window.first_seq}..{window.last_seq})")
+        else:
+            typer.echo(f"unprotected {node}: none (witnessed up to node_seq {window.witnessed})")
+
+
+def _print_registry(result: Verification) -> None:
+    registry = result.registry
+    if registry is None:
+        return
+    how = "seals verified" if registry.seals_checked else (
+        "seals NOT checked: no keystore (run without --jwks on the data dir)")
+    typer.echo(f"registry: {len(registry.nodes)} node(s), {how}")
 
 
 def _print_verification(result: Verification, as_json: bool) -> None:
@@ -72,8 +97,12 @@ def _print_verification(result: Verification, as_json: bool) -> None:
         )
         typer.echo(f"anchor {anchor.head.node}: starts after node_seq {anchor.head.node_seq} "
                    f"({where}{how})")
+    _print_registry(result)
+    _print_witness(result)
     if result.ok:
-        typer.echo("OK: every hash, signature, link and checkpoint verifies")
+        extra = (", and the trail reaches every witnessed position"
+                 if result.witness is not None else "")
+        typer.echo(f"OK: every hash, signature, link and checkpoint verifies{extra}")
         return
     first = result.problems[0]
     typer.echo(f"FAILED: {first}")
@@ -97,33 +126,47 @@ def verify(
         typer.Option("--start-checkpoint",
                      help="file of checkpoint lines to start chains from (archive boundary)"),
     ] = None,
+    witness: Annotated[
+        list[Path] | None,
+        typer.Option("--witness",
+                     help="witness file or directory (DATA_DIR/witness), syslog capture or "
+                          "earlier export: positions the trail must still reach (repeatable)"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Verify the audit trail offline; exit non-zero naming the first bad line and seq."""
+    evidence: WitnessEvidence | None = None
     if export is not None:
         if jwks is None:
             fail("--export needs --jwks FILE", "fetch it from GET /.well-known/jwks.json")
         keys = read_jwks(jwks)
         start = read_start_checkpoints(start_checkpoint, keys) if start_checkpoint else None
-        result = verify_file(export, keys, start=start)
+        evidence = read_witness(witness, keys) if witness else None
+        result = verify_file(export, keys, start=start, witness=evidence)
     else:
         engines, config = _engines(data_dir, database_url)
+        # The keystore gives the audit keys (unless --jwks) and checks the registry seals.
+        keystore = None if jwks is not None else _open_keystore(config or config_from(data_dir))
         try:
-            if jwks is not None:
-                keys = read_jwks(jwks)
-            elif config is not None:
-                keys = _keystore_jwks(config)
-            else:
-                keys = _keystore_jwks(config_from(data_dir))
+            keys = read_jwks(jwks) if jwks is not None else (
+                keystore.public_jwks() if keystore is not None else {})
             start = read_start_checkpoints(start_checkpoint, keys) if start_checkpoint else None
-            result = verify_store(engines, keys, start=start)
+            # The witness first, the store after: a checkpoint is witnessed only once
+            # committed, so a live store read later holds everything the witness read saw.
+            evidence = read_witness(witness, keys) if witness else None
+            result = verify_store(engines, keys, start=start, witness=evidence, sealer=keystore)
         finally:
+            if keystore is not None:
+                keystore.close()
             engines.dispose()
     _print_verification(result, as_json)
     if not result.ok:
         first = result.problems[0]
+        if first.line is None:
+            fail(f"audit verification failed for node {first.node}: "
+                 f"{first.kind}: {first.message}")
         fail(f"audit verification failed at line {first.line}, seq {first.seq}: "
-             f"{first.kind}: {first.message}")
+             f"{first.kind}: {first.message} (node {first.node})")
 
 
 class _StopFlag:

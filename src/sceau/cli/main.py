@@ -98,6 +98,7 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     `sceau app list` and the console accounts before upgrading from a version without seals.
     """
     from sceau import admin
+    from sceau.auditlog.registry import register_existing_nodes, unlisted_nodes
     from sceau.store.db import create_engines, current_revision, head_revision, upgrade
 
     config = config_from(data_dir)
@@ -107,16 +108,20 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         upgrade(engines)
         typer.echo(f"schema: {before or 'empty'} -> {head_revision()}")
         pending = admin.unsealed_rows(engines)
+        unlisted = unlisted_nodes(engines)
     finally:
         engines.dispose()
-    if not pending:
+    if not pending and not unlisted:
         return
     # Only now is the keystore needed (a store assembled before its keystore has nothing
-    # to seal yet).
+    # to seal or register yet).
     with admin.admin_session(config) as session:
-        sealed = admin.seal_existing_rows(session, pending)
-    counts = ", ".join(f"{name} {count}" for name, count in sealed.items())
-    typer.echo(f"sealed existing rows (trust on upgrade): {counts}")
+        sealed = admin.seal_existing_rows(session, pending) if pending else {}
+        if registered := register_existing_nodes(session):
+            sealed["audit_nodes"] = len(registered)
+    if sealed:
+        counts = ", ".join(f"{name} {count}" for name, count in sealed.items())
+        typer.echo(f"sealed existing rows (trust on upgrade): {counts}")
 
 
 def _read_input(path: Path | None) -> bytes:

@@ -7,6 +7,14 @@ members, every signature checked with the JWKS key named by ``kid``, every ``pre
 checkpoint matched against the record it names. A checkpoint beyond the last record of its
 node means the tail was cut (``missing_tail``).
 
+Given a *witness* (signed checkpoints or records kept outside the store: the witness file,
+a syslog capture, an earlier export; see :class:`WitnessIndex`), the verifier also reports
+what the stream alone cannot show: a node whose chain stops below a witnessed position
+(``behind_witness``), a node the witness saw that the stream no longer has at all
+(``node_removed``), and a record at a witnessed position with another hash: the chain was
+rewritten from an older head (``witness_mismatch``). It then measures, per node, the
+records after the last witnessed position: the window only the chain protects.
+
 Each bad line yields one problem (the first check it fails) so that the first problem names
 the first bad record rather than the damage it caused downstream; the chain then continues
 from the line's own ``hash`` so one altered record is reported once.
@@ -50,9 +58,13 @@ __all__ = [
     "ProblemKind",
     "VerifyProblem",
     "VerifyReport",
+    "WitnessIndex",
+    "WitnessPoint",
+    "WitnessWindow",
     "checkpoint_anchor",
     "jwks_public_keys",
     "verify_lines",
+    "witness_point",
 ]
 
 AuditPublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -79,6 +91,12 @@ class ProblemKind(StrEnum):
     MISSING_TAIL = "missing_tail"  # a checkpoint names records the stream lacks at its end
     BAD_CHECKPOINT = "bad_checkpoint"  # a checkpoint disagrees with the record it names
     DUPLICATE = "duplicate"  # the same (node, node_seq) twice
+    # Against a witness (SECURITY-CASES 48):
+    BEHIND_WITNESS = "behind_witness"  # the node's chain stops below a witnessed position
+    NODE_REMOVED = "node_removed"  # a node the witness saw has no record or checkpoint left
+    WITNESS_MISMATCH = "witness_mismatch"  # a witnessed position holds another record
+    WITNESS_CONFLICT = "witness_conflict"  # two signed witness lines disagree: a fork
+    BAD_WITNESS = "bad_witness"  # a witness line of ours that does not verify
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ class VerifyProblem:
     message: str
 
     def __str__(self) -> str:
+        if self.line is None and self.seq is None:  # about a node, not a line (witness, registry)
+            return f"node {self.node}: {self.kind}: {self.message}"
         return f"line {self.line}, seq {self.seq}, node {self.node}: {self.kind}: {self.message}"
 
 
@@ -117,13 +137,80 @@ class ProblemsMixin:
 
 
 @dataclass(frozen=True)
+class WitnessPoint:
+    """A chain position vouched for by a signed line found outside the store.
+
+    ``source`` says where (``witness/n1.jsonl line 12``) so that a report can point at it.
+    """
+
+    node: str
+    node_seq: int
+    hash: str
+    source: str
+
+
+@dataclass(frozen=True)
+class WitnessIndex:
+    """Every witnessed position, and per node the highest one. Build with :meth:`of`."""
+
+    points: dict[tuple[str, int], WitnessPoint]
+    tops: dict[str, WitnessPoint]
+
+    @classmethod
+    def of(cls, points: Iterable[WitnessPoint]) -> tuple[WitnessIndex, list[VerifyProblem]]:
+        """Index ``points``; two points giving one position two hashes are a problem each
+        (``witness_conflict``: the node's chain forked, a witness saw both branches)."""
+        index: dict[tuple[str, int], WitnessPoint] = {}
+        tops: dict[str, WitnessPoint] = {}
+        conflicts: list[VerifyProblem] = []
+        for point in points:
+            key = (point.node, point.node_seq)
+            known = index.get(key)
+            if known is not None:
+                if known.hash != point.hash:
+                    conflicts.append(VerifyProblem(
+                        None, None, point.node, str(ProblemKind.WITNESS_CONFLICT),
+                        f"node_seq {point.node_seq} has two signed hashes: {known.source} and "
+                        f"{point.source} (the chain was forked)",
+                    ))  # fmt: skip
+                continue
+            index[key] = point
+            top = tops.get(point.node)
+            if top is None or point.node_seq > top.node_seq:
+                tops[point.node] = point
+        return cls(points=index, tops=tops), conflicts
+
+
+@dataclass(frozen=True)
+class WitnessWindow:
+    """One node's records after its last witnessed position: protected by the chain only."""
+
+    node: str
+    witnessed: int  # highest witnessed node_seq, 0 when the witness never saw this node
+    source: str | None
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for ``--json`` output."""
+        return {
+            "witnessed_node_seq": self.witnessed, "witnessed_at": self.source,
+            "unprotected_records": self.records, "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
 class VerifyReport(ProblemsMixin):
-    """The outcome of :func:`verify_lines`. ``nodes`` maps node id to its last node_seq."""
+    """The outcome of :func:`verify_lines`. ``nodes`` maps node id to its last node_seq;
+    ``windows`` (only when a witness was given) each node's unprotected window."""
 
     records: int
     checkpoints: int
     nodes: dict[str, int]
     problems: list[VerifyProblem] = field(default_factory=list)
+    windows: dict[str, WitnessWindow] | None = None
 
 
 
@@ -311,9 +398,17 @@ def _parse_checkpoint(text: str) -> dict[str, Any]:
 class _Verifier:
     """Walks the stream once, keeping per-node heads and the hashes seen so far."""
 
-    def __init__(self, keys: Mapping[str, AuditPublicKey], start: Mapping[str, ChainHead]):
+    def __init__(
+        self,
+        keys: Mapping[str, AuditPublicKey],
+        start: Mapping[str, ChainHead],
+        witness: WitnessIndex | None = None,
+    ):
         self.keys = keys
         self.start = dict(start)
+        self.witness = witness
+        # Per node: (records after the top witnessed position, first seq, last seq).
+        self.window: dict[str, tuple[int, int | None, int | None]] = {}
         self.heads: dict[str, ChainHead] = dict(start)
         self.seen: dict[tuple[str, int], str] = {}
         # Checkpoints whose record has not been seen yet: (node, node_seq) -> [(line, hash)].
@@ -321,6 +416,7 @@ class _Verifier:
         self.last_seq = 0
         self.records = 0
         self.checkpoints = 0
+        self.checkpoint_nodes: set[str] = set()
         self.problems: list[VerifyProblem] = []
 
     def problem(
@@ -394,8 +490,12 @@ class _Verifier:
                     ProblemKind.BROKEN_LINK,
                     "prev is not the hash of the node's previous record",
                 )
+        if found is None and self.witness is not None:
+            found = self._witness_problem(node, node_seq, stored)
         if found is not None:
             self.problem(number, seq, node, found[0], found[1])
+        if self.witness is not None:
+            self._count_window(node, node_seq, seq)
 
         if key not in self.seen:
             self.seen[key] = stored
@@ -411,6 +511,27 @@ class _Verifier:
         if node_seq > head.node_seq:
             self.heads[node] = ChainHead(node=node, node_seq=node_seq, hash=stored)
 
+    def _witness_problem(
+        self, node: str, node_seq: int, stored: str
+    ) -> tuple[ProblemKind, str] | None:
+        assert self.witness is not None
+        point = self.witness.points.get((node, node_seq))
+        if point is None or point.hash == stored:
+            return None
+        return (
+            ProblemKind.WITNESS_MISMATCH,
+            f"the witness ({point.source}) saw another record at node_seq {node_seq}: the "
+            "chain was rewritten from an older head",
+        )
+
+    def _count_window(self, node: str, node_seq: int, seq: int) -> None:
+        assert self.witness is not None
+        top = self.witness.tops.get(node)
+        if top is not None and node_seq <= top.node_seq:
+            return
+        count, first, _last = self.window.get(node, (0, None, None))
+        self.window[node] = (count + 1, seq if first is None else first, seq)
+
     def checkpoint(self, number: int, cp: dict[str, Any]) -> None:
         node, node_seq = cp["node"], cp["node_seq"]
         try:
@@ -420,6 +541,7 @@ class _Verifier:
         if found is not None:
             self.problem(number, None, node, found[0], "checkpoint: " + found[1])
             return
+        self.checkpoint_nodes.add(node)
         key = (node, node_seq)
         anchor = self.start.get(node)
         if key in self.seen:
@@ -465,6 +587,55 @@ class _Verifier:
                         f"checkpoint names node_seq {node_seq}, absent from the stream",
                     )
         self.pending.clear()
+        if self.witness is not None:
+            self._finish_witness(self.witness)
+
+    def _finish_witness(self, witness: WitnessIndex) -> None:
+        """Nodes the witness saw further than the stream goes, or that the stream lacks."""
+        for node, top in sorted(witness.tops.items()):
+            head = self.heads.get(node)
+            if head is None and node not in self.checkpoint_nodes:
+                self.problem(
+                    None, None, node, ProblemKind.NODE_REMOVED,
+                    f"the witness ({top.source}) saw node {node} reach node_seq "
+                    f"{top.node_seq}; no record or checkpoint of it is left",
+                )  # fmt: skip
+                continue
+            last = head.node_seq if head is not None else 0
+            if last < top.node_seq:
+                self.problem(
+                    None, None, node, ProblemKind.BEHIND_WITNESS,
+                    f"the chain stops at node_seq {last} but the witness ({top.source}) saw "
+                    f"node_seq {top.node_seq}: records {last + 1}..{top.node_seq} were removed",
+                )  # fmt: skip
+        # A start anchor is a position the stream vouches for without its record.
+        for (node, node_seq), point in sorted(witness.points.items()):
+            anchor = self.start.get(node)
+            if (
+                anchor is not None
+                and anchor.node_seq == node_seq
+                and (node, node_seq) not in self.seen
+                and anchor.hash != point.hash
+            ):
+                self.problem(
+                    None, None, node, ProblemKind.WITNESS_MISMATCH,
+                    f"the start anchor at node_seq {node_seq} differs from the witness "
+                    f"({point.source})",
+                )  # fmt: skip
+
+    def windows(self) -> dict[str, WitnessWindow]:
+        """Per node of the stream: the records after its highest witnessed position."""
+        assert self.witness is not None
+        out: dict[str, WitnessWindow] = {}
+        for node in sorted(self.heads):
+            top = self.witness.tops.get(node)
+            count, first, last = self.window.get(node, (0, None, None))
+            out[node] = WitnessWindow(
+                node=node, witnessed=top.node_seq if top is not None else 0,
+                source=top.source if top is not None else None, records=count,
+                first_seq=first, last_seq=last,
+            )  # fmt: skip
+        return out
 
 
 def verify_lines(
@@ -473,20 +644,24 @@ def verify_lines(
     *,
     start: Mapping[str, ChainHead] | None = None,
     stop_at_first: bool = False,
+    witness: WitnessIndex | None = None,
 ) -> VerifyReport:
     """Verify an audit export; the report lists every problem, first bad line first.
 
     ``start`` continues chains from known heads (for an archive's suffix: the head given by
     a signed checkpoint at the boundary, see :func:`checkpoint_anchor`); nodes absent from
     it must start at ``node_seq`` 1 with ``prev`` = 64 zeros. Blank lines are skipped but
-    counted in line numbers. Raises :class:`InvalidRequest` only for a bad JWKS or ``start``.
+    counted in line numbers. ``witness`` holds positions seen outside the stream (already
+    verified, see :func:`witness_point`): the stream must reach each and agree with it, and
+    the report gets each node's unprotected window. Raises :class:`InvalidRequest` only for
+    a bad JWKS or ``start``.
     """
     anchors: dict[str, ChainHead] = {}
     for name, head in (start or {}).items():
         if not isinstance(head, ChainHead) or head.node != name or head.node_seq < 0:
             raise InvalidRequest(f"start: bad anchor for node {name!r}")
         anchors[name] = head
-    verifier = _Verifier(jwks_public_keys(jwks), anchors)
+    verifier = _Verifier(jwks_public_keys(jwks), anchors, witness)
     for number, raw in enumerate(lines, start=1):
         text = raw.rstrip("\r\n")
         if not text.strip():
@@ -502,6 +677,7 @@ def verify_lines(
         checkpoints=verifier.checkpoints,
         nodes={node: head.node_seq for node, head in verifier.heads.items()},
         problems=list(problems),
+        windows=verifier.windows() if witness is not None else None,
     )
 
 
@@ -521,3 +697,40 @@ def checkpoint_anchor(line: str, jwks: Mapping[str, Any]) -> ChainHead:
     except (_BadLine, _BadSignature, AuditEncodingError):
         raise IntegrityFailure("not a checkpoint signed by a key of the JWKS") from None
     return ChainHead(node=cp["node"], node_seq=cp["node_seq"], hash=cp["hash"])
+
+
+def witness_point(
+    text: str, keys: Mapping[str, AuditPublicKey], source: str
+) -> WitnessPoint | None:
+    """The position a witness line vouches for, once its signature verified.
+
+    ``text`` is a stored line (checkpoint or record) as a witness kept it. Returns None for
+    JSON of another ``type`` (a countersignature line of the witness file, for one); raises
+    :class:`IntegrityFailure` for a checkpoint or record that is malformed or does not
+    verify with ``keys`` (a witness line nobody may trust, and a sign of tampering).
+    """
+    try:
+        obj = _parse(text)
+        kind = obj.get("type")
+        if kind == CHECKPOINT_TYPE:
+            _check_checkpoint_shape(obj)
+            message = checkpoint_digest(obj)
+        elif kind == RECORD_TYPE:
+            _check_record_shape(obj)
+            if record_hash(obj) != obj["hash"]:
+                raise _BadLine("hash does not match the record's members")
+            message = bytes.fromhex(obj["hash"])
+        else:
+            return None
+        key = keys.get(obj["kid"])
+        if key is None:
+            raise _BadLine("kid is not in the JWKS")
+        _check_signature(key, obj["sig"], message)
+    except _BadLine as exc:
+        raise IntegrityFailure(f"{source}: {exc}") from None
+    except _BadSignature:
+        raise IntegrityFailure(f"{source}: signature does not verify") from None
+    except AuditEncodingError:
+        raise IntegrityFailure(f"{source}: members are not canonicalizable") from None
+    return WitnessPoint(node=obj["node"], node_seq=obj["node_seq"], hash=obj["hash"],
+                        source=source)

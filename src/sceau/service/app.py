@@ -20,7 +20,7 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose
-from sceau.service import console
+from sceau.service import console, witness_api
 from sceau.service.api.endpoint import ApiEndpoint, SceauApp
 from sceau.service.background import start_background, stop_background
 from sceau.service.observability import Metrics, NotReady
@@ -53,6 +53,7 @@ def create_app(rt: Runtime) -> SceauApp:
     limits = rt.limits()
 
     console.mount(app, rt)
+    witness_api.mount(app, rt)
 
     @app.get("/.well-known/jwks.json")
     async def jwks() -> Response:

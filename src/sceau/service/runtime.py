@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sceau.auditlog.witness import open_witness
 from sceau.config import Config
 from sceau.core.policy import principal_matches
 from sceau.errors import (
@@ -276,6 +277,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
     writer = Writer(
         engines,
         keystore,
+        witness=open_witness(config),
         node_id=str(config.get("audit.node_id")),
         node_prefix=node_prefix,
         max_batch=int(config.get("audit.max_batch")),

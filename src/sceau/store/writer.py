@@ -20,6 +20,15 @@ On PostgreSQL a batch that hits a deadlock (40P01) or a serialization failure (4
 again from the start in a new transaction; job functions are therefore pure functions of
 the transaction (what they read and write there, the keystore, fresh randomness), and the
 job's audit context is restored before each attempt.
+
+Cutting the trail (SECURITY-CASES 48). A node registers in the sealed ``audit_nodes`` table
+in the transaction of its first record. Each checkpoint, once committed, goes to a
+:class:`CheckpointWitness` outside the store (``sceau.auditlog.witness``). At open the
+writer refuses a node whose stored chain is behind what it must have reached: its last
+witnessed checkpoint, its own newest stored checkpoint, or (registered but nothing left)
+any record at all; after a failed batch it re-reads the head and refuses the same way
+rather than fork the chain from a shortened store. A checkpoint the witness could not take
+is retried, and until it is taken the writer refuses new jobs (fail closed).
 """
 
 from __future__ import annotations
@@ -34,23 +43,26 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from sceau.core.audit import AuditEvent, ChainHead, build_checkpoint, build_record, record_line
+from sceau.core.verify import WitnessPoint
 from sceau.errors import (
     AuditUnavailable,
     ConfigError,
+    IntegrityFailure,
     InternalError,
     ReplayedRequest,
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose, Keystore
-from sceau.store import hot, repo
+from sceau.store import hot, nodes, repo
 from sceau.store.db import Engines
+from sceau.store.nodes import AuditNodeRow, NodeKind
 from sceau.vocab import Action, Outcome
 
 log = logging.getLogger("sceau.audit")
@@ -139,6 +151,23 @@ class Job:
     waiter: asyncio.Future[Any] | None = None
 
 
+class CheckpointWitness(Protocol):
+    """Somewhere outside the store that keeps every committed checkpoint of a node."""
+
+    def open_node(
+        self, node: str, jwks: Callable[[], Mapping[str, Any]]
+    ) -> WitnessPoint | None:
+        """Get ready to witness ``node``; its last witnessed checkpoint (signature checked
+        with the JWKS ``jwks()`` returns, asked only when there is a line to check), or None.
+        :class:`ConfigError` when the witness cannot be used."""
+
+    def publish(self, node: str, line: str) -> None:
+        """Keep one committed checkpoint line durably; :class:`SceauError` when it cannot."""
+
+    def close(self) -> None:
+        """Release what the witness holds (flush remote streams)."""
+
+
 def outcome_for(error: SceauError | None) -> Outcome:
     """GRANTED for 2xx, DENIED for 4xx, ERROR for 5xx (SPEC §10)."""
     if error is None:
@@ -176,6 +205,7 @@ class Writer:
         engines: Engines,
         keystore: Keystore,
         *,
+        witness: CheckpointWitness | None,
         node_id: str = "",
         node_prefix: str = "n",
         max_batch: int = 256,
@@ -185,8 +215,11 @@ class Writer:
     ) -> None:
         self._engines = engines
         self._keystore = keystore
+        # Required, so that running without a witness is a visible choice (tests only).
+        self._witness = witness
         self._requested_node = node_id
         self._node_prefix = node_prefix
+        self._kind = NodeKind.CLI if node_prefix == NodeKind.CLI.value else NodeKind.SERVER
         self._max_batch = max_batch
         self._cp_every = checkpoint_every
         self._cp_interval = checkpoint_interval_s
@@ -203,10 +236,27 @@ class Writer:
         self._last_lease = 0.0
         self._resync = False
         self._retry_at = 0.0
-        self.healthy = True
-        self.last_error: str | None = None
+        self._registered = False
+        # The last checkpoint the witness holds, and committed ones it has not taken yet.
+        self._witnessed: WitnessPoint | None = None
+        self._unwitnessed: list[tuple[str, ChainHead]] = []
+        self._witness_error: str | None = None
+        self._store_ok = True
+        self._store_error: str | None = None
         self.on_batch: Callable[[int, float], None] | None = None
         self.maintenance: list[Callable[[sa.Connection, int], None]] = []
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store refuses writes or a checkpoint waits for the witness."""
+        return self._store_ok and not self._unwitnessed
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the writer is not healthy (an error class name, never a value)."""
+        if self._unwitnessed:
+            return f"witness: {self._witness_error}"
+        return self._store_error
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -230,9 +280,82 @@ class Writer:
             else:
                 raise ConfigError("no free audit node id")
         self._last_lease = self._clock()
-        with self._engines.write.begin() as conn:
-            self._load_head(conn)
+        try:
+            witnessed = (
+                self._witness.open_node(self.node, self._audit_jwks)
+                if self._witness is not None else None
+            )
+            with self._engines.write.begin() as conn:
+                self._load_head(conn)
+                self._check_start(conn, witnessed)
+        except BaseException:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                with self._engines.write.begin() as conn:
+                    repo.release_lease(conn, self.node, self._holder)
+            raise
+        self._witnessed = witnessed
         log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
+
+    def _check_start(self, conn: sa.Connection, witnessed: WitnessPoint | None) -> None:
+        """Refuse (:class:`ConfigError`, naming the node) to continue a chain that is behind
+        what it must have reached, or whose registry row was forged or edited."""
+        row = nodes.get_node(conn, self.node)
+        if row is not None:
+            try:
+                self._keystore.verify_row(row)
+            except IntegrityFailure:
+                raise ConfigError(
+                    f"audit node {self.node}: its registry row (audit_nodes) does not match "
+                    "its seal: it was written outside Sceau; refusing to write this chain "
+                    "(docs/audit.md, 'Witnesses')"
+                ) from None
+            self._registered = True
+            if self._head.node_seq == 0:
+                raise ConfigError(
+                    f"audit node {self.node} is registered (it wrote records) but the store "
+                    "holds no record or checkpoint of it: its chain was removed; refusing to "
+                    "start it again from node_seq 1 (docs/audit.md, 'Witnesses')"
+                )
+        references: list[tuple[int, str, str]] = []
+        stored_cp = repo.checkpoint_head(conn, self.node)
+        if stored_cp is not None:
+            references.append((stored_cp[0], stored_cp[1], "its own newest stored checkpoint"))
+        if witnessed is not None:
+            references.append(
+                (witnessed.node_seq, witnessed.hash, f"its witness ({witnessed.source})")
+            )
+        for node_seq, hash_, what in references:
+            problem = self._behind(conn, node_seq, hash_, what)
+            if problem is not None:
+                raise ConfigError(problem + " (docs/audit.md, 'Witnesses')")
+
+    def _behind(self, conn: sa.Connection, node_seq: int, hash_: str, what: str) -> str | None:
+        """Why the loaded head cannot follow ``what`` (position ``node_seq``/``hash_``)."""
+        head = self._head
+        if head.node_seq < node_seq:
+            stored = (f"stops at node_seq {head.node_seq}" if head.node_seq
+                      else "holds no record of it")
+            return (
+                f"audit node {self.node}: the store {stored} but {what} saw node_seq "
+                f"{node_seq}: records were removed from the store; refusing to continue a "
+                "chain that is behind its witness"
+            )
+        found = nodes.hash_at(conn, self.node, node_seq)
+        if found is None:
+            first = nodes.first_node_seq(conn, self.node)
+            if first is None or first > node_seq:
+                return None  # archived: the archive verified it before removing it
+            return (
+                f"audit node {self.node}: the store has no record at node_seq {node_seq}, "
+                f"which {what} saw; refusing to continue this chain"
+            )
+        if found != hash_:
+            return (
+                f"audit node {self.node}: the store's record at node_seq {node_seq} is not "
+                f"the one {what} saw: the chain was rewritten from an older head; refusing "
+                "to continue it"
+            )
+        return None
 
     def _take_lease(self, node: str, now: int) -> str | None:
         """Lease ``node``; the foreign holder's token when it is held by a live process."""
@@ -283,10 +406,16 @@ class Writer:
         try:
             if self._uncovered:
                 self._run_batch([], force_checkpoint=True)
+            if self._unwitnessed and not self._flush_witness():
+                log.error("audit node %s stops with %d checkpoint(s) its witness does not hold",
+                          self.node, len(self._unwitnessed))
             with self._engines.write.begin() as conn:
                 repo.release_lease(conn, self.node, self._holder)
         except (sa.exc.SQLAlchemyError, SceauError):
             log.warning("could not release the audit node lease cleanly")
+        finally:
+            if self._witness is not None:
+                self._witness.close()
 
     # --- submission ------------------------------------------------------------------------
 
@@ -369,6 +498,16 @@ class Writer:
     # --- one batch ---------------------------------------------------------------------------
 
     def _run_batch(self, jobs: Sequence[Job], *, force_checkpoint: bool = False) -> None:
+        if self._unwitnessed and not self._flush_witness() and jobs:
+            # Fail closed: a committed checkpoint is not witnessed yet, and every record
+            # written now would widen the window the witness cannot vouch for.
+            _settle(jobs, [
+                (None, AuditUnavailable("the audit witness cannot be written right now"))
+                for _ in jobs
+            ])
+            if not force_checkpoint and self._clock() - self._last_lease < LEASE_RENEW_S:
+                return
+            jobs = []
         started = time.perf_counter()
         error: Exception | None = None
         saved = [(job.ctx.key, dict(job.ctx.details)) for job in jobs]
@@ -400,8 +539,8 @@ class Writer:
                 error = exc
                 break
             else:
-                self.healthy = True
-                self.last_error = None
+                self._store_ok = True
+                self._store_error = None
                 _settle(jobs, [
                     (JobOutcome(value, tuple(refs)), None) if exc_out is None else (None, exc_out)
                     for value, exc_out, refs in outcomes
@@ -409,13 +548,13 @@ class Writer:
                 if self.on_batch is not None and jobs:
                     self.on_batch(len(jobs), time.perf_counter() - started)
                 return
-        self.healthy = False
-        self.last_error = type(error).__name__ if error else "unknown"
+        self._store_ok = False
+        self._store_error = type(error).__name__ if error else "unknown"
         # The commit may have been applied even though it raised (acknowledgement lost): the
         # next batch re-reads the chain head from the store before writing.
         self._resync = True
         self._retry_at = self._clock() + FAILURE_BACKOFF_S
-        log.error("audit batch of %d jobs failed: %s", len(jobs), self.last_error)
+        log.error("audit batch of %d jobs failed: %s", len(jobs), self._store_error)
         failure = error if isinstance(error, SceauError) and error.status >= 500 else None
         _settle(jobs, [
             (None, failure or AuditUnavailable("the audit trail cannot be written right now"))
@@ -438,7 +577,7 @@ class Writer:
                     raise AuditUnavailable("this node lost its audit lease")
                 renewed = now
                 if self._resync:
-                    self._load_head(conn)
+                    self._resync_head(conn)
                 for task in self.maintenance:
                     with conn.begin_nested():
                         task(conn, now_s)
@@ -462,6 +601,7 @@ class Writer:
                     owners.append(len(results) - 1)
             head = self._head
             last_seq = self._last_seq
+            cp_line = ""
             rows: list[dict[str, Any]] = []
             if events:
                 seqs = repo.next_seqs(conn, len(events), self._last_seq)
@@ -478,6 +618,8 @@ class Writer:
                     )
                     last_seq = seq
                 repo.insert_audit_records(conn, rows)
+                if not self._registered:
+                    self._register(conn, now_s)
             uncovered = self._uncovered + len(rows)
             checkpoint = uncovered > 0 and (uncovered >= self._cp_every or force_checkpoint)
             if checkpoint:
@@ -486,25 +628,91 @@ class Writer:
                                       time_ms=int(self._clock() * 1000), kid=info.kid,
                                       sign=self._sign_audit)
                 after = last_seq if rows else self._head_seq(conn, head)
-                repo.insert_checkpoint(conn, self.node, head.node_seq, after, record_line(cp))
+                cp_line = record_line(cp)
+                repo.insert_checkpoint(conn, self.node, head.node_seq, after, cp_line)
         # Committed: only now does the in-memory chain advance.
         self._head = head
         self._last_seq = last_seq
         self._resync = False
+        if rows:
+            self._registered = True
         if renewed is not None:
             self._last_lease = renewed
         if checkpoint:
             self._uncovered = 0
             self._uncovered_since = None
+            # Witnessed only after the commit: the witness never holds a checkpoint the
+            # store does not.
+            self._unwitnessed.append((cp_line, head))
+            self._flush_witness()
         elif rows:
             if not self._uncovered:
                 self._uncovered_since = self._clock()
             self._uncovered = uncovered
         return results
 
+    def _resync_head(self, conn: sa.Connection) -> None:
+        """Re-read the head after a failure; refuse to go on from a store that lost records
+        this node had committed, or that its witness saw (never fork from a shortened chain).
+        """
+        committed = self._head
+        self._load_head(conn)
+        references = [(committed.node_seq, committed.hash, "this node's last commit")]
+        if self._witnessed is not None:
+            references.append((self._witnessed.node_seq, self._witnessed.hash,
+                               f"its witness ({self._witnessed.source})"))
+        for node_seq, hash_, what in references:
+            if node_seq == 0:
+                continue
+            problem = self._behind(conn, node_seq, hash_, what)
+            if problem is not None:
+                self._head = committed
+                log.error("%s", problem)
+                raise AuditUnavailable("the audit chain in the store is behind this node")
+
+    def _register(self, conn: sa.Connection, now_s: int) -> None:
+        """List this node in the sealed registry, in the transaction of its first record."""
+        if nodes.get_node(conn, self.node) is not None:
+            return  # registered by `sceau db upgrade` since this writer opened
+        if self._head.node_seq:
+            log.warning("audit node %s had records but no registry row: registering it now "
+                        "(expected once, after upgrading to schema 0003)", self.node)
+        nodes.insert_node(conn, self._keystore.seal_row(
+            AuditNodeRow(node=self.node, kind=str(self._kind), registered_at=now_s)))
+
+    def _flush_witness(self) -> bool:
+        """Hand committed checkpoints to the witness, in order; False while it refuses."""
+        if self._witness is None:
+            self._unwitnessed.clear()
+            return True
+        while self._unwitnessed:
+            line, head = self._unwitnessed[0]
+            try:
+                self._witness.publish(self.node, line)
+            except Exception as exc:  # noqa: BLE001 - committed already: fail closed, never crash
+                if self._witness_error is None:
+                    detail = exc.detail if isinstance(exc, SceauError) else type(exc).__name__
+                    log.error("audit node %s: checkpoint at node_seq %d not witnessed: %s; "
+                              "refusing new calls until it is", self.node, head.node_seq,
+                              detail)
+                self._witness_error = type(exc).__name__
+                return False
+            self._unwitnessed.pop(0)
+            self._witnessed = WitnessPoint(node=self.node, node_seq=head.node_seq,
+                                           hash=head.hash, source=str(self._witness))
+        if self._witness_error is not None:
+            log.info("audit node %s: the witness takes checkpoints again", self.node)
+            self._witness_error = None
+        return True
+
     def _head_seq(self, conn: sa.Connection, head: ChainHead) -> int:
         found = repo.chain_head(conn, head.node)
         return found[2] if found is not None else 0
+
+    def _audit_jwks(self) -> dict[str, Any]:
+        """The audit keys only: a checkpoint is never signed by the response key."""
+        infos = self._keystore.signing_keys(KeyPurpose.AUDIT)
+        return {"keys": [dict(info.public_jwk) for info in infos]}
 
     def _sign_audit(self, digest: bytes) -> bytes:
         _info, sig = self._keystore.sign(KeyPurpose.AUDIT, digest)
