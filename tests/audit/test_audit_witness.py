@@ -401,10 +401,11 @@ def test_an_unwritable_witness_makes_the_node_unready_and_refuse_calls(
         target.unlink()
         target.mkdir()  # root ignores modes; a directory refuses every append
         c.encrypt(b"committed, its checkpoint not witnessed")
-        with pytest.raises(AuditUnavailable, match="witness"):
+        # 5xx answers carry the code and title only; the cause is in the node's log.
+        with pytest.raises(AuditUnavailable):
             c.encrypt(b"refused")
         ready = httpx.get(f"{server.url}/readyz", verify=server.cert)
-        assert ready.status_code == 503 and "witness" in ready.text
+        assert ready.status_code == 503 and ready.json()["problems"] == ["audit"]
         target.rmdir()
         deadline = time.monotonic() + 15
         while httpx.get(f"{server.url}/readyz", verify=server.cert).status_code != 200:
