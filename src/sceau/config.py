@@ -64,6 +64,29 @@ def _node_id(value: Any) -> str | None:
     return None if ok else "must be 1-64 letters, digits, '-', '_' or '.'"
 
 
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be from {low} to {high}"
+
+    return check
+
+
+CONSOLE_ROLES = ("admin", "auditor", "user")
+
+
+def _roles(value: Any) -> str | None:
+    """A comma-separated list of console roles (empty: none)."""
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [n for n in names if n not in CONSOLE_ROLES]
+    return f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(CONSOLE_ROLES)}" \
+        if unknown else None
+
+
+def role_list(value: str) -> frozenset[str]:
+    """The roles named by a value that passed :func:`_roles`."""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("service", "service_id", str, "", "SCEAU_SERVICE_ID",
             doc="service id (aud); default https://HOST:PORT"),
@@ -105,6 +128,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit", "max_batch", int, 256, "SCEAU_AUDIT_MAX_BATCH", _positive),
     Setting("audit", "synchronous", str, "FULL", "SCEAU_SQLITE_SYNCHRONOUS",
             _one_of("FULL", "EXTRA")),
+    # Separation of duties (docs/console.md): a gated console action needs this many admins,
+    # the requester included. 1 would let one admin act alone: refused (fail closed); the
+    # host operator's CLI is the way for an installation with a single admin.
+    Setting("console", "approval_quorum", int, 2, "SCEAU_CONSOLE_APPROVAL_QUORUM",
+            _between(2, 5), doc="admins needed for a gated action, requester included (2-5)"),
+    Setting("console", "approval_ttl_s", int, 86_400, "SCEAU_CONSOLE_APPROVAL_TTL_S",
+            _between(1, 7 * 86_400), doc="seconds a request waits for approval"),
+    Setting("console", "totp_required_roles", str, "admin,auditor",
+            "SCEAU_CONSOLE_TOTP_REQUIRED_ROLES", _roles,
+            doc="roles that must enrol TOTP before reaching any page (comma-separated)"),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
 )
