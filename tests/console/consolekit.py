@@ -105,6 +105,8 @@ class Console:
 
     def __init__(self, server: Server, *, source: str | None = None) -> None:
         self.server = server
+        # The password of the account signed in with as_account (for re-authentication).
+        self.password = ""
         # A distinct loopback source address gives a test its own per-address throttle.
         transport = httpx.HTTPTransport(verify=server.cert, local_address=source)
         self.http = httpx.Client(transport=transport, base_url=server.url, timeout=30,
@@ -129,6 +131,7 @@ class Console:
     def as_account(self, username: str, password: str) -> Console:
         """Signed in as ``username``, reusing this module's session of it when still live."""
         key = _key(self.server, username)
+        self.password = password
         cookie = _SESSIONS.get(key)
         if cookie is not None:
             self.http.cookies.clear()

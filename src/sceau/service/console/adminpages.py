@@ -101,8 +101,9 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     def ask_for(session: Session, ask: Ask) -> Response:
         """Record a request for a gated action, then show it on the approvals page."""
-        approvals.request(runner(session), console.rt, session.account.username, ask)
-        raise Redirect(f"{PREFIX}/approvals?done=requested")
+        approval_id = approvals.request(runner(session), console.rt,
+                                        session.account.username, ask)
+        raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
 
     def gate(state: GateState) -> None:
         # The forms are not offered; a crafted POST gets the same answer, before any work.

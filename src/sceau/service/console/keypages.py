@@ -337,15 +337,15 @@ def router(console: Console, route_class: type) -> APIRouter:
         try:
             if not approvals.gate_state(console.rt).offered:
                 raise PageError(403, QUORUM_NOTE)
-            approvals.request(ConsoleRunner(console, session), console.rt,
-                              actor.username, ask)
+            approval_id = approvals.request(ConsoleRunner(console, session), console.rt,
+                                            actor.username, ask)
         except PageError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=error.message)
         except SceauError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=_message(error))
-        raise Redirect(f"{PREFIX}/approvals?done=requested")
+        raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
 
     def change(request: Request, session: Session, key_text: str, action: Action,
                fn: Any, done: str) -> Response:
