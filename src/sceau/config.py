@@ -76,10 +76,10 @@ CONSOLE_ROLES = ("admin", "auditor", "user")
 
 def _roles(value: Any) -> str | None:
     """A comma-separated list of console roles (empty: none)."""
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [n for n in names if n not in CONSOLE_ROLES]
-    return f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(CONSOLE_ROLES)}" \
-        if unknown else None
+    unknown = sorted(role_list(value) - set(CONSOLE_ROLES))
+    if unknown:
+        return f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(CONSOLE_ROLES)}"
+    return None
 
 
 def role_list(value: str) -> frozenset[str]:
