@@ -28,6 +28,7 @@ import pytest
 from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 
 from auditlog import last_record, records
+from sceau import admin
 from sceau.core.b64 import b64u_decode
 from sceau.jose.client import generate_app_keys
 from sceau.keystore import open_keystore
@@ -54,6 +55,28 @@ OWNER = "alice@example.com"
 ADMIN2 = "admin2"
 ADMIN2_PASSWORD = "granite-orchard-velvet-63"
 APPROVED = re.compile(r"/console/approvals\?done=requested&request=(apr_[A-Za-z0-9_-]+)$")
+
+
+# --- what "widening" means (no server) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("before", "after", "widens"), [
+    (["*"], ["*"], False),
+    (["*"], ["bob@example.com", "*@example.org"], False),
+    (["*@example.com"], ["bob@example.com"], False),
+    (["*@example.com"], ["*@example.com"], False),
+    (["a@example.com", "b@example.com"], ["a@example.com"], False),
+    (["a@example.com"], ["a@example.com", "b@example.com"], True),
+    (["*@example.com"], ["*"], True),
+    (["*@example.com"], ["*@sub.example.com"], True),  # whole domains only
+    (["*@example.com"], ["bob@sub.example.com"], True),
+    (["*@example.com"], ["bob@example.com.evil.org"], True),
+    (["bob@example.com"], ["*@example.com"], True),
+    (["a@example.com"], [], False),
+])
+def test_widening_is_judged_by_meaning(before: list[str], after: list[str],
+                                       widens: bool) -> None:
+    assert admin.widens(before, after) is widens
 
 
 # --- servers ----------------------------------------------------------------------------------

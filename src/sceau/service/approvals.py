@@ -352,7 +352,7 @@ class Decision:
 
 
 def _checked_request(tx: Tx, keystore: Keystore, approval_id: str) -> ApprovalRow:
-    row = store.get_approval(tx.conn, approval_id)
+    row = store.get_approval(tx.conn, approval_id, for_update=True)
     if row is None:
         raise NotFound("no such request")
     # A row written or edited with SQL alone: integrity_failure, audited by the writer.

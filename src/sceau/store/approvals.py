@@ -101,10 +101,14 @@ def insert_approval(conn: sa.Connection, row: ApprovalRow) -> None:
     conn.execute(approvals.insert().values(**asdict(row)))
 
 
-def get_approval(conn: sa.Connection, approval_id: str) -> ApprovalRow | None:
-    row = conn.execute(
-        sa.select(approvals).where(approvals.c.approval_id == approval_id)
-    ).first()
+def get_approval(conn: sa.Connection, approval_id: str, *,
+                 for_update: bool = False) -> ApprovalRow | None:
+    """One request; ``for_update`` locks it until the decision commits (PostgreSQL: two
+    admins deciding at once on two nodes wait for each other; SQLite has one writer)."""
+    query = sa.select(approvals).where(approvals.c.approval_id == approval_id)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     return _row(row) if row is not None else None
 
 
