@@ -554,6 +554,13 @@ def test_request_refused_when_it_could_not_run(pair: World, first: Console) -> N
     assert answer.status_code == 400 and "already registered" in answer.text
     rec = last_record(pair.server, action="APPROVAL_REQUEST", user="admin")
     assert rec["outcome"] == "DENIED"
+    # The same request twice: the second is refused while the first waits.
+    ask = {"username": "twice@example.com", "role": "user"}
+    waiting = requested_id(first.post("/console/accounts", ask, page="/console/accounts"))
+    again = first.post("/console/accounts", ask, page="/console/accounts")
+    assert again.status_code == 403 and waiting in again.text
+    rec = last_record(pair.server, action="APPROVAL_REQUEST", user="admin")
+    assert (rec["outcome"], rec["details"]["refused"]) == ("DENIED", "duplicate")
 
 
 def test_narrowing_an_applications_users_is_not_gated(pair: World, first: Console) -> None:

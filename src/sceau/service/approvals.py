@@ -317,8 +317,9 @@ def request(runner: ChangeRunner, rt: Runtime, requester: str, ask: Ask) -> str:
             raise _refuse(tx, "quorum_unmet", f"this needs {needed} active admins; the host "
                           "operator does it with the sceau command line")
         for pending in store.list_approvals(tx.conn, status=ApprovalStatus.PENDING):
-            if (pending.action == ask.action and pending.payload == payload
-                    and pending.expires_at > tx.now):
+            # Compared on the parameters alone (earlier approvals change the payload).
+            if (pending.action == ask.action and pending.expires_at > tx.now
+                    and encode_payload(pending.params, []) == payload):
                 raise _refuse(tx, "duplicate", "the same request is already waiting "
                               f"({pending.approval_id})")
         details = dict(tx.ctx.details)
