@@ -90,6 +90,29 @@ def _https_url(value: Any) -> str | None:
     return None if ok else "an https:// URL, or empty (off)"
 
 
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be from {low} to {high}"
+
+    return check
+
+
+CONSOLE_ROLES = ("admin", "auditor", "user")
+
+
+def _roles(value: Any) -> str | None:
+    """A comma-separated list of console roles (empty: none)."""
+    unknown = sorted(role_list(value) - set(CONSOLE_ROLES))
+    if unknown:
+        return f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(CONSOLE_ROLES)}"
+    return None
+
+
+def role_list(value: str) -> frozenset[str]:
+    """The roles named by a value that passed :func:`_roles`."""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("service", "service_id", str, "", "SCEAU_SERVICE_ID",
             doc="service id (aud); default https://HOST:PORT"),
@@ -154,6 +177,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit", "witness_peers_dir", str, "", "SCEAU_AUDIT_WITNESS_PEERS_DIR",
             doc="serve as the countersigning witness of the services whose JWKS are the "
             "PEER.json files of this directory; empty = off"),
+    # Separation of duties (docs/console.md): a gated console action needs this many admins,
+    # the requester included. 1 would let one admin act alone: refused (fail closed); the
+    # host operator's CLI is the way for an installation with a single admin.
+    Setting("console", "approval_quorum", int, 2, "SCEAU_CONSOLE_APPROVAL_QUORUM",
+            _between(2, 5), doc="admins needed for a gated action, requester included (2-5)"),
+    Setting("console", "approval_ttl_s", int, 86_400, "SCEAU_CONSOLE_APPROVAL_TTL_S",
+            _between(1, 7 * 86_400), doc="seconds a request waits for approval"),
+    Setting("console", "totp_required_roles", str, "admin,auditor",
+            "SCEAU_CONSOLE_TOTP_REQUIRED_ROLES", _roles,
+            doc="roles that must enrol TOTP before reaching any page (comma-separated)"),
     Setting("log", "level", str, "INFO", "SCEAU_LOG_LEVEL",
             _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
     # OpenID Connect sign-in to the console (docs/console.md). Off while issuer is empty; the

@@ -64,6 +64,10 @@ class Action(StrEnum):
     APP_KEY_RETIRE = "APP_KEY_RETIRE"
     ACCOUNT_CREATE = "ACCOUNT_CREATE"
     ACCOUNT_UPDATE = "ACCOUNT_UPDATE"
+    # Separation of duties: a gated action waits for other admins (service/approvals.py).
+    APPROVAL_REQUEST = "APPROVAL_REQUEST"
+    APPROVAL_APPROVE = "APPROVAL_APPROVE"
+    APPROVAL_REJECT = "APPROVAL_REJECT"
     CONSOLE_LOGIN = "CONSOLE_LOGIN"
     CONSOLE_LOGOUT = "CONSOLE_LOGOUT"
     CONSOLE_PASSWORD_CHANGE = "CONSOLE_PASSWORD_CHANGE"  # noqa: S105 (an action name)
@@ -162,3 +166,29 @@ class ListRole(StrEnum):
     OWNER = "owner"
     RECIPIENT = "recipient"
     ANY = "any"
+
+
+class Gated(StrEnum):
+    """Actions that could open a path to data: the console runs them only once other admins
+    approved them (separation of duties, SECURITY-CASES 46); the host operator runs them
+    with the CLI."""
+
+    ACCOUNT_CREATE = "account-create"
+    ACCOUNT_RESET = "account-reset"
+    ACCOUNT_ROLE = "account-role"
+    TOTP_CLEAR = "totp-clear"
+    APP_ADD = "app-add"
+    APP_USERS = "app-users"
+    APP_KEY_ADD = "app-key-add"
+    ADD_AUTHORIZATION = "add-authorization"
+    ENABLE_AUTHORIZATION = "enable-authorization"
+
+
+class ApprovalStatus(StrEnum):
+    """Stored status of an approval request; a pending one past its expiry is shown as
+    ``expired`` and can no longer be approved."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"

@@ -33,6 +33,11 @@ def test_init_creates_private_data_dir_and_refuses_to_overwrite(tmp_path: Path) 
         ({"SCEAU_KEYSTORE": "vault"}, "keystore.backend"),
         ({"SCEAU_NODE_ID": "bad id!"}, "audit.node_id"),
         ({"SCEAU_DATABASE_URL": "mysql://x/y"}, "store.database_url"),
+        # Separation of duties fails closed: a quorum of one would let one admin act alone.
+        ({"SCEAU_CONSOLE_APPROVAL_QUORUM": "1"}, "console.approval_quorum"),
+        ({"SCEAU_CONSOLE_APPROVAL_QUORUM": "6"}, "console.approval_quorum"),
+        ({"SCEAU_CONSOLE_APPROVAL_TTL_S": "0"}, "console.approval_ttl_s"),
+        ({"SCEAU_CONSOLE_TOTP_REQUIRED_ROLES": "admin,root"}, "console.totp_required_roles"),
     ],
 )
 def test_bad_setting_is_named(tmp_path: Path, env: dict[str, str], setting: str) -> None:

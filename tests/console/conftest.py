@@ -29,6 +29,5 @@ def console(server: Server) -> Iterator[Console]:
 
 @pytest.fixture()
 def admin(console: Console) -> Console:
-    r = console.login("admin", ADMIN_PASSWORD)
-    assert r.status_code == 303, r.text
-    return console
+    """Signed in as the admin (with a TOTP code; the session is reused across tests)."""
+    return console.as_account("admin", ADMIN_PASSWORD)

@@ -11,15 +11,17 @@ import base64
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consolekit import PASSWORD, put_account, shots_dir
+from consolekit import PASSWORD, next_code, put_account, remember_totp, shots_dir
 
 from sceau.errors import AccessDenied
 from sceau.jose.client import generate_app_keys
+from sceau.service.console import security
 from sceau.vocab import Role
 from support import Server
 
@@ -33,13 +35,17 @@ expect = sync_api.expect
 
 ONE_TIME = "init-one-time-9Kq2"
 ADMIN_NEW = "amber-quarry-telescope-58"
+# The second admin who approves what the first requests (separation of duties).
+ADMIN2 = "admin2"
+ADMIN2_PASSWORD = "cobalt-meadow-sextant-31"
 XSS_NAME = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
 
 @pytest.fixture(scope="module")
 def world(server: Server) -> dict[str, Any]:
-    """The admin as `sceau init` leaves it, and keys made through the API."""
+    """The admin as `sceau init` leaves it, a second admin, and keys made through the API."""
     put_account(server, "admin", ONE_TIME, Role.ADMIN, must_change=True)
+    put_account(server, ADMIN2, ADMIN2_PASSWORD, Role.ADMIN)
     app = server.register_app("payroll")
     out: dict[str, Any] = {"app": app}
     with server.client(app, "alice@example.com") as alice:
@@ -77,20 +83,43 @@ def page(browser: Any, server: Server, world: dict[str, Any]) -> Iterator[Any]:
     context.close()
 
 
+@pytest.fixture(scope="module")
+def approver(browser: Any, server: Server, world: dict[str, Any]) -> Iterator[Any]:
+    """The second admin, signed in (with a TOTP code) in a browser context of their own."""
+    context = browser.new_context(ignore_https_errors=True, base_url=server.url,
+                                  viewport={"width": 1360, "height": 900})
+    pg = context.new_page()
+    sign_in(pg, ADMIN2, ADMIN2_PASSWORD, next_code(server, ADMIN2))
+    expect(pg.locator("h1")).to_have_text("Dashboard")
+    yield pg
+    context.close()
+
+
+def approve_pending(approver: Any) -> None:
+    """The second admin approves the one pending request, with their password."""
+    approver.goto("/console/approvals")
+    form = approver.locator("form.approve").first
+    form.locator("input[name=password]").fill(ADMIN2_PASSWORD)
+    form.locator("button[type=submit]").click()
+    expect(approver.locator("p.notice").first).to_have_text("Approved: the action ran.")
+
+
 def shot(page: Any, name: str) -> None:
     directory = shots_dir()
     directory.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
 
 
-def sign_in(page: Any, username: str, password: str) -> None:
+def sign_in(page: Any, username: str, password: str, code: str = "") -> None:
     page.goto("/console/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
+    page.fill("input[name=code]", code)
     page.click("button[type=submit]")
 
 
-def test_first_sign_in_forces_a_password_change(page: Any) -> None:
+def test_first_sign_in_forces_a_password_change_then_two_factor(page: Any,
+                                                                server: Server) -> None:
     page.goto("/console/")
     expect(page).to_have_url(re.compile(r"/console/login$"))
     page.fill("input[name=username]", "admin")
@@ -108,8 +137,19 @@ def test_first_sign_in_forces_a_password_change(page: Any) -> None:
         page.click("main button[type=submit]")
         if outcome:
             expect(page.locator("p.error")).to_contain_text(outcome)
+    # An admin signs in with a second factor: nothing but its enrolment page until then.
+    expect(page.locator("h1")).to_have_text("Two-factor sign-in")
+    expect(page.locator("#totp-required")).to_be_visible()
+    page.goto("/console/keys")
+    expect(page.locator("h1")).to_have_text("Two-factor sign-in")
+    shot(page, "totp")
+    secret = page.locator("#totp-secret").inner_text()
+    page.fill("main input[name=code]", security.totp_code(secret, time.time()))
+    page.fill("main input[name=password]", ADMIN_NEW)
+    page.click("main button[type=submit]")
     expect(page.locator("h1")).to_have_text("Dashboard")
-    expect(page.locator("p.notice")).to_have_text("Password changed.")
+    expect(page.locator("p.notice")).to_have_text("Two-factor settings saved.")
+    remember_totp(server, "admin", secret)
 
 
 def test_filter_keys(page: Any, world: dict[str, Any]) -> None:
@@ -137,12 +177,17 @@ def test_bulk_disable(page: Any, world: dict[str, Any]) -> None:
     expect(page.locator("table.keys .status-disabled")).to_have_count(2)
 
 
-def test_authorization_then_denial_in_the_access_listing(page: Any, server: Server,
+def test_authorization_then_denial_in_the_access_listing(page: Any, approver: Any,
+                                                         server: Server,
                                                          world: dict[str, Any]) -> None:
     page.goto(f"/console/keys/{world['invoice']}")
     page.fill("#add-authorization input[name=principal]", "bob@example.com")
+    # The admin does not manage alice's key on their own right: a request for admin2.
     page.click("#add-authorization button[type=submit]")
-    expect(page.locator("p.notice")).to_have_text("Authorization added.")
+    expect(page.locator("h1")).to_have_text("Approvals")
+    expect(page.locator("table.approvals")).to_contain_text("Authorize bob@example.com")
+    approve_pending(approver)
+    page.goto(f"/console/keys/{world['invoice']}")
     row = page.locator("table.auths tr", has_text="bob@example.com")
     expect(row).to_contain_text("decrypt")
     row.locator("button[value=disable]").click()
@@ -185,7 +230,7 @@ def test_destroy_asks_for_the_key_id_and_password_then_shows_the_receipt(
     expect(page.locator("h1 .status")).to_have_text("destroyed")
 
 
-def test_register_an_application(page: Any) -> None:
+def test_register_an_application(page: Any, approver: Any) -> None:
     _priv, public, _enc_priv, enc_public = generate_app_keys("ES256")
     page.goto("/console/apps")
     page.fill("#register-app input[name=name]", "HR portal")
@@ -194,7 +239,15 @@ def test_register_an_application(page: Any) -> None:
     page.fill("#register-app textarea[name=enc_key]", json.dumps(enc_public))
     page.fill("#register-app input[name=password]", ADMIN_NEW)
     page.click("#register-app button[type=submit]")
-    expect(page.locator("p.notice")).to_have_text("Application registered.")
+    expect(page.locator("p.notice")).to_contain_text("Request recorded")
+    expect(page.locator("table.approvals")).to_contain_text("HR portal")
+    page.goto("/console/apps")
+    expect(page.locator("table.apps")).not_to_contain_text("HR portal")
+    approver.goto("/console/approvals")
+    shot(approver, "approvals")
+    approve_pending(approver)
+    page.goto("/console/apps")
+    page.click("table.apps a:text('HR portal')")
     expect(page.locator("h1")).to_contain_text("HR portal")
     expect(page.locator("main")).to_contain_text(public["kid"])
     shot(page, "app")
@@ -203,13 +256,18 @@ def test_register_an_application(page: Any) -> None:
     shot(page, "apps")
 
 
-def test_accounts_and_audit_pages(page: Any, world: dict[str, Any]) -> None:
+def test_accounts_and_audit_pages(page: Any, approver: Any, world: dict[str, Any]) -> None:
     page.goto("/console/accounts")
     page.fill("#create-account input[name=username]", "alice@example.com")
     page.select_option("#create-account select[name=role]", "user")
     page.click("#create-account button[type=submit]")
-    issued = page.locator("#issued code").inner_text()
+    expect(page.locator("p.notice")).to_contain_text("Request recorded")
+    approve_pending(approver)
+    # The one-time password is shown once, to the admin whose approval created the account.
+    issued = approver.locator("#issued code").inner_text()
     world["alice_password"] = issued
+    page.goto("/console/accounts")
+    expect(page.locator("table.accounts")).to_contain_text("alice@example.com")
     shot(page, "accounts")
     page.goto("/console/audit")
     page.click("#verify")
@@ -260,5 +318,5 @@ def test_a_user_sees_only_their_keys(browser: Any, server: Server,
 
 def test_screenshots_exist() -> None:
     names = {p.stem for p in Path(shots_dir()).glob("*.png")}
-    assert {"login", "password", "dashboard", "keys", "key", "receipt", "apps", "app",
-            "accounts", "audit"} <= names
+    assert {"login", "password", "totp", "dashboard", "keys", "key", "receipt", "apps", "app",
+            "approvals", "accounts", "audit"} <= names

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sceau.config import load_config
 from sceau.keystore import init_keystore, open_keystore
 from sceau.keystore.base import KeystoreSettings
 from sceau.service import accounts
@@ -118,7 +119,8 @@ def store(tmp_path: Path) -> Any:
             store_accounts.ConsoleSessionRow(
                 sid_hash=security.session_id_hash("sid-1"), username="alice@example.com",
                 csrf="c", created_at=now, last_seen_at=now, ip=None)))
-    runtime = SimpleNamespace(engines=engines, keystore=keystore, rows=VerifiedRows(keystore))
+    runtime = SimpleNamespace(engines=engines, keystore=keystore, rows=VerifiedRows(keystore),
+                              config=load_config(tmp_path, env={}))
     yield runtime, engines, now
     keystore.close()
     engines.dispose()

@@ -137,8 +137,14 @@ def list_apps(
     try:
         with open_keystore(keystore_settings(config)) as keystore:
             apps = admin.list_applications(engines, keystore)
+            with engines.read.connect() as conn:
+                admins = admin.active_admins(conn, keystore)
     finally:
         engines.dispose()
+    if len(admins) <= 1:
+        # Standing warning (stderr, so --json output stays parseable): with one admin the
+        # console offers no gated action, and nobody reviews the host operator's.
+        typer.echo(admin.SINGLE_ADMIN_WARNING, err=True)
     if as_json:
         print_json(apps)
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sceau.cli import apps, audit, files, keys, keystore, mail
+from sceau.cli import accounts, apps, audit, files, keys, keystore, mail
 from sceau.cli.common import DataDir, config_from
 from sceau.config import default_data_dir
 from sceau.errors import SceauError
@@ -20,6 +20,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 cli.add_typer(apps.app, name="app")
+cli.add_typer(accounts.app, name="account")
 cli.add_typer(audit.app, name="audit")
 cli.add_typer(keys.app, name="key")
 cli.add_typer(keystore.app, name="keystore")

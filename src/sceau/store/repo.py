@@ -505,6 +505,35 @@ def set_throttle(
     )
 
 
+def charge_throttle(conn: sa.Connection, scope: str, subject: str, now: int,
+                    window: int) -> tuple[int, int]:
+    """Count one more attempt atomically; returns the counter after it.
+
+    One ``UPDATE ... SET failures = failures + 1`` (a new window once the old one passed):
+    concurrent attempts on any node each see their own count, never a stale one, so no
+    more attempts than the limit are ever judged (SECURITY-CASES 39). The row lock it takes
+    holds until the attempt's transaction ends.
+    """
+    conn.execute(_insert_ignore(conn, console_throttle).values(
+        scope=scope, subject=subject, failures=0, window_start=now))
+    where = (console_throttle.c.scope == scope, console_throttle.c.subject == subject)
+    stale = console_throttle.c.window_start <= now - window
+    conn.execute(console_throttle.update().where(*where).values(
+        failures=sa.case((stale, 1), else_=console_throttle.c.failures + 1),
+        window_start=sa.case((stale, now), else_=console_throttle.c.window_start)))
+    row = conn.execute(sa.select(console_throttle.c.failures,
+                                 console_throttle.c.window_start).where(*where)).one()
+    return int(row.failures), int(row.window_start)
+
+
+def refund_throttle(conn: sa.Connection, scope: str, subject: str) -> None:
+    """Take back one counted attempt (it succeeded)."""
+    conn.execute(console_throttle.update().where(
+        console_throttle.c.scope == scope, console_throttle.c.subject == subject,
+        console_throttle.c.failures > 0,
+    ).values(failures=console_throttle.c.failures - 1))
+
+
 def clear_throttle(conn: sa.Connection, scope: str, subject: str) -> None:
     conn.execute(
         console_throttle.delete().where(

@@ -1,9 +1,14 @@
-"""Applications and accounts (role ``admin``), through the same functions as the CLI."""
+"""Applications, accounts and approvals (role ``admin``), through the same functions as the CLI.
+
+The actions that could open a path to data are gated (service/approvals.py, SECURITY-CASES
+46): here they become requests that another admin approves on the approvals page, and with
+fewer active admins than the quorum the pages do not offer them at all (the host operator
+runs them with the CLI). The others run at once, audited as the signed-in admin.
+"""
 
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,13 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from sceau import admin
-from sceau.core.model import normalize_identity
-from sceau.core.policy import validate_principal
 from sceau.errors import InvalidRequest, NotFound, SceauError
 from sceau.jose.appkeys import app_key_from_jwk, app_key_from_pem
 from sceau.keystore.base import Keystore
-from sceau.service.accounts import hash_password
-from sceau.service.console.auth import checked_account, reauthenticate, save_changed
+from sceau.service import approvals
+from sceau.service.approvals import Ask, GateState
+from sceau.service.console.auth import reauthenticate
 from sceau.service.console.web import (
     PREFIX,
     Console,
@@ -28,10 +32,12 @@ from sceau.service.console.web import (
     not_found,
 )
 from sceau.store import accounts
-from sceau.store.writer import Tx
-from sceau.vocab import Action, AppStatus, Role
+from sceau.store import approvals as approval_store
+from sceau.vocab import ApprovalStatus, AppStatus, Role
 
 APP_ALGS = ("ES256", "EdDSA", "PS256", "RS256")
+QUORUM_NOTE = ("This action needs a second admin's approval, and this installation has fewer "
+               "active admins than that: the host operator does it with the command line.")
 
 
 @dataclass
@@ -40,12 +46,14 @@ class ConsoleRunner:
 
     console: Console
     session: Session
+    # Console changes are the signed-in admin's own; gated ones come through approvals.
+    via: str | None = None
 
     @property
     def keystore(self) -> Keystore:
         return self.console.rt.keystore
 
-    def run(self, action: Action, fn: Any, *, key: str | None = None) -> Any:
+    def run(self, action: Any, fn: Any, *, key: str | None = None) -> Any:
         return self.console.run(self.session, action, fn, key=key).value
 
 
@@ -72,8 +80,35 @@ def _users(text: str) -> list[str]:
     return [u for u in text.replace(",", " ").split() if u]
 
 
+def duty(console: Console) -> dict[str, Any]:
+    """What the dashboard and the admin pages say about separation of duties."""
+    state = approvals.gate_state(console.rt)
+    now = console.now()
+    with console.rt.engines.read.connect() as conn:
+        pending = [r for r in approval_store.list_approvals(conn, status=ApprovalStatus.PENDING)
+                   if r.expires_at > now]
+    return {"quorum": state.quorum, "admins": len(state.admins), "offered": state.offered,
+            "single_admin": state.single_admin, "pending": len(pending)}
+
+
 def router(console: Console, route_class: type) -> APIRouter:
     r = APIRouter(prefix=PREFIX, route_class=route_class)
+    # Templates ask for it (the dashboard's standing warning); computed only when shown.
+    console.env.globals["duty"] = lambda: duty(console)
+
+    def runner(session: Session) -> ConsoleRunner:
+        return ConsoleRunner(console, session)
+
+    def ask_for(session: Session, ask: Ask) -> Response:
+        """Record a request for a gated action, then show it on the approvals page."""
+        approval_id = approvals.request(runner(session), console.rt,
+                                        session.account.username, ask)
+        raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
+
+    def gate(state: GateState) -> None:
+        # The forms are not offered; a crafted POST gets the same answer, before any work.
+        if not state.offered:
+            raise PageError(403, QUORUM_NOTE)
 
     # --- applications ----------------------------------------------------------------------
 
@@ -82,6 +117,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         apps = admin.list_applications(console.rt.engines, console.rt.keystore)
         return console.render(request, "apps.html", status=status, session=session, apps=apps,
                               error=error, form=form or {}, algs=APP_ALGS,
+                              gate=approvals.gate_state(console.rt), quorum_note=QUORUM_NOTE,
                               notice={"added": "Application registered."}.get(
                                   request.query_params.get("done", "")))
 
@@ -96,31 +132,36 @@ def router(console: Console, route_class: type) -> APIRouter:
         form = dict(form_of(request))
         kept = {k: form.get(k, "") for k in ("name", "users", "key", "enc_key", "alg", "kid")}
         try:
+            gate(approvals.gate_state(console.rt))
             reauthenticate(console, session, form.get("password", ""))
-            app_id = admin.add_application(
-                ConsoleRunner(console, session), name=form.get("name", "").strip(),
-                jwk=signing_jwk(form), enc_jwk=_pasted_enc(form),
-                users=_users(form.get("users", "")),
-            )
+            name = form.get("name", "").strip()
+            if not name or len(name) > 200:
+                raise InvalidRequest("name: 1 to 200 characters")
+            ask = approvals.ask_app_add(name, signing_jwk(form), _pasted_enc(form),
+                                        admin.user_patterns(_users(form.get("users", ""))))
+            return ask_for(session, ask)
         except PageError as error:
             return render_apps(request, session, status=error.status, error=error.message,
                                form=kept)
         except SceauError as error:
             return render_apps(request, session, status=error.status, error=error.detail,
                                form=kept)
-        raise Redirect(f"{PREFIX}/apps/{app_id}?done=added")
 
-    def render_app(request: Request, session: Session, app_id: str, *, status: int = 200,
-                   error: str | None = None) -> Response:
+    def found_app(app_id: str) -> dict[str, Any]:
         found = [a for a in admin.list_applications(console.rt.engines, console.rt.keystore)
                  if a["app_id"] == app_id]
         if not found:
             raise not_found()
+        return found[0]
+
+    def render_app(request: Request, session: Session, app_id: str, *, status: int = 200,
+                   error: str | None = None) -> Response:
         notices = {"added": "Application registered.", "key_added": "Signing key added.",
                    "key_retired": "Signing key retired.", "enabled": "Application enabled.",
-                   "disabled": "Application disabled."}
+                   "disabled": "Application disabled.", "users": "Allowed users narrowed."}
         return console.render(request, "app.html", status=status, session=session,
-                              app=found[0], error=error, algs=APP_ALGS,
+                              app=found_app(app_id), error=error, algs=APP_ALGS,
+                              gate=approvals.gate_state(console.rt), quorum_note=QUORUM_NOTE,
                               notice=notices.get(request.query_params.get("done", "")))
 
     @r.get("/apps/{app_id}")
@@ -148,9 +189,26 @@ def router(console: Console, route_class: type) -> APIRouter:
         status = AppStatus.ENABLED if enable else AppStatus.DISABLED
         return app_change(
             request, session, app_id,
-            lambda: admin.set_application_status(ConsoleRunner(console, session), app_id, status),
+            lambda: admin.set_application_status(runner(session), app_id, status),
             "enabled" if enable else "disabled",
         )
+
+    @r.post("/apps/{app_id}/users")
+    def app_users(request: Request, app_id: str) -> Response:
+        """Narrowing the users an app may assert runs at once; widening is a request."""
+        session = console.require(request, Role.ADMIN)
+        form = dict(form_of(request))
+
+        def change() -> None:
+            app = found_app(app_id)
+            users = admin.user_patterns(_users(form.get("users", "")))
+            if not admin.widens(app["users"], users):
+                admin.set_application_users(runner(session), app_id, users)
+                return
+            gate(approvals.gate_state(console.rt))
+            ask_for(session, approvals.ask_app_users(app_id, app["name"], users, app["users"]))
+
+        return app_change(request, session, app_id, change, "users")
 
     @r.post("/apps/{app_id}/keys")
     def add_key(request: Request, app_id: str) -> Response:
@@ -158,8 +216,10 @@ def router(console: Console, route_class: type) -> APIRouter:
         form = dict(form_of(request))
 
         def add() -> None:
+            gate(approvals.gate_state(console.rt))
             reauthenticate(console, session, form.get("password", ""))
-            admin.add_app_key(ConsoleRunner(console, session), app_id, signing_jwk(form))
+            app = found_app(app_id)
+            ask_for(session, approvals.ask_app_key_add(app_id, app["name"], signing_jwk(form)))
 
         return app_change(request, session, app_id, add, "key_added")
 
@@ -169,7 +229,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         kid = form_of(request).get("kid", "")
         return app_change(
             request, session, app_id,
-            lambda: admin.retire_app_key(ConsoleRunner(console, session), app_id, kid),
+            lambda: admin.retire_app_key(runner(session), app_id, kid),
             "key_retired",
         )
 
@@ -177,13 +237,16 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     def render_accounts(request: Request, session: Session, *, status: int = 200,
                         error: str | None = None, issued: tuple[str, str] | None = None,
-                        ) -> Response:
+                        notice: str | None = None) -> Response:
         with console.rt.engines.read.connect() as conn:
             rows = accounts.list_accounts(conn)
         listed = [(row, admin.row_verifies(console.rt.keystore, row)) for row in rows]
+        state = approvals.gate_state(console.rt)
         return console.render(request, "accounts.html", status=status, session=session,
                               accounts=listed, roles=[str(x) for x in Role], error=error,
-                              issued=issued)
+                              issued=issued, gate=state, quorum_note=QUORUM_NOTE,
+                              gated_roles=sorted(str(x) for x in approvals.GATED_ROLES),
+                              notice=notice)
 
     @r.get("/accounts")
     def accounts_page(request: Request) -> Response:
@@ -194,30 +257,16 @@ def router(console: Console, route_class: type) -> APIRouter:
     def create_account(request: Request) -> Response:
         session = console.require(request, Role.ADMIN)
         form = form_of(request)
-        role_text = form.get("role", "")
         try:
-            if role_text not in Role.__members__.values():
-                raise InvalidRequest("role: admin, auditor or user")
-            raw = form.get("username", "").strip()
-            if "*" in raw:
-                raise InvalidRequest("username: an identity, not a pattern")
-            username = normalize_identity(validate_principal(raw))
-        except InvalidRequest as error:
-            return render_accounts(request, session, status=400, error=error.detail)
-        password = secrets.token_urlsafe(15)
-        hashed = hash_password(password)
-
-        def create(tx: Tx) -> None:
-            tx.ctx.details = {"account": username, "role": role_text}
-            if accounts.get_account(tx.conn, username) is not None:
-                raise InvalidRequest("username: this account exists already")
-            accounts.insert_account(tx.conn, console.rt.keystore.seal_row(accounts.AccountRow(
-                username=username, password_hash=hashed, role=role_text, status="active",
-                must_change_password=True, totp_secret=None, created_at=tx.now,
-                updated_at=tx.now)))
-
-        try:
-            console.run(session, Action.ACCOUNT_CREATE, create)
+            role = admin.account_role(form.get("role", ""))
+            username = admin.account_name(form.get("username", ""))
+            if role in approvals.GATED_ROLES:
+                gate(approvals.gate_state(console.rt))
+                return ask_for(session, approvals.ask_account_create(username, role))
+            # An auditor reads metadata and the trail, never data: no approval needed.
+            password = admin.create_account(runner(session), username, role)
+        except PageError as error:
+            return render_accounts(request, session, status=error.status, error=error.message)
         except SceauError as error:
             return render_accounts(request, session, status=error.status, error=error.detail)
         return render_accounts(request, session, issued=(username, password))
@@ -230,40 +279,84 @@ def router(console: Console, route_class: type) -> APIRouter:
         if username == session.account.username and action in ("role", "disable"):
             return render_accounts(request, session, status=400,
                                    error="You cannot demote or disable your own account.")
-        issued: tuple[str, str] | None = None
-        values: dict[str, Any]
-        if action == "role":
-            role_text = form.get("role", "")
-            if role_text not in Role.__members__.values():
-                raise PageError(400, "Unknown role.")
-            values = {"role": role_text}
-        elif action in ("enable", "disable"):
-            values = {"status": "disabled" if action == "disable" else "active"}
-        elif action == "reset":
-            password = secrets.token_urlsafe(15)
-            values = {"password_hash": hash_password(password), "must_change_password": True,
-                      "totp_secret": None}
-            issued = (username, password)
-        else:
-            raise PageError(400, "Unknown account action.")
-
-        def change(tx: Tx) -> None:
-            shown = {k: v for k, v in values.items() if k in ("role", "status")}
-            if action == "reset":
-                shown["credentials"] = "reset"
-            save_changed(console, tx, checked_account(console, tx, username), **values)
-            # A role change, a reset or a disable ends the account's sessions at once.
-            ended = (0 if action == "enable"
-                     else accounts.delete_console_sessions_of(tx.conn, username))
-            tx.ctx.details = {"account": username, "changed": shown, "sessions_ended": ended}
-
+        with console.rt.engines.read.connect() as conn:
+            current = accounts.get_account(conn, username)
+        if current is None:
+            raise not_found()
         try:
-            console.run(session, Action.ACCOUNT_UPDATE, change)
+            if action == "role":
+                role = admin.account_role(form.get("role", ""))
+                if role in approvals.GATED_ROLES and str(role) != current.role:
+                    gate(approvals.gate_state(console.rt))
+                    return ask_for(session, approvals.ask_account_role(username, role,
+                                                                       current.role))
+                admin.run_change(runner(session), admin.account_update_change(
+                    console.rt.keystore, username, role=role))
+            elif action in ("enable", "disable"):
+                admin.set_account_status(runner(session), username,
+                                         admin.DISABLED if action == "disable" else admin.ACTIVE)
+            elif action in ("reset", "clear_totp"):
+                gate(approvals.gate_state(console.rt))
+                return ask_for(session, approvals.ask_account_reset(username)
+                               if action == "reset" else approvals.ask_totp_clear(username))
+            else:
+                raise PageError(400, "Unknown account action.")
         except NotFound:
             raise not_found() from None
+        except PageError as error:
+            return render_accounts(request, session, status=error.status, error=error.message)
         except SceauError as error:
             return render_accounts(request, session, status=error.status, error=error.detail)
-        return render_accounts(request, session, issued=issued)
+        return render_accounts(request, session, notice="Account updated.")
+
+    # --- approvals --------------------------------------------------------------------------
+
+    def render_approvals(request: Request, session: Session, *, status: int = 200,
+                         error: str | None = None, notice: str | None = None,
+                         issued: tuple[str, str] | None = None) -> Response:
+        views = approvals.list_requests(console.rt, session.account.username, console.now())
+        notices = {"requested": "Request recorded: it runs once another admin approves it.",
+                   "rejected": "Request rejected."}
+        return console.render(
+            request, "approvals.html", status=status, session=session, requests=views,
+            gate=approvals.gate_state(console.rt), error=error, issued=issued,
+            notice=notice or notices.get(request.query_params.get("done", "")))
+
+    @r.get("/approvals")
+    def approvals_page(request: Request) -> Response:
+        session = console.require(request, Role.ADMIN)
+        return render_approvals(request, session)
+
+    @r.post("/approvals/{approval_id}/approve")
+    def approve(request: Request, approval_id: str) -> Response:
+        session = console.require(request, Role.ADMIN)
+        try:
+            reauthenticate(console, session, form_of(request).get("password", ""))
+            decision = approvals.approve(runner(session), console.rt,
+                                         session.account.username, approval_id)
+        except PageError as error:
+            return render_approvals(request, session, status=error.status, error=error.message)
+        except SceauError as error:
+            return render_approvals(request, session, status=error.status, error=error.detail)
+        console.rt.app_keys.forget()
+        if not decision.done:
+            notice = (f"Approval recorded ({decision.approvals} of {decision.needed}); it runs "
+                      "once the others approve.")
+            return render_approvals(request, session, notice=notice)
+        issued = (decision.account, decision.one_time_password) \
+            if decision.account and decision.one_time_password else None
+        return render_approvals(request, session, issued=issued,
+                                notice="Approved: the action ran.")
+
+    @r.post("/approvals/{approval_id}/reject")
+    def reject(request: Request, approval_id: str) -> Response:
+        session = console.require(request, Role.ADMIN)
+        try:
+            approvals.reject(runner(session), console.rt, session.account.username,
+                             approval_id)
+        except SceauError as error:
+            return render_approvals(request, session, status=error.status, error=error.detail)
+        raise Redirect(f"{PREFIX}/approvals?done=rejected")
 
     return r
 

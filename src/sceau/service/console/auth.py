@@ -60,13 +60,16 @@ def _throttle_keys(username: str, ip: str | None) -> list[tuple[ThrottleScope, s
 
 def attempt_login(console: Console, username: str, password: str, code: str,
                   ip: str | None) -> LoginOutcome:
-    """Check credentials and open a session; the same refusal for every failure cause."""
+    """Check credentials and open a session; the same refusal for every failure cause.
+
+    The throttle is decided inside the writer's transaction: each attempt is first counted
+    with one atomic increment per counter (account, address) and judged on the count it got,
+    so concurrent attempts can never see a stale count and overshoot the limit
+    (SECURITY-CASES 39); a success takes its count back (and clears the account's counter).
+    """
     username = normalize_identity(username.strip())[:320]
-    now = console.now()
     with console.rt.engines.read.connect() as conn:
-        counters = [repo.get_throttle(conn, str(s), v) for s, v in _throttle_keys(username, ip)]
         account = accounts.get_account(conn, username)
-    throttled = any(security.is_throttled(c, now) for c in counters)
     tampered = account is not None and not _seal_holds(console, account)
     # Only password accounts sign in here; an OpenID Connect account proves its identity at
     # its provider, never with a password an admin could have set.
@@ -84,6 +87,12 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     session_id = new_token()
 
     def record(tx: Tx) -> LoginOutcome:
+        throttled = False
+        for scope, subject in _throttle_keys(username, ip):
+            failures, start = repo.charge_throttle(tx.conn, str(scope), subject, tx.now,
+                                                   security.THROTTLE_WINDOW_S)
+            # Judged on the count before this attempt, exactly as is_throttled reads it.
+            throttled = security.is_throttled((failures - 1, start), tx.now) or throttled
         second_ok = True
         if account is not None and account.totp_secret:
             last = repo.totp_last_step(tx.conn, username)
@@ -94,14 +103,12 @@ def attempt_login(console: Console, username: str, password: str, code: str,
             if totp_step is not None:
                 repo.set_totp_last_step(tx.conn, username, totp_step)
             repo.clear_throttle(tx.conn, str(ThrottleScope.ACCOUNT), username)
+            if ip:
+                repo.refund_throttle(tx.conn, str(ThrottleScope.ADDRESS), ip)
             open_session(console, tx, session_id, username, ip)
             tx.item_record(outcome=Outcome.GRANTED, key=None,
                            details={"second_factor": account.totp_secret is not None})
             return LoginOutcome(session_id)
-        for scope, subject in _throttle_keys(username, ip):
-            counter = repo.get_throttle(tx.conn, str(scope), subject)
-            failures, start = security.after_failure(counter, tx.now)
-            repo.set_throttle(tx.conn, str(scope), subject, failures, start)
         # A row written behind the service's back is refused and audited as such; the
         # visitor gets the same answer as for any other failure.
         reason = ("throttled" if throttled else
@@ -258,7 +265,7 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     @r.get("/totp")
     def totp_page(request: Request) -> Response:
-        session = console.require(request)
+        session = console.require(request, enrolling=True)
         secret = security.totp_secret_text(os.urandom(security.TOTP_SECRET_BYTES))
         return console.render(
             request, "totp.html", session=session, secret=secret,
@@ -267,11 +274,14 @@ def router(console: Console, route_class: type) -> APIRouter:
 
     @r.post("/totp")
     def totp(request: Request) -> Response:
-        session = console.require(request)
+        session = console.require(request, enrolling=True)
         form = form_of(request)
         reauthenticate(console, session, form.get("password", ""))
         username = session.account.username
         enable = form.get("action") == "enable"
+        if not enable and session.account.totp_required:
+            # Removing a required second factor takes two admins (a gated request).
+            raise PageError(403, "Two-factor sign-in is required for your role.")
         secret = form.get("secret", "")
         match = security.totp_match(secret, form.get("code", ""), console.clock())
         if enable and match is None:
@@ -279,6 +289,8 @@ def router(console: Console, route_class: type) -> APIRouter:
 
         def change(tx: Tx) -> None:
             account = checked_account(console, tx, username)
+            if not enable and account.role in console.totp_roles():
+                raise InvalidRequest("two-factor sign-in is required for this role")
             if enable and match is not None:
                 save_changed(console, tx, account, totp_secret=secret)
                 repo.set_totp_last_step(tx.conn, username, match.step)

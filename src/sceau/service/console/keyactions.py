@@ -65,18 +65,29 @@ def may_manage(actor: Actor, record: KeyRecord, now: int) -> bool:
     return False
 
 
-def actor_call(rt: Runtime, actor: Actor) -> Call:
+def needs_approval(actor: Actor, record: KeyRecord, now: int) -> bool:
+    """True when only the admin's manage-any could add or enable an authorization here.
+
+    Such a change opens the key's data to the principal it names, which the admin could
+    point at an identity they control: it waits for a second admin (service/approvals.py,
+    SECURITY-CASES 46). An admin who is the owner or holds ``manage`` acts on their own right.
+    """
+    return actor.role is Role.ADMIN and not can_manage(record, actor.username, now)
+
+
+def actor_call(rt: Runtime, actor: Actor, *, own_rights: bool = False) -> Call:
     """The API's view of a console account acting on keys.
 
     The API handlers then apply every rule themselves; only the gate differs: an ``admin``
     account manages every key (``manage_any``, never decryption), a ``user`` account what
     the API lets that identity manage, and an ``auditor`` nothing (refused here, as the
-    ``not_found`` a stranger gets).
+    ``not_found`` a stranger gets). ``own_rights`` drops the admin's manage-any: the API's
+    rule for that identity then decides, inside the change's transaction.
     """
     if actor.role is Role.AUDITOR:
         raise NotFound("no such key")
     return Call(rt=rt, app=CONSOLE_CALLER, user=normalize_identity(actor.username), ip=None,
-                jti="", manage_any=actor.role is Role.ADMIN)
+                jti="", manage_any=actor.role is Role.ADMIN and not own_rights)
 
 
 def _ref(key_id: bytes, **extra: Any) -> dict[str, Any]:
@@ -130,17 +141,18 @@ def destroy(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes) -> key_api.Destroy
 
 def add_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes, principal: str,
                       rights: frozenset[Right], not_before: int | None,
-                      not_after: int | None) -> dict[str, Any]:
+                      not_after: int | None, *, own_rights: bool = False) -> dict[str, Any]:
     """add-authorization, through the API's handler (``added_by`` is the account)."""
     params = parse_model(AddAuthorizationParams, _ref(
         key_id, principal=principal, rights=sorted(str(r) for r in rights),
         not_before=not_before, not_after=not_after,
     ))
-    return key_api.add_authorization(actor_call(rt, actor), params, tx)
+    return key_api.add_authorization(actor_call(rt, actor, own_rights=own_rights), params, tx)
 
 
 def change_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
-                         principal: str, action: Action) -> dict[str, Any]:
+                         principal: str, action: Action, *,
+                         own_rights: bool = False) -> dict[str, Any]:
     """remove / enable / disable one authorization entry, through the API's handlers."""
     params = parse_model(PrincipalRef, _ref(key_id, principal=principal))
     handler = {
@@ -148,8 +160,11 @@ def change_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
         Action.ENABLE_AUTHORIZATION: key_api.enable_authorization,
         Action.DISABLE_AUTHORIZATION: key_api.disable_authorization,
     }[action]
-    return handler(actor_call(rt, actor), params, tx)
+    return handler(actor_call(rt, actor, own_rights=own_rights), params, tx)
 
+
+# Authorization changes that open data to a principal: gated on an admin's manage-any.
+OPENING_ACTIONS = frozenset({Action.ADD_AUTHORIZATION, Action.ENABLE_AUTHORIZATION})
 
 AUTHORIZATION_ACTIONS = {
     "remove": Action.REMOVE_AUTHORIZATION,

@@ -15,10 +15,11 @@ from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
 from sceau.core.model import Authorization, KeyRecord, normalize_identity
 from sceau.core.policy import display_status, matching_authorizations
 from sceau.errors import IntegrityFailure, NotFound, SceauError
-from sceau.service import keyops
+from sceau.service import approvals, keyops
 from sceau.service.api import keys as key_api
 from sceau.service.api.keys import DestroyedKey, domain_pattern
 from sceau.service.console import keyactions
+from sceau.service.console.adminpages import QUORUM_NOTE, ConsoleRunner
 from sceau.service.console.auth import reauthenticate
 from sceau.service.console.keyactions import Actor
 from sceau.service.console.web import (
@@ -34,7 +35,7 @@ from sceau.service.console.web import (
 )
 from sceau.store import repo
 from sceau.store.writer import JobOutcome, Tx
-from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right
+from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right, Role
 
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_BULK = 1000
@@ -347,17 +348,49 @@ def router(console: Console, route_class: type) -> APIRouter:
         before = int(before_text) if before_text.isdigit() else None
         view = key_view(console, session, key_id, before)
         done = request.query_params.get("done", "")
+        # Separation of duties: what only the admin's manage-any allows waits for approval.
+        approval_needed = keyactions.needs_approval(actor_of(session), view.record,
+                                                    console.now())
         return console.render(
             request, "key.html", status=status, session=session, view=view, key=view.record,
             key_text=key_text, error=error, notice=DONE.get(done),
             rules=view.record.rules.to_json() if view.full else {},
-            rights=[str(r) for r in Right],
+            rights=[str(r) for r in Right], approval_needed=approval_needed,
+            gate_offered=approval_needed and approvals.gate_state(console.rt).offered,
         )
 
     @r.get("/keys/{key_text}")
     def key_page(request: Request, key_text: str) -> Response:
         session = console.require(request)
         return render_key(request, session, key_text)
+
+    def through_approval(request: Request, session: Session, key_id: bytes,
+                         ask: approvals.Ask) -> Response | None:
+        """An admin adding or enabling an authorization on a key they do not manage on their
+        own right: a request for a second admin (SECURITY-CASES 46), else None."""
+        actor = actor_of(session)
+        if actor.role is not Role.ADMIN:
+            return None
+        try:
+            with console.rt.engines.read.connect() as conn:
+                record = keyops.load_checked(conn, console.rt.keystore, key_id)
+        except SceauError:
+            return None  # the change itself refuses, audited
+        if not keyactions.needs_approval(actor, record, console.now()):
+            return None
+        key_text = keyops.key_id_text(key_id)
+        try:
+            if not approvals.gate_state(console.rt).offered:
+                raise PageError(403, QUORUM_NOTE)
+            approval_id = approvals.request(ConsoleRunner(console, session), console.rt,
+                                            actor.username, ask)
+        except PageError as error:
+            return render_key(request, session, key_text, status=error.status,
+                              error=error.message)
+        except SceauError as error:
+            return render_key(request, session, key_text, status=error.status,
+                              error=_message(error))
+        raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
 
     def change(request: Request, session: Session, key_text: str, action: Action,
                fn: Any, done: str) -> Response:
@@ -397,10 +430,17 @@ def router(console: Console, route_class: type) -> APIRouter:
         not_after = _moment(form.get("not_after", ""), "not after")
         actor = actor_of(session)
         principal = form.get("principal", "").strip()
+        gated = through_approval(request, session, key_id, approvals.ask_add_authorization(
+            keyops.key_id_text(key_id), principal, [str(r) for r in rights], not_before,
+            not_after))
+        if gated is not None:
+            return gated
+        # An admin here acts on their own right only: re-checked inside the change.
         return change(
             request, session, key_text, Action.ADD_AUTHORIZATION,
             lambda tx: keyactions.add_authorization(console.rt, actor, tx, key_id,
-                                                    principal, rights, not_before, not_after),
+                                                    principal, rights, not_before, not_after,
+                                                    own_rights=True),
             "auth_added",
         )
 
@@ -414,10 +454,16 @@ def router(console: Console, route_class: type) -> APIRouter:
             raise PageError(400, "Unknown authorization action.")
         actor = actor_of(session)
         principal = form.get("principal", "")
+        opening = action in keyactions.OPENING_ACTIONS
+        if opening:
+            gated = through_approval(request, session, key_id, approvals.ask_enable_authorization(
+                keyops.key_id_text(key_id), principal))
+            if gated is not None:
+                return gated
         return change(
             request, session, key_text, action,
             lambda tx: keyactions.change_authorization(console.rt, actor, tx, key_id,
-                                                       principal, action),
+                                                       principal, action, own_rights=opening),
             "auth_changed",
         )
 

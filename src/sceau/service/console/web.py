@@ -27,6 +27,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from sceau.config import role_list
 from sceau.core.b64 import b64u_encode
 from sceau.errors import IntegrityFailure, SceauError
 from sceau.service.console import security
@@ -100,6 +101,18 @@ class Account:
     role: Role
     must_change_password: bool
     totp_enabled: bool
+    # The role must use a second factor (``console.totp_required_roles``).
+    totp_required: bool = False
+
+    @property
+    def must_enrol_totp(self) -> bool:
+        """Signed in, but nothing is reachable until TOTP is enrolled."""
+        return self.totp_required and not self.totp_enabled
+
+    @property
+    def setting_up(self) -> bool:
+        """The password change or the TOTP enrolment is still due (no navigation yet)."""
+        return self.must_change_password or self.must_enrol_totp
 
     @property
     def is_admin(self) -> bool:
@@ -210,16 +223,23 @@ class Console:
                 role=Role(account.role),
                 must_change_password=account.must_change_password,
                 totp_enabled=account.totp_secret is not None,
+                totp_required=account.role in self.totp_roles(),
             ),
             ip=client_ip(request),
         )
 
+    def totp_roles(self) -> frozenset[str]:
+        """Roles that must enrol TOTP before reaching any page (validated at load)."""
+        return role_list(str(self.rt.config.get("console.totp_required_roles")))
+
     def require(self, request: Request, *roles: Role, allow_password_change: bool = False,
-                ) -> Session:
+                enrolling: bool = False) -> Session:
         """The session of a signed-in account with one of ``roles`` (any when empty).
 
         POST requests also need this session's CSRF token in the form. An account that must
-        change its password reaches nothing but the password page.
+        change its password reaches nothing but the password page (and sign-out); then an
+        account whose role requires a second factor reaches nothing but the TOTP enrolment
+        page (``enrolling``) until it has one.
         """
         session = self.load_session(request)
         if session is None:
@@ -232,6 +252,8 @@ class Console:
                 raise PageError(403, "The form has expired. Reload the page and try again.")
         if session.account.must_change_password and not allow_password_change:
             raise Redirect(f"{PREFIX}/password")
+        if session.account.must_enrol_totp and not (enrolling or allow_password_change):
+            raise Redirect(f"{PREFIX}/totp")
         if roles and session.account.role not in roles:
             raise PageError(403, "Your role does not allow this page.")
         return session
