@@ -18,6 +18,10 @@ from sceau.errors import ConfigError
 
 CONFIG_FILE = "sceau.toml"
 DEFAULT_DATA_DIR = "./sceau-data"
+# Sections with arrays of tables (``[[cse.identity_providers]]``): kept whole in
+# :attr:`Config.sections` and validated by their own pydantic models
+# (``sceau.service.workspace.settings``), which name the bad setting as this loader does.
+TABLE_SECTIONS = frozenset({"cse", "dke"})
 
 
 def default_data_dir() -> Path:
@@ -116,6 +120,8 @@ class Config:
 
     data_dir: Path
     values: Mapping[str, Any] = field(repr=False)
+    # The raw tables of :data:`TABLE_SECTIONS`, as read from the file.
+    sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def get(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -158,7 +164,7 @@ class Config:
             if setting is None:
                 raise ConfigError(f"unknown setting {dotted!r}")
             values[dotted] = _coerce(setting, value, f"option {dotted}")
-        return Config(self.data_dir, values)
+        return Config(self.data_dir, values, self.sections)
 
 
 _BY_DOTTED = {s.dotted: s for s in SETTINGS}
@@ -192,6 +198,7 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     path = data_dir / CONFIG_FILE
     file_values: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     if path.exists():
         try:
             parsed = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -200,6 +207,9 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
         for section, table in parsed.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            if section in TABLE_SECTIONS:
+                sections[section] = table
+                continue
             for name, value in table.items():
                 dotted = f"{section}.{name}"
                 if dotted not in _BY_DOTTED:
@@ -213,7 +223,7 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
             values[setting.dotted] = _coerce(setting, file_values[setting.dotted], str(path))
         else:
             values[setting.dotted] = setting.default
-    return Config(data_dir, values)
+    return Config(data_dir, values, sections)
 
 
 def render_default_config() -> str:
