@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+# The DEK of the request example on Google's `wrap` reference page.
+GOOGLE_DOC_DEK = base64.b64decode("wHrlNOTI9mU6PBdqiq7EQA==")
+
 
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -207,3 +210,111 @@ class JwksServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --- a Sceau server with the workspace services configured -----------------------------------
+
+
+@dataclass
+class Vendors:
+    """The outside world of one test module: the issuers and their HTTPS server."""
+
+    jwks: JwksServer
+    idp: Issuer
+    google: Issuer
+    entra: Issuer
+    audience: str = "cse-client-id"
+    dke_audience: str = "https://dke.sceau.test"
+
+    def toml(self, *, extra_cse: str = "", extra_dke: str = "") -> str:
+        ca = self.jwks.cert
+        return f"""
+[cse]
+enabled = true
+jwks_ca_file = "{ca}"
+jwks_refresh_min_s = 1
+rewrap_from = ["{self.jwks.url('old-kacls')}"]
+{extra_cse}
+[[cse.identity_providers]]
+issuer = "{self.idp.iss}"
+audience = "{self.audience}"
+jwks = "{self.jwks.url('idp-jwks')}"
+[[cse.authorization_issuers]]
+issuer = "{self.google.iss}"
+jwks = "{self.jwks.url('google-jwks')}"
+
+[dke]
+enabled = true
+audience = "{self.dke_audience}"
+jwks_ca_file = "{ca}"
+jwks_refresh_min_s = 1
+{extra_dke}
+[[dke.token_issuers]]
+issuer = "{self.entra.iss}"
+jwks = "{self.jwks.url('entra-jwks')}"
+"""
+
+    def publish(self) -> None:
+        self.jwks.publish("idp-jwks", self.idp)
+        self.jwks.publish("google-jwks", self.google)
+        self.jwks.publish("entra-jwks", self.entra)
+
+
+def make_vendors(directory: Path) -> Vendors:
+    vendors = Vendors(
+        jwks=JwksServer(directory),
+        idp=Issuer("https://idp.sceau.test"),
+        google=Issuer("gsuitecse-tokenissuer-drive@system.gserviceaccount.com"),
+        entra=Issuer("https://sts.windows.net/00000000-0000-0000-0000-00000000cafe/"),
+    )
+    vendors.publish()
+    return vendors
+
+
+@dataclass
+class Kacls:
+    """Calls a Sceau server's /cse endpoints as Google's client does."""
+
+    base: str
+    cert: str
+    vendors: Vendors
+
+    @property
+    def kacls_url(self) -> str:
+        return f"{self.base}/cse"
+
+    def authn(self, email: str, **claims: Any) -> str:
+        body = {"aud": self.vendors.audience, "email": email, **claims}
+        return self.vendors.idp.token(body)
+
+    def authz(self, email: str, role: str, resource: str, perimeter: str = "",
+              **claims: Any) -> str:
+        body = {"aud": "cse-authorization", "email": email, "role": role,
+                "resource_name": resource, "perimeter_id": perimeter,
+                "kacls_url": self.kacls_url, **claims}
+        return self.vendors.google.token(body)
+
+    def post(self, op: str, body: Mapping[str, Any], origin: str | None = None) -> Any:
+        import httpx
+
+        headers = {"origin": origin} if origin else {}
+        with httpx.Client(verify=self.cert, timeout=30) as client:
+            return client.post(f"{self.base}/cse/{op}", json=dict(body), headers=headers)
+
+    def wrap(self, email: str, resource: str, key: bytes, *, perimeter: str = "",
+             role: str = "writer", reason: str = "{client:'drive' op:'update'}") -> Any:
+        return self.post("wrap", {
+            "key": base64.b64encode(key).decode(),
+            "authorization": self.authz(email, role, resource, perimeter),
+            "authentication": self.authn(email),
+            "reason": reason,
+        })
+
+    def unwrap(self, email: str, resource: str, wrapped: str, *, perimeter: str = "",
+               role: str = "reader", authn: str | None = None, authz: str | None = None) -> Any:
+        return self.post("unwrap", {
+            "wrapped_key": wrapped,
+            "authorization": authz or self.authz(email, role, resource, perimeter),
+            "authentication": authn or self.authn(email),
+            "reason": "{client:'drive' op:'read'}",
+        })

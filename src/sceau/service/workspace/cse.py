@@ -1,0 +1,539 @@
+"""Google Workspace client-side encryption: the KACLS endpoints under ``/cse`` (SPEC §11).
+
+Who calls: anyone on the internet. Google's clients call from users' browsers (CORS
+origin ``https://client-side-encryption.google.com``) and from Google's servers; an
+attacker can call too, with whatever tokens they can forge, steal or replay. What they
+carry: an authentication token (the customer's identity provider) and an authorization
+token (Google), or, on the privileged endpoints, an authentication token alone. What they
+must never obtain: a DEK of a resource their tokens do not grant, a DEK of a revoked
+(disabled, destroyed, expired) resource key, or a request from Sceau to a URL they chose.
+
+Order of one call, cheapest first: the body (size, JSON, members), both tokens (401 for
+anything malformed, badly signed, expired or from an unknown issuer), the checks between
+them and against this KACLS (403: ``kacls_url``, role, email, ``email_type``), then one
+writer job that loads the resource's key record (seal verified), applies SPEC §6 (status,
+windows, rules, networks, and in strict mode membership), opens or seals the DEK, counts
+the use, and commits the audit record before anything is answered. Every call, granted or
+refused, leaves one audit record (``CSE_*``) with the email, ``resource_name``,
+``perimeter_id`` and Google's ``reason`` text in its details.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+
+import sceau
+from sceau.core.envelope import open_gcm, seal_gcm
+from sceau.core.model import KeyRecord, Rules
+from sceau.core.policy import Caller, decide_use
+from sceau.core.workspace import (
+    MAX_RESOURCE_BYTES,
+    binding_aad,
+    pack_wrapped_key,
+    parse_wrapped_key,
+    resource_key_hash,
+)
+from sceau.errors import (
+    AccessDenied,
+    IntegrityFailure,
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    PayloadTooLarge,
+    SceauError,
+)
+from sceau.jose.guard import MalformedJson, strict_json_loads
+from sceau.service import keyops
+from sceau.service.api.crypto import DAY, _usable_for_encrypt
+from sceau.service.runtime import Runtime
+from sceau.service.workspace.jwks import JwksSource
+from sceau.service.workspace.settings import CseSettings, normalize_url
+from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jwt
+from sceau.store import repo
+from sceau.store import workspace as ws
+from sceau.store.writer import AuditContext, Job, Tx
+from sceau.vocab import Action, Reason
+
+__all__ = ["CSE_APPLICATION", "CseService", "mount_cse"]
+
+CSE_APPLICATION = "google-workspace"
+GOOGLE_ORIGIN = "https://client-side-encryption.google.com"
+MAX_BODY_BYTES = 64 * 1024
+MAX_REASON_BYTES = 1024
+MAX_DEK_BYTES = 128
+_EMAIL_TYPE_DEFAULT = "google"
+
+
+# --- request bodies (Google's members; members Google may add later are ignored) -------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    reason: StrictStr = ""
+
+
+class WrapBody(_Body):
+    authentication: StrictStr
+    authorization: StrictStr
+    key: StrictStr
+
+
+class UnwrapBody(_Body):
+    authentication: StrictStr
+    authorization: StrictStr
+    wrapped_key: StrictStr
+
+
+class DigestBody(_Body):
+    authorization: StrictStr
+    wrapped_key: StrictStr
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class CseRefusal(AccessDenied):
+    """A valid token that is refused (403): role, email, kacls_url, resource, perimeter."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(Reason.NOT_AUTHORIZED, detail)
+        self.check = check
+
+
+def _refuse(tx: Tx, check: str, detail: str) -> NoReturn:
+    """Refuse inside a job, naming the check in the audit record's details."""
+    tx.ctx.details["check"] = check
+    raise CseRefusal(check, detail)
+
+
+def google_error(error: SceauError) -> tuple[int, dict[str, Any]]:
+    """Google's error body ``{code, message, details}`` and the HTTP status for ``error``.
+
+    401 for anything wrong with a token, 403 for a valid token that is refused, 400 for a
+    malformed body (SPEC §11, CSE decisions); the others keep Sceau's statuses. ``details``
+    is the fixed text of the check that failed: never token content, never key material.
+    """
+    status = error.status
+    details = error.detail
+    if error.reason is not None and str(error.reason) not in details:
+        details = f"{details} ({error.reason})"
+    return status, {"code": status, "message": error.title, "details": details}
+
+
+def _b64_std(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise InvalidRequest(f"{what}: not base64") from None
+
+
+def _b64_out(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _email(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 320 or "@" not in value:
+        raise InvalidToken(f"{what} token has no usable email")
+    # SPEC §11: emails compare case-insensitively; keys are owned by the lower-case form.
+    return value.lower()
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the two tokens say the caller is, once both verified and agreed."""
+
+    email: str
+    role: str | None
+    resource_name: str
+    perimeter_id: str
+
+
+@dataclass
+class CallState:
+    """What the audit record of one call will say (filled as the call goes)."""
+
+    action: Action
+    ip: str | None
+    email: str | None = None
+    key: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class CseService:
+    """The KACLS of one runtime: settings, trusted issuers, the handlers."""
+
+    def __init__(self, rt: Runtime, settings: CseSettings) -> None:
+        self.rt = rt
+        self.settings = settings
+        self.kacls_url = normalize_url(settings.kacls_url or f"{rt.service_id}/cse")
+        self.skew = int(rt.config.get("limits.clock_skew_s"))
+        sources: dict[str, JwksSource] = {}
+
+        def source(location: str) -> JwksSource:
+            if location not in sources:
+                sources[location] = JwksSource(
+                    location, ca_file=settings.jwks_ca_file, timeout_s=settings.jwks_timeout_s,
+                    cache_s=settings.jwks_cache_s, refresh_min_s=settings.jwks_refresh_min_s,
+                )
+            return sources[location]
+
+        self.idps = {
+            p.issuer: TrustedIssuer(p.issuer, p.audience, source(p.jwks))
+            for p in settings.identity_providers
+        }
+        self.authz = {
+            a.issuer: TrustedIssuer(a.issuer, settings.authorization_audience, source(a.jwks))
+            for a in settings.authorization_issuers
+        }
+        self.lifetime_days = rt.default_lifetime_days
+
+    # --- tokens --------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> str:
+        """The email an identity provider's token asserts (``google_email`` first)."""
+        verified = await verify_jwt(token, self.idps, now=int(time.time()), skew=self.skew,
+                                    what="authentication")
+        claims = verified.claims
+        chosen = claims.get("google_email")
+        return _email(chosen if chosen is not None else claims.get("email"), "authentication")
+
+    async def authorize(self, token: str) -> VerifiedJwt:
+        return await verify_jwt(token, self.authz, now=int(time.time()), skew=self.skew,
+                                what="authorization")
+
+    def check_authorization(self, authz: VerifiedJwt, roles: frozenset[str],
+                            email: str | None) -> Identity:
+        """The checks between a verified authorization token, this KACLS and the caller."""
+        claims = authz.claims
+        url = claims.get("kacls_url")
+        if not isinstance(url, str) or normalize_url(url) != self.kacls_url:
+            raise CseRefusal("kacls_url", "authorization token is for another KACLS")
+        if claims.get("delegated_to") is not None:
+            # Delegation needs the `delegate` endpoint, which Sceau does not offer.
+            raise CseRefusal("delegated_to", "delegated authorization is not supported")
+        role = claims.get("role")
+        if not isinstance(role, str) or role not in roles:
+            raise CseRefusal("role", "the authorization token's role does not allow this call")
+        authz_email = _email(claims.get("email"), "authorization")
+        if email is not None and email != authz_email:
+            raise CseRefusal("email", "the two tokens name different users")
+        email_type = claims.get("email_type", _EMAIL_TYPE_DEFAULT)
+        if email_type not in self.settings.email_types:
+            raise CseRefusal("email_type", "this kind of account is not served")
+        resource = claims.get("resource_name")
+        perimeter = claims.get("perimeter_id", "")
+        if perimeter is None:
+            perimeter = ""
+        if (not isinstance(resource, str) or not resource
+                or len(resource.encode()) > MAX_RESOURCE_BYTES):
+            raise InvalidToken("authorization token resource_name missing or too long")
+        if not isinstance(perimeter, str) or len(perimeter.encode()) > MAX_RESOURCE_BYTES:
+            raise InvalidToken("authorization token perimeter_id malformed")
+        return Identity(authz_email, role, resource, perimeter)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def _subject(self, record: KeyRecord, email: str) -> str:
+        """Whom SPEC §6 is applied to: by default Google's role already decided who may
+        read, so the key's owner stands in (steps 3 and 5: status, windows, rules,
+        networks); in strict mode the caller's own email (steps 2-5)."""
+        return email if self.settings.strict else record.owner
+
+    def _load_bound(self, tx: Tx, key_id: bytes, resource: str) -> KeyRecord:
+        record = keyops.load_checked(tx.conn, self.rt.keystore, key_id, for_update=True)
+        if record.application != CSE_APPLICATION or record.name != resource:
+            _refuse(tx, "resource_name", "the wrapped key belongs to another resource")
+        return record
+
+    def resource_key(self, tx: Tx, resource: str, owner: str, *, create: bool) -> KeyRecord:
+        """The resource's key record (created by the first wrap, owned by ``owner``)."""
+        key_id = ws.resource_key_id(tx.conn, resource)
+        if key_id is not None:
+            return self._load_bound(tx, key_id, resource)
+        if not create:
+            raise NotFound("no key for this resource")
+        now = tx.now
+        record = keyops.new_key(
+            self.rt.keystore, owner=owner, application=CSE_APPLICATION, now=now,
+            expires_at=now + self.lifetime_days * DAY, name=resource, tag=None,
+            not_before=None, not_after=None, recipients=(), rules=Rules(),
+        )
+        repo.insert_keys(tx.conn, [record])
+        ws.insert_resource(tx.conn, resource, record.key_id, now)
+        return record
+
+    def wrap_dek(self, tx: Tx, ident: Identity, dek: bytes, *, strict_member: bool) -> str:
+        """Seal ``dek`` under the resource's key (made on first use); the wrapped key."""
+        record = self.resource_key(tx, ident.resource_name, ident.email, create=True)
+        tx.ctx.key = keyops.key_id_text(record.key_id)
+        _usable_for_encrypt(record, tx.now)
+        if strict_member and self.settings.strict:
+            reason = decide_use(record, Caller(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
+            if reason is not None:
+                raise AccessDenied(reason)
+        assert record.seed is not None
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        envelope = seal_gcm(data_key, record.key_id, dek,
+                            binding_aad(ident.resource_name, ident.perimeter_id))
+        return _b64_out(pack_wrapped_key(ident.perimeter_id, envelope))
+
+    def open_dek(self, tx: Tx, wrapped_text: str, *, email: str, resource: str,
+                 perimeter: str | None, count: bool, subject: str | None = None
+                 ) -> tuple[bytes, str]:
+        """The DEK of a wrapped key after SPEC §6; (dek, the perimeter it was bound to).
+
+        ``perimeter`` None: restore it from the wrapped key (privileged unwrap).
+        ``subject``: whom SPEC §6 applies to (default: :meth:`_subject`).
+        """
+        wrapped = parse_wrapped_key(_b64_std(wrapped_text, "wrapped_key"))
+        key_id = wrapped.header.key_id
+        tx.ctx.key = keyops.key_id_text(key_id)
+        record = self._load_bound(tx, key_id, resource)
+        if perimeter is not None and wrapped.perimeter_id != perimeter:
+            _refuse(tx, "perimeter_id", "the wrapped key belongs to another perimeter")
+        who = subject if subject is not None else self._subject(record, email)
+        reason = decide_use(record, Caller(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
+        if reason is not None:
+            raise AccessDenied(reason)
+        assert record.seed is not None
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        try:
+            dek = open_gcm(data_key, wrapped.envelope,
+                           binding_aad(resource, wrapped.perimeter_id))
+        except IntegrityFailure:
+            raise IntegrityFailure("wrapped_key does not authenticate") from None
+        if count:
+            after = keyops.reseal(self.rt.keystore, record, bump=False,
+                                  decryptions=record.decryptions + 1)
+            repo.save_key(tx.conn, record, after)
+        return dek, wrapped.perimeter_id
+
+    # --- one call ----------------------------------------------------------------------------
+
+    async def run(self, state: CallState, job: Callable[[Tx], Any]) -> Any:
+        ctx = AuditContext(action=state.action, app=CSE_APPLICATION, user=state.email,
+                           ip=state.ip, req=None, key=state.key, details=state.details or {})
+        try:
+            outcome = await self.rt.writer.submit_async(Job(fn=job, ctx=ctx))
+        except SceauError as error:
+            # The writer recorded it (or could not record anything: audit_unavailable).
+            error.audited = True  # type: ignore[attr-defined]
+            raise
+        return outcome.value
+
+    async def audit_refusal(self, state: CallState, error: SceauError) -> None:
+        """Record a call refused before its job ran (parse, tokens, checks)."""
+        details = dict(state.details or {})
+        check = getattr(error, "check", None)
+        if check is not None:
+            details["check"] = check
+
+        def refuse(_tx: Tx) -> None:
+            raise error
+
+        ctx = AuditContext(action=state.action, app=CSE_APPLICATION, user=state.email,
+                           ip=state.ip, req=None, key=state.key, details=details)
+        with contextlib.suppress(SceauError):
+            await self.rt.writer.submit_async(Job(fn=refuse, ctx=ctx))
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    async def wrap(self, body: WrapBody, state: CallState) -> dict[str, Any]:
+        dek = _b64_std(body.key, "key")
+        if not 0 < len(dek) <= MAX_DEK_BYTES:
+            raise InvalidRequest(f"key: 1 to {MAX_DEK_BYTES} bytes")
+        email = await self.authenticate(body.authentication)
+        state.email = email
+        ident = self.check_authorization(await self.authorize(body.authorization),
+                                         ROLES["wrap"], email)
+        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            return {"wrapped_key": self.wrap_dek(tx, ident, dek, strict_member=True)}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    async def unwrap(self, body: UnwrapBody, state: CallState) -> dict[str, Any]:
+        email = await self.authenticate(body.authentication)
+        state.email = email
+        ident = self.check_authorization(await self.authorize(body.authorization),
+                                         ROLES["unwrap"], email)
+        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            dek, _ = self.open_dek(tx, body.wrapped_key, email=email,
+                                   resource=ident.resource_name,
+                                   perimeter=ident.perimeter_id, count=True)
+            return {"key": _b64_out(dek)}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    async def digest(self, body: DigestBody, state: CallState) -> dict[str, Any]:
+        authz = await self.authorize(body.authorization)
+        state.email = _email(authz.claims.get("email"), "authorization")
+        ident = self.check_authorization(authz, ROLES["digest"], None)
+        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            dek, perimeter = self.open_dek(tx, body.wrapped_key, email=ident.email,
+                                           resource=ident.resource_name,
+                                           perimeter=ident.perimeter_id, count=False)
+            digest = resource_key_hash(dek, ident.resource_name, perimeter)
+            return {"resource_key_hash": _b64_out(digest)}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server_type": "KACLS",
+            "vendor_id": "Sceau",
+            "version": sceau.__version__,
+            "name": self.settings.name,
+            "operations_supported": list(OPERATIONS),
+        }
+
+    def certs(self) -> dict[str, Any]:
+        """The public keys this KACLS signs its own JWTs with (SPEC §2 response keys)."""
+        from sceau.keystore.base import KeyPurpose
+
+        return {"keys": [dict(k.public_jwk) for k in self.rt.keystore.signing_keys(
+            KeyPurpose.RESPONSE)]}
+
+
+# Roles each endpoint accepts (SPEC §11, CSE decisions).
+ROLES: dict[str, frozenset[str]] = {
+    "wrap": frozenset({"writer", "upgrader"}),
+    "unwrap": frozenset({"reader", "writer"}),
+    "digest": frozenset({"verifier", "reader", "writer"}),
+    "rewrap": frozenset({"migrator"}),
+}
+
+Handler = Callable[[CseService, Any, CallState], Awaitable[dict[str, Any]]]
+# op -> (audit action, body model, handler). /status lists exactly these and GET ones.
+POSTS: dict[str, tuple[Action, type[_Body], Handler]] = {
+    "wrap": (Action.CSE_WRAP, WrapBody, CseService.wrap),
+    "unwrap": (Action.CSE_UNWRAP, UnwrapBody, CseService.unwrap),
+    "digest": (Action.CSE_DIGEST, DigestBody, CseService.digest),
+}
+OPERATIONS: list[str] = ["status", "certs", *POSTS]
+
+
+def _details(resource: str | None, perimeter: str | None, reason: str) -> dict[str, Any]:
+    # Google's reason is a passthrough string of at most 1 KB; kept as text, never parsed.
+    return {"resource_name": resource, "perimeter_id": perimeter,
+            "reason": reason[:MAX_REASON_BYTES]}
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def _cors(request: Request) -> dict[str, str]:
+    if request.headers.get("origin") == GOOGLE_ORIGIN:
+        return {"Access-Control-Allow-Origin": GOOGLE_ORIGIN, "Vary": "Origin"}
+    return {"Vary": "Origin"}
+
+
+_NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def _answer(request: Request, status: int, body: dict[str, Any]) -> Response:
+    return JSONResponse(body, status_code=status, headers={**_NO_STORE, **_cors(request)})
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        value = strict_json_loads(raw, max_depth=8)
+    except MalformedJson:
+        raise InvalidRequest("body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("body: not a JSON object")
+    return value
+
+
+def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as exc:
+        loc = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "body"
+        raise InvalidRequest(f"{loc}: missing or not a string") from None
+    if len(parsed.reason.encode()) > MAX_REASON_BYTES:
+        raise InvalidRequest(f"reason: at most {MAX_REASON_BYTES} bytes")
+    return parsed
+
+
+def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
+    """Add ``/cse/*`` to ``app``."""
+    service = CseService(rt, settings)
+    rt.extras["cse"] = service
+    router = APIRouter(prefix="/cse", include_in_schema=False)
+
+    async def post(op: str, request: Request) -> Response:
+        entry = POSTS.get(op)
+        if entry is None:
+            status, body = google_error(NotFound("no such operation"))
+            return _answer(request, status, body)
+        action, model, handler = entry
+        client = request.client
+        state = CallState(action=action, ip=client.host if client else None)
+        try:
+            origin = request.headers.get("origin")
+            if origin is not None and origin != GOOGLE_ORIGIN:
+                raise CseRefusal("origin", "this origin may not call the KACLS")
+            parsed = _parse(model, await _read_json(request))
+            state.details = _details(None, None, parsed.reason)
+            result = await handler(service, parsed, state)
+        except SceauError as error:
+            if not getattr(error, "audited", False):
+                await service.audit_refusal(state, error)
+            status, body = google_error(error)
+            return _answer(request, status, body)
+        return _answer(request, 200, result)
+
+    async def preflight(request: Request) -> Response:
+        headers = dict(_NO_STORE)
+        if request.headers.get("origin") == GOOGLE_ORIGIN:
+            headers.update({
+                "Access-Control-Allow-Origin": GOOGLE_ORIGIN,
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "content-type",
+                "Access-Control-Max-Age": "3600",
+            })
+        headers["Vary"] = "Origin"
+        return Response(status_code=204, headers=headers)
+
+    async def status(request: Request) -> Response:
+        return _answer(request, 200, service.status())
+
+    async def certs(request: Request) -> Response:
+        return _answer(request, 200, service.certs())
+
+    router.add_api_route("/status", status, methods=["GET"])
+    router.add_api_route("/certs", certs, methods=["GET"])
+    router.add_api_route("/{op}", post, methods=["POST"])
+    router.add_api_route("/{op}", preflight, methods=["OPTIONS"])
+    app.include_router(router)
+    return service
