@@ -99,6 +99,25 @@ class DigestBody(_Body):
     wrapped_key: StrictStr
 
 
+class PrivilegedWrapBody(_Body):
+    authentication: StrictStr
+    key: StrictStr
+    resource_name: StrictStr
+    perimeter_id: StrictStr = ""
+
+
+class PrivilegedUnwrapBody(_Body):
+    authentication: StrictStr
+    resource_name: StrictStr
+    wrapped_key: StrictStr
+
+
+class RewrapBody(_Body):
+    authorization: StrictStr
+    original_kacls_url: StrictStr
+    wrapped_key: StrictStr
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -352,9 +371,7 @@ class CseService:
     # --- endpoints -------------------------------------------------------------------------
 
     async def wrap(self, body: WrapBody, state: CallState) -> dict[str, Any]:
-        dek = _b64_std(body.key, "key")
-        if not 0 < len(dek) <= MAX_DEK_BYTES:
-            raise InvalidRequest(f"key: 1 to {MAX_DEK_BYTES} bytes")
+        dek = _dek(body.key)
         email = await self.authenticate(body.authentication)
         state.email = email
         ident = self.check_authorization(await self.authorize(body.authorization),
@@ -399,6 +416,118 @@ class CseService:
         result: dict[str, Any] = await self.run(state, job)
         return result
 
+    # --- privileged endpoints (cse_admin holders, no authorization token) ------------------
+
+    async def admin_email(self, token: str, state: CallState) -> str:
+        """The email of a ``cse_admin`` holder, from an identity provider's token."""
+        email = await self.authenticate(token)
+        state.email = email
+        return email
+
+    def check_admin(self, tx: Tx, email: str) -> None:
+        """Inside the job: the caller holds ``cse_admin`` (sealed row verified)."""
+        row = ws.get_cse_admin(tx.conn, email)
+        if row is None:
+            _refuse(tx, "cse_admin", "privileged calls need the cse_admin role")
+        self.rt.rows.check(row)
+
+    async def privilegedwrap(self, body: PrivilegedWrapBody, state: CallState
+                             ) -> dict[str, Any]:
+        dek = _dek(body.key)
+        _resource_ok(body.resource_name)
+        email = await self.admin_email(body.authentication, state)
+        ident = Identity(email, None, body.resource_name, body.perimeter_id)
+        state.details = _details(body.resource_name, body.perimeter_id, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            self.check_admin(tx, email)
+            # A key made here is owned by the admin (SPEC §11, CSE decisions).
+            return {"wrapped_key": self.wrap_dek(tx, ident, dek, strict_member=False)}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    async def privilegedunwrap(self, body: PrivilegedUnwrapBody, state: CallState
+                               ) -> dict[str, Any]:
+        _resource_ok(body.resource_name)
+        email = await self.admin_email(body.authentication, state)
+        state.details = _details(body.resource_name, None, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            self.check_admin(tx, email)
+            # The admin bypasses Google's ACL, not the key: status, windows and rules apply
+            # (the owner stands in for SPEC §6 steps 3 and 5).
+            record_owner = self._owner_of(tx, body.wrapped_key)
+            dek, perimeter = self.open_dek(tx, body.wrapped_key, email=email,
+                                           resource=body.resource_name, perimeter=None,
+                                           count=True, subject=record_owner)
+            tx.ctx.details["perimeter_id"] = perimeter
+            return {"key": _b64_out(dek)}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    def _owner_of(self, tx: Tx, wrapped_text: str) -> str:
+        wrapped = parse_wrapped_key(_b64_std(wrapped_text, "wrapped_key"))
+        record = keyops.load_checked(tx.conn, self.rt.keystore, wrapped.header.key_id)
+        return record.owner
+
+    async def rewrap(self, body: RewrapBody, state: CallState) -> dict[str, Any]:
+        """Move a DEK from another KACLS to this one (migration).
+
+        The original KACLS is called only when its URL is listed in ``cse.rewrap_from``:
+        a caller never makes Sceau send a request to a URL of their choosing.
+        """
+        authz = await self.authorize(body.authorization)
+        state.email = _email(authz.claims.get("email"), "authorization")
+        ident = self.check_authorization(authz, ROLES["rewrap"], None)
+        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+        original = normalize_url(body.original_kacls_url)
+        if original not in self.settings.rewrap_from:
+            raise CseRefusal("original_kacls_url", "rewrap from this KACLS is not configured")
+        dek = await self._privileged_unwrap_at(original, ident.resource_name,
+                                               body.wrapped_key, body.reason)
+
+        def job(tx: Tx) -> dict[str, Any]:
+            wrapped = self.wrap_dek(tx, ident, dek, strict_member=False)
+            digest = resource_key_hash(dek, ident.resource_name, ident.perimeter_id)
+            return {"resource_key_hash": _b64_out(digest), "wrapped_key": wrapped}
+
+        result: dict[str, Any] = await self.run(state, job)
+        return result
+
+    async def _privileged_unwrap_at(self, original: str, resource: str, wrapped: str,
+                                    reason: str) -> bytes:
+        """The DEK from ``original``'s privilegedunwrap, authenticated by a KACLS JWT
+        signed with this service's response key (published at ``/cse/certs``)."""
+        import httpx
+
+        from sceau.keystore.base import KeyPurpose
+        from sceau.service.receipts import sign_service_jws
+
+        now = int(time.time())
+        token = sign_service_jws(self.rt.keystore, KeyPurpose.RESPONSE, "JWT", {
+            "iss": self.kacls_url, "aud": original, "iat": now, "exp": now + 300,
+            "kacls_url": original, "resource_name": resource,
+        })
+        payload = {"authentication": token, "resource_name": resource,
+                   "wrapped_key": wrapped, "reason": reason}
+        verify: Any = _client_ssl(self.settings.jwks_ca_file)
+        try:
+            async with httpx.AsyncClient(verify=verify, timeout=self.settings.jwks_timeout_s,
+                                         follow_redirects=False, trust_env=False) as client:
+                response = await client.post(f"{original}/privilegedunwrap", json=payload)
+        except httpx.HTTPError:
+            raise KacslUnavailable("the original KACLS cannot be reached") from None
+        if response.status_code != 200 or len(response.content) > MAX_BODY_BYTES:
+            raise CseRefusal("original_kacls", "the original KACLS refused to unwrap")
+        try:
+            key = strict_json_loads(response.content, max_depth=4).get("key")
+            dek = _dek(key if isinstance(key, str) else "")
+        except (MalformedJson, AttributeError, InvalidRequest):
+            raise CseRefusal("original_kacls", "the original KACLS answered nonsense") from None
+        return dek
+
     def status(self) -> dict[str, Any]:
         return {
             "server_type": "KACLS",
@@ -430,6 +559,11 @@ POSTS: dict[str, tuple[Action, type[_Body], Handler]] = {
     "wrap": (Action.CSE_WRAP, WrapBody, CseService.wrap),
     "unwrap": (Action.CSE_UNWRAP, UnwrapBody, CseService.unwrap),
     "digest": (Action.CSE_DIGEST, DigestBody, CseService.digest),
+    "privilegedwrap": (Action.CSE_PRIVILEGED_WRAP, PrivilegedWrapBody,
+                       CseService.privilegedwrap),
+    "privilegedunwrap": (Action.CSE_PRIVILEGED_UNWRAP, PrivilegedUnwrapBody,
+                         CseService.privilegedunwrap),
+    "rewrap": (Action.CSE_REWRAP, RewrapBody, CseService.rewrap),
 }
 OPERATIONS: list[str] = ["status", "certs", *POSTS]
 
@@ -438,6 +572,33 @@ def _details(resource: str | None, perimeter: str | None, reason: str) -> dict[s
     # Google's reason is a passthrough string of at most 1 KB; kept as text, never parsed.
     return {"resource_name": resource, "perimeter_id": perimeter,
             "reason": reason[:MAX_REASON_BYTES]}
+
+
+def _dek(text: str) -> bytes:
+    dek = _b64_std(text, "key")
+    if not 0 < len(dek) <= MAX_DEK_BYTES:
+        raise InvalidRequest(f"key: 1 to {MAX_DEK_BYTES} bytes")
+    return dek
+
+
+def _resource_ok(resource: str) -> None:
+    if not resource or len(resource.encode()) > MAX_RESOURCE_BYTES:
+        raise InvalidRequest(f"resource_name: 1 to {MAX_RESOURCE_BYTES} bytes")
+
+
+def _client_ssl(ca_file: str) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class KacslUnavailable(SceauError):
+    """The original KACLS of a rewrap did not answer (503)."""
+
+    code = "store_unavailable"
+    title = "Original KACLS unavailable"
 
 
 # --- HTTP ------------------------------------------------------------------------------------
