@@ -36,7 +36,7 @@ import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import (
     NoSuchKey,
     NoSuchToken,
@@ -653,6 +653,62 @@ class Pkcs11Keystore(Keystore):
     def jwe_public_jwk(self) -> Mapping[str, Any]:
         return self._jwe.public_jwk
 
+    # --- DKE key pairs (RSA-2048, decrypt only, sensitive and non-extractable) ----------
+
+    def create_dke_key(self, label: str) -> tuple[int, int]:
+        object_label = _dke_label(label)
+
+        def create(session: Any) -> tuple[int, int]:
+            if list(session.get_objects({Attribute.LABEL: object_label})):
+                raise ConfigError(f"DKE key {label} already exists")
+            public, _private = session.generate_keypair(
+                KeyType.RSA, 2048, label=object_label, id=object_label.encode("ascii"),
+                store=True,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                 Attribute.ENCRYPT: True, Attribute.VERIFY: False,
+                                 Attribute.WRAP: False, Attribute.DERIVE: False},
+                private_template={Attribute.TOKEN: True, **_DKE_PRIVATE_POLICY},
+            )
+            n = int.from_bytes(bytes(public[Attribute.MODULUS]), "big")
+            e = int.from_bytes(bytes(public[Attribute.PUBLIC_EXPONENT]), "big")
+            return n, e
+
+        return self._pool.run_rw(create)
+
+    def dke_decrypt(self, label: str, ciphertext: bytes) -> bytes:
+        object_label = _dke_label(label)
+
+        def action(slot: _Slot) -> bytes | None:
+            key = slot.key(ObjectClass.PRIVATE_KEY, object_label)
+            if key is None:
+                return None
+            try:
+                return bytes(key.decrypt(bytes(ciphertext), mechanism=Mechanism.RSA_PKCS_OAEP,
+                                         mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)))
+            except (pkcs11.exceptions.EncryptedDataInvalid,
+                    pkcs11.exceptions.EncryptedDataLenRange):
+                raise IntegrityFailure("decryption failed") from None
+
+        found = self._pool.run(action)
+        if found is None:
+            # Made a moment ago by another process (the CLI): look again once.
+            self._pool.run(lambda slot: slot.keys.clear())
+            found = self._pool.run(action)
+        if found is None:
+            raise IntegrityFailure("unknown DKE key")
+        return found
+
+    def destroy_dke_key(self, label: str) -> None:
+        object_label = _dke_label(label)
+
+        def destroy(session: Any) -> None:
+            for obj in list(session.get_objects({Attribute.LABEL: object_label})):
+                obj.destroy()
+
+        self._pool.run_rw(destroy)
+        self._pool.run(lambda slot: slot.keys.clear())
+
     # --- health -------------------------------------------------------------------------
 
     def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
@@ -764,6 +820,22 @@ def _generate_pair(session: Any, label: str, alg: str) -> None:
         private_template={Attribute.TOKEN: True, **_SIGNING_PRIVATE_POLICY},
     )
 
+
+
+# A DKE private key decrypts (RSA-OAEP) and does nothing else, and never leaves the token.
+_DKE_PRIVATE_POLICY = {
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.DECRYPT: True,
+    Attribute.SIGN: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
+
+
+def _dke_label(label: str) -> str:
+    return f"sceau-dke-{label}"
 
 
 # --- migration from the file backend -------------------------------------------------------

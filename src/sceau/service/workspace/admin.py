@@ -8,6 +8,8 @@ add``), audited as ``CSE_ADMIN_ADD``; the console path waits for a second admin'
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import time
 from typing import Any
 
@@ -18,7 +20,17 @@ from sceau.store import workspace as ws
 from sceau.store.writer import Tx
 from sceau.vocab import Action
 
-__all__ = ["add_cse_admin", "cse_admin_email", "list_cse_admins", "remove_cse_admin"]
+__all__ = [
+    "add_cse_admin",
+    "create_dke_key",
+    "cse_admin_email",
+    "list_cse_admins",
+    "list_dke_keys",
+    "remove_cse_admin",
+    "retire_dke_key",
+    "rotate_dke_key",
+    "set_dke_key_enabled",
+]
 
 
 def cse_admin_email(email: str) -> str:
@@ -71,4 +83,167 @@ def list_cse_admins(session: AdminSession) -> list[dict[str, Any]]:
             sealed = False
         out.append({"email": row.email, "added_by": row.added_by,
                     "added_at": row.added_at, "sealed": sealed})
+    return out
+
+
+# --- DKE keys ---------------------------------------------------------------------------------
+
+# The owner of every DKE key record: a string no bearer token can carry (it has spaces and
+# no '@'), so the owner's implicit right never lets a caller decrypt; only the allowed
+# principals (authorizations with `decrypt`) can.
+DKE_OWNER = "dke key service"
+DKE_LIFETIME_DAYS = 36_500  # a DKE key protects documents for as long as they exist
+
+
+def _new_version(keystore: Any, name: str, now: int) -> ws.DkeVersionRow:
+    from sceau.core.b64 import b64u_encode
+    from sceau.service.workspace.dke import ACTIVE, dke_label
+
+    keyid = secrets.token_hex(16)
+    n, e = keystore.create_dke_key(dke_label(name, keyid))
+    modulus = b64u_encode(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+    row: ws.DkeVersionRow = keystore.seal_row(
+        ws.DkeVersionRow(name, keyid, modulus, e, ACTIVE, now, None))
+    return row
+
+
+def create_dke_key(session: ChangeRunner, name: str, allow: list[str]) -> dict[str, Any]:
+    """A DKE key NAME whose allowed principals are ``allow`` (audited DKE_KEY_CREATE)."""
+    from sceau.core.model import Rules
+    from sceau.service import keyops
+    from sceau.service.workspace.dke import DKE_APPLICATION, valid_key_name
+    from sceau.store import repo
+
+    valid_key_name(name)
+    if not allow:
+        raise InvalidRequest("--allow: name at least one principal (address or *@domain)")
+    principals = tuple(sorted({validate_principal(p).lower() for p in allow}))
+    keystore = session.keystore
+    now = int(time.time())
+    version = _new_version(keystore, name, now)
+    record = keyops.new_key(
+        keystore, owner=DKE_OWNER, application=DKE_APPLICATION, now=now,
+        expires_at=now + DKE_LIFETIME_DAYS * 86_400, name=name, tag=None, not_before=None,
+        not_after=None, recipients=principals, rules=Rules())
+
+    def create(tx: Tx) -> None:
+        tx.ctx.key = keyops.key_id_text(record.key_id)
+        tx.ctx.details = {"dke_key": name, "keyid": version.keyid, "allow": list(principals)}
+        if ws.get_dke_key(tx.conn, name) is not None:
+            raise InvalidRequest(f"DKE key {name} exists already")
+        repo.insert_keys(tx.conn, [record])
+        ws.insert_dke_key(tx.conn, keystore.seal_row(ws.DkeKeyRow(name, record.key_id, now)))
+        ws.insert_dke_version(tx.conn, version)
+
+    session.run(Action.DKE_KEY_CREATE, create)
+    return {"name": name, "keyid": version.keyid, "key_id": keyops.key_id_text(record.key_id)}
+
+
+def _record_of(tx: Tx, keystore: Any, name: str) -> Any:
+    from sceau.service import keyops
+
+    row = ws.get_dke_key(tx.conn, name)
+    if row is None:
+        raise NotFound(f"no DKE key {name}")
+    keystore.verify_row(row)
+    record = keyops.load_checked(tx.conn, keystore, row.key_id, for_update=True)
+    tx.ctx.key = keyops.key_id_text(record.key_id)
+    tx.ctx.details = {"dke_key": name}
+    return record
+
+
+def set_dke_key_enabled(session: ChangeRunner, name: str, enabled: bool) -> None:
+    """Enable or disable a DKE key: the next decryption is refused or served at once."""
+    from sceau.core.policy import management_refusal
+    from sceau.errors import AccessDenied
+    from sceau.service import keyops
+    from sceau.store import repo
+    from sceau.vocab import KeyStatus
+
+    keystore = session.keystore
+
+    def change(tx: Tx) -> None:
+        record = _record_of(tx, keystore, name)
+        refusal = management_refusal(record, allow_pending=False)
+        if refusal is not None:
+            raise AccessDenied(refusal)
+        status = KeyStatus.ACTIVE if enabled else KeyStatus.DISABLED
+        if record.status != status:
+            repo.save_key(tx.conn, record, keyops.reseal(keystore, record, status=status))
+
+    session.run(Action.DKE_KEY_ENABLE if enabled else Action.DKE_KEY_DISABLE, change)
+
+
+def rotate_dke_key(session: ChangeRunner, name: str) -> str:
+    """A new version (keyid) becomes current; older ones keep decrypting until retired."""
+    keystore = session.keystore
+    now = int(time.time())
+    version = _new_version(keystore, name, now)
+
+    def rotate(tx: Tx) -> None:
+        _record_of(tx, keystore, name)
+        tx.ctx.details["keyid"] = version.keyid
+        ws.insert_dke_version(tx.conn, version)
+
+    session.run(Action.DKE_KEY_ROTATE, rotate)
+    return version.keyid
+
+
+def retire_dke_key(session: ChangeRunner, name: str, keyid: str) -> None:
+    """Retire one version: its private key is destroyed, what it protected is shredded."""
+    from sceau.service.workspace.dke import ACTIVE, RETIRED, dke_label
+
+    keystore = session.keystore
+    now = int(time.time())
+
+    def retire(tx: Tx) -> None:
+        _record_of(tx, keystore, name)
+        tx.ctx.details["keyid"] = keyid
+        versions = ws.dke_versions(tx.conn, name)
+        target = next((v for v in versions if v.keyid == keyid), None)
+        if target is None:
+            raise NotFound(f"no version {keyid} of DKE key {name}")
+        keystore.verify_row(target)
+        active = [v for v in versions if v.status == ACTIVE]
+        if target.status != ACTIVE:
+            raise InvalidRequest("this version is retired already")
+        if active and active[-1].keyid == keyid:
+            raise InvalidRequest("the current version cannot be retired: rotate first")
+        after = keystore.seal_row(dataclasses.replace(
+            target, status=RETIRED, retired_at=now, revision=target.revision + 1))
+        ws.save_dke_version(tx.conn, target, after)
+
+    session.run(Action.DKE_KEY_RETIRE, retire)
+    # After the commit: the row says retired before the key material is gone.
+    keystore.destroy_dke_key(dke_label(name, keyid))
+
+
+def list_dke_keys(session: AdminSession) -> list[dict[str, Any]]:
+    """Every DKE key: status, allowed principals, versions (seals checked)."""
+    from sceau.core.policy import display_status
+    from sceau.service import keyops
+
+    out = []
+    now = int(time.time())
+    with session.engines.read.connect() as conn:
+        for row in ws.list_dke_keys(conn):
+            entry: dict[str, Any] = {"name": row.name}
+            try:
+                session.keystore.verify_row(row)
+                record = keyops.load_checked(conn, session.keystore, row.key_id)
+                versions = ws.dke_versions(conn, row.name)
+                for version in versions:
+                    session.keystore.verify_row(version)
+            except IntegrityFailure:
+                entry["status"] = "integrity_failure"
+                out.append(entry)
+                continue
+            entry.update(
+                key_id=keyops.key_id_text(record.key_id),
+                status=str(display_status(record, now)),
+                allow=[a.principal for a in record.authorizations],
+                versions=[{"keyid": v.keyid, "status": v.status, "created_at": v.created_at}
+                          for v in versions],
+            )
+            out.append(entry)
     return out
