@@ -181,3 +181,14 @@ def test_unknown_keys_and_versions(ws_server: Server, vendors: Vendors,
                           headers={"authorization": f"Bearer {_token(vendors)}"},
                           verify=ws_server.cert)
     assert response.status_code == 404
+
+
+def test_a_tampered_ciphertext_is_refused_without_detail(ws_server: Server, vendors: Vendors,
+                                                         dke_key: dict[str, Any]) -> None:
+    _cli(ws_server, "create", "tamper-check", "--allow", ALLOWED)
+    kid, public = _public(ws_server, "tamper-check")
+    raw = bytearray(base64.b64decode(_encrypt(public, b"k" * 32)))
+    raw[100] ^= 1
+    response = _decrypt(ws_server, kid, base64.b64encode(bytes(raw)).decode(), _token(vendors))
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == "decryption failed"

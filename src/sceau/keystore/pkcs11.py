@@ -22,6 +22,7 @@ service recovers by itself when the token returns.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import queue
 import re
@@ -684,10 +685,19 @@ class Pkcs11Keystore(Keystore):
             if key is None:
                 return None
             try:
-                return bytes(key.decrypt(bytes(ciphertext), mechanism=Mechanism.RSA_PKCS_OAEP,
-                                         mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)))
+                try:
+                    return bytes(key.decrypt(
+                        bytes(ciphertext), mechanism=Mechanism.RSA_PKCS_OAEP,
+                        mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)))
+                except (pkcs11.exceptions.ArgumentsBad,
+                        pkcs11.exceptions.MechanismParamInvalid):
+                    # Tokens that do OAEP with SHA-1 only (SoftHSM2): the RSA operation
+                    # stays in the token (CKM_RSA_X_509), the OAEP decoding is done here.
+                    raw = bytes(key.decrypt(bytes(ciphertext), mechanism=Mechanism.RSA_X_509))
+                    return oaep_sha256_decode(raw, (key.key_length + 7) // 8)
             except (pkcs11.exceptions.EncryptedDataInvalid,
-                    pkcs11.exceptions.EncryptedDataLenRange):
+                    pkcs11.exceptions.EncryptedDataLenRange,
+                    pkcs11.exceptions.DataInvalid, pkcs11.exceptions.DataLenRange):
                 raise IntegrityFailure("decryption failed") from None
 
         found = self._pool.run(action)
@@ -836,6 +846,41 @@ _DKE_PRIVATE_POLICY = {
 
 def _dke_label(label: str) -> str:
     return f"sceau-dke-{label}"
+
+
+def _mgf1_sha256(seed: bytes, length: int) -> bytes:
+    out = b""
+    counter = 0
+    while len(out) < length:
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return out[:length]
+
+
+def oaep_sha256_decode(raw: bytes, k: int) -> bytes:
+    """EME-OAEP decoding (RFC 8017 §7.1.2, SHA-256, MGF1-SHA-256, empty label).
+
+    Every failure is the same :class:`IntegrityFailure`, decided after all checks are
+    computed, so the answer tells nothing about which part was wrong.
+    """
+    h = 32
+    em = bytes(raw).rjust(k, b"\0")
+    if len(em) != k or k < 2 * h + 2:
+        raise IntegrityFailure("decryption failed")
+    y, masked_seed, masked_db = em[0], em[1:1 + h], em[1 + h:]
+    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1_sha256(masked_db, h), strict=True))
+    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1_sha256(seed, k - h - 1), strict=True))
+    good = hmac.compare_digest(db[:h], hashlib.sha256(b"").digest()) and y == 0
+    rest = db[h:]
+    index = -1
+    for position, byte in enumerate(rest):
+        if index < 0 and byte == 1:
+            index = position
+        elif index < 0 and byte != 0:
+            good = False
+    if not good or index < 0:
+        raise IntegrityFailure("decryption failed")
+    return rest[index + 1:]
 
 
 # --- migration from the file backend -------------------------------------------------------
