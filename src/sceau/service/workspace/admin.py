@@ -22,6 +22,7 @@ from sceau.vocab import Action
 
 __all__ = [
     "add_cse_admin",
+    "wrap_private_key",
     "create_dke_key",
     "cse_admin_email",
     "list_cse_admins",
@@ -84,6 +85,30 @@ def list_cse_admins(session: AdminSession) -> list[dict[str, Any]]:
         out.append({"email": row.email, "added_by": row.added_by,
                     "added_at": row.added_at, "sealed": sealed})
     return out
+
+
+def wrap_private_key(session: ChangeRunner, *, email: str, key: Any, perimeter_id: str,
+                     lifetime_days: int) -> tuple[bytes, str]:
+    """Wrap a mailbox's S/MIME private key under a new Sceau key owned by the mailbox
+    (``sceau cse wrap-private-key``; audited ``CSE_WRAP_PRIVATE_KEY``).
+
+    Returns the wrapped private key (Gmail's ``kaclsData``) and the Sceau key id.
+    """
+    from sceau.service import keyops
+    from sceau.service.workspace.gmail import new_mailbox_key
+
+    if not 1 <= lifetime_days <= 36_500:
+        raise InvalidRequest("lifetime: 1 to 36500 days")
+    keystore = session.keystore
+
+    def wrap(tx: Tx) -> tuple[bytes, str]:
+        wrapped, record = new_mailbox_key(keystore, tx, email=email, key=key,
+                                          perimeter_id=perimeter_id,
+                                          lifetime_days=lifetime_days)
+        return wrapped, keyops.key_id_text(record.key_id)
+
+    result: tuple[bytes, str] = session.run(Action.CSE_WRAP_PRIVATE_KEY, wrap)
+    return result
 
 
 # --- DKE keys ---------------------------------------------------------------------------------

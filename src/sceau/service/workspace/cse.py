@@ -37,6 +37,7 @@ from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
 from sceau.core.policy import Caller, decide_use
 from sceau.core.workspace import (
+    MAILBOX_KEY_PREFIX,
     MAX_RESOURCE_BYTES,
     binding_aad,
     pack_wrapped_key,
@@ -234,8 +235,13 @@ class CseService:
                                 what="authorization")
 
     def check_authorization(self, authz: VerifiedJwt, roles: frozenset[str],
-                            email: str | None) -> Identity:
-        """The checks between a verified authorization token, this KACLS and the caller."""
+                            email: str | None, *,
+                            max_resource: int = MAX_RESOURCE_BYTES) -> Identity:
+        """The checks between a verified authorization token, this KACLS and the caller.
+
+        ``max_resource``: Google documents 128 bytes for Drive's ``resource_name`` and 512
+        for Gmail's.
+        """
         claims = authz.claims
         url = claims.get("kacls_url")
         if not isinstance(url, str) or normalize_url(url) != self.kacls_url:
@@ -257,7 +263,7 @@ class CseService:
         if perimeter is None:
             perimeter = ""
         if (not isinstance(resource, str) or not resource
-                or len(resource.encode()) > MAX_RESOURCE_BYTES):
+                or len(resource.encode()) > max_resource):
             raise InvalidToken("authorization token resource_name missing or too long")
         if not isinstance(perimeter, str) or len(perimeter.encode()) > MAX_RESOURCE_BYTES:
             raise InvalidToken("authorization token perimeter_id malformed")
@@ -273,7 +279,9 @@ class CseService:
 
     def _load_bound(self, tx: Tx, key_id: bytes, resource: str) -> KeyRecord:
         record = keyops.load_checked(tx.conn, self.rt.keystore, key_id, for_update=True)
-        if record.application != CSE_APPLICATION or record.name != resource:
+        if (record.application != CSE_APPLICATION or record.name != resource
+                or resource.startswith(MAILBOX_KEY_PREFIX)):
+            # A mailbox's S/MIME key (gmail.py) never serves Drive's wrap and unwrap.
             _refuse(tx, "resource_name", "the wrapped key belongs to another resource")
         return record
 
@@ -284,6 +292,9 @@ class CseService:
             return self._load_bound(tx, key_id, resource)
         if not create:
             raise NotFound("no key for this resource")
+        if resource.startswith(MAILBOX_KEY_PREFIX):
+            # Names of that form belong to mailbox keys: a document may not take one.
+            _refuse(tx, "resource_name", "this resource name is reserved")
         now = tx.now
         record = keyops.new_key(
             self.rt.keystore, owner=owner, application=CSE_APPLICATION, now=now,
@@ -534,7 +545,7 @@ class CseService:
             "vendor_id": "Sceau",
             "version": sceau.__version__,
             "name": self.settings.name,
-            "operations_supported": list(OPERATIONS),
+            "operations_supported": operations(),
         }
 
     def certs(self) -> dict[str, Any]:
@@ -554,7 +565,8 @@ ROLES: dict[str, frozenset[str]] = {
 }
 
 Handler = Callable[[CseService, Any, CallState], Awaitable[dict[str, Any]]]
-# op -> (audit action, body model, handler). /status lists exactly these and GET ones.
+# op -> (audit action, body model, handler). /status lists exactly these (with Gmail's,
+# gmail.py) and the GET ones.
 POSTS: dict[str, tuple[Action, type[_Body], Handler]] = {
     "wrap": (Action.CSE_WRAP, WrapBody, CseService.wrap),
     "unwrap": (Action.CSE_UNWRAP, UnwrapBody, CseService.unwrap),
@@ -565,7 +577,18 @@ POSTS: dict[str, tuple[Action, type[_Body], Handler]] = {
                          CseService.privilegedunwrap),
     "rewrap": (Action.CSE_REWRAP, RewrapBody, CseService.rewrap),
 }
-OPERATIONS: list[str] = ["status", "certs", *POSTS]
+
+
+def all_posts() -> dict[str, tuple[Action, type[_Body], Handler]]:
+    """Every POST operation: Drive's, Meet's and Calendar's above, and Gmail's."""
+    from sceau.service.workspace.gmail import GMAIL_POSTS
+
+    return {**POSTS, **GMAIL_POSTS}
+
+
+def operations() -> list[str]:
+    """What ``/status`` lists: exactly the operations this KACLS serves."""
+    return ["status", "certs", *all_posts()]
 
 
 def _details(resource: str | None, perimeter: str | None, reason: str) -> dict[str, Any]:
@@ -651,9 +674,10 @@ def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
     service = CseService(rt, settings)
     rt.extras["cse"] = service
     router = APIRouter(prefix="/cse", include_in_schema=False)
+    posts = all_posts()
 
     async def post(op: str, request: Request) -> Response:
-        entry = POSTS.get(op)
+        entry = posts.get(op)
         if entry is None:
             status, body = google_error(NotFound("no such operation"))
             return _answer(request, status, body)
