@@ -223,6 +223,7 @@ class Vendors:
     idp: Issuer
     google: Issuer
     entra: Issuer
+    gmail: Issuer
     audience: str = "cse-client-id"
     dke_audience: str = "https://dke.sceau.test"
 
@@ -242,6 +243,9 @@ jwks = "{self.jwks.url('idp-jwks')}"
 [[cse.authorization_issuers]]
 issuer = "{self.google.iss}"
 jwks = "{self.jwks.url('google-jwks')}"
+[[cse.authorization_issuers]]
+issuer = "{self.gmail.iss}"
+jwks = "{self.jwks.url('gmail-jwks')}"
 
 [dke]
 enabled = true
@@ -257,6 +261,7 @@ jwks = "{self.jwks.url('entra-jwks')}"
     def publish(self) -> None:
         self.jwks.publish("idp-jwks", self.idp)
         self.jwks.publish("google-jwks", self.google)
+        self.jwks.publish("gmail-jwks", self.gmail)
         self.jwks.publish("entra-jwks", self.entra)
 
 
@@ -266,6 +271,7 @@ def make_vendors(directory: Path) -> Vendors:
         idp=Issuer("https://idp.sceau.test"),
         google=Issuer("gsuitecse-tokenissuer-drive@system.gserviceaccount.com"),
         entra=Issuer("https://sts.windows.net/00000000-0000-0000-0000-00000000cafe/"),
+        gmail=Issuer("gsuitecse-tokenissuer-gmail@system.gserviceaccount.com"),
     )
     vendors.publish()
     return vendors
@@ -293,6 +299,16 @@ class Kacls:
                 "resource_name": resource, "perimeter_id": perimeter,
                 "kacls_url": self.kacls_url, **claims}
         return self.vendors.google.token(body)
+
+    def gmail_authz(self, email: str, role: str, spki_hash: str, **claims: Any) -> str:
+        """An authorization token of Google's Gmail issuer, shaped as Google documents it
+        (roles ``decrypter`` and ``signer``, the key pair's ``spki_hash``)."""
+        body = {"aud": "cse-authorization", "email": email, "role": role,
+                "resource_name": "//googleapis.com/gmail/messages/" + uuid.uuid4().hex,
+                "message_id": f"<{uuid.uuid4().hex}@mail.example.com>",
+                "perimeter_id": "", "kacls_url": self.kacls_url,
+                "spki_hash": spki_hash, "spki_hash_algorithm": "SHA-256", **claims}
+        return self.vendors.gmail.token({k: v for k, v in body.items() if v is not None})
 
     def post(self, op: str, body: Mapping[str, Any], origin: str | None = None) -> Any:
         import httpx
