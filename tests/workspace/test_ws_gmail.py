@@ -444,6 +444,23 @@ def test_a_disabled_mailbox_key_refuses_the_next_call(ws_server: Server, kacls: 
     assert "key_destroyed" in _refused(sign(), 403)["details"]
 
 
+def test_drive_endpoints_never_use_a_mailbox_key(alice: Mailbox, kacls: Kacls,
+                                                ws_server: Server) -> None:
+    """A document cannot take a mailbox key's name, and a Drive-shaped wrapped key built
+    from a wrapped private key's envelope opens nothing through unwrap."""
+    app = ws_server.register_app("gmail-names", users=(ALICE,))
+    with ws_server.client(app, user=ALICE) as client:
+        name = client.describe_key(alice.key_id)["name"]
+    assert "reserved" in _refused(kacls.wrap(ALICE, name + "x", os.urandom(32)),
+                                  403)["details"]
+    envelope = parse_wrapped_private_key(base64.b64decode(alice.wrapped)).envelope
+    forged = base64.b64encode(b"SCK1\x00" + envelope).decode()
+    body = _refused(kacls.unwrap(ALICE, name, forged, role="writer"), 403)
+    assert "key" not in body
+    rec = _last(ws_server, "CSE_UNWRAP")
+    assert rec["details"]["check"] == "resource_name" and rec["key"] == alice.key_id
+
+
 # --- privileged: Takeout and wrapping by a cse_admin --------------------------------------------
 
 
