@@ -75,6 +75,9 @@ __all__ = [
     "resource_key_hash",
 ]
 
+# The built-in application names of the keys these services make (SPEC §11).
+CSE_APPLICATION = "google-workspace"
+DKE_APPLICATION = "microsoft-dke"
 WRAPPED_MAGIC = b"SCK1"
 PRIVATE_MAGIC = b"SCP1"
 MAX_EMAIL_BYTES = 320

@@ -213,6 +213,12 @@ def get_dke_key(conn: sa.Connection, name: str) -> DkeKeyRow | None:
     return _dke_key(row) if row is not None else None
 
 
+def dke_key_by_key_id(conn: sa.Connection, key_id: bytes) -> DkeKeyRow | None:
+    """The DKE key governed by the Sceau key ``key_id`` (unverified: check its seal)."""
+    row = conn.execute(sa.select(dke_keys).where(dke_keys.c.key_id == key_id)).first()
+    return _dke_key(row) if row is not None else None
+
+
 def list_dke_keys(conn: sa.Connection) -> list[DkeKeyRow]:
     return [_dke_key(r) for r in conn.execute(sa.select(dke_keys).order_by(dke_keys.c.name))]
 

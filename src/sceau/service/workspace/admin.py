@@ -31,6 +31,7 @@ __all__ = [
     "retire_dke_key",
     "rotate_dke_key",
     "set_dke_key_enabled",
+    "shred_dke_material",
 ]
 
 
@@ -241,6 +242,40 @@ def retire_dke_key(session: ChangeRunner, name: str, keyid: str) -> None:
     session.run(Action.DKE_KEY_RETIRE, retire)
     # After the commit: the row says retired before the key material is gone.
     keystore.destroy_dke_key(dke_label(name, keyid))
+
+
+def shred_dke_material(keystore: Any, tx: Tx, key_id: bytes) -> list[str]:
+    """When a DKE key's Sceau record is destroyed, destroy its RSA private keys too.
+
+    Called by every destruction of a key record (``api.keys.shred``: the API, the console,
+    the pending-destruction sweep, ``purge-expired``), inside that job: the versions are
+    marked retired (sealed rows) and their key objects destroyed in the keystore before the
+    job commits. Should the commit then fail, the record still says active but its private
+    keys are gone: the next decryption fails (closed), and destroying again records it.
+    Rows that do not verify are left alone: a mapping inserted by SQL destroys nothing.
+    Returns the keyids whose key material was destroyed.
+    """
+    from sceau.service.workspace.dke import ACTIVE, RETIRED, dke_label
+
+    row = ws.dke_key_by_key_id(tx.conn, key_id)
+    if row is None:
+        return []
+    try:
+        keystore.verify_row(row)
+    except IntegrityFailure:
+        return []
+    destroyed = []
+    for version in ws.dke_versions(tx.conn, row.name):
+        try:
+            keystore.verify_row(version)
+        except IntegrityFailure:
+            continue
+        if version.status == ACTIVE:
+            ws.save_dke_version(tx.conn, version, keystore.seal_row(dataclasses.replace(
+                version, status=RETIRED, retired_at=tx.now, revision=version.revision + 1)))
+        keystore.destroy_dke_key(dke_label(row.name, version.keyid))
+        destroyed.append(version.keyid)
+    return destroyed
 
 
 def list_dke_keys(session: AdminSession) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
 from sceau.core.policy import Caller, decide_use
 from sceau.core.workspace import (
+    CSE_APPLICATION,
     MAILBOX_KEY_PREFIX,
     MAX_RESOURCE_BYTES,
     binding_aad,
@@ -67,7 +68,6 @@ from sceau.vocab import Action, Reason
 
 __all__ = ["CSE_APPLICATION", "CseService", "mount_cse"]
 
-CSE_APPLICATION = "google-workspace"
 GOOGLE_ORIGIN = "https://client-side-encryption.google.com"
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_BYTES = 1024

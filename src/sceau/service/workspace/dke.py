@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sceau.core.model import KeyRecord
 from sceau.core.policy import Caller, decide_use, validate_principal
+from sceau.core.workspace import DKE_APPLICATION
 from sceau.errors import (
     AccessDenied,
     IntegrityFailure,
@@ -54,7 +55,6 @@ from sceau.vocab import Action, Reason
 
 __all__ = ["DKE_APPLICATION", "DkeService", "dke_label", "mount_dke", "valid_key_name"]
 
-DKE_APPLICATION = "microsoft-dke"
 DKE_ALG = "RSA-OAEP-256"
 MAX_BODY_BYTES = 16 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
