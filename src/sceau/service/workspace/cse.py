@@ -16,6 +16,10 @@ windows, rules, networks, and in strict mode membership), opens or seals the DEK
 the use, and commits the audit record before anything is answered. Every call, granted or
 refused, leaves one audit record (``CSE_*``) with the email, ``resource_name``,
 ``perimeter_id`` and Google's ``reason`` text in its details.
+
+Gmail's S/MIME endpoints (``privatekeydecrypt``, ``privatekeysign``,
+``privilegedprivatekeydecrypt``, ``wrapprivatekey``) are in :mod:`.gmail` and served by
+the same router (:func:`all_posts`).
 """
 
 from __future__ import annotations
