@@ -667,7 +667,7 @@ def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
         parsed = model.model_validate(raw)
     except ValidationError as exc:
         loc = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "body"
-        raise InvalidRequest(f"{loc}: missing or not a string") from None
+        raise InvalidRequest(f"{loc}: missing or of the wrong type") from None
     if len(parsed.reason.encode()) > MAX_REASON_BYTES:
         raise InvalidRequest(f"reason: at most {MAX_REASON_BYTES} bytes")
     return parsed
