@@ -25,6 +25,11 @@ DEFAULT_DATA_DIR = "./sceau-data"
 #: day per node; bulk work goes in batches of up to 1 000 items per call).
 DEFAULT_RATE_LIMIT_PER_APP = 500
 
+# Sections with arrays of tables (``[[cse.identity_providers]]``): kept whole in
+# :attr:`Config.sections` and validated by their own pydantic models
+# (``sceau.service.workspace.settings``), which name the bad setting as this loader does.
+TABLE_SECTIONS = frozenset({"cse", "dke"})
+
 
 def default_data_dir() -> Path:
     """``$SCEAU_DATA_DIR``, else ``./sceau-data`` (SPEC §10, command line)."""
@@ -223,6 +228,8 @@ class Config:
 
     data_dir: Path
     values: Mapping[str, Any] = field(repr=False)
+    # The raw tables of :data:`TABLE_SECTIONS`, as read from the file.
+    sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def get(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -265,7 +272,7 @@ class Config:
             if setting is None:
                 raise ConfigError(f"unknown setting {dotted!r}")
             values[dotted] = _coerce(setting, value, f"option {dotted}")
-        return Config(self.data_dir, values)
+        return Config(self.data_dir, values, self.sections)
 
 
 _BY_DOTTED = {s.dotted: s for s in SETTINGS}
@@ -299,6 +306,7 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     path = data_dir / CONFIG_FILE
     file_values: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     if path.exists():
         try:
             parsed = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -307,6 +315,9 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
         for section, table in parsed.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            if section in TABLE_SECTIONS:
+                sections[section] = table
+                continue
             for name, value in table.items():
                 dotted = f"{section}.{name}"
                 if dotted not in _BY_DOTTED:
@@ -320,7 +331,7 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
             values[setting.dotted] = _coerce(setting, file_values[setting.dotted], str(path))
         else:
             values[setting.dotted] = setting.default
-    return Config(data_dir, values)
+    return Config(data_dir, values, sections)
 
 
 def render_default_config() -> str:

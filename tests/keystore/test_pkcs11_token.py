@@ -10,7 +10,7 @@ from typing import Any
 import pkcs11
 import pytest
 from pkcs11 import Attribute, Mechanism, ObjectClass
-from pkcs11.exceptions import AttributeSensitive, PKCS11Error
+from pkcs11.exceptions import AttributeSensitive, KeyUnextractable, PKCS11Error
 
 from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore import KeyPurpose, KeystoreSettings, init_keystore, open_keystore
@@ -97,6 +97,49 @@ def test_private_signing_keys_are_sensitive(ks: Pkcs11Keystore, settings: Keysto
         assert key[Attribute.SENSITIVE] is True and key[Attribute.EXTRACTABLE] is False, label
         with pytest.raises(PKCS11Error):
             key[Attribute.VALUE]
+
+
+def test_dke_private_key_never_leaves_the_token(
+    ks: Pkcs11Keystore, settings: KeystoreSettings
+) -> None:
+    """A DKE key pair's private half: sensitive, non-extractable, decrypt-only; reading its
+    value or any private component fails. Retiring the version destroys both halves."""
+    n, e = ks.create_dke_key("label-check.0123")
+    label = "sceau-dke-label-check.0123"
+    private = _objects(settings, ObjectClass.PRIVATE_KEY)[label]
+    assert private[Attribute.SENSITIVE] is True
+    assert private[Attribute.EXTRACTABLE] is False
+    assert private[Attribute.NEVER_EXTRACTABLE] is True
+    assert private[Attribute.ALWAYS_SENSITIVE] is True
+    assert private[Attribute.TOKEN] is True and private[Attribute.PRIVATE] is True
+    assert private[Attribute.DECRYPT] is True
+    for usage in (Attribute.SIGN, Attribute.UNWRAP, Attribute.DERIVE):
+        assert private[usage] is False, usage
+    # The public components are readable (they are published); the private ones are not.
+    assert int.from_bytes(bytes(private[Attribute.MODULUS]), "big") == n
+    # CKA_VALUE does not exist on an RSA private key (the token says so); the private
+    # components do, and are sensitive.
+    with pytest.raises(PKCS11Error):
+        private[Attribute.VALUE]
+    for secret in (Attribute.PRIVATE_EXPONENT, Attribute.PRIME_1, Attribute.PRIME_2,
+                   Attribute.EXPONENT_1, Attribute.EXPONENT_2, Attribute.COEFFICIENT):
+        with pytest.raises(AttributeSensitive):
+            private[secret]
+    # Nor can it be wrapped out under a key the caller made for that (a session AES key
+    # with CKA_WRAP): the token refuses, since the private key is not extractable.
+    assert settings.pkcs11_module and settings.pkcs11_token
+    token = pkcs11.lib(settings.pkcs11_module).get_token(token_label=settings.pkcs11_token)
+    with token.open() as session:
+        own = session.generate_key(pkcs11.KeyType.AES, 256, store=False,
+                                   capabilities=pkcs11.MechanismFlag.WRAP)
+        target = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        with pytest.raises(KeyUnextractable):
+            own.wrap_key(target, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+    public = _objects(settings, ObjectClass.PUBLIC_KEY)[label]
+    assert int.from_bytes(bytes(public[Attribute.PUBLIC_EXPONENT]), "big") == e
+    ks.destroy_dke_key("label-check.0123")
+    assert label not in _objects(settings, ObjectClass.PRIVATE_KEY)
+    assert label not in _objects(settings, ObjectClass.PUBLIC_KEY)
 
 
 def test_token_hmac_matches_derive(ks: Pkcs11Keystore, settings: KeystoreSettings) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sceau.cli import accounts, apps, audit, files, keys, keystore, mail
+from sceau.cli import accounts, apps, audit, cse, dke, files, keys, keystore, mail
 from sceau.cli.common import DataDir, config_from
 from sceau.config import default_data_dir
 from sceau.errors import SceauError
@@ -26,6 +26,8 @@ cli.add_typer(keys.app, name="key")
 cli.add_typer(keystore.app, name="keystore")
 cli.add_typer(files.app, name="file")
 cli.add_typer(mail.app, name="mail")
+cli.add_typer(cse.app, name="cse")
+cli.add_typer(dke.app, name="dke")
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 tls_cli = typer.Typer(help="The service's TLS certificate.", no_args_is_help=True)

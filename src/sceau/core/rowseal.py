@@ -34,6 +34,9 @@ class SealedKind(StrEnum):
     CONSOLE_SESSION = "console_session"
     AUDIT_NODE = "audit_node"
     APPROVAL = "approval"
+    CSE_ADMIN = "cse_admin"
+    DKE_KEY = "dke_key"
+    DKE_KEY_VERSION = "dke_key_version"
 
 
 class SealedRow(Protocol):

@@ -356,6 +356,28 @@ class Keystore(ABC):
             for k in sorted(self.jwe_public_jwks(), key=lambda k: k["kid"] != rsa_kid)
         ]
 
+    # --- DKE key pairs (SPEC §11): RSA-2048, decrypt-only, private half never leaves --------
+
+    def create_dke_key(self, label: str) -> tuple[int, int]:
+        """Make an RSA-2048 key pair named ``label``; return its public ``(n, e)``.
+
+        The private half is for RSA-OAEP-256 decryption only; on PKCS#11 it is created
+        sensitive and non-extractable in the token.
+        """
+        raise NotImplementedError(f"the {self.backend} keystore has no DKE keys")
+
+    def dke_decrypt(self, label: str, ciphertext: bytes) -> bytes:
+        """RSA-OAEP (SHA-256, MGF1-SHA-256, no label) with the DKE key ``label``.
+
+        :class:`IntegrityFailure` when the ciphertext does not decrypt; the same error for
+        every cause (no padding oracle through the message).
+        """
+        raise NotImplementedError(f"the {self.backend} keystore has no DKE keys")
+
+    def destroy_dke_key(self, label: str) -> None:
+        """Destroy the DKE key pair ``label`` for good (retirement crypto-shreds)."""
+        raise NotImplementedError(f"the {self.backend} keystore has no DKE keys")
+
     # --- health ---------------------------------------------------------------------------
 
     def self_test(self) -> None:

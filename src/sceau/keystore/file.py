@@ -34,6 +34,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -87,6 +88,7 @@ JWE_RSA_BITS = 3072
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 # Purpose label of the derivation of derive_ec_jwe_jwk: never used for anything else.
 _EC_FROM_RSA_INFO = b"sceau/jwe-ec-p256-from-rsa/v1"
+DKE_RSA_BITS = 2048  # what Office expects of a DKE key (SPEC §11)
 
 
 # --- secret files ----------------------------------------------------------------------------
@@ -668,6 +670,56 @@ class FileKeystore(Keystore):
 
     def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
         return self._jwe.public_jwks
+
+    # --- DKE key pairs ------------------------------------------------------------------
+    # Kept under "dke" in keystore.json (PKCS#8), beside the other keys: as well protected
+    # as they are (file permissions, optional passphrase).
+
+    def create_dke_key(self, label: str) -> tuple[int, int]:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=DKE_RSA_BITS)
+        pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+
+        def change(doc: dict[str, Any]) -> None:
+            keys = doc.setdefault("dke", {})
+            if label in keys:
+                raise ConfigError(f"DKE key {label} already exists")
+            keys[label] = b64u(pkcs8)
+
+        self._mutate(change)
+        numbers = key.public_key().public_numbers()
+        return numbers.n, numbers.e
+
+    def _dke_key(self, label: str) -> rsa.RSAPrivateKey:
+        state = self._current()
+        cache: dict[str, rsa.RSAPrivateKey] = getattr(self, "_dke_cache", {})
+        if getattr(self, "_dke_stamp", None) != state.stamp:
+            cache = {}
+        found = cache.get(label)
+        if found is None:
+            entry = self._read_document().get("dke", {}).get(label)
+            if entry is None:
+                raise IntegrityFailure("unknown DKE key")
+            loaded = serialization.load_der_private_key(b64u_dec(entry), password=None)
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise KeystoreUnavailable("a DKE key is not an RSA key")
+            found = cache[label] = loaded
+        self._dke_cache, self._dke_stamp = cache, state.stamp
+        return found
+
+    def dke_decrypt(self, label: str, ciphertext: bytes) -> bytes:
+        key = self._dke_key(label)
+        try:
+            return key.decrypt(bytes(ciphertext), asym_padding.OAEP(
+                mgf=asym_padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+        except ValueError:
+            raise IntegrityFailure("decryption failed") from None
+
+    def destroy_dke_key(self, label: str) -> None:
+        def change(doc: dict[str, Any]) -> None:
+            doc.get("dke", {}).pop(label, None)
+
+        self._mutate(change)
 
     # --- health -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ service recovers by itself when the token returns.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import queue
 import re
@@ -37,7 +38,7 @@ import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import (
     NoSuchKey,
     NoSuchToken,
@@ -660,6 +661,71 @@ class Pkcs11Keystore(Keystore):
     def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
         return self._jwe.public_jwks
 
+    # --- DKE key pairs (RSA-2048, decrypt only, sensitive and non-extractable) ----------
+
+    def create_dke_key(self, label: str) -> tuple[int, int]:
+        object_label = _dke_label(label)
+
+        def create(session: Any) -> tuple[int, int]:
+            if list(session.get_objects({Attribute.LABEL: object_label})):
+                raise ConfigError(f"DKE key {label} already exists")
+            public, _private = session.generate_keypair(
+                KeyType.RSA, 2048, label=object_label, id=object_label.encode("ascii"),
+                store=True,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                 Attribute.ENCRYPT: True, Attribute.VERIFY: False,
+                                 Attribute.WRAP: False, Attribute.DERIVE: False},
+                private_template={Attribute.TOKEN: True, **_DKE_PRIVATE_POLICY},
+            )
+            n = int.from_bytes(bytes(public[Attribute.MODULUS]), "big")
+            e = int.from_bytes(bytes(public[Attribute.PUBLIC_EXPONENT]), "big")
+            return n, e
+
+        return self._pool.run_rw(create)
+
+    def dke_decrypt(self, label: str, ciphertext: bytes) -> bytes:
+        object_label = _dke_label(label)
+
+        def action(slot: _Slot) -> bytes | None:
+            key = slot.key(ObjectClass.PRIVATE_KEY, object_label)
+            if key is None:
+                return None
+            try:
+                try:
+                    return bytes(key.decrypt(
+                        bytes(ciphertext), mechanism=Mechanism.RSA_PKCS_OAEP,
+                        mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)))
+                except (pkcs11.exceptions.ArgumentsBad,
+                        pkcs11.exceptions.MechanismParamInvalid):
+                    # Tokens that do OAEP with SHA-1 only (SoftHSM2): the RSA operation
+                    # stays in the token (CKM_RSA_X_509), the OAEP decoding is done here.
+                    raw = bytes(key.decrypt(bytes(ciphertext), mechanism=Mechanism.RSA_X_509))
+                    return oaep_sha256_decode(raw, (key.key_length + 7) // 8)
+            except (pkcs11.exceptions.EncryptedDataInvalid,
+                    pkcs11.exceptions.EncryptedDataLenRange,
+                    pkcs11.exceptions.DataInvalid, pkcs11.exceptions.DataLenRange):
+                raise IntegrityFailure("decryption failed") from None
+
+        found = self._pool.run(action)
+        if found is None:
+            # Made a moment ago by another process (the CLI): look again once.
+            self._pool.run(lambda slot: slot.keys.clear())
+            found = self._pool.run(action)
+        if found is None:
+            raise IntegrityFailure("unknown DKE key")
+        return found
+
+    def destroy_dke_key(self, label: str) -> None:
+        object_label = _dke_label(label)
+
+        def destroy(session: Any) -> None:
+            for obj in list(session.get_objects({Attribute.LABEL: object_label})):
+                obj.destroy()
+
+        self._pool.run_rw(destroy)
+        self._pool.run(lambda slot: slot.keys.clear())
+
     # --- health -------------------------------------------------------------------------
 
     def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:
@@ -770,6 +836,57 @@ def _generate_pair(session: Any, label: str, alg: str) -> None:
         private_template={Attribute.TOKEN: True, **_SIGNING_PRIVATE_POLICY},
     )
 
+
+
+# A DKE private key decrypts (RSA-OAEP) and does nothing else, and never leaves the token.
+_DKE_PRIVATE_POLICY = {
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.DECRYPT: True,
+    Attribute.SIGN: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
+
+
+def _dke_label(label: str) -> str:
+    return f"sceau-dke-{label}"
+
+
+def _mgf1_sha256(seed: bytes, length: int) -> bytes:
+    out = b""
+    counter = 0
+    while len(out) < length:
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return out[:length]
+
+
+def oaep_sha256_decode(raw: bytes, k: int) -> bytes:
+    """EME-OAEP decoding (RFC 8017 §7.1.2, SHA-256, MGF1-SHA-256, empty label).
+
+    Every failure is the same :class:`IntegrityFailure`, decided after all checks are
+    computed, so the answer tells nothing about which part was wrong.
+    """
+    h = 32
+    em = bytes(raw).rjust(k, b"\0")
+    if len(em) != k or k < 2 * h + 2:
+        raise IntegrityFailure("decryption failed")
+    y, masked_seed, masked_db = em[0], em[1:1 + h], em[1 + h:]
+    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1_sha256(masked_db, h), strict=True))
+    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1_sha256(seed, k - h - 1), strict=True))
+    good = hmac.compare_digest(db[:h], hashlib.sha256(b"").digest()) and y == 0
+    rest = db[h:]
+    index = -1
+    for position, byte in enumerate(rest):
+        if index < 0 and byte == 1:
+            index = position
+        elif index < 0 and byte != 0:
+            good = False
+    if not good or index < 0:
+        raise IntegrityFailure("decryption failed")
+    return rest[index + 1:]
 
 
 # --- migration from the file backend -------------------------------------------------------

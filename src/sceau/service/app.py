@@ -20,7 +20,7 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose
-from sceau.service import console, witness_api
+from sceau.service import console, witness_api, workspace
 from sceau.service.api.endpoint import ApiEndpoint, SceauApp
 from sceau.service.background import start_background, stop_background
 from sceau.service.observability import Metrics, NotReady
@@ -54,6 +54,7 @@ def create_app(rt: Runtime) -> SceauApp:
 
     console.mount(app, rt)
     witness_api.mount(app, rt)
+    workspace.mount(app, rt)  # /cse and /dke (SPEC §11), when enabled
 
     @app.get("/.well-known/jwks.json")
     async def jwks() -> Response:

@@ -182,3 +182,6 @@ service_meta = sa.Table(
 
 # PostgreSQL only: the global audit order. SQLite derives seq inside its single writer lock.
 audit_seq = sa.Sequence("audit_seq", metadata=metadata)
+
+# The workspace key services' tables (SPEC §11) share this catalogue; migration 0004.
+from sceau.store import workspace as _workspace  # noqa: E402,F401

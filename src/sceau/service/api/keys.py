@@ -21,6 +21,7 @@ from sceau.core.policy import (
     management_refusal,
     validate_principal,
 )
+from sceau.core.workspace import DKE_APPLICATION
 from sceau.errors import AccessDenied, ConfigError, InvalidRequest, NotFound
 from sceau.keystore.base import Keystore
 from sceau.service import keyops
@@ -231,6 +232,13 @@ def shred(keystore: Keystore, tx: Tx, record: KeyRecord) -> KeyRecord:
         destroy_at=None,
     )
     repo.save_key(tx.conn, record, after)
+    if record.application == DKE_APPLICATION:
+        # A DKE key's documents are opened by its RSA private keys, not by the seed: they
+        # go too (docs/workspace.md).
+        from sceau.service.workspace.admin import shred_dke_material
+
+        tx.ctx.details["dke_versions_destroyed"] = shred_dke_material(
+            keystore, tx, record.key_id)
     return after
 
 
@@ -257,7 +265,7 @@ def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
     record = managed(call, tx, params.key_id, allow_pending=params.pending_days == 0)
     if params.pending_days == 0:
         after = shred(call.rt.keystore, tx, record)
-        tx.ctx.details = {"revision": after.revision, "pending_days": 0}
+        tx.ctx.details = {**tx.ctx.details, "revision": after.revision, "pending_days": 0}
         shredded_event(call.rt.extras).set()
         return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
     destroy_at = tx.now + params.pending_days * day_seconds()

@@ -1,0 +1,93 @@
+"""``sceau dke key ...``: Microsoft Purview Double Key Encryption keys (SPEC §11)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sceau.cli.common import DataDir, config_from, fail_with, print_json
+from sceau.errors import SceauError
+
+app = typer.Typer(help="Microsoft DKE: key pairs kept in the keystore.", no_args_is_help=True)
+key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, retire.",
+                      no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+Name = Annotated[str, typer.Argument(help="the DKE key name (the URL's {keyname})")]
+
+
+def _run(data_dir: DataDir, action: object) -> object:
+    from sceau import admin
+
+    try:
+        with admin.admin_session(config_from(data_dir)) as session:
+            return action(session)  # type: ignore[operator]
+    except SceauError as exc:
+        fail_with(exc)
+
+
+@key_app.command("create")
+def create(name: Name,
+           allow: Annotated[list[str], typer.Option(
+               "--allow", help="a principal allowed to decrypt: address or *@domain")],
+           data_dir: DataDir = None) -> None:
+    """Make an RSA-2048 key pair inside the keystore (non-extractable on PKCS#11)."""
+    from sceau.service.workspace.admin import create_dke_key
+
+    made = _run(data_dir, lambda s: create_dke_key(s, name, allow))
+    print_json(made)
+
+
+@key_app.command("list")
+def list_keys(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+              data_dir: DataDir = None) -> None:
+    """List DKE keys, their status, allowed principals and versions."""
+    from sceau.service.workspace.admin import list_dke_keys
+
+    keys = _run(data_dir, list_dke_keys)
+    assert isinstance(keys, list)
+    if as_json:
+        print_json(keys)
+        return
+    for k in keys:
+        versions = " ".join(f"{v['keyid']}({v['status']})" for v in k.get("versions", []))
+        typer.echo(f"{k['name']}  {k['status']}  allow: {' '.join(k.get('allow', []))}  "
+                   f"versions: {versions}")
+
+
+@key_app.command("enable")
+def enable(name: Name, data_dir: DataDir = None) -> None:
+    """Enable a DKE key."""
+    from sceau.service.workspace.admin import set_dke_key_enabled
+
+    _run(data_dir, lambda s: set_dke_key_enabled(s, name, True))
+    typer.echo(f"{name} enabled")
+
+
+@key_app.command("disable")
+def disable(name: Name, data_dir: DataDir = None) -> None:
+    """Disable a DKE key: every decryption is refused from the next request on."""
+    from sceau.service.workspace.admin import set_dke_key_enabled
+
+    _run(data_dir, lambda s: set_dke_key_enabled(s, name, False))
+    typer.echo(f"{name} disabled")
+
+
+@key_app.command("rotate")
+def rotate(name: Name, data_dir: DataDir = None) -> None:
+    """Make a new version (keyid) current; older versions keep decrypting until retired."""
+    from sceau.service.workspace.admin import rotate_dke_key
+
+    keyid = _run(data_dir, lambda s: rotate_dke_key(s, name))
+    print_json({"name": name, "keyid": keyid})
+
+
+@key_app.command("retire")
+def retire(name: Name, keyid: Annotated[str, typer.Argument(help="the version to retire")],
+           data_dir: DataDir = None) -> None:
+    """Retire a version: its private key is destroyed (what it protected is shredded)."""
+    from sceau.service.workspace.admin import retire_dke_key
+
+    _run(data_dir, lambda s: retire_dke_key(s, name, keyid))
+    typer.echo(f"{name} {keyid} retired")
