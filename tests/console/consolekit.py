@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from hsm_support import token_env_here
 from sceau.keystore import open_keystore
 from sceau.service.accounts import hash_password
 from sceau.service.console import security
@@ -79,7 +80,8 @@ def put_account(server: Server, username: str, password: str, role: Role, *,
     engines = create_engines(server.config().database_url)
     now = int(time.time())
     try:
-        with open_keystore(keystore_settings(server.config())) as keystore, \
+        with token_env_here(server.env), \
+                open_keystore(keystore_settings(server.config())) as keystore, \
                 engines.write.begin() as conn:
             values = {"password_hash": hash_password(password), "role": str(role),
                       "status": "active", "must_change_password": must_change,

@@ -17,7 +17,6 @@ import html
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,12 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from wskit import Kacls, Vendors
 
 from auditlog import records
-from console.consolekit import Console
+from console.consolekit import Console, put_account
 from sceau.core.b64 import b64u_encode
 from sceau.core.workspace import parse_wrapped_key
 from sceau.errors import IntegrityFailure
-from sceau.service.accounts import hash_password
-from sceau.store import accounts
 from sceau.vocab import Role
 from support import Server, run_cli
 
@@ -46,14 +43,8 @@ ADMIN_PASSWORD = "quiet-harbour-lantern-42"
 @pytest.fixture(scope="module")
 def admin(ws_server: Server) -> Iterator[Console]:
     """A console session of an administrator (the account written as the host operator
-    would, sealed with the server's keystore)."""
-    now = int(time.time())
-    with ws_server.admin_session() as session, session.engines.write.begin() as conn:
-        if accounts.get_account(conn, ADMIN) is None:
-            accounts.insert_account(conn, session.keystore.seal_row(accounts.AccountRow(
-                username=ADMIN, password_hash=hash_password(ADMIN_PASSWORD),
-                role=str(Role.ADMIN), status="active", must_change_password=False,
-                totp_secret=None, created_at=now, updated_at=now)))
+    would, sealed with the server's keystore, with its second factor)."""
+    put_account(ws_server, ADMIN, ADMIN_PASSWORD, Role.ADMIN)
     console = Console(ws_server)
     signed_in = console.login(ADMIN, ADMIN_PASSWORD)
     assert signed_in.status_code == 303, signed_in.text
