@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sec_support import TrailWatch, assert_problem, post
 
+from console.consolekit import Console, put_account
 from sceau import admin
 from sceau.client import Client
 from sceau.core.b64 import b64u_encode
@@ -31,6 +32,7 @@ from sceau.jose.client import ClientIdentity, generate_app_keys, sign_request
 from sceau.service.console import security
 from sceau.store import applications
 from sceau.store.db import create_engines
+from sceau.vocab import Role
 from support import Server, TestApp, run_cli
 
 OWNER = "alice@example.com"
@@ -254,3 +256,29 @@ def test_application_with_an_empty_user_list_asserts_nobody(
     with Client(service_url=server.url, identity=legacy.identity, user=OWNER,
                 verify=server.cert) as client, pytest.raises(UserNotAllowed):
         client.decrypt(owners_item[1])
+
+
+def test_an_application_for_every_user_is_flagged_wherever_listed(server: Server,
+                                                                 app: TestApp) -> None:
+    """`*` is never implied, and where it was given it stands out: the CLI's table and its
+    JSON, and the console's applications page."""
+    narrow = server.register_app("flag-control", users=("bob@example.com",))
+    where = ("--data-dir", str(server.data_dir))
+    listed = {a["app_id"]: a for a in json.loads(
+        run_cli("app", "list", "--json", *where, env=server.env).stdout)}
+    assert listed[app.app_id]["any_user"] is True
+    assert listed[narrow.app_id]["any_user"] is False
+    table = run_cli("app", "list", *where, env=server.env)
+    warned = [line for line in table.stderr.decode().splitlines() if "EVERY user" in line]
+    assert any(app.app_id in line for line in warned)
+    assert not any(narrow.app_id in line for line in warned)
+    put_account(server, "flag-admin", "flag-admin-passphrase-7", Role.ADMIN)
+    console = Console(server)
+    try:
+        assert console.login("flag-admin", "flag-admin-passphrase-7").status_code == 303
+        page = console.http.get("/console/apps").text
+    finally:
+        console.close()
+    rows = {row.split("</tr>")[0] for row in page.split("<tr>")}
+    assert any(app.app_id in row and "may assert every user" in row for row in rows)
+    assert not any(narrow.app_id in row and "may assert every user" in row for row in rows)
