@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from support import (
+    BACKENDS,
     STORES,
     PostgresDatabases,
     Server,
     TestApp,
+    backend_server,
     databases_for,
-    make_server,
     need_postgres,
     postgres_problem,
     store_env,
@@ -35,32 +36,13 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
     databases.drop_all()
 
 
-# The end-to-end backends: both stores on the file keystore, and SQLite on a PKCS#11 token
-# (SoftHSM2), so every end-to-end module runs against each keystore backend too.
-BACKENDS = (*STORES, "sqlite-pkcs11")
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One `sceau serve` per test module and backend."""
-    store, _, keystore = str(request.param).partition("-")
-    databases = databases_for(request, store)
-    env = store_env(store, databases)
     base = tmp_path_factory.mktemp(f"server-{request.param}")
-    init_args: tuple[str, ...] = ()
-    if keystore == "pkcs11":
-        from hsm_support import need_softhsm, pkcs11_server_args
-
-        need_softhsm()
-        token_env, init_args = pkcs11_server_args(base)
-        env = {**env, **token_env}
-    srv = make_server(base, env=env, init_args=init_args)
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
-    if databases is not None:
-        databases.drop(env["SCEAU_DATABASE_URL"])
+    with backend_server(request, base, str(request.param)) as srv:
+        yield srv
 
 
 @pytest.fixture(params=STORES)

@@ -38,6 +38,9 @@ from sceau.jose.client import ClientIdentity, generate_app_keys
 REPO = Path(__file__).resolve().parents[1]
 SCEAU = [sys.executable, "-m", "sceau.cli"]
 STORES = ("sqlite", "postgres")
+# The end-to-end backends: both stores on the file keystore, and SQLite on a PKCS#11 token
+# (SoftHSM2), so every end-to-end module runs against each keystore backend too.
+BACKENDS = (*STORES, "sqlite-pkcs11")
 POSTGRES_ADMIN_URL = os.environ.get(
     "SCEAU_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -312,6 +315,39 @@ def store_env(store: str, databases: PostgresDatabases | None) -> dict[str, str]
         return {"SCEAU_DATABASE_URL": ""}
     assert databases is not None
     return {"SCEAU_DATABASE_URL": databases.create()}
+
+
+def new_backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
+                       env: Mapping[str, str] | None = None, start: bool = True) -> Server:
+    """A `sceau serve` on one of :data:`BACKENDS`: a fresh PostgreSQL database (dropped with
+    the session's), a fresh SoftHSM2 token for ``sqlite-pkcs11``."""
+    store, _, keystore = backend.partition("-")
+    server_env = {**store_env(store, databases_for(request, store)), **(env or {})}
+    init_args: tuple[str, ...] = ()
+    if keystore == "pkcs11":
+        from hsm_support import need_softhsm, pkcs11_server_args
+
+        need_softhsm()
+        token_env, init_args = pkcs11_server_args(base)
+        server_env.update(token_env)
+    return make_server(base, env=server_env, init_args=init_args, start=start)
+
+
+@contextlib.contextmanager
+def backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
+                   env: Mapping[str, str] | None = None, start: bool = True
+                   ) -> Iterator[Server]:
+    """:func:`new_backend_server`, stopped (and its database dropped) when the block ends."""
+    srv = new_backend_server(request, base, backend, env=env, start=start)
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None:
+            srv.stop()
+        url = srv.env.get("SCEAU_DATABASE_URL", "")
+        databases = databases_for(request, "postgres") if url.startswith("postgres") else None
+        if databases is not None:
+            databases.drop(url)
 
 
 def databases_for(request: pytest.FixtureRequest, store: str) -> PostgresDatabases | None:

@@ -26,10 +26,9 @@ from audit_tools import parse_rfc5424
 from sceau.auditlog.export import ExportFormat, iter_export, write_atomic
 from sceau.errors import AuditUnavailable
 from sceau.store.db import create_engines
-from support import Server, databases_for, make_server, run_cli, store_env
+from support import BACKENDS, Server, new_backend_server, run_cli
 
 OWNER = "alice@example.com"
-BACKENDS = ("sqlite", "postgres", "sqlite-pkcs11")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -38,16 +37,7 @@ BACKENDS = ("sqlite", "postgres", "sqlite-pkcs11")
 def new_server(request: pytest.FixtureRequest, base: Path, backend: str,
                env: dict[str, str] | None = None, *, start: bool = True) -> Server:
     """A fresh server on ``backend``, as the conftest `server` fixture makes them."""
-    store, _, keystore = backend.partition("-")
-    server_env = {**store_env(store, databases_for(request, store)), **(env or {})}
-    init_args: tuple[str, ...] = ()
-    if keystore == "pkcs11":
-        from hsm_support import need_softhsm, pkcs11_server_args
-
-        need_softhsm()
-        token_env, init_args = pkcs11_server_args(base)
-        server_env.update(token_env)
-    return make_server(base, env=server_env, init_args=init_args, start=start)
+    return new_backend_server(request, base, backend, env=env, start=start)
 
 
 def sql(server: Server, *statements: str) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import smtplib
+import ssl
 import subprocess
+from typing import Any
 
 from typer.testing import CliRunner
 
 from sceau.cli.main import cli
+from sceau.client import Client
+from sceau.connectors.relay import Relay
+
+SENDER, TO, HIDDEN = "alice@example.com", "bob@example.com", "erin@example.com"
+VICTIM = "victim@example.com"
+PASSWORD = "correct horse battery staple"
 
 
 def invoke(*args: str, check: bool = False) -> subprocess.CompletedProcess[bytes]:
@@ -24,3 +33,30 @@ def invoke(*args: str, check: bool = False) -> subprocess.CompletedProcess[bytes
         raise AssertionError(f"sceau {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stderr.decode()}")
     return proc
+
+
+class Sink:
+    """The next hop: keeps what it receives, and whether it came over TLS."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.over_tls: list[bool] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.over_tls.append(session.ssl is not None)
+        return "250 OK"
+
+
+def send(relay: Relay, data: bytes, *, login: str | None = SENDER, password: str = PASSWORD,
+         tls: bool = True, cafile: str | None = None, rcpt: tuple[str, ...] = (TO,)) -> None:
+    with smtplib.SMTP(relay.host, relay.port, timeout=30) as smtp:
+        if tls:
+            smtp.starttls(context=ssl.create_default_context(cafile=cafile))
+        if login is not None:
+            smtp.login(login, password)
+        smtp.sendmail(SENDER, list(rcpt), data)
+
+
+def owned(client: Client, user: str) -> int:
+    return sum(1 for _ in client.iter_keys(user=user, role="owner"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-import ssl
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,7 +16,16 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from connector_support import invoke
+from connector_support import (
+    HIDDEN,
+    SENDER,
+    TO,
+    VICTIM,
+    Sink,
+    invoke,
+    owned,
+    send,
+)
 
 from sceau.client import Client
 from sceau.connectors.mail import open_message
@@ -38,52 +46,6 @@ from sceau.errors import ConfigError
 from sceau.setup import make_tls_certificate
 from support import Server, TestApp, free_port
 
-SENDER, TO, HIDDEN = "alice@example.com", "bob@example.com", "erin@example.com"
-VICTIM = "victim@example.com"
-PASSWORD = "correct horse battery staple"
-
-
-class Sink:
-    """The next hop: keeps what it receives, and whether it came over TLS."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.over_tls: list[bool] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        self.over_tls.append(session.ssl is not None)
-        return "250 OK"
-
-
-@pytest.fixture(scope="module")
-def relay_app(server: Server) -> TestApp:
-    # This application may act only for example.com users: anyone else cannot be protected.
-    return server.register_app("relay", users=("*@example.com",))
-
-
-@pytest.fixture(scope="module")
-def relay(server: Server, relay_app: TestApp,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relay, Sink]]:
-    sink = Sink()
-    sink_port = free_port()
-    next_hop = Controller(sink, hostname="127.0.0.1", port=sink_port)
-    next_hop.start()
-    users = tmp_path_factory.mktemp("relay") / "users"
-    # A login that is an address binds From to it; `gateway` (a system sender) is not bound.
-    users.write_text(f"# relay users\n{SENDER}:{hash_password(PASSWORD)}\n"
-                     f"gateway:{hash_password(PASSWORD)}\n")
-    tls = server_tls_context(server.data_dir / "tls" / "cert.pem",
-                             server.data_dir / "tls" / "key.pem")
-    client = server.client(relay_app)
-    running = Relay(ProtectingHandler(client, ("127.0.0.1", sink_port)), "127.0.0.1",
-                    free_port(), tls=tls, credentials=Credentials.load(users))
-    running.start()
-    yield running, sink
-    running.stop()
-    next_hop.stop()
-    client.close()
-
 
 def message(subject: str = "Numbers", sender: str = SENDER, **extra: str) -> bytes:
     msg = EmailMessage(policy=email.policy.SMTP)
@@ -96,34 +58,6 @@ def message(subject: str = "Numbers", sender: str = SENDER, **extra: str) -> byt
     msg.add_attachment(b"\x00secret attachment\xff", maintype="application",
                        subtype="octet-stream", filename="data.bin")
     return msg.as_bytes()
-
-
-def send(relay: Relay, data: bytes, *, login: str | None = SENDER, password: str = PASSWORD,
-         tls: bool = True, cafile: str | None = None, rcpt: tuple[str, ...] = (TO,)) -> None:
-    with smtplib.SMTP(relay.host, relay.port, timeout=30) as smtp:
-        if tls:
-            smtp.starttls(context=ssl.create_default_context(cafile=cafile))
-        if login is not None:
-            smtp.login(login, password)
-        smtp.sendmail(SENDER, list(rcpt), data)
-
-
-@pytest.fixture()
-def sink(relay: tuple[Relay, Sink]) -> Sink:
-    relay[1].received.clear()
-    relay[1].over_tls.clear()
-    return relay[1]
-
-
-@pytest.fixture(scope="module")
-def keys_client(server: Server, relay_app: TestApp) -> Iterator[Client]:
-    """The relay's application, to see which keys exist and whose they are."""
-    with server.client(relay_app) as client:
-        yield client
-
-
-def owned(client: Client, user: str) -> int:
-    return sum(1 for _ in client.iter_keys(user=user, role="owner"))
 
 
 def owner_of(client: Client, forwarded: bytes) -> str:

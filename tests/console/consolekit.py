@@ -58,7 +58,9 @@ def next_code(server: Server, username: str) -> str:
     key = _key(server, username)
     secret = _SECRETS[key]
     now_step = int(time.time()) // security.TOTP_STEP_S
-    step = max(_LAST_STEP.get(key, 0) + 1, now_step - 1)
+    # The server accepts one step either side of its own; the step before now is never
+    # used: crossing a step boundary while the sign-in travels would make it two behind.
+    step = max(_LAST_STEP.get(key, 0) + 1, now_step)
     while step > int(time.time()) // security.TOTP_STEP_S + 1:
         time.sleep(0.5)
     _LAST_STEP[key] = step

@@ -6,9 +6,9 @@ application whose users are ``*``; or adds a signing key, or an authorization th
 admin's management of every key. Each of these paths must wait for a second admin, and the
 audit trail must name both.
 
-Each module-scoped server runs once per store (SQLite and PostgreSQL): ``lone`` has a single
-admin (the console offers no gated action; the host operator uses the CLI), ``pair`` has
-two. The gated actions are one table, run against both.
+Each module-scoped server runs once per backend: ``lone`` (every backend, a PKCS#11 token
+included) has a single admin (the console offers no gated action; the host operator uses
+the CLI), ``pair`` has two (both stores). The gated actions are one table, run against both.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ from sceau.store.db import create_engines
 from sceau.store.schema import approvals as approvals_table
 from sceau.vocab import Role
 from support import (
+    BACKENDS,
     STORES,
     Server,
     TestApp,
-    databases_for,
+    backend_server,
     make_server,
     run_cli,
-    store_env,
 )
 
 OWNER = "alice@example.com"
@@ -94,22 +94,20 @@ class World:
 
 def _world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
            name: str, admins: tuple[tuple[str, str], ...]) -> Iterator[World]:
-    store = str(request.param)
-    databases = databases_for(request, store)
-    env = store_env(store, databases)
-    server = make_server(tmp_path_factory.mktemp(f"{name}-{store}"), env=env)
-    for username, password in admins:
-        put_account(server, username, password, Role.ADMIN)
-    app = server.register_app("payroll", users=("*@example.com", "*@example.org"))
-    with server.client(app, OWNER) as alice:
-        key_id, ciphertext = alice.encrypt(b"alice's payslip", name="payslip")
-    yield World(server, app, key_id, ciphertext)
-    server.stop()
-    if databases is not None:
-        databases.drop(env["SCEAU_DATABASE_URL"])
+    backend = str(request.param)
+    with backend_server(request, tmp_path_factory.mktemp(f"{name}-{backend}"),
+                        backend) as server:
+        for username, password in admins:
+            put_account(server, username, password, Role.ADMIN)
+        app = server.register_app("payroll", users=("*@example.com", "*@example.org"))
+        with server.client(app, OWNER) as alice:
+            key_id, ciphertext = alice.encrypt(b"alice's payslip", name="payslip")
+        yield World(server, app, key_id, ciphertext)
 
 
-@pytest.fixture(scope="module", params=STORES)
+# Attack 2 by a lone admin runs on every backend (a PKCS#11 token included); the approval
+# flows with two admins do not depend on the keystore and run on both stores.
+@pytest.fixture(scope="module", params=BACKENDS)
 def lone(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """An installation with a single admin."""

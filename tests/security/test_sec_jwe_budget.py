@@ -26,7 +26,7 @@ from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.jose.client import sign_request, wrap_for_service
 from sceau.jose.request import JWE_REFUSED
 from sceau.service.limits import JweBudget, JweBudgetExhausted, address_key
-from support import Server, TestApp, make_server
+from support import BACKENDS, Server, TestApp, backend_server
 
 USER = "alice@example.com"
 JOSE = {"Content-Type": "application/jose"}
@@ -89,12 +89,14 @@ class From:
         self.http.close()
 
 
-@pytest.fixture(scope="module")
-def budget_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = make_server(tmp_path_factory.mktemp("jwe-budget"),
-                         env={"SCEAU_JWE_PER_IP_PER_S": str(RATE), "SCEAU_DATABASE_URL": ""})
-    yield server
-    server.stop()
+@pytest.fixture(scope="module", params=BACKENDS)
+def budget_server(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a small JWE budget, on every backend (attack 5 of issue 14)."""
+    backend = str(request.param)
+    with backend_server(request, tmp_path_factory.mktemp(f"jwe-budget-{backend}"), backend,
+                        env={"SCEAU_JWE_PER_IP_PER_S": str(RATE)}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,7 @@ from collections.abc import Iterator
 import pytest
 from wskit import Kacls, Vendors, make_vendors
 
-from support import STORES, Server, databases_for, make_server, store_env
-
-# As tests/conftest.py: both stores on the file keystore, and SQLite on a PKCS#11 token.
-BACKENDS = (*STORES, "sqlite-pkcs11")
+from support import BACKENDS, Server, backend_server
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +22,8 @@ def vendors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vendors]:
     found.jwks.close()
 
 
-def start_workspace_server(base, vendors: Vendors, env: dict[str, str],
-                           init_args: tuple[str, ...] = (), **toml: str) -> Server:
-    srv = make_server(base, env=env, init_args=init_args, start=False)
+def start_workspace_server(srv: Server, vendors: Vendors, **toml: str) -> Server:
+    """Start ``srv`` (made with ``start=False``) with the vendors' workspace settings."""
     config = srv.data_dir / "sceau.toml"
     config.write_text(config.read_text() + vendors.toml(**toml))
     srv.start()
@@ -37,23 +33,9 @@ def start_workspace_server(base, vendors: Vendors, env: dict[str, str],
 @pytest.fixture(scope="module", params=BACKENDS)
 def ws_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
               vendors: Vendors) -> Iterator[Server]:
-    store, _, keystore = str(request.param).partition("-")
-    databases = databases_for(request, store)
-    env = store_env(store, databases)
     base = tmp_path_factory.mktemp(f"ws-{request.param}")
-    init_args: tuple[str, ...] = ()
-    if keystore == "pkcs11":
-        from hsm_support import need_softhsm, pkcs11_server_args
-
-        need_softhsm()
-        token_env, init_args = pkcs11_server_args(base)
-        env = {**env, **token_env}
-    srv = start_workspace_server(base, vendors, env, init_args)
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
-    if databases is not None:
-        databases.drop(env["SCEAU_DATABASE_URL"])
+    with backend_server(request, base, str(request.param), start=False) as srv:
+        yield start_workspace_server(srv, vendors)
 
 
 @pytest.fixture(scope="module")
