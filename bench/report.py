@@ -108,6 +108,36 @@ def ratios(runs: Sequence[Mapping[str, Any]], reference: str = "openbao") -> lis
     return out
 
 
+def baseline_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """This checkout against ``BENCH_BASELINE``'s, per configuration, workload and
+    concurrency: requests per server CPU-second, items/s and p50 (after / before)."""
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        label = str(run["label"])
+        if run["system"] != "sceau" or label.endswith("-base"):
+            continue
+        before = find(runs, label=f"{label}-base", workload=run["workload"],
+                      concurrency=run["concurrency"])
+        if before is None:
+            continue
+        a, b = run["result"], before["result"]
+        out.append({"label": label, "workload": run["workload"],
+                    "concurrency": run["concurrency"],
+                    "per_cpu": _ratio(a["req_per_server_cpu_s"], b["req_per_server_cpu_s"]),
+                    "items_per_s": _ratio(a["items_per_s"], b["items_per_s"]),
+                    "p50": _ratio(a["lat_ms"]["p50"], b["lat_ms"]["p50"])})
+    return out
+
+
+def baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| Sceau config | workload | c | req per server CPU-s | items/s | "
+             "p50 (lower better) |", "|" + "---|" * 6]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['workload']} | {row['concurrency']} | "
+                     f"{_x(row['per_cpu'])} | {_x(row['items_per_s'])} | {_x(row['p50'])} |")
+    return "\n".join(lines)
+
+
 def verdict(row: Mapping[str, Any]) -> str:
     """Which of the issue's targets this workload meets (✔) or misses (✘)."""
     marks: list[str] = []
@@ -221,6 +251,11 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "",
         reference_section(doc.get("reference", {})),
     ]
+    compared = baseline_rows(doc["runs"])
+    if compared:
+        parts += ["", f"## This checkout / baseline ({meta.get('baseline', '?')})", "",
+                  "Same machine, same run, interleaved. Ratios > 1 (< 1 for p50) mean this "
+                  "checkout is ahead.", "", baseline_table(compared)]
     if doc.get("flood"):
         parts += ["", flood_section(doc["flood"]).rstrip("\n")]
     notes = list(doc.get("notes") or [])

@@ -15,6 +15,8 @@ Environment (all optional):
                          with a note when unreachable)
 - ``BENCH_KEYSTORES``    comma list of file,pkcs11 (default file; pkcs11 needs SoftHSM2)
 - ``BENCH_OPENBAO=0``    skip OpenBao
+- ``BENCH_BASELINE=DIR``  also run the Sceau of another checkout (its ``DIR/.venv``), as
+                         ``sceau-<store>-base``, for a before/after comparison in one run
 - ``BENCH_OUT``          results directory (default bench/results)
 
 ``python -m bench.run --profile [WORKLOAD]`` instead runs one Sceau (SQLite) server under
@@ -312,11 +314,21 @@ def main(argv: Sequence[str]) -> int:
             else:
                 targets.append(("openbao", "openbao",
                                 OpenBaoTarget(workdir / "openbao", bao, pool=settings.pool)))
+        baseline = os.environ.get("BENCH_BASELINE")
         for keystore in keystores:
             for store in stores:
                 label = f"sceau-{store}" + ("" if keystore == "file" else f"-{keystore}")
                 targets.append((label, "sceau", SceauTarget(workdir / label, store, keystore,
                                                              pool=settings.pool)))
+                if baseline:
+                    base_python = str(Path(baseline) / ".venv" / "bin" / "python")
+                    targets.append((f"{label}-base", "sceau", SceauTarget(
+                        workdir / f"{label}-base", store, keystore, pool=settings.pool,
+                        python=base_python)))
+        if baseline:
+            doc["meta"]["baseline"] = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=baseline, capture_output=True,
+                text=True).stdout.strip() or baseline
         say("starting " + ", ".join(label for label, _s, _t in targets))
         # Started side by side: `sceau init` and the pools are mostly waiting on children.
         with concurrent.futures.ThreadPoolExecutor(len(targets) or 1) as pool:

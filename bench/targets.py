@@ -130,6 +130,9 @@ class SceauTarget:
     db: dict[str, str] | None = None
     spec_base: dict[str, Any] = field(default_factory=dict)
     pools: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The interpreter that runs `sceau`: this checkout's, or another checkout's venv for a
+    # before/after comparison in one run (``BENCH_BASELINE``).
+    python: str = sys.executable
 
     @property
     def data_dir(self) -> Path:
@@ -162,13 +165,13 @@ class SceauTarget:
         env = {**os.environ, **self.env}
         init_args = ["--keystore", self.keystore] if self.keystore != "file" else []
         subprocess.run(
-            [sys.executable, "-m", "sceau.cli", "init", "--data-dir", str(self.data_dir),
+            [self.python, "-m", "sceau.cli", "init", "--data-dir", str(self.data_dir),
              *init_args],
             env=env, check=True, capture_output=True, timeout=120,
         )
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                pinned([sys.executable, "-m", "sceau.cli", "serve", "--data-dir",
+                pinned([self.python, "-m", "sceau.cli", "serve", "--data-dir",
                         str(self.data_dir), "--port", str(self.port)]),
                 env=env, stdout=log, stderr=log, cwd=self.base,
             )
@@ -177,17 +180,21 @@ class SceauTarget:
         self._prepare_pools()
 
     def _register(self) -> None:
-        from sceau import admin
-        from sceau.config import load_config
+        """Register the benchmark's application with `sceau app add`, run by the target's
+        own interpreter (so a baseline checkout registers it with its own code)."""
         from sceau.jose.client import generate_app_keys
 
         alg = os.environ.get("BENCH_APP_ALG", "ES256")
         sign_priv, sign_pub, enc_priv, enc_pub = generate_app_keys(alg)
-        config = load_config(self.data_dir, env={**os.environ, **self.env})
-        with admin.admin_session(config) as session:
-            app_id = admin.add_application(
-                session, name="bench", jwk=sign_pub, enc_jwk=enc_pub, users=("*",)
-            )
+        (self.base / "sign.pub.jwk").write_text(json.dumps(sign_pub))
+        (self.base / "enc.pub.jwk").write_text(json.dumps(enc_pub))
+        added = subprocess.run(
+            [self.python, "-m", "sceau.cli", "app", "add", "--name", "bench",
+             "--jwk", str(self.base / "sign.pub.jwk"), "--enc-jwk", str(self.base / "enc.pub.jwk"),
+             "--users", "*", "--json", "--data-dir", str(self.data_dir)],
+            env={**os.environ, **self.env}, check=True, capture_output=True, timeout=120,
+        )
+        app_id = json.loads(added.stdout)["app_id"]
         jwks = httpx.get(f"{self.url}/.well-known/jwks.json", verify=self.cafile).json()
         disco = httpx.get(f"{self.url}/.well-known/sceau-configuration",
                           verify=self.cafile).json()

@@ -57,10 +57,13 @@ def next_code(server: Server, username: str) -> str:
     """The code of the next time step not yet used for this account (waits if needed)."""
     key = _key(server, username)
     secret = _SECRETS[key]
-    now_step = int(time.time()) // security.TOTP_STEP_S
-    # The server accepts one step either side of its own; the step before now is never
-    # used: crossing a step boundary while the sign-in travels would make it two behind.
-    step = max(_LAST_STEP.get(key, 0) + 1, now_step)
+    now = time.time()
+    now_step = int(now) // security.TOTP_STEP_S
+    # The server accepts one step either side of its own. The step before now stays valid
+    # until the current step ends: used only when that is more than 5 s away, so a step
+    # boundary crossed while the sign-in travels never leaves the code two steps behind.
+    left = (now_step + 1) * security.TOTP_STEP_S - now
+    step = max(_LAST_STEP.get(key, 0) + 1, now_step - 1 if left > 5 else now_step)
     while step > int(time.time()) // security.TOTP_STEP_S + 1:
         time.sleep(0.5)
     _LAST_STEP[key] = step

@@ -150,7 +150,7 @@ def test_stored_xss_is_rendered_as_text(admin: Console, keys: dict[str, str]) ->
 )
 def test_key_visibility_by_role(console: Console, keys: dict[str, str], who: str, key: str,
                                 status: int) -> None:
-    assert console.login(who, PASSWORD).status_code == 303
+    console.as_account(who, PASSWORD)  # a live session of this account, or a new sign-in
     assert console.http.get(f"/console/keys/{keys[key]}").status_code == status
 
 
@@ -167,7 +167,7 @@ def test_key_visibility_by_role(console: Console, keys: dict[str, str], who: str
 )
 def test_pages_by_role(console: Console, keys: dict[str, str], who: str, path: str,
                        status: int) -> None:
-    assert console.login(who, PASSWORD).status_code == 303
+    console.as_account(who, PASSWORD)
     assert console.http.get(path).status_code == status
 
 
@@ -182,7 +182,7 @@ def test_user_key_table_shows_only_their_keys(console: Console, keys: dict[str, 
 def test_auditor_and_stranger_cannot_change_a_key(server: Server, console: Console,
                                                   keys: dict[str, str]) -> None:
     for who, key in (("audrey@example.com", "own"), ("dave@example.org", "shared")):
-        console.login(who, PASSWORD)
+        console.as_account(who, PASSWORD)
         r = console.post(f"/console/keys/{keys[key]}/status", {"action": "disable"})
         assert r.status_code == 404
         assert _key_status(server, keys[key]) == "active"

@@ -127,6 +127,32 @@ def db_upgrade(data_dir: DataDir = None) -> None:
         typer.echo(f"sealed existing rows (trust on upgrade): {counts}")
 
 
+@tls_cli.command("renew")
+def tls_renew(
+    data_dir: DataDir = None,
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="another DNS name or IP address to include (repeatable)")] = None,
+    days: Annotated[int, typer.Option(min=1, max=825, help="validity in days")] = 825,
+    force: Annotated[bool, typer.Option(
+        "--force", help="replace a certificate that Sceau did not make")] = False,
+) -> None:
+    """Make a new self-signed certificate and key for the data dir (names from its config).
+
+    The names are the host of service.service_id, server.host, any --name, then localhost,
+    127.0.0.1 and ::1 (set $SCEAU_SERVICE_ID / $SCEAU_HOST as the service runs). The
+    previous pair is kept as cert.pem.old / key.pem.old. Restart `sceau serve` to use it.
+    """
+    from sceau.setup import renew_tls_certificate
+
+    renewed = renew_tls_certificate(config_from(data_dir), name or (), days=days, force=force)
+    typer.echo(f"new certificate {renewed.cert} for {', '.join(renewed.names)}, "
+               f"valid until {renewed.not_after:%Y-%m-%d}")
+    if renewed.previous is not None:
+        typer.echo(f"the previous one is kept as {renewed.previous}")
+    typer.echo("restart `sceau serve` to use it, and give clients that verify with the old "
+               "cert.pem the new one (docs/deploy.md)")
+
+
 def _read_input(path: Path | None) -> bytes:
     if path is None or str(path) == "-":
         return sys.stdin.buffer.read()
