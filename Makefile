@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./sceau-data
+# Test processes: the end-to-end tests mostly wait on their servers, so three workers on two
+# cores halve the suite's time. Each module stays in one worker (its servers are
+# module-scoped). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: run test lint bench fuzz supply-chain system test-provider clean
 
@@ -24,7 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/sceau serve --data-dir $(DATA_DIR)
 
 test: $(STAMP) system test-provider
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
