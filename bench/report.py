@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,32 @@ def ratios(runs: Sequence[Mapping[str, Any]], reference: str = "openbao") -> lis
             if len(row) > 3:
                 row["verdict"] = verdict(row)
                 out.append(row)
+    return out
+
+
+_MEDIAN_FIGURES = ("items_per_s", "rps", "req_per_server_cpu_s", "server_cpu_ms_per_req",
+                   "cpu0_others_frac", "generator_cpu_frac")
+
+
+def median_runs(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One run per (label, workload, concurrency): the median of each figure over rounds,
+    latencies included, with ``rounds`` and the spread of req per server CPU-s kept."""
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for run in raw:
+        groups.setdefault((run["label"], run["workload"], run["concurrency"]), []).append(run)
+    out: list[dict[str, Any]] = []
+    for runs in groups.values():
+        first = runs[0]
+        results = [r["result"] for r in runs]
+        merged: dict[str, Any] = dict(results[0])
+        for name in _MEDIAN_FIGURES:
+            merged[name] = statistics.median(r[name] for r in results)
+        merged["lat_ms"] = {q: statistics.median(r["lat_ms"][q] for r in results)
+                            for q in results[0]["lat_ms"]}
+        per_cpu = [r["req_per_server_cpu_s"] for r in results]
+        merged["rounds"] = len(results)
+        merged["per_cpu_spread"] = (max(per_cpu) - min(per_cpu)) / statistics.median(per_cpu)
+        out.append({**first, "result": merged})
     return out
 
 

@@ -15,6 +15,9 @@ Environment (all optional):
                          with a note when unreachable)
 - ``BENCH_KEYSTORES``    comma list of file,pkcs11 (default file; pkcs11 needs SoftHSM2)
 - ``BENCH_OPENBAO=0``    skip OpenBao
+- ``BENCH_ROUNDS=N``     run the whole interleaved matrix N times (default 1) and report the
+                         median of each figure (every round's figures stay in ``raw_runs``):
+                         on a shared VM one 10 s run varies by ±20 %
 - ``BENCH_BASELINE=DIR``  also run the Sceau of another checkout (its ``DIR/.venv``), as
                          ``sceau-<store>-base``, for a before/after comparison in one run
 - ``BENCH_OUT``          results directory (default bench/results)
@@ -73,6 +76,7 @@ class Settings:
     def __init__(self) -> None:
         self.quick = os.environ.get("BENCH_QUICK") == "1"
         self.seconds = float(os.environ.get("BENCH_SECONDS", "2" if self.quick else "10"))
+        self.rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "1")))
         self.warmup_s = 0.5 if self.quick else 1.0
         self.pool = 32 if self.quick else 256
         workloads = env_list("BENCH_WORKLOADS", DEFAULT_WORKLOADS)
@@ -335,7 +339,15 @@ def main(argv: Sequence[str]) -> int:
             for future in [pool.submit(t.start) for _l, _s, t in targets]:
                 future.result()
         say("all started")
-        run_matrix(targets, settings, workdir, runs)
+        raw_runs: list[dict[str, Any]] = []
+        for round_no in range(settings.rounds):
+            if settings.rounds > 1:
+                say(f"round {round_no + 1} of {settings.rounds}")
+            run_matrix(targets, settings, workdir, raw_runs)
+        runs.extend(report.median_runs(raw_runs) if settings.rounds > 1 else raw_runs)
+        if settings.rounds > 1:
+            doc["raw_runs"] = raw_runs
+            doc["meta"]["rounds"] = settings.rounds
         for _label, _system, target in targets:
             target.stop()
         say("client-side reference: openssl speed, file throughput")
