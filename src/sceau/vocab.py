@@ -201,6 +201,7 @@ class Gated(StrEnum):
     APP_KEY_ADD = "app-key-add"
     ADD_AUTHORIZATION = "add-authorization"
     ENABLE_AUTHORIZATION = "enable-authorization"
+    CSE_ADMIN_ADD = "cse-admin-add"
 
 
 class ApprovalStatus(StrEnum):

@@ -35,7 +35,7 @@ from sceau.keystore import open_keystore
 from sceau.service.accounts import verify_password
 from sceau.service.console import security
 from sceau.service.runtime import keystore_settings
-from sceau.store import accounts, applications, approvals, repo
+from sceau.store import accounts, applications, approvals, repo, workspace
 from sceau.store.accounts import AccountRow
 from sceau.store.approvals import ApprovalRow, encode_payload
 from sceau.store.db import create_engines
@@ -301,6 +301,14 @@ GATED = [
             "principal": ctx["principal"], "action": "enable"}, page="/console/dashboard"),
         lambda w, ctx: authorization(w.server, ctx["key_id"], ctx["principal"]) == "active",
     ),
+    Gated(
+        "cse_admin grant (every Workspace resource)", "CSE_ADMIN_ADD",
+        lambda w, tag: {"email": f"{tag}@example.com"},
+        lambda c, w, ctx: c.post("/console/workspace/cse-admins", {
+            "email": ctx["email"], "password": c.password}, page="/console/workspace"),
+        lambda w, ctx: _read(w.server, lambda c: workspace.get_cse_admin(
+            c, ctx["email"])) is not None,
+    ),
 ]
 
 
@@ -343,13 +351,14 @@ def test_lone_admin_pages_offer_no_gated_form(lone: World, first: Console) -> No
         f"/console/apps/{lone.app.app_id}": ['id="quorum-note"'],
         f"/console/keys/{lone.key_id}": ['id="quorum-note"'],
         "/console/dashboard": ['id="single-admin"'],
+        "/console/workspace": ['id="quorum-note"'],
     }
     for path, expected in pages.items():
         html = first.http.get(path).text
         for needle in expected:
             assert needle in html, path
         for form in ('id="register-app"', 'id="add-app-key"', 'id="add-authorization"',
-                     'value="reset"', 'value="clear_totp"'):
+                     'value="reset"', 'value="clear_totp"', 'id="grant-cse-admin"'):
             assert form not in html, (path, form)
     accounts_page = first.http.get("/console/accounts").text
     create = re.search(r'id="create-account">(.*?)</form>', accounts_page, re.S)

@@ -188,9 +188,7 @@ def test_destroying_a_dke_key_destroys_its_private_keys(
     for kid_path, ciphertext in sent.values():
         refused = _dke_decrypt(ws_server, vendors, kid_path, ciphertext)
         assert refused.status_code == 403 and refused.json()["reason"] == "key_destroyed"
-    listed = json.loads(run_cli("dke", "key", "list", "--json", "--data-dir",
-                                str(ws_server.data_dir), env=ws_server.env).stdout)
-    entry = next(k for k in listed if k["name"] == name)
+    entry = _dke_entry(ws_server, name)
     assert {v["keyid"]: v["status"] for v in entry["versions"]} == {
         k: "retired" for k in sent}
     rec = [r for r in records(ws_server)
@@ -202,3 +200,126 @@ def test_destroying_a_dke_key_destroys_its_private_keys(
         for keyid, (_, ciphertext) in sent.items():
             with pytest.raises(IntegrityFailure, match="unknown DKE key"):
                 session.keystore.dke_decrypt(f"{name}.{keyid}", base64.b64decode(ciphertext))
+
+
+# --- the Workspace page: DKE keys and cse_admin ------------------------------------------------
+
+ADMIN2 = "ws-admin-2"
+ADMIN2_PASSWORD = "second-pair-of-eyes-7"
+
+
+def _workspace(admin: Console) -> str:
+    page = admin.http.get("/console/workspace")
+    assert page.status_code == 200, page.text[:500]
+    return page.text
+
+
+def _dke_list(server: Server) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = json.loads(run_cli(
+        "dke", "key", "list", "--json", "--data-dir", str(server.data_dir),
+        env=server.env).stdout)
+    return listed
+
+
+def _dke_entry(server: Server, name: str) -> dict[str, Any]:
+    return next(k for k in _dke_list(server) if k["name"] == name)
+
+
+def test_dke_key_create_rotate_retire_disable_from_the_console(
+        admin: Console, vendors: Vendors, ws_server: Server) -> None:
+    name = f"console-made-{os.urandom(4).hex()}"
+    page = "/console/workspace"
+    bad = admin.post(f"{page}/dke", {"name": "no spaces allowed", "allow": "*@contoso.example"},
+                     page=page)
+    assert bad.status_code == 400 and "name:" in html.unescape(bad.text)
+    none = admin.post(f"{page}/dke", {"name": name, "allow": ""}, page=page)
+    assert none.status_code == 400
+    assert all(k["name"] != name for k in _dke_list(ws_server))
+    made = admin.post(f"{page}/dke", {"name": name, "allow": "*@contoso.example"}, page=page)
+    assert made.status_code == 303 and made.headers["location"].endswith("done=dke_created")
+    entry = _dke_entry(ws_server, name)
+    assert entry["status"] == "active" and entry["allow"] == ["*@contoso.example"]
+    assert name in _workspace(admin) and entry["key_id"] in _workspace(admin)
+    first = entry["versions"][0]["keyid"]
+    old_path, old_value = _dke_encrypt(ws_server, name, b"before the rotation")
+    assert _dke_decrypt(ws_server, vendors, old_path, old_value).status_code == 200
+
+    rotated = admin.post(f"{page}/dke/{name}/rotate", {}, page=page)
+    assert rotated.status_code == 303
+    versions = _dke_entry(ws_server, name)["versions"]
+    assert len(versions) == 2 and versions[0]["keyid"] == first
+    path, value = _dke_encrypt(ws_server, name, b"after the rotation")
+    assert path.endswith(versions[1]["keyid"])
+
+    # Retiring destroys a private key: the admin's password first; never the current one.
+    wrong = admin.post(f"{page}/dke/{name}/retire", {"keyid": first, "password": "nope"},
+                       page=page)
+    assert wrong.status_code == 403
+    assert _dke_decrypt(ws_server, vendors, old_path, old_value).status_code == 200
+    current = admin.post(f"{page}/dke/{name}/retire",
+                         {"keyid": versions[1]["keyid"], "password": ADMIN_PASSWORD}, page=page)
+    assert current.status_code == 400 and "rotate first" in html.unescape(current.text)
+    retired = admin.post(f"{page}/dke/{name}/retire",
+                         {"keyid": first, "password": ADMIN_PASSWORD}, page=page)
+    assert retired.status_code == 303, retired.text[:500]
+    assert _dke_decrypt(ws_server, vendors, old_path, old_value).status_code != 200
+    assert _dke_decrypt(ws_server, vendors, path, value).status_code == 200
+
+    disabled = admin.post(f"{page}/dke/{name}/status", {"action": "disable"}, page=page)
+    assert disabled.status_code == 303
+    refused = _dke_decrypt(ws_server, vendors, path, value)
+    assert refused.status_code == 403 and refused.json()["reason"] == "key_disabled"
+    assert admin.post(f"{page}/dke/{name}/status", {"action": "enable"},
+                      page=page).status_code == 303
+    assert _dke_decrypt(ws_server, vendors, path, value).status_code == 200
+    done = {(r["action"], r["outcome"]) for r in records(ws_server)
+            if r.get("details", {}).get("dke_key") == name and r["user"] == ADMIN}
+    assert {("DKE_KEY_CREATE", "GRANTED"), ("DKE_KEY_ROTATE", "GRANTED"),
+            ("DKE_KEY_RETIRE", "GRANTED"), ("DKE_KEY_DISABLE", "GRANTED"),
+            ("DKE_KEY_ENABLE", "GRANTED")} <= done
+
+
+def test_cse_admin_granted_in_the_console_once_a_second_admin_approves(
+        admin: Console, kacls: Kacls, ws_server: Server) -> None:
+    holder = f"takeout-{os.urandom(3).hex()}@example.com"
+    resource = f"//googleapis.com/drive/files/console-priv-{os.urandom(4).hex()}"
+    dek = os.urandom(32)
+    wrapped = kacls.wrap(ALICE, resource, dek).json()["wrapped_key"]
+    page = "/console/workspace"
+    # (A lone admin is never offered the grant: tests/console/test_console_duty.py.)
+    # A second admin: the grant is a request, and it runs only once the other approves.
+    put_account(ws_server, ADMIN2, ADMIN2_PASSWORD, Role.ADMIN)
+    other = Console(ws_server).as_account(ADMIN2, ADMIN2_PASSWORD)
+    try:
+        assert 'id="grant-cse-admin"' in _workspace(admin)
+        assert kacls.privileged_unwrap(holder, resource, wrapped).status_code == 403
+        pattern = admin.post(f"{page}/cse-admins",
+                             {"email": "*@example.com", "password": ADMIN_PASSWORD}, page=page)
+        assert pattern.status_code == 400 and "not a pattern" in html.unescape(pattern.text)
+        asked = admin.post(f"{page}/cse-admins", {"email": holder, "password": ADMIN_PASSWORD},
+                           page=page)
+        assert asked.status_code == 303, asked.text[:500]
+        approval_id = asked.headers["location"].rsplit("request=", 1)[1]
+        assert kacls.privileged_unwrap(holder, resource, wrapped).status_code == 403
+        own = admin.post(f"/console/approvals/{approval_id}/approve",
+                         {"password": ADMIN_PASSWORD}, page="/console/approvals")
+        assert "Refused" in own.text or own.status_code == 403
+        assert kacls.privileged_unwrap(holder, resource, wrapped).status_code == 403
+        approved = other.post(f"/console/approvals/{approval_id}/approve",
+                              {"password": ADMIN2_PASSWORD}, page="/console/approvals")
+        assert approved.status_code == 200 and "the action ran" in approved.text
+        granted = kacls.privileged_unwrap(holder, resource, wrapped)
+        assert granted.status_code == 200, granted.text
+        assert base64.b64decode(granted.json()["key"]) == dek
+        grant = [r for r in records(ws_server) if r["action"] == "CSE_ADMIN_ADD"][-1]
+        assert grant["outcome"] == "GRANTED" and grant["details"]["email"] == holder
+        assert grant["user"] == ADMIN2
+        assert grant["details"]["approval"]["requested_by"] == ADMIN
+        assert holder in _workspace(admin)
+
+        # Withdrawing closes the path at once, without an approval.
+        gone = admin.post(f"{page}/cse-admins/remove", {"email": holder}, page=page)
+        assert gone.status_code == 303
+        assert kacls.privileged_unwrap(holder, resource, wrapped).status_code == 403
+    finally:
+        other.close()

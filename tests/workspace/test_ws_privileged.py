@@ -34,18 +34,12 @@ def _resource(tag: str) -> str:
     return f"//googleapis.com/drive/files/{tag}-{os.urandom(6).hex()}"
 
 
-def _priv_unwrap(kacls: Kacls, email: str, resource: str, wrapped: str) -> httpx.Response:
-    return kacls.post("privilegedunwrap", {
-        "authentication": kacls.authn(email), "resource_name": resource,
-        "wrapped_key": wrapped, "reason": "{client:'takeout' op:'read'}"})
-
-
 def test_privileged_calls_need_cse_admin(kacls: Kacls, ws_server: Server) -> None:
     resource = _resource("takeout")
     dek = os.urandom(32)
     wrapped = kacls.wrap(ALICE, resource, dek, perimeter="perimeter1").json()["wrapped_key"]
     # Not an admin: refused, audited.
-    refused = _priv_unwrap(kacls, ADMIN, resource, wrapped)
+    refused = kacls.privileged_unwrap(ADMIN, resource, wrapped)
     assert refused.status_code == 403, refused.text
     assert "key" not in refused.json()
     last = [r for r in records(ws_server) if r["action"] == "CSE_PRIVILEGED_UNWRAP"][-1]
@@ -58,13 +52,13 @@ def test_privileged_calls_need_cse_admin(kacls: Kacls, ws_server: Server) -> Non
     listed = run_cli("cse", "admins", "list", "--json", "--data-dir",
                      str(ws_server.data_dir), env=ws_server.env)
     assert [a["email"] for a in json.loads(listed.stdout) if a["sealed"]] == [ADMIN]
-    granted = _priv_unwrap(kacls, ADMIN, resource, wrapped)
+    granted = kacls.privileged_unwrap(ADMIN, resource, wrapped)
     assert granted.status_code == 200, granted.text
     assert base64.b64decode(granted.json()["key"]) == dek
     last = [r for r in records(ws_server) if r["action"] == "CSE_PRIVILEGED_UNWRAP"][-1]
     assert last["details"]["perimeter_id"] == "perimeter1"  # restored from the wrapped key
     # The resource name still binds, and the key's status still applies.
-    assert _priv_unwrap(kacls, ADMIN, resource + "x", wrapped).status_code == 403
+    assert kacls.privileged_unwrap(ADMIN, resource + "x", wrapped).status_code == 403
     # privilegedwrap: a new resource's key is owned by the admin.
     other = _resource("admin-made")
     made = kacls.post("privilegedwrap", {
@@ -80,7 +74,7 @@ def test_privileged_calls_need_cse_admin(kacls: Kacls, ws_server: Server) -> Non
     # Withdrawn: refused at the next call.
     run_cli("cse", "admins", "remove", ADMIN, "--data-dir", str(ws_server.data_dir),
             env=ws_server.env)
-    assert _priv_unwrap(kacls, ADMIN, resource, wrapped).status_code == 403
+    assert kacls.privileged_unwrap(ADMIN, resource, wrapped).status_code == 403
 
 
 def test_a_forged_cse_admin_row_grants_nothing(kacls: Kacls, ws_server: Server) -> None:
@@ -100,7 +94,7 @@ def test_a_forged_cse_admin_row_grants_nothing(kacls: Kacls, ws_server: Server) 
                 "VALUES (:e, 'root', 1, 1, :s)"), {"e": mallory, "s": b"\0" * 32})
     finally:
         engines.dispose()
-    refused = _priv_unwrap(kacls, mallory, resource, wrapped)
+    refused = kacls.privileged_unwrap(mallory, resource, wrapped)
     assert refused.status_code == 409 and "key" not in refused.json()
     last = [r for r in records(ws_server) if r["action"] == "CSE_PRIVILEGED_UNWRAP"][-1]
     assert last["reason"] == "integrity_failure" and last["user"] == mallory

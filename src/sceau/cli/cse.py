@@ -57,7 +57,7 @@ def admins_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 
     try:
         with admin.admin_session(config_from(data_dir)) as session:
-            rows = list_cse_admins(session)
+            rows = list_cse_admins(session.engines, session.keystore)
     except SceauError as exc:
         fail_with(exc)
     if as_json:

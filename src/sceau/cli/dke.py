@@ -45,7 +45,7 @@ def list_keys(as_json: Annotated[bool, typer.Option("--json", help="print JSON")
     """List DKE keys, their status, allowed principals and versions."""
     from sceau.service.workspace.admin import list_dke_keys
 
-    keys = _run(data_dir, list_dke_keys)
+    keys = _run(data_dir, lambda s: list_dke_keys(s.engines, s.keystore))
     assert isinstance(keys, list)
     if as_json:
         print_json(keys)

@@ -43,6 +43,7 @@ from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
 from sceau.service.console import keyactions
 from sceau.service.console.keyactions import Actor
+from sceau.service.workspace.admin import cse_admin_add_change, cse_admin_email
 from sceau.store import approvals as store
 from sceau.store.applications import ANY_USER
 from sceau.store.approvals import ApprovalRow, encode_payload
@@ -190,6 +191,13 @@ def ask_add_authorization(key_id: str, principal: str, rights: Sequence[str],
                f"the key {key_id}, through an admin's management of every key")
 
 
+def ask_cse_admin_add(email: str) -> Ask:
+    address = cse_admin_email(email)
+    return Ask(Gated.CSE_ADMIN_ADD, {"email": address},
+               f"Grant cse_admin to {_cut(address)}: its holder may unwrap every Google "
+               "Workspace resource through the privileged endpoints (Takeout, eDiscovery)")
+
+
 def ask_enable_authorization(key_id: str, principal: str) -> Ask:
     return Ask(Gated.ENABLE_AUTHORIZATION, {"key_id": key_id, "principal": principal},
                f"Enable the authorization of {_cut(principal)} on the key {key_id}, through "
@@ -259,6 +267,8 @@ SPECS: Mapping[Gated, Spec] = {
         env.keystore, p["app_id"], p["jwk"])),
     Gated.ADD_AUTHORIZATION: Spec(_add_authorization),
     Gated.ENABLE_AUTHORIZATION: Spec(_enable_authorization),
+    Gated.CSE_ADMIN_ADD: Spec(lambda env, p, _pw: cse_admin_add_change(
+        env.keystore, p["email"], env.actor)),
 }
 
 

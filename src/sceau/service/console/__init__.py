@@ -20,6 +20,7 @@ from sceau.service.console import (
     oidc,
     protectpage,
     security,
+    workspacepages,
 )
 from sceau.service.console.web import Console, ConsoleRoute, PageError
 from sceau.store import accounts, repo
@@ -51,7 +52,7 @@ def mount(app: FastAPI, rt: Runtime) -> Console:
     console = Console(rt)
     rt.extras["console"] = console
     route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"console": console})
-    for module in (auth, keypages, adminpages, auditpages, protectpage):
+    for module in (auth, keypages, adminpages, auditpages, protectpage, workspacepages):
         router = module.router(console, route_class)
         _refuse_get_on_post_only(router)
         app.include_router(router)

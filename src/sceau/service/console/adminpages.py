@@ -91,6 +91,20 @@ def duty(console: Console) -> dict[str, Any]:
             "single_admin": state.single_admin, "pending": len(pending)}
 
 
+def ask_approval(console: Console, session: Session, ask: Ask) -> Response:
+    """Record a request for a gated action, then show it on the approvals page."""
+    approval_id = approvals.request(ConsoleRunner(console, session), console.rt,
+                                    session.account.username, ask)
+    raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
+
+
+def gate(state: GateState) -> None:
+    """Refuse a gated action the page does not offer (fewer admins than the quorum): a
+    crafted POST gets the same answer as the missing form, before any work."""
+    if not state.offered:
+        raise PageError(403, QUORUM_NOTE)
+
+
 def router(console: Console, route_class: type) -> APIRouter:
     r = APIRouter(prefix=PREFIX, route_class=route_class)
     # Templates ask for it (the dashboard's standing warning); computed only when shown.
@@ -100,15 +114,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         return ConsoleRunner(console, session)
 
     def ask_for(session: Session, ask: Ask) -> Response:
-        """Record a request for a gated action, then show it on the approvals page."""
-        approval_id = approvals.request(runner(session), console.rt,
-                                        session.account.username, ask)
-        raise Redirect(f"{PREFIX}/approvals?done=requested&request={approval_id}")
-
-    def gate(state: GateState) -> None:
-        # The forms are not offered; a crafted POST gets the same answer, before any work.
-        if not state.offered:
-            raise PageError(403, QUORUM_NOTE)
+        return ask_approval(console, session, ask)
 
     # --- applications ----------------------------------------------------------------------
 

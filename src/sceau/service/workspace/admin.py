@@ -1,9 +1,10 @@
 """Host-operator administration of the workspace key services (CLI; audited like any change).
 
 ``cse_admin`` opens data: a holder may unwrap any resource through the privileged
-endpoints. Granting it is therefore a host-operator action here (``sceau cse admins
-add``), audited as ``CSE_ADMIN_ADD``; the console path waits for a second admin's approval
-(separation of duties) and is wired where that mechanism lives.
+endpoints. Granting it is therefore gated: the host operator runs ``sceau cse admins add``
+(audited ``CSE_ADMIN_ADD`` with ``details.via``), and in the console it is a request that
+other admins approve (``Gated.CSE_ADMIN_ADD``, service/approvals.py). Withdrawing it, and
+managing DKE keys, run at once: none of them opens existing data to the one who acts.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import secrets
 import time
 from typing import Any
 
-from sceau.admin import AdminSession, ChangeRunner
+from sceau.admin import Change, ChangeRunner, run_change
 from sceau.core.policy import validate_principal
 from sceau.errors import IntegrityFailure, InvalidRequest, NotFound
+from sceau.keystore.base import Keystore
 from sceau.store import workspace as ws
+from sceau.store.db import Engines
 from sceau.store.writer import Tx
 from sceau.vocab import Action
 
 __all__ = [
     "add_cse_admin",
+    "cse_admin_add_change",
     "wrap_private_key",
     "create_dke_key",
     "cse_admin_email",
@@ -44,19 +48,24 @@ def cse_admin_email(email: str) -> str:
     return validate_principal(email).lower()
 
 
-def add_cse_admin(session: ChangeRunner, email: str, actor: str) -> None:
-    """Grant ``cse_admin`` to ``email`` (audited ``CSE_ADMIN_ADD``)."""
+def cse_admin_add_change(keystore: Keystore, email: str, added_by: str) -> Change:
+    """Grant ``cse_admin`` to ``email`` (``CSE_ADMIN_ADD``): the change the CLI runs at once
+    and the console runs once approved."""
     address = cse_admin_email(email)
-    keystore = session.keystore
 
     def add(tx: Tx) -> None:
         tx.ctx.details = {"email": address}
         if ws.get_cse_admin(tx.conn, address) is not None:
             raise InvalidRequest(f"{address} already holds cse_admin")
         ws.insert_cse_admin(tx.conn, keystore.seal_row(
-            ws.CseAdminRow(address, actor, int(time.time()))))
+            ws.CseAdminRow(address, added_by, tx.now)))
 
-    session.run(Action.CSE_ADMIN_ADD, add)
+    return Change(Action.CSE_ADMIN_ADD, add)
+
+
+def add_cse_admin(session: ChangeRunner, email: str, actor: str) -> None:
+    """Grant ``cse_admin`` to ``email`` as the host operator (audited ``CSE_ADMIN_ADD``)."""
+    run_change(session, cse_admin_add_change(session.keystore, email, actor))
 
 
 def remove_cse_admin(session: ChangeRunner, email: str) -> None:
@@ -71,15 +80,15 @@ def remove_cse_admin(session: ChangeRunner, email: str) -> None:
     session.run(Action.CSE_ADMIN_REMOVE, remove)
 
 
-def list_cse_admins(session: AdminSession) -> list[dict[str, Any]]:
+def list_cse_admins(engines: Engines, keystore: Keystore) -> list[dict[str, Any]]:
     """Every holder, with whether its row still matches its seal (a forged row grants
     nothing and is shown as such)."""
     out = []
-    with session.engines.read.connect() as conn:
+    with engines.read.connect() as conn:
         rows = ws.list_cse_admins(conn)
     for row in rows:
         try:
-            session.keystore.verify_row(row)
+            keystore.verify_row(row)
             sealed = True
         except IntegrityFailure:
             sealed = False
@@ -278,22 +287,22 @@ def shred_dke_material(keystore: Any, tx: Tx, key_id: bytes) -> list[str]:
     return destroyed
 
 
-def list_dke_keys(session: AdminSession) -> list[dict[str, Any]]:
+def list_dke_keys(engines: Engines, keystore: Keystore) -> list[dict[str, Any]]:
     """Every DKE key: status, allowed principals, versions (seals checked)."""
     from sceau.core.policy import display_status
     from sceau.service import keyops
 
     out = []
     now = int(time.time())
-    with session.engines.read.connect() as conn:
+    with engines.read.connect() as conn:
         for row in ws.list_dke_keys(conn):
             entry: dict[str, Any] = {"name": row.name}
             try:
-                session.keystore.verify_row(row)
-                record = keyops.load_checked(conn, session.keystore, row.key_id)
+                keystore.verify_row(row)
+                record = keyops.load_checked(conn, keystore, row.key_id)
                 versions = ws.dke_versions(conn, row.name)
                 for version in versions:
-                    session.keystore.verify_row(version)
+                    keystore.verify_row(version)
             except IntegrityFailure:
                 entry["status"] = "integrity_failure"
                 out.append(entry)
