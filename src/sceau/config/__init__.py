@@ -83,6 +83,19 @@ class Config(BaseSettings):
     cse: CseSettings = Field(default_factory=CseSettings)
     dke: DkeSettings = Field(default_factory=DkeSettings)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_config hands over its own sources; a Config built any other way takes its
+        # arguments only, never pydantic-settings' default environment names (LOG, KEYS...).
+        return (init_settings,)
+
     @property
     def service_id(self) -> str:
         explicit = self.service.service_id
