@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sceau.auditlog.witness import open_witness
-from sceau.config import CONFIG_FILE, SETTINGS, Config, load_config, render_default_config
+from sceau.config import CONFIG_FILE, Config, env_name, load_config, render_default_config
 from sceau.errors import ConfigError
 from sceau.keystore import init_keystore, open_keystore
 from sceau.service.accounts import hash_password
@@ -33,7 +33,6 @@ from sceau.store.db import create_engines, upgrade
 from sceau.vocab import Role
 
 ADMIN_USER = "admin"
-SETTINGS_BY_DOTTED = {s.dotted: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -68,13 +67,13 @@ def tls_names(config: Config, extra: Sequence[str] = ()) -> list[str]:
     DNS names are lower-cased and IP addresses written in their canonical form.
     """
     wanted: list[str] = []
-    explicit = str(config.get("service.service_id"))
+    explicit = config.service.service_id
     if explicit:
         host = urlsplit(explicit).hostname
         if not host:
             raise ConfigError(f"service.service_id: {explicit!r} names no host")
         wanted.append(host)
-    wanted.append(config.host)
+    wanted.append(config.server.host)
     wanted += [*extra, *LOCAL_NAMES]
     names: list[str] = []
     for raw in wanted:
@@ -277,14 +276,14 @@ class KeystoreChoice:
             return self.backend
         if self.pkcs11_module or self.pkcs11_token or self.pin_env or self.pin_file:
             return "pkcs11"
-        return str(config.get("keystore.backend"))
+        return config.keystore.backend
 
     def config_values(self, config: Config) -> dict[str, str]:
         """The sceau.toml values for this choice, completed from ``config`` (env, file)."""
         if self.resolved_backend(config) == "file":
             return {"keystore.backend": "file"}
-        module = self.pkcs11_module or str(config.get("keystore.pkcs11_module"))
-        token = self.pkcs11_token or str(config.get("keystore.pkcs11_token"))
+        module = self.pkcs11_module or config.keystore.pkcs11_module
+        token = self.pkcs11_token or config.keystore.pkcs11_token
         values = {
             "keystore.backend": "pkcs11",
             "keystore.pkcs11_module": module,
@@ -296,9 +295,9 @@ class KeystoreChoice:
         elif self.pin_env is not None:
             values["keystore.pin_env"] = self.pin_env
         else:
-            values["keystore.pin_env"] = str(config.get("keystore.pin_env"))
-            if config.get("keystore.pin_file"):
-                values["keystore.pin_file"] = str(config.get("keystore.pin_file"))
+            values["keystore.pin_env"] = config.keystore.pin_env
+            if config.keystore.pin_file:
+                values["keystore.pin_file"] = config.keystore.pin_file
         if not values["keystore.pkcs11_module"] or not values["keystore.pkcs11_token"]:
             raise ConfigError(
                 "the pkcs11 keystore needs --module PATH and --token LABEL "
@@ -317,11 +316,11 @@ def check_env_agrees(values: Mapping[str, str]) -> None:
     variable names another would leave a data dir that silently uses something else.
     """
     for dotted, value in values.items():
-        setting = SETTINGS_BY_DOTTED[dotted]
-        given = os.environ.get(setting.env)
+        variable = env_name(dotted)
+        given = os.environ.get(variable)
         if given is not None and given != value:
             raise ConfigError(
-                f"${setting.env}={given!r} overrides {dotted} = {value!r}; "
+                f"${variable}={given!r} overrides {dotted} = {value!r}; "
                 f"unset it or make it agree"
             )
 
@@ -423,7 +422,7 @@ def initialize(
         raise
     make_tls_certificate(data_dir / "tls", names)
     open_witness(config).file.prepare()  # the audit witness dir, 0700 (docs/audit.md)
-    engines = create_engines(config.database_url, synchronous=str(config.get("audit.synchronous")))
+    engines = create_engines(config.database_url, synchronous=config.audit.synchronous)
     try:
         upgrade(engines)
         password = secrets.token_urlsafe(15)

@@ -140,13 +140,13 @@ def test_init_records_where_the_pin_is_never_the_pin(
              *pkcs11_args(hsm, token), *pin_args)
     assert "keystore: pkcs11" in out
     config = load_config(data_dir)
-    assert config.get("keystore.backend") == "pkcs11"
-    assert config.get("keystore.pkcs11_token") == token
-    assert config.get("keystore.pkcs11_module") == hsm.module
+    assert config.keystore.backend == "pkcs11"
+    assert config.keystore.pkcs11_token == token
+    assert config.keystore.pkcs11_module == hsm.module
     if source == "file":
-        assert config.get("keystore.pin_file") == str(pin_file)
+        assert config.keystore.pin_file == str(pin_file)
     else:
-        assert config.get("keystore.pin_env") == PIN_ENV
+        assert config.keystore.pin_env == PIN_ENV
     for path in data_dir.rglob("*"):
         if path.is_file():
             assert hsm.pin.encode() not in path.read_bytes(), path
@@ -332,7 +332,7 @@ def test_migrate_file_to_pkcs11(runner: CliRunner, hsm: Any, tmp_path: Path) -> 
         repo.acquire_lease(conn, "n1", "somewhere:1", int(time.time()), 60)
     running = invoke(runner, *migrate)
     assert running.exit_code == 1 and "stop every node" in running.stderr
-    assert load_config(data_dir).get("keystore.backend") == "file"
+    assert load_config(data_dir).keystore.backend == "file"
     with engines.write.begin() as conn:
         repo.release_lease(conn, "n1", "somewhere:1")
     engines.dispose()
@@ -340,8 +340,8 @@ def test_migrate_file_to_pkcs11(runner: CliRunner, hsm: Any, tmp_path: Path) -> 
     out = ok(runner, *migrate)
     assert "destroy it" in out
     config = load_config(data_dir)
-    assert config.get("keystore.backend") == "pkcs11"
-    assert config.get("keystore.pkcs11_token") == token
+    assert config.keystore.backend == "pkcs11"
+    assert config.keystore.pkcs11_token == token
     [backup] = data_dir.glob("keystore.file-*")
     assert (backup / "keystore.json").exists()
     assert sorted(p.name for p in (data_dir / "keystore").iterdir()) == ["jwe.json"]

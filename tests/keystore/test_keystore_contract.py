@@ -22,7 +22,7 @@ from jwcrypto import jwe, jwk
 from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore import KeyPurpose, KeystoreSettings, init_keystore, open_keystore
 from sceau.keystore.base import b64u_dec, jwk_thumbprint, verify_signature
-from sceau.keystore.selftest import DERIVATION_VECTOR, FAIL_ENV, SELF_TESTS
+from sceau.keystore.selftest import DERIVATION_VECTOR, SELF_TESTS
 
 KEY_ID = bytes(range(16))
 SEED = bytes(range(100, 132))
@@ -249,18 +249,14 @@ def test_self_test_passes(keystore: Any) -> None:
 
 
 @pytest.mark.parametrize("name", SELF_TESTS)
-def test_self_test_forced_failure(
-    keystore: Any, monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
-    monkeypatch.setenv(FAIL_ENV, name)
+def test_self_test_forced_failure(keystore: Any, name: str) -> None:
     with pytest.raises(KeystoreUnavailable, match=f"self-test failed: {name}$"):
-        keystore.self_test()
+        keystore.self_test(forced=name)
 
 
-def test_self_test_unknown_forced_name(keystore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(FAIL_ENV, "no-such-test")
-    with pytest.raises(KeystoreUnavailable, match=FAIL_ENV):
-        keystore.self_test()
+def test_self_test_unknown_forced_name(keystore: Any) -> None:
+    with pytest.raises(KeystoreUnavailable, match="keystore.selftest_fail names no self-test"):
+        keystore.self_test(forced="no-such-test")
 
 
 # --- lifecycle and files -------------------------------------------------------------------

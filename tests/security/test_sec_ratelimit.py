@@ -116,9 +116,9 @@ def test_admit_wraps_the_refusal_for_auditing() -> None:
 def test_the_default_limit_is_on_and_bounds_a_runaway_application(tmp_path: Path) -> None:
     """Without configuration an application gets DEFAULT per second, bursts of one second."""
     config = load_config(tmp_path, env={})
-    assert config.get("limits.rate_limit_per_app") == DEFAULT_RATE_LIMIT_PER_APP > 0
+    assert config.limits.rate_limit_per_app == DEFAULT_RATE_LIMIT_PER_APP > 0
     assert RateLimiter.from_config(config).enabled
-    limiter = RateLimiter(float(config.get("limits.rate_limit_per_app")), clock=FakeClock())
+    limiter = RateLimiter(config.limits.rate_limit_per_app, clock=FakeClock())
     assert _drain(limiter, "runaway") == DEFAULT_RATE_LIMIT_PER_APP
     assert _drain(limiter, "another") == DEFAULT_RATE_LIMIT_PER_APP  # others unaffected
     # `sceau init` writes the default, with its meaning, into the commented sceau.toml.

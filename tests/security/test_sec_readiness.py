@@ -20,9 +20,10 @@ import httpx
 import pytest
 from sec_support import SQLITE, assert_problem, forge, post
 
-from sceau.keystore.selftest import FAIL_ENV
+from sceau.config import env_name
 from support import Server, TestApp, make_server
 
+FAIL_ENV = env_name("keystore.selftest_fail")
 CANARY = f"canary{os.urandom(6).hex()}"
 
 

@@ -23,16 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sec_support import SQLITE, TrailWatch, forge, post
 
+from sceau.config import env_name, load_config
 from sceau.errors import ConfigError
-from sceau.service.server import (
-    CLIENT_AUTH_ENV,
-    CLIENT_CA_ENV,
-    client_auth_settings,
-    tls_context,
-)
+from sceau.service.server import server_tls_context, tls_context
 from support import Server, TestApp, make_server
 
 V = ssl.TLSVersion
+CLIENT_CA_ENV = env_name("server.client_ca")
+CLIENT_AUTH_ENV = env_name("server.client_auth")
 
 
 def client_context(server_cert: str, minimum: ssl.TLSVersion, maximum: ssl.TLSVersion,
@@ -289,19 +287,20 @@ def test_mutual_tls_required_then_optional(mtls_server: Server, pki: dict[str, P
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({CLIENT_AUTH_ENV: "sometimes"}, "optional, required"),
-    ({CLIENT_CA_ENV: "/nonexistent/ca.pem"}, "cannot load"),
+    ({CLIENT_AUTH_ENV: "sometimes"}, r"server.client_auth \(from \$SCEAU_TLS_CLIENT_AUTH\)"),
+    ({CLIENT_CA_ENV: "/nonexistent/ca.pem"}, "server.client_ca: cannot load"),
 ])
 def test_mutual_tls_bad_settings_refused_at_start(sec_server: Server, env: dict[str, str],
                                                   message: str) -> None:
     """serve() builds the context from these before opening anything: a typo stops the start."""
     with pytest.raises(ConfigError, match=message):
-        client_ca, mode = client_auth_settings(env)
-        tls_context(Path(sec_server.cert), sec_server.data_dir / "tls" / "key.pem",
-                    client_ca=client_ca, client_auth=mode)
+        server_tls_context(load_config(sec_server.data_dir, env=env))
 
 
-def test_client_auth_defaults() -> None:
-    assert client_auth_settings({}) == (None, "optional")
-    assert client_auth_settings({CLIENT_CA_ENV: "/x.pem", CLIENT_AUTH_ENV: "REQUIRED"}) == (
-        Path("/x.pem"), "required")
+def test_client_auth_from_the_settings(sec_server: Server, pki: dict[str, Path]) -> None:
+    default = load_config(sec_server.data_dir, env={})
+    assert (default.server.client_ca, default.server.client_auth) == ("", "optional")
+    assert server_tls_context(default).verify_mode == ssl.CERT_NONE
+    mutual = load_config(sec_server.data_dir,
+                         env={CLIENT_CA_ENV: f" {pki['ca']} ", CLIENT_AUTH_ENV: "required"})
+    assert server_tls_context(mutual).verify_mode == ssl.CERT_REQUIRED

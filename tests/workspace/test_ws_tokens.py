@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from wskit import Issuer, JwksServer, SigningKey, b64u, compact_jwt
 
-from sceau.config import load_config
+from sceau.config import Config, load_config
 from sceau.errors import ConfigError, InvalidToken, TokenExpired
 from sceau.service.workspace.jwks import JwksSource, JwksUnavailable
-from sceau.service.workspace.settings import cse_settings, dke_settings
 from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
 
 AUD = "cse-client-id"
@@ -257,7 +256,7 @@ def test_jwks_skips_keys_sceau_does_not_use(jwks_server: JwksServer) -> None:
 # --- configuration ---------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, text: str) -> Any:
+def _config(tmp_path: Path, text: str) -> Config:
     (tmp_path / "sceau.toml").write_text(text)
     return load_config(tmp_path, env={})
 
@@ -277,10 +276,8 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize(("text", "named"), CONFIG_ERRORS)
 def test_configuration_errors_name_the_setting(tmp_path: Path, text: str, named: str) -> None:
-    config = _config(tmp_path, text)
     with pytest.raises(ConfigError) as raised:
-        cse_settings(config)
-        dke_settings(config)
+        _config(tmp_path, text)
     assert named in str(raised.value)
 
 
@@ -303,8 +300,8 @@ audience = "https://keys.example.com"
 issuer = "https://sts.windows.net/tenant/"
 jwks = "file:/etc/sceau/entra-jwks.json"
 """)
-    cse, dke = cse_settings(config), dke_settings(config)
+    cse, dke = config.cse, config.dke
     assert cse.enabled and not cse.strict and cse.rewrap_from == ("https://old-kacls.example.com/api",)
     assert cse.identity_providers[0].audience == "cse-client-id"
     assert dke.authorization_url.startswith("https://login.microsoftonline.com/common/")
-    assert not cse_settings(_config(tmp_path, "")).enabled
+    assert not _config(tmp_path, "").cse.enabled

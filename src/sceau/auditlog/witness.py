@@ -145,22 +145,20 @@ class WitnessSettings:
 
 def witness_settings(config: Config) -> WitnessSettings:
     """The witness settings of a configuration (``audit.witness_*``)."""
-    directory = str(config.get("audit.witness_dir"))
-    target = str(config.get("audit.witness_syslog"))
+    audit = config.audit
     try:
-        facility = facility_code(str(config.get("audit.witness_syslog_facility")))
+        facility = facility_code(audit.witness_syslog_facility)
     except InvalidRequest as exc:
         raise ConfigError(f"audit.witness_syslog_facility: {exc.detail}") from None
-    url = str(config.get("audit.witness_url"))
-    ca = str(config.get("audit.witness_url_ca"))
+    ca = audit.witness_url_ca
     if ca and not Path(ca).is_file():
         raise ConfigError(f"audit.witness_url_ca: {ca} is not a file")
     return WitnessSettings(
         # A relative directory is taken in the data dir, whatever the working directory.
-        directory=config.data_dir / (directory or WITNESS_DIR_NAME),
-        syslog=SyslogTarget.parse(target) if target else None,
+        directory=config.data_dir / (audit.witness_dir or WITNESS_DIR_NAME),
+        syslog=SyslogTarget.parse(audit.witness_syslog) if audit.witness_syslog else None,
         syslog_options=SyslogOptions(facility=facility),
-        url=url,
+        url=audit.witness_url,
         url_ca=Path(ca) if ca else None,
     )
 

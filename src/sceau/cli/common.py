@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -20,8 +21,9 @@ DataDir = Annotated[
 ]
 
 
-def config_from(data_dir: Path | None) -> Config:
-    return load_config(data_dir or default_data_dir())
+def config_from(data_dir: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """The data dir's configuration; ``overrides`` (``section.name``: value) win over it."""
+    return load_config(data_dir or default_data_dir(), overrides=overrides)
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:

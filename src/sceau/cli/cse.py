@@ -98,10 +98,10 @@ def wrap_private_key(
     import json
 
     from sceau import admin
+    from sceau.config.workspace import normalize_url
     from sceau.core.smime import certificate_emails, load_chain, load_private_key, pkcs7_pem
     from sceau.service.workspace.admin import wrap_private_key as wrap
     from sceau.service.workspace.gmail import mailbox_email
-    from sceau.service.workspace.settings import cse_settings, normalize_url
 
     try:
         config = config_from(data_dir)
@@ -114,8 +114,7 @@ def wrap_private_key(
             raise InvalidRequest(f"certificate: it does not name {mailbox}")
         if chain[0].not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
             raise InvalidRequest("certificate: it has expired")
-        settings = cse_settings(config)
-        kacls_url = normalize_url(settings.kacls_url or f"{config.service_id}/cse")
+        kacls_url = normalize_url(config.cse.kacls_url or f"{config.service_id}/cse")
         files = {name: out_dir / f"{mailbox}{name}"
                  for name in (".p7pem", ".wrap", ".keypair.json")}
         taken = [str(p) for p in files.values() if p.exists()]

@@ -404,7 +404,7 @@ def purge_expired(session: admin.AdminSession, *, older_than_days: int,
     before its receipt is produced. Keys whose destruction is refused are reported, not
     retried within this run.
     """
-    cutoff = now - older_than_days * key_api.day_seconds()
+    cutoff = now - older_than_days * session.config.keys.day_seconds
     tried: set[bytes] = set()
     while True:
         with session.engines.read.connect() as conn:

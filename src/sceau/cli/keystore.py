@@ -148,9 +148,8 @@ def init(
                             signing_alg=signing_alg)
     values = choice.config_values(config)
     check_env_agrees(values)
-    overrides = {dotted.replace(".", "__"): value for dotted, value in values.items()}
     settings = dataclasses.replace(
-        keystore_settings(config.with_overrides(**overrides)), signing_alg=signing_alg
+        keystore_settings(config_from(config.data_dir, values)), signing_alg=signing_alg
     )
     init_keystore(settings)
     set_config_values(config.data_dir, values)
@@ -360,7 +359,7 @@ def migrate_to_pkcs11(config: Config, choice: KeystoreChoice) -> Path:
         migrate_file_to_pkcs11(source, target)
         with open_keystore(source) as old, open_keystore(target) as new:
             _same_keys(old, new)
-            new.self_test()
+            new.self_test(forced=config.keystore.selftest_fail)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -397,7 +396,7 @@ def migrate(
     except SceauError as error:
         fail(error.diagnostics(),
              "if the token now holds some sceau-* objects, re-initialize it before retrying")
-    label = token or str(config.get("keystore.pkcs11_token"))
+    label = token or config.keystore.pkcs11_token
     typer.echo(f"migrated to token {label!r}; {config.data_dir / CONFIG_FILE} now says "
                'backend = "pkcs11"')
     typer.echo(f"the old file keystore is in {backup}: it still holds every key. Once "

@@ -61,7 +61,7 @@ def init(
     choice = KeystoreChoice(backend=keystore, pkcs11_module=module, pkcs11_token=token,
                             pin_env=pin_env, pin_file=pin_file, signing_alg=signing_alg)
     result = initialize(target, keystore=choice)
-    backend = config_from(result.data_dir).get("keystore.backend")
+    backend = config_from(result.data_dir).keystore.backend
     typer.echo(f"initialized {result.data_dir} (keystore: {backend})")
     if result.admin_password:
         typer.echo(f"console admin: {result.admin_user}")
@@ -78,14 +78,12 @@ def serve(
     """Serve the API and console over HTTPS until SIGTERM."""
     from sceau.service.server import serve as run
 
-    config = config_from(data_dir)
     overrides: dict[str, object] = {}
     if host is not None:
-        overrides["server__host"] = host
+        overrides["server.host"] = host
     if port is not None:
-        overrides["server__port"] = port
-    if overrides:
-        config = config.with_overrides(**overrides)
+        overrides["server.port"] = port
+    config = config_from(data_dir, overrides)
 
     def ready(service_id: str) -> None:
         typer.echo(f"Sceau serving at {service_id}  (console: {service_id}/console/)", err=True)

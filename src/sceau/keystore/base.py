@@ -380,11 +380,14 @@ class Keystore(ABC):
 
     # --- health ---------------------------------------------------------------------------
 
-    def self_test(self) -> None:
-        """Known-answer tests at start-up; :class:`KeystoreUnavailable` names the failure."""
+    def self_test(self, *, forced: str = "") -> None:
+        """Known-answer tests at start-up; :class:`KeystoreUnavailable` names the failure.
+
+        ``forced`` names a test to fail on purpose (``keystore.selftest_fail``, tests only).
+        """
         from sceau.keystore.selftest import run_self_tests
 
-        run_self_tests(self)
+        run_self_tests(self, forced=forced)
 
     @abstractmethod
     def hmac_with_test_key(self, key: bytes, data: bytes) -> bytes:

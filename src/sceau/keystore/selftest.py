@@ -2,14 +2,14 @@
 
 Each test has a stable name; the first that fails raises :class:`KeystoreUnavailable`
 naming it, and the service refuses to serve crypto operations (``/readyz`` says why).
-``SCEAU_SELFTEST_FAIL=<name>`` forces one named test to fail, so the refusal path itself can
-be tested; the forced failure corrupts the expected answer, it does not skip the test.
+The setting ``keystore.selftest_fail`` (``SCEAU_SELFTEST_FAIL=<name>``) forces one named test
+to fail, so the refusal path itself can be tested; the forced failure corrupts the expected
+answer, it does not skip the test.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -24,9 +24,7 @@ from sceau.keystore.base import KeyPurpose, derivation_input, verify_signature
 if TYPE_CHECKING:
     from sceau.keystore.base import Keystore
 
-__all__ = ["DERIVATION_VECTOR", "FAIL_ENV", "SELF_TESTS", "run_self_tests"]
-
-FAIL_ENV = "SCEAU_SELFTEST_FAIL"
+__all__ = ["DERIVATION_VECTOR", "SELF_TESTS", "run_self_tests"]
 
 SELF_TESTS = (
     "sha256",
@@ -70,15 +68,6 @@ class _Failed(Exception):
     pass
 
 
-def _forced() -> str | None:
-    name = os.environ.get(FAIL_ENV)
-    if not name:
-        return None
-    if name not in SELF_TESTS:
-        raise KeystoreUnavailable(f"{FAIL_ENV} names no self-test ({', '.join(SELF_TESTS)})")
-    return name
-
-
 def _expect(got: bytes, want_hex: str, corrupt: bool) -> None:
     want = bytearray.fromhex(want_hex)
     if corrupt:
@@ -93,9 +82,14 @@ def _software_hmac(key: bytes, data: bytes) -> bytes:
     return mac.finalize()
 
 
-def run_self_tests(keystore: Keystore) -> None:
-    """Run every known-answer test against ``keystore``; raise on the first failure."""
-    forced = _forced()
+def run_self_tests(keystore: Keystore, *, forced: str = "") -> None:
+    """Run every known-answer test against ``keystore``; raise on the first failure.
+
+    ``forced`` names a test whose expected answer is corrupted (empty: none).
+    """
+    if forced and forced not in SELF_TESTS:
+        raise KeystoreUnavailable(
+            f"keystore.selftest_fail names no self-test ({', '.join(SELF_TESTS)})")
     for name in SELF_TESTS:
         corrupt = name == forced
         try:

@@ -91,7 +91,7 @@ GATED_ROLES = frozenset({Role.USER, Role.ADMIN})
 
 def quorum(config: Config) -> int:
     """Admins a gated action needs, the requester included (2 to 5, validated at load)."""
-    return int(config.get("console.approval_quorum"))
+    return config.console.approval_quorum
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def request(runner: ChangeRunner, rt: Runtime, requester: str, ask: Ask) -> str:
     spec = SPECS[ask.action]
     keystore = rt.keystore
     needed = quorum(rt.config)
-    ttl = int(rt.config.get("console.approval_ttl_s"))
+    ttl = rt.config.console.approval_ttl_s
     approval_id = "apr_" + b64u_encode(secrets.token_bytes(12))
     payload = encode_payload(ask.params, [])
 

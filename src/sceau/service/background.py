@@ -1,6 +1,6 @@
 """Background tasks of a node: the pending-destruction sweep and the replay-cache purge.
 
-One thread per node wakes every ``SCEAU_SWEEP_INTERVAL_S`` seconds (default 30). It first
+One thread per node wakes every ``keys.sweep_interval_s`` seconds (default 30). It first
 takes the store lease ``sweep:global`` in ``node_leases``, so that among N nodes sharing a
 database only one sweeps at a time; the others skip the round. The lease holder then
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from sceau.errors import ConfigError, SceauError
+from sceau.errors import SceauError
 from sceau.service import keyops
 from sceau.service.api import keys as key_api
 from sceau.store import repo
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sceau.background")
 
-SWEEP_INTERVAL_ENV = "SCEAU_SWEEP_INTERVAL_S"
-DEFAULT_SWEEP_INTERVAL_S = 30.0
 SWEEP_LEASE = "sweep:global"
 SWEEP_BATCH = 100
 SWEEP_LEASE_TTL_S = 60
@@ -51,20 +49,6 @@ REFUSED_RETRY_S = 3600
 JOB_TIMEOUT_S = 60.0
 WAL_FLUSH_BUSY_MS = 2000
 _EXTRA = "sweeper"
-
-
-def sweep_interval() -> float:
-    """Seconds between two sweeps, from ``SCEAU_SWEEP_INTERVAL_S`` (default 30)."""
-    raw = os.environ.get(SWEEP_INTERVAL_ENV, "")
-    if not raw:
-        return DEFAULT_SWEEP_INTERVAL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{SWEEP_INTERVAL_ENV}: a number of seconds") from None
-    if not 0.05 <= value <= 86_400:
-        raise ConfigError(f"{SWEEP_INTERVAL_ENV}: from 0.05 to 86400 seconds")
-    return value
 
 
 class Sweeper:
@@ -166,7 +150,7 @@ class Sweeper:
 
     def _round(self) -> int:
         now = int(self._clock())
-        skew = int(self._rt.config.get("limits.clock_skew_s"))
+        skew = self._rt.config.limits.clock_skew_s
         with self._rt.engines.write.begin() as conn:
             # A row may go once its token is refused as expired on every node: its
             # expires_at already includes the skew; one more skew covers slower clocks.
@@ -221,8 +205,7 @@ class Sweeper:
 
 def start_background(rt: Runtime) -> None:
     """Start this node's background tasks (called once the writer runs)."""
-    key_api.day_seconds()  # a bad SCEAU_DAY_SECONDS stops the start, not a later destroy
-    sweeper = Sweeper(rt, interval=sweep_interval())
+    sweeper = Sweeper(rt, interval=rt.config.keys.sweep_interval_s)
     rt.extras[_EXTRA] = sweeper
     sweeper.start()
 

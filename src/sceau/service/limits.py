@@ -72,7 +72,7 @@ class RateLimiter:
     @classmethod
     def from_config(cls, config: Config) -> RateLimiter:
         """The limiter for ``limits.rate_limit_per_app``."""
-        return cls(float(config.get("limits.rate_limit_per_app")))
+        return cls(config.limits.rate_limit_per_app)
 
     @property
     def enabled(self) -> bool:
@@ -165,7 +165,7 @@ class RefusalTarpit:
 
     @classmethod
     def from_config(cls, config: Config) -> RefusalTarpit:
-        return cls(float(config.get("limits.refusals_per_ip_per_s")))
+        return cls(config.limits.refusals_per_ip_per_s)
 
     def penalty(self, ip: str | None) -> float:
         """Seconds to wait before answering this refusal (0 within the budget)."""
@@ -269,7 +269,7 @@ class JweBudget:
     @classmethod
     def from_config(cls, config: Config) -> JweBudget:
         """The budget for ``limits.jwe_per_ip_per_s``."""
-        return cls(float(config.get("limits.jwe_per_ip_per_s")))
+        return cls(config.limits.jwe_per_ip_per_s)
 
     def take(self, ip: str | None) -> None:
         """Charge one private-key operation to ``ip``; raise :class:`JweBudgetExhausted`."""

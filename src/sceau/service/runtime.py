@@ -46,15 +46,16 @@ APP_KEY_CACHE_S = 30.0
 
 def keystore_settings(config: Config) -> KeystoreSettings:
     """The keystore settings of a data dir's configuration."""
+    keystore = config.keystore
     return KeystoreSettings(
         config.data_dir / "keystore",
-        backend=str(config.get("keystore.backend")),
-        passphrase_env=str(config.get("keystore.passphrase_env")) or None,
-        pkcs11_module=str(config.get("keystore.pkcs11_module")) or None,
-        pkcs11_token=str(config.get("keystore.pkcs11_token")) or None,
-        pin_env=str(config.get("keystore.pin_env")) or None,
-        pin_file=Path(pin_file) if (pin_file := str(config.get("keystore.pin_file"))) else None,
-        pool_size=int(config.get("keystore.pool_size")),
+        backend=keystore.backend,
+        passphrase_env=keystore.passphrase_env or None,
+        pkcs11_module=keystore.pkcs11_module or None,
+        pkcs11_token=keystore.pkcs11_token or None,
+        pin_env=keystore.pin_env or None,
+        pin_file=Path(keystore.pin_file) if keystore.pin_file else None,
+        pool_size=keystore.pool_size,
     )
 
 
@@ -224,24 +225,24 @@ class Runtime:
 
     @property
     def max_plaintext(self) -> int:
-        return int(self.config.get("limits.max_plaintext_bytes"))
+        return self.config.limits.max_plaintext_bytes
 
     @property
     def max_batch(self) -> int:
-        return int(self.config.get("limits.max_batch_items"))
+        return self.config.limits.max_batch_items
 
     @property
     def default_lifetime_days(self) -> int:
-        return int(self.config.get("keys.default_lifetime_days"))
+        return self.config.keys.default_lifetime_days
 
     def limits(self) -> Mapping[str, int]:
-        c = self.config
+        limits = self.config.limits
         return {
-            "max_body_bytes": int(c.get("limits.max_body_bytes")),
-            "max_batch_items": int(c.get("limits.max_batch_items")),
-            "max_plaintext_bytes": int(c.get("limits.max_plaintext_bytes")),
-            "max_token_lifetime_s": int(c.get("limits.max_token_lifetime_s")),
-            "clock_skew_s": int(c.get("limits.clock_skew_s")),
+            "max_body_bytes": limits.max_body_bytes,
+            "max_batch_items": limits.max_batch_items,
+            "max_plaintext_bytes": limits.max_plaintext_bytes,
+            "max_token_lifetime_s": limits.max_token_lifetime_s,
+            "clock_skew_s": limits.clock_skew_s,
         }
 
     def close(self) -> None:
@@ -254,11 +255,11 @@ def open_store(config: Config) -> Engines:
     """Engines for the configured database, checked for schema version and durability."""
     engines = create_engines(
         config.database_url,
-        pool_size=int(config.get("store.pool_size")),
-        synchronous=str(config.get("audit.synchronous")),
+        pool_size=config.store.pool_size,
+        synchronous=config.audit.synchronous,
     )
     check_schema(engines)
-    check_durability(engines, synchronous=str(config.get("audit.synchronous")))
+    check_durability(engines, synchronous=config.audit.synchronous)
     return engines
 
 
@@ -270,7 +271,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
     keystore = open_keystore(keystore_settings(config))
     selftest_error: str | None = None
     try:
-        keystore.self_test()
+        keystore.self_test(forced=config.keystore.selftest_fail)
     except SceauError as exc:
         selftest_error = exc.detail
         log.error("keystore self-test failed: %s", exc.detail)
@@ -278,22 +279,21 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
         engines,
         keystore,
         witness=open_witness(config),
-        node_id=str(config.get("audit.node_id")),
+        node_id=config.audit.node_id,
         node_prefix=node_prefix,
-        max_batch=int(config.get("audit.max_batch")),
-        checkpoint_every=int(config.get("audit.checkpoint_every")),
-        checkpoint_interval_s=float(config.get("audit.checkpoint_interval_s")),
+        max_batch=config.audit.max_batch,
+        checkpoint_every=config.audit.checkpoint_every,
+        checkpoint_interval_s=config.audit.checkpoint_interval_s,
     )
     rows = VerifiedRows(keystore)
     cache = AppKeyCache(engines, rows)
-    limits = config
     verifier = RequestVerifier(
         service_id=config.service_id,
         lookup_key=cache.lookup,
         jwe_private_jwks=keystore.jwe_private_jwks(),
-        max_lifetime=int(limits.get("limits.max_token_lifetime_s")),
-        skew=int(limits.get("limits.clock_skew_s")),
-        max_token_bytes=int(limits.get("limits.max_body_bytes")),
+        max_lifetime=config.limits.max_token_lifetime_s,
+        skew=config.limits.clock_skew_s,
+        max_token_bytes=config.limits.max_body_bytes,
     )
     runtime = Runtime(
         config=config,

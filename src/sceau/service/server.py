@@ -5,10 +5,11 @@ Transport policy:
 * TLS 1.2 minimum; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 only (forward
   secret, AEAD); every TLS 1.3 suite is both, and OpenSSL negotiates 1.3 whenever the client
   offers it. No compression, no renegotiation, ALPN ``http/1.1`` only.
-* Optional mutual TLS: with ``$SCEAU_TLS_CLIENT_CA`` naming a PEM bundle, client
-  certificates are verified against it; ``$SCEAU_TLS_CLIENT_AUTH`` = ``optional`` (default:
-  a client without a certificate is served, one with a bad certificate is refused in the
-  handshake) or ``required`` (no certificate, no connection).
+* Optional mutual TLS: with ``server.client_ca`` (``$SCEAU_TLS_CLIENT_CA``) naming a PEM
+  bundle, client certificates are verified against it; ``server.client_auth``
+  (``$SCEAU_TLS_CLIENT_AUTH``) = ``optional`` (default: a client without a certificate is
+  served, one with a bad certificate is refused in the handshake) or ``required`` (no
+  certificate, no connection).
 
 HTTP hardening, in :class:`GuardedHttpProtocol` (uvicorn's httptools protocol plus limits
 uvicorn does not have):
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -58,8 +58,6 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!DSS"
 MAX_HEAD_BYTES = 8 * 1024
 #: Upper bound on the time to receive a request head (lower when request_timeout_s is).
 HEADER_TIMEOUT_S = 10.0
-CLIENT_CA_ENV = "SCEAU_TLS_CLIENT_CA"
-CLIENT_AUTH_ENV = "SCEAU_TLS_CLIENT_AUTH"
 _CLIENT_AUTH_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 429: b"Too Many Requests"}
 
@@ -81,11 +79,11 @@ def tls_context(
     ctx.set_alpn_protocols(["http/1.1"])
     if client_ca is not None:
         if client_auth not in _CLIENT_AUTH_MODES:
-            raise ConfigError(f"${CLIENT_AUTH_ENV}: must be one of optional, required")
+            raise ConfigError("server.client_auth: must be one of optional, required")
         try:
             ctx.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"${CLIENT_CA_ENV}: cannot load {client_ca}: {exc}") from None
+            raise ConfigError(f"server.client_ca: cannot load {client_ca}: {exc}") from None
         ctx.verify_mode = _CLIENT_AUTH_MODES[client_auth]
     return ctx
 
@@ -257,43 +255,36 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 def protocol_class(config: Config) -> type[GuardedHttpProtocol]:
     """:class:`GuardedHttpProtocol` bound to this configuration's limits."""
-    request_timeout = float(config.get("server.request_timeout_s"))
+    request_timeout = float(config.server.request_timeout_s)
     return type(
         "SceauHttpProtocol",
         (GuardedHttpProtocol,),
         {
             "request_timeout": request_timeout,
             "header_timeout": min(HEADER_TIMEOUT_S, request_timeout),
-            "max_connections": int(config.get("server.max_connections")),
+            "max_connections": config.server.max_connections,
         },
     )
 
 
-def client_auth_settings(env: dict[str, str] | None = None) -> tuple[Path | None, str]:
-    """(client CA bundle or None, ``optional``/``required``) from the environment."""
-    env = dict(os.environ) if env is None else env
-    ca = env.get(CLIENT_CA_ENV, "").strip()
-    mode = env.get(CLIENT_AUTH_ENV, "optional").strip().lower() or "optional"
-    if mode not in _CLIENT_AUTH_MODES:
-        raise ConfigError(f"${CLIENT_AUTH_ENV}: must be one of optional, required")
-    return (Path(ca) if ca else None), mode
+def server_tls_context(config: Config) -> ssl.SSLContext:
+    """:func:`tls_context` for a data dir: its certificate, and ``server.client_*``."""
+    client_ca = config.server.client_ca.strip()
+    return tls_context(config.tls_cert, config.tls_key,
+                       client_ca=Path(client_ca) if client_ca else None,
+                       client_auth=config.server.client_auth)
 
 
 def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Open the runtime and serve until SIGTERM/SIGINT; then flush the audit writer."""
-    setup_logging(str(config.get("log.level")))
-    client_ca, client_auth = client_auth_settings(
-        {CLIENT_CA_ENV: str(config.get("server.client_ca")),
-         CLIENT_AUTH_ENV: str(config.get("server.client_auth"))}
-    )
-    context = tls_context(config.tls_cert, config.tls_key, client_ca=client_ca,
-                          client_auth=client_auth)
+    setup_logging(config.log.level)
+    context = server_tls_context(config)
     runtime = open_runtime(config)
     app = create_app(runtime)
     uv_config = uvicorn.Config(
         app,
-        host=config.host,
-        port=config.port,
+        host=config.server.host,
+        port=config.server.port,
         http=protocol_class(config),
         log_config=None,
         access_log=False,

@@ -151,7 +151,7 @@ def _refusal(status: int, error: str, detail: str) -> Response:
 
 def mount(app: FastAPI, rt: Runtime) -> None:
     """Add the endpoint when ``audit.witness_peers_dir`` is set (404 otherwise)."""
-    peers_dir = str(rt.config.get("audit.witness_peers_dir"))
+    peers_dir = rt.config.audit.witness_peers_dir
     if not peers_dir:
         return
     witness = PeerWitness(load_peers(Path(peers_dir)),

@@ -51,7 +51,7 @@ def make_job(rt: Runtime, op: Op, request: VerifiedRequest, ip: str | None) -> J
     user = normalize_identity(request.sub)
     ctx = AuditContext(action=op.action, app=request.app_id, user=user, ip=ip, req=request.jti)
     handler = HANDLERS[op]
-    replay_until = request.exp + int(rt.config.get("limits.clock_skew_s"))
+    replay_until = request.exp + rt.config.limits.clock_skew_s
 
     def run(tx: Tx) -> Any:
         app = check_application(tx.conn, rt.app_keys, request.app_id, request.kid, user)

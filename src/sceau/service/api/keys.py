@@ -9,7 +9,6 @@ audit ``details``.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import threading
 from typing import Any
@@ -22,7 +21,7 @@ from sceau.core.policy import (
     validate_principal,
 )
 from sceau.core.workspace import DKE_APPLICATION
-from sceau.errors import AccessDenied, ConfigError, InvalidRequest, NotFound
+from sceau.errors import AccessDenied, InvalidRequest, NotFound
 from sceau.keystore.base import Keystore
 from sceau.service import keyops
 from sceau.service.api.context import Call
@@ -41,22 +40,8 @@ from sceau.store import repo
 from sceau.store.writer import Tx
 from sceau.vocab import AuthorizationStatus, KeyStatus, Reason
 
-DAY = 86_400
 SYSTEM_USER = "sceau"
-# For tests only: the length of a "day" in ``pending_days`` (destroy-key) and in
-# ``purge-expired --older-than``, so a test can watch the sweep act within seconds.
-DAY_SECONDS_ENV = "SCEAU_DAY_SECONDS"
 # Seal input used only to spend the same keystore work on an unknown key id as on a real one.
-
-
-def day_seconds() -> int:
-    """Seconds in a lifecycle "day": 86400 unless ``SCEAU_DAY_SECONDS`` says otherwise (tests)."""
-    raw = os.environ.get(DAY_SECONDS_ENV)
-    if raw is None or raw == "":
-        return DAY
-    if not raw.isdigit() or not 1 <= int(raw) <= DAY:
-        raise ConfigError(f"{DAY_SECONDS_ENV}: an integer from 1 to {DAY}")
-    return int(raw)
 
 
 def managed(
@@ -268,7 +253,8 @@ def destroy_key(call: Call, params: DestroyKeyParams, tx: Tx) -> Any:
         tx.ctx.details = {**tx.ctx.details, "revision": after.revision, "pending_days": 0}
         shredded_event(call.rt.extras).set()
         return DestroyedKey(keyops.key_id_text(after.key_id), tx.now)
-    destroy_at = tx.now + params.pending_days * day_seconds()
+    # keys.day_seconds: 86400, unless a test shortens the "day" (docs/erasure.md).
+    destroy_at = tx.now + params.pending_days * call.rt.config.keys.day_seconds
     tx.ctx.details = {"pending_days": params.pending_days, "destroy_at": rfc3339(destroy_at)}
     after = _save(call, tx, record, status=KeyStatus.PENDING_DESTRUCTION, destroy_at=destroy_at)
     return keyops.metadata(after, tx.now)

@@ -181,12 +181,12 @@ def load_settings(config: Config, env: Mapping[str, str] | None = None) -> OidcS
     variable or the file the settings name; it never sits in ``sceau.toml``.
     """
     env = os.environ if env is None else env
-    get = config.get
-    issuer = str(get("oidc.issuer")).strip()
+    oidc = config.oidc
+    issuer = oidc.issuer.strip()
     others = ("client_id", "client_secret_env", "client_secret_file", "ca_file",
               "display_name", "email_domains")
     if not issuer:
-        stray = [name for name in others if str(get(f"oidc.{name}")).strip()]
+        stray = [name for name in others if str(getattr(oidc, name)).strip()]
         if stray:
             raise ConfigError(f"oidc.{stray[0]} is set but oidc.issuer is empty")
         return None
@@ -195,23 +195,22 @@ def load_settings(config: Config, env: Mapping[str, str] | None = None) -> OidcS
             or parts.username or parts.password:
         raise ConfigError("oidc.issuer: must be an https URL without query, fragment or "
                           "credentials")
-    client_id = str(get("oidc.client_id")).strip()
+    client_id = oidc.client_id.strip()
     if not client_id:
         raise ConfigError("oidc.client_id: required with oidc.issuer")
-    secret = _client_secret(str(get("oidc.client_secret_env")).strip(),
-                            str(get("oidc.client_secret_file")).strip(), env)
-    scopes = tuple(str(get("oidc.scopes")).split())
+    secret = _client_secret(oidc.client_secret_env.strip(), oidc.client_secret_file.strip(), env)
+    scopes = tuple(oidc.scopes.split())
     if "openid" not in scopes or "email" not in scopes:
         raise ConfigError("oidc.scopes: must include openid and email")
-    ca_text = str(get("oidc.ca_file")).strip()
+    ca_text = oidc.ca_file.strip()
     ca_file = Path(ca_text) if ca_text else None
     if ca_file is not None:
         try:
             ssl.create_default_context(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"oidc.ca_file: cannot load {ca_file}: {exc}") from None
-    provision = str(get("oidc.provision"))
-    domains = tuple(d.lower() for d in str(get("oidc.email_domains")).split())
+    provision = oidc.provision
+    domains = tuple(d.lower() for d in oidc.email_domains.split())
     for domain in domains:
         if domain != "*":
             try:
@@ -223,8 +222,8 @@ def load_settings(config: Config, env: Mapping[str, str] | None = None) -> OidcS
                           "(the domains whose people get an account; '*' for any)")
     return OidcSettings(
         issuer=issuer, client_id=client_id, client_secret=secret,
-        token_auth=str(get("oidc.token_auth")), scopes=scopes, ca_file=ca_file,
-        display_name=str(get("oidc.display_name")).strip() or parts.hostname,
+        token_auth=oidc.token_auth, scopes=scopes, ca_file=ca_file,
+        display_name=oidc.display_name.strip() or parts.hostname,
         provision=provision, email_domains=domains,
         redirect_uri=f"{config.service_id}{CALLBACK_PATH}",
     )

@@ -27,7 +27,6 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from sceau.config import role_list
 from sceau.core.b64 import b64u_encode
 from sceau.errors import IntegrityFailure, SceauError
 from sceau.service.console import security
@@ -230,7 +229,7 @@ class Console:
 
     def totp_roles(self) -> frozenset[str]:
         """Roles that must enrol TOTP before reaching any page (validated at load)."""
-        return role_list(str(self.rt.config.get("console.totp_required_roles")))
+        return self.rt.config.console.totp_roles
 
     def require(self, request: Request, *roles: Role, allow_password_change: bool = False,
                 enrolling: bool = False) -> Session:

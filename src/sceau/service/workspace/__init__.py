@@ -1,7 +1,8 @@
 """Workspace key services (SPEC §11): Google Workspace CSE (``/cse``) and Microsoft DKE (``/dke``).
 
-:func:`mount` adds the enabled services to the FastAPI app; their settings are validated
-there, so a bad ``[cse]`` or ``[dke]`` section stops ``sceau serve`` at start.
+:func:`mount` adds the enabled services to the FastAPI app. Their settings are the
+``[cse]`` and ``[dke]`` sections of the configuration (:mod:`sceau.config.workspace`),
+validated when it is loaded.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sceau.service.runtime import Runtime
-from sceau.service.workspace.settings import cse_settings, dke_settings
 
 __all__ = ["mount"]
 
@@ -19,9 +19,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
     from sceau.service.workspace.cse import mount_cse
     from sceau.service.workspace.dke import mount_dke
 
-    cse = cse_settings(rt.config)
-    dke = dke_settings(rt.config)
-    if cse.enabled:
-        mount_cse(app, rt, cse)
-    if dke.enabled:
-        mount_dke(app, rt, dke)
+    if rt.config.cse.enabled:
+        mount_cse(app, rt, rt.config.cse)
+    if rt.config.dke.enabled:
+        mount_dke(app, rt, rt.config.dke)

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 import sceau
+from sceau.config.workspace import CseSettings, normalize_url
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
 from sceau.core.policy import Caller, decide_use
@@ -63,7 +64,6 @@ from sceau.service import keyops
 from sceau.service.api.crypto import DAY, _usable_for_encrypt
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.jwks import JwksSource
-from sceau.service.workspace.settings import CseSettings, normalize_url
 from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jwt
 from sceau.store import repo
 from sceau.store import workspace as ws
@@ -203,7 +203,7 @@ class CseService:
         self.rt = rt
         self.settings = settings
         self.kacls_url = normalize_url(settings.kacls_url or f"{rt.service_id}/cse")
-        self.skew = int(rt.config.get("limits.clock_skew_s"))
+        self.skew = rt.config.limits.clock_skew_s
         sources: dict[str, JwksSource] = {}
 
         def source(location: str) -> JwksSource:

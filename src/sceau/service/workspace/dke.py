@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from sceau.config.workspace import DkeSettings
 from sceau.core.model import KeyRecord
 from sceau.core.policy import Caller, decide_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
@@ -46,7 +47,6 @@ from sceau.jose.guard import MalformedJson, strict_json_loads
 from sceau.service import keyops
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.jwks import JwksSource
-from sceau.service.workspace.settings import DkeSettings
 from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
 from sceau.store import repo
 from sceau.store import workspace as ws
@@ -98,7 +98,7 @@ class DkeService:
     def __init__(self, rt: Runtime, settings: DkeSettings) -> None:
         self.rt = rt
         self.settings = settings
-        self.skew = int(rt.config.get("limits.clock_skew_s"))
+        self.skew = rt.config.limits.clock_skew_s
         sources: dict[str, JwksSource] = {}
         self.issuers: dict[str, TrustedIssuer] = {}
         for issuer in settings.token_issuers:

@@ -1,10 +1,9 @@
-"""The ``[cse]`` and ``[dke]`` sections of ``sceau.toml`` (SPEC §11), as pydantic models.
+"""The ``[cse]`` and ``[dke]`` sections of ``sceau.toml`` (SPEC §11).
 
-The main loader (:mod:`sceau.config`) takes scalar settings only; these two sections have
-arrays of tables, so they are kept whole in ``Config.sections`` and validated here, once,
-at start. Every error names the setting (``cse.identity_providers[0].jwks: ...``) the way
-the main loader does, and unknown members are refused: a typo must fail at start, not
-silently leave a check off.
+Unlike the scalar sections (:mod:`sceau.config.sections`) these have arrays of tables and
+no environment variables. Validated with the rest of the configuration: every error names
+the setting (``cse.identity_providers[0].jwks``), and unknown members are refused: a typo
+must fail at start, not silently leave a check off.
 """
 
 from __future__ import annotations
@@ -17,12 +16,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
+    ValidationInfo,
     field_validator,
 )
-
-from sceau.config import Config
-from sceau.errors import ConfigError
 
 __all__ = [
     "AuthorizationIssuer",
@@ -30,8 +26,6 @@ __all__ = [
     "DkeSettings",
     "IdentityProvider",
     "TokenIssuer",
-    "cse_settings",
-    "dke_settings",
     "normalize_url",
 ]
 
@@ -98,6 +92,13 @@ class TokenIssuer(_Issuer):
     """An issuer of the bearer tokens Office sends to the DKE endpoints (Entra ID)."""
 
 
+def _needed_when_enabled(value: str | tuple[_Issuer, ...], info: ValidationInfo) -> None:
+    # ``enabled`` is declared first, so it is validated (and in ``info.data``) by now.
+    if info.data.get("enabled") and not value:
+        raise ValueError("required when enabled" if isinstance(value, str)
+                         else "at least one is needed when enabled")
+
+
 class _JwksFetching(_Strict):
     # PEM bundle trusted for https JWKS URLs instead of the system store (a private CA, or
     # the tests' loopback server). Empty: the system store.
@@ -121,8 +122,9 @@ class CseSettings(_JwksFetching):
     # Which email_type values of the authorization token are served. Guests
     # (google-visitor, customer-idp) are served only when listed.
     email_types: tuple[EmailType, ...] = ("google",)
-    identity_providers: tuple[IdentityProvider, ...] = ()
-    authorization_issuers: tuple[AuthorizationIssuer, ...] = ()
+    identity_providers: tuple[IdentityProvider, ...] = Field(default=(), validate_default=True)
+    authorization_issuers: tuple[AuthorizationIssuer, ...] = Field(
+        default=(), validate_default=True)
     # Instance name shown by /cse/status.
     name: str = "sceau"
 
@@ -131,57 +133,28 @@ class CseSettings(_JwksFetching):
     def _kacls(cls, value: str) -> str:
         return normalize_url(_https_url(value)) if value else value
 
+    @field_validator("identity_providers", "authorization_issuers")
+    @classmethod
+    def _needed(cls, value: tuple[_Issuer, ...], info: ValidationInfo) -> tuple[_Issuer, ...]:
+        _needed_when_enabled(value, info)
+        return value
+
 
 class DkeSettings(_JwksFetching):
     """Microsoft Purview Double Key Encryption."""
 
     enabled: bool = False
-    audience: str = ""
+    audience: str = Field(default="", validate_default=True)
     authorization_url: str = DEFAULT_DKE_AUTHORIZATION_URL
-    token_issuers: tuple[TokenIssuer, ...] = ()
+    token_issuers: tuple[TokenIssuer, ...] = Field(default=(), validate_default=True)
 
     @field_validator("authorization_url")
     @classmethod
     def _authz(cls, value: str) -> str:
         return _https_url(value)
 
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def _parse(model: type[_Strict], section: str, raw: Any) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{section}] must be a table")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{section}{_location(tuple(first['loc']))}: {first['msg']}") from None
-
-
-def cse_settings(config: Config) -> CseSettings:
-    """The validated ``[cse]`` section (disabled when absent)."""
-    settings: CseSettings = _parse(CseSettings, "cse", config.sections.get("cse"))
-    if settings.enabled:
-        if not settings.identity_providers:
-            raise ConfigError("cse.identity_providers: at least one is needed when enabled")
-        if not settings.authorization_issuers:
-            raise ConfigError("cse.authorization_issuers: at least one is needed when enabled")
-    return settings
-
-
-def dke_settings(config: Config) -> DkeSettings:
-    """The validated ``[dke]`` section (disabled when absent)."""
-    settings: DkeSettings = _parse(DkeSettings, "dke", config.sections.get("dke"))
-    if settings.enabled:
-        if not settings.audience:
-            raise ConfigError("dke.audience: required when enabled")
-        if not settings.token_issuers:
-            raise ConfigError("dke.token_issuers: at least one is needed when enabled")
-    return settings
+    @field_validator("audience", "token_issuers")
+    @classmethod
+    def _needed(cls, value: Any, info: ValidationInfo) -> Any:
+        _needed_when_enabled(value, info)
+        return value
