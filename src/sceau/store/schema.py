@@ -261,7 +261,7 @@ approvals = _table(
     sa.Index("ix_approvals_status", "status", "requested_at"),
 )
 
-# No query reads or writes it today; it stays because the migrations created it.
+# No query reads or writes it: it is here because the migrations create it.
 service_meta = _table(
     "service_meta",
     sa.Column("name", sa.String(64), primary_key=True),
