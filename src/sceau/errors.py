@@ -251,3 +251,11 @@ class InternalError(BackendError):
 
     code = "internal_error"
     title = "Internal error"
+
+
+class ConcurrentUpdate(InternalError):
+    """A key record changed between the job's read and its write (another node wrote it).
+
+    The writer runs the job again on the current record (``sceau.store.writer``); a job
+    that keeps losing the race fails as an internal error, as any unexpected failure does.
+    """

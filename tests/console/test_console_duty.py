@@ -35,11 +35,13 @@ from sceau.keystore import open_keystore
 from sceau.service.accounts import verify_password
 from sceau.service.console import security
 from sceau.service.runtime import keystore_settings
-from sceau.store import accounts, applications, approvals, repo, workspace
+from sceau.store import accounts, applications, approvals, workspace
 from sceau.store.accounts import AccountRow
 from sceau.store.approvals import ApprovalRow, encode_payload
 from sceau.store.db import create_engines
+from sceau.store.keys import load_key
 from sceau.store.schema import approvals as approvals_table
+from sceau.store.signin import get_throttle
 from sceau.vocab import Role
 from support import (
     BACKENDS,
@@ -170,7 +172,7 @@ def app_kids(server: Server, app_id: str) -> set[str]:
 
 def authorization(server: Server, key_id: str, principal: str) -> str | None:
     """The status of ``principal``'s entry on the key, or None."""
-    record = _read(server, lambda c: repo.load_key(c, b64u_decode(key_id)))
+    record = _read(server, lambda c: load_key(c, b64u_decode(key_id)))
     entry = record.authorization_for(principal)
     return str(entry.status) if entry is not None else None
 
@@ -681,7 +683,7 @@ def test_concurrent_failed_sign_ins_do_not_overshoot(pair: World) -> None:
         for c in clients:
             c.close()
     assert sorted(statuses) == [401] * security.THROTTLE_LIMIT + [429] * security.THROTTLE_LIMIT
-    counter = _read(pair.server, lambda conn: repo.get_throttle(conn, "account", username))
+    counter = _read(pair.server, lambda conn: get_throttle(conn, "account", username))
     assert counter[0] == attempts
     # Throttled now, even with the right password.
     late = Console(pair.server, source="127.0.0.10")

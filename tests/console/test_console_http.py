@@ -10,8 +10,8 @@ import pytest
 from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 
 from sceau.service.console import security
-from sceau.store import repo
 from sceau.store.db import create_engines
+from sceau.store.keys import load_key
 from sceau.vocab import Role
 from support import Server, run_cli
 
@@ -41,7 +41,7 @@ def _key_status(server: Server, key_id: str) -> str:
         from sceau.core.b64 import b64u_decode
 
         with engines.read.connect() as conn:
-            record = repo.load_key(conn, b64u_decode(key_id))
+            record = load_key(conn, b64u_decode(key_id))
         assert record is not None
         return str(record.status)
     finally:

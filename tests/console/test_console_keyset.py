@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sceau.store import repo
 from sceau.store.db import create_engines, upgrade
+from sceau.store.keys import KeyFilter, list_keys
 
 N = 100_000
 NOW = 1_800_000_000
@@ -46,17 +46,17 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.mark.parametrize(
     ("flt", "visible", "sort", "descending"),
     [
-        (repo.KeyFilter(now=NOW), None, "created", True),
-        (repo.KeyFilter(now=NOW), None, "expires", False),
-        (repo.KeyFilter(now=NOW, status="disabled"), None, "created", True),
-        (repo.KeyFilter(now=NOW, user="user7@example.com"), None, "created", True),
-        (repo.KeyFilter(now=NOW), ("bob@partner.org", "*@partner.org"), "created", True),
-        (repo.KeyFilter(now=NOW, application="app3", tag="t5"), None, "expires", True),
-        (repo.KeyFilter(now=NOW, user="user7@example.com", role="owner"), None, "expires",
+        (KeyFilter(now=NOW), None, "created", True),
+        (KeyFilter(now=NOW), None, "expires", False),
+        (KeyFilter(now=NOW, status="disabled"), None, "created", True),
+        (KeyFilter(now=NOW, user="user7@example.com"), None, "created", True),
+        (KeyFilter(now=NOW), ("bob@partner.org", "*@partner.org"), "created", True),
+        (KeyFilter(now=NOW, application="app3", tag="t5"), None, "expires", True),
+        (KeyFilter(now=NOW, user="user7@example.com", role="owner"), None, "expires",
          False),
     ],
 )
-def test_pages_are_fast_and_consistent(engines: Any, flt: repo.KeyFilter,
+def test_pages_are_fast_and_consistent(engines: Any, flt: KeyFilter,
                                        visible: tuple[str, str] | None, sort: str,
                                        descending: bool) -> None:
     column = "created_at" if sort == "created" else "expires_at"
@@ -67,7 +67,7 @@ def test_pages_are_fast_and_consistent(engines: Any, flt: repo.KeyFilter,
     with engines.read.connect() as conn:
         for number in range(5):
             started = time.perf_counter()
-            page = repo.console_list_keys(conn, flt, visible_to=visible, sort=sort,
+            page = list_keys(conn, flt, visible_to=visible, sort=sort,
                                           descending=descending, limit=50, after=after)
             slowest = max(slowest, time.perf_counter() - started)
             if not page:

@@ -24,7 +24,10 @@ from sceau.errors import ConfigError, InvalidRequest, KeystoreUnavailable
 from sceau.keystore import open_keystore
 from sceau.service import keyops
 from sceau.service.runtime import keystore_settings, open_store
-from sceau.store import repo, schema
+from sceau.store import schema
+from sceau.store.audit import iter_audit_lines
+from sceau.store.keys import insert_keys
+from sceau.store.leases import acquire_lease, release_lease
 
 PIN_ENV = "SCEAU_TEST_PKCS11_PIN"  # set by the softhsm fixture (tests/keystore/conftest.py)
 OWNER = "alice@example.com"
@@ -78,7 +81,7 @@ def add_key(data_dir: Path) -> bytes:
                                     not_before=None, not_after=None, recipients=(),
                                     rules=Rules())
         with engines.write.begin() as conn:
-            repo.insert_keys(conn, [record])
+            insert_keys(conn, [record])
     finally:
         engines.dispose()
     return record.key_id
@@ -100,7 +103,7 @@ def trail(data_dir: Path) -> list[dict[str, Any]]:
     engines = open_store(config)
     try:
         with engines.read.connect() as conn:
-            lines = [line for _seq, _kind, line in repo.iter_audit_lines(conn)]
+            lines = [line for _seq, _kind, line in iter_audit_lines(conn)]
     finally:
         engines.dispose()
     with open_keystore(keystore_settings(config)) as ks:
@@ -329,12 +332,12 @@ def test_migrate_file_to_pkcs11(runner: CliRunner, hsm: Any, tmp_path: Path) -> 
     # A running service node (a live lease) blocks the migration; nothing changes.
     engines = open_store(config)
     with engines.write.begin() as conn:
-        repo.acquire_lease(conn, "n1", "somewhere:1", int(time.time()), 60)
+        acquire_lease(conn, "n1", "somewhere:1", int(time.time()), 60)
     running = invoke(runner, *migrate)
     assert running.exit_code == 1 and "stop every node" in running.stderr
     assert load_config(data_dir).keystore.backend == "file"
     with engines.write.begin() as conn:
-        repo.release_lease(conn, "n1", "somewhere:1")
+        release_lease(conn, "n1", "somewhere:1")
     engines.dispose()
 
     out = ok(runner, *migrate)

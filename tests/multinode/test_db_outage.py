@@ -19,7 +19,7 @@ import pytest
 
 from sceau.core.verify import verify_lines
 from sceau.errors import AuditUnavailable, SceauError
-from sceau.store import repo
+from sceau.store.audit import iter_audit_lines
 from sceau.store.db import create_engines
 from support import PostgresDatabases, Server, make_server
 
@@ -120,7 +120,7 @@ def audit_lines(server: Server) -> list[str]:
     engines = create_engines(server.config().database_url)
     try:
         with engines.read.connect() as conn:
-            return [line for _seq, _kind, line in repo.iter_audit_lines(conn)]
+            return [line for _seq, _kind, line in iter_audit_lines(conn)]
     finally:
         engines.dispose()
 

@@ -23,7 +23,7 @@ import pytest
 from sceau.core.b64 import b64u_encode
 from sceau.core.verify import verify_lines
 from sceau.errors import AccessDenied, ReplayedRequest, SceauError
-from sceau.store import repo
+from sceau.store.audit import iter_audit_lines
 from sceau.store.db import create_engines
 from sceau.vocab import AppStatus, Op, Reason
 from support import PostgresDatabases, Server, TestApp, free_port, make_server, run_cli
@@ -74,7 +74,7 @@ def stored_lines(url: str) -> list[str]:
     engines = create_engines(url)
     try:
         with engines.read.connect() as conn:
-            return [line for _seq, _kind, line in repo.iter_audit_lines(conn)]
+            return [line for _seq, _kind, line in iter_audit_lines(conn)]
     finally:
         engines.dispose()
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from sceau.core.b64 import b64u_encode
 from sceau.errors import HTTP_STATUS
-from sceau.store import repo
+from sceau.store.audit import iter_audit_lines
 from sceau.store.db import create_engines
 from support import Server, TestApp
 
@@ -159,7 +159,7 @@ def _engine(server: Server) -> sa.Engine:
 
 def audit_records(server: Server, since: int = 0) -> list[dict[str, Any]]:
     with _engine(server).connect() as conn:
-        lines = [line for _seq, _kind, line in repo.iter_audit_lines(conn, since=since)]
+        lines = [line for _seq, _kind, line in iter_audit_lines(conn, since=since)]
     return [obj for obj in map(json.loads, lines) if obj["type"] == "record"]
 
 

@@ -18,9 +18,19 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from sceau.core.model import Authorization, KeyRecord, Rules
-from sceau.errors import ConfigError
-from sceau.store import repo
+from sceau.core.model import KEY_FIELDS, Authorization, KeyRecord, Rules
+from sceau.errors import ConcurrentUpdate, ConfigError
+from sceau.store.applications import purge_replay, remember_jti
+from sceau.store.audit import (
+    chain_head,
+    insert_audit_records,
+    insert_checkpoint,
+    iter_audit_lines,
+    last_checkpoint,
+    max_seq,
+    newest_audit_lines,
+    next_seqs,
+)
 from sceau.store.db import (
     Engines,
     check_durability,
@@ -29,7 +39,31 @@ from sceau.store.db import (
     head_revision,
     upgrade,
 )
+from sceau.store.keys import (
+    KEY_COLUMNS,
+    KeyFilter,
+    count_keys_by_master_version,
+    count_keys_by_status,
+    insert_keys,
+    keys_due_for_destruction,
+    keys_expired_before,
+    list_keys,
+    load_key,
+    overwrite_seed,
+    save_key,
+)
+from sceau.store.leases import acquire_lease, force_lease, list_leases, release_lease
+from sceau.store.schema import keys as schema_keys
 from sceau.store.schema import metadata
+from sceau.store.signin import (
+    charge_throttle,
+    clear_throttle,
+    get_throttle,
+    purge_throttle,
+    refund_throttle,
+    set_totp_last_step,
+    totp_last_step,
+)
 from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
 NOW = 1_800_000_000
@@ -93,13 +127,20 @@ def test_schema_check_refuses_other_revisions(engines: Engines, stamp: str | Non
 # --- keys ---------------------------------------------------------------------------------------
 
 
+def test_key_rows_hold_exactly_the_record_fields() -> None:
+    """The columns the store writes are derived from the record model; they must be the
+    table's: a field added to the model without a migration fails here."""
+    assert set(KEY_COLUMNS) == {column.name for column in schema_keys.columns}
+    assert set(KEY_COLUMNS) == set(KEY_FIELDS) - {"authorizations"} | {"name_lower"}
+
+
 def test_insert_load_round_trip(engines: Engines) -> None:
     records = [key(), key(authorizations=(), rules=Rules(("10.0.0.0/8",), None), name=None)]
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, records)
+        insert_keys(conn, records)
     with engines.read.connect() as conn:
-        loaded = [repo.load_key(conn, r.key_id) for r in records]
-        assert repo.load_key(conn, os.urandom(16)) is None
+        loaded = [load_key(conn, r.key_id) for r in records]
+        assert load_key(conn, os.urandom(16)) is None
     assert loaded == records
     assert all(type(r.key_id) is bytes and type(r.seal) is bytes for r in loaded if r)
 
@@ -107,34 +148,34 @@ def test_insert_load_round_trip(engines: Engines) -> None:
 def test_save_key_is_an_optimistic_update(engines: Engines) -> None:
     before = key()
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, [before])
+        insert_keys(conn, [before])
     after = dataclasses.replace(
         before, revision=2, status=KeyStatus.DISABLED,
         authorizations=(auth("*@example.org", Right.MANAGE), auth("bob@example.com")),
     )
     with engines.write.begin() as conn:
-        repo.save_key(conn, before, after)
+        save_key(conn, before, after)
     with engines.read.connect() as conn:
-        assert repo.load_key(conn, before.key_id) == after
+        assert load_key(conn, before.key_id) == after
     # ``before`` is stale now (revision 1): the write is refused, nothing changes.
-    with pytest.raises(repo.ConcurrentUpdate), engines.write.begin() as conn:
-        repo.save_key(conn, before, dataclasses.replace(before, revision=2))
+    with pytest.raises(ConcurrentUpdate), engines.write.begin() as conn:
+        save_key(conn, before, dataclasses.replace(before, revision=2))
     counted = dataclasses.replace(after, decryptions=1)
     with engines.write.begin() as conn:
-        repo.save_key(conn, after, counted)
-    with pytest.raises(repo.ConcurrentUpdate), engines.write.begin() as conn:
-        repo.save_key(conn, after, counted)  # the counter is part of the check too
+        save_key(conn, after, counted)
+    with pytest.raises(ConcurrentUpdate), engines.write.begin() as conn:
+        save_key(conn, after, counted)  # the counter is part of the check too
     with engines.read.connect() as conn:
-        assert repo.load_key(conn, before.key_id) == counted
+        assert load_key(conn, before.key_id) == counted
 
 
 def test_overwrite_seed_zeroes_it(engines: Engines) -> None:
     record = key()
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, [record])
-        repo.overwrite_seed(conn, record.key_id)
+        insert_keys(conn, [record])
+        overwrite_seed(conn, record.key_id)
     with engines.read.connect() as conn:
-        loaded = repo.load_key(conn, record.key_id)
+        loaded = load_key(conn, record.key_id)
     assert loaded is not None and loaded.seed == bytes(32)
 
 
@@ -156,42 +197,42 @@ def listed(engines: Engines) -> dict[str, KeyRecord]:
         "stranger": key(owner="zed@example.net", created_at=NOW - 30, authorizations=()),
     }
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, list(records.values()))
+        insert_keys(conn, list(records.values()))
     return records
 
 
 @pytest.mark.parametrize(
     ("flt", "expected"),
     [
-        (repo.KeyFilter(now=NOW), ["stranger", "for-bob-domain", "bobs", "mine-new",
+        (KeyFilter(now=NOW), ["stranger", "for-bob-domain", "bobs", "mine-new",
                                    "mine-disabled", "mine-expired", "mine-old"]),
-        (repo.KeyFilter(user=OWNER, now=NOW), ["mine-new", "mine-disabled", "mine-expired",
+        (KeyFilter(user=OWNER, now=NOW), ["mine-new", "mine-disabled", "mine-expired",
                                                "mine-old"]),
-        (repo.KeyFilter(user=BOB, user_domain_pattern="*@example.com", now=NOW),
+        (KeyFilter(user=BOB, user_domain_pattern="*@example.com", now=NOW),
          ["for-bob-domain", "bobs", "mine-new", "mine-disabled"]),
-        (repo.KeyFilter(user=BOB, role="owner", now=NOW), ["bobs"]),
-        (repo.KeyFilter(user=BOB, user_domain_pattern="*@example.com", role="recipient",
+        (KeyFilter(user=BOB, role="owner", now=NOW), ["bobs"]),
+        (KeyFilter(user=BOB, user_domain_pattern="*@example.com", role="recipient",
                         now=NOW), ["for-bob-domain", "mine-new", "mine-disabled"]),
-        (repo.KeyFilter(user=OWNER, status="active", now=NOW), ["mine-new", "mine-old"]),
-        (repo.KeyFilter(user=OWNER, status="expired", now=NOW), ["mine-expired"]),
-        (repo.KeyFilter(status="disabled", now=NOW), ["mine-disabled"]),
-        (repo.KeyFilter(created_from=NOW - 200, created_to=NOW - 50, now=NOW),
+        (KeyFilter(user=OWNER, status="active", now=NOW), ["mine-new", "mine-old"]),
+        (KeyFilter(user=OWNER, status="expired", now=NOW), ["mine-expired"]),
+        (KeyFilter(status="disabled", now=NOW), ["mine-disabled"]),
+        (KeyFilter(created_from=NOW - 200, created_to=NOW - 50, now=NOW),
          ["bobs", "mine-new", "mine-disabled"]),
-        (repo.KeyFilter(name="REPORT", now=NOW), ["mine-new", "mine-old"]),
-        (repo.KeyFilter(name="_report 100%", now=NOW), ["mine-new"]),  # LIKE chars literal
-        (repo.KeyFilter(name="%", now=NOW), ["mine-new"]),
-        (repo.KeyFilter(application="app-2", now=NOW), ["mine-disabled"]),
-        (repo.KeyFilter(tag="a", now=NOW), ["mine-old"]),
+        (KeyFilter(name="REPORT", now=NOW), ["mine-new", "mine-old"]),
+        (KeyFilter(name="_report 100%", now=NOW), ["mine-new"]),  # LIKE chars literal
+        (KeyFilter(name="%", now=NOW), ["mine-new"]),
+        (KeyFilter(application="app-2", now=NOW), ["mine-disabled"]),
+        (KeyFilter(tag="a", now=NOW), ["mine-old"]),
     ],
     ids=["all", "owner-any", "recipient-pattern", "role-owner", "role-recipient", "active",
          "expired", "disabled", "created-window", "name-ci", "name-like-escapes",
          "name-percent", "application", "tag"],
 )
 def test_list_keys_filters(engines: Engines, listed: dict[str, KeyRecord],
-                           flt: repo.KeyFilter, expected: list[str]) -> None:
+                           flt: KeyFilter, expected: list[str]) -> None:
     names = {r.key_id: n for n, r in listed.items()}
     with engines.read.connect() as conn:
-        found = repo.list_keys(conn, flt, limit=100, after=None)
+        found = list_keys(conn, flt, limit=100, after=None)
     assert [names[r.key_id] for r in found] == expected
 
 
@@ -199,13 +240,13 @@ def test_list_keys_pagination_is_stable(engines: Engines, listed: dict[str, KeyR
     # Two more keys with the same created_at: ties are broken by key_id.
     twins = [key(created_at=NOW - 100), key(created_at=NOW - 100)]
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, twins)
+        insert_keys(conn, twins)
     with engines.read.connect() as conn:
-        everything = repo.list_keys(conn, repo.KeyFilter(now=NOW), limit=100, after=None)
+        everything = list_keys(conn, KeyFilter(now=NOW), limit=100, after=None)
         pages: list[KeyRecord] = []
         after: tuple[int, bytes] | None = None
         while True:
-            page = repo.list_keys(conn, repo.KeyFilter(now=NOW), limit=2, after=after)
+            page = list_keys(conn, KeyFilter(now=NOW), limit=2, after=after)
             if not page:
                 break
             pages += page
@@ -221,12 +262,12 @@ def test_list_keys_pagination_is_stable(engines: Engines, listed: dict[str, KeyR
 def test_key_counters_and_sweeps(engines: Engines, listed: dict[str, KeyRecord]) -> None:
     pending = key(status=KeyStatus.PENDING_DESTRUCTION, destroy_at=NOW - 5, expires_at=NOW - 9)
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, [pending])
+        insert_keys(conn, [pending])
     with engines.read.connect() as conn:
-        by_status = repo.count_keys_by_status(conn, NOW)
-        assert repo.keys_due_for_destruction(conn, NOW, 10) == [pending.key_id]
-        expired = repo.keys_expired_before(conn, NOW, 10)
-        assert repo.count_keys_by_master_version(conn) == {1: 8}
+        by_status = count_keys_by_status(conn, NOW)
+        assert keys_due_for_destruction(conn, NOW, 10) == [pending.key_id]
+        expired = keys_expired_before(conn, NOW, 10)
+        assert count_keys_by_master_version(conn) == {1: 8}
     assert by_status == {"active": 5, "expired": 1, "disabled": 1, "pending_destruction": 1}
     assert expired == [pending.key_id, listed["mine-expired"].key_id]
 
@@ -236,14 +277,14 @@ def test_key_counters_and_sweeps(engines: Engines, listed: dict[str, KeyRecord])
 
 def test_replay_remember_duplicate_and_purge(engines: Engines) -> None:
     with engines.write.begin() as conn:
-        assert repo.remember_jti(conn, "app-1", "jti-1", NOW) is True
-        assert repo.remember_jti(conn, "app-1", "jti-1", NOW + 50) is False
-        assert repo.remember_jti(conn, "app-2", "jti-1", NOW) is True  # scoped to iss
-        assert repo.remember_jti(conn, "app-1", "jti-2", NOW + 100) is True
+        assert remember_jti(conn, "app-1", "jti-1", NOW) is True
+        assert remember_jti(conn, "app-1", "jti-1", NOW + 50) is False
+        assert remember_jti(conn, "app-2", "jti-1", NOW) is True  # scoped to iss
+        assert remember_jti(conn, "app-1", "jti-2", NOW + 100) is True
     with engines.write.begin() as conn:
-        assert repo.remember_jti(conn, "app-1", "jti-1", NOW) is False  # after commit too
-        assert repo.purge_replay(conn, NOW + 1) == 2
-        assert repo.remember_jti(conn, "app-1", "jti-1", NOW) is True
+        assert remember_jti(conn, "app-1", "jti-1", NOW) is False  # after commit too
+        assert purge_replay(conn, NOW + 1) == 2
+        assert remember_jti(conn, "app-1", "jti-1", NOW) is True
 
 
 # --- leases -------------------------------------------------------------------------------------
@@ -251,18 +292,18 @@ def test_replay_remember_duplicate_and_purge(engines: Engines) -> None:
 
 def test_leases(engines: Engines) -> None:
     with engines.write.begin() as conn:
-        assert repo.acquire_lease(conn, "n1", "A", NOW, 15) is None
-        assert repo.acquire_lease(conn, "n1", "B", NOW + 5, 15) == "A"  # held and fresh
-        assert repo.acquire_lease(conn, "n1", "A", NOW + 10, 15) is None  # renewal
-        assert repo.acquire_lease(conn, "n1", "B", NOW + 25, 15) == "A"  # renewed to +25
-        assert repo.acquire_lease(conn, "n1", "B", NOW + 26, 15) is None  # expired: taken
-        assert repo.acquire_lease(conn, "n1", "A", NOW + 27, 15) == "B"
-        assert repo.force_lease(conn, "n1", "C", "A", NOW, 15) is False  # A no longer holds
-        assert repo.force_lease(conn, "n1", "C", "B", NOW, 15) is True
-        repo.release_lease(conn, "n1", "B")  # not the holder: nothing
-        assert repo.list_leases(conn) == [("n1", "C", NOW + 15)]
-        repo.release_lease(conn, "n1", "C")
-        assert repo.list_leases(conn) == []
+        assert acquire_lease(conn, "n1", "A", NOW, 15) is None
+        assert acquire_lease(conn, "n1", "B", NOW + 5, 15) == "A"  # held and fresh
+        assert acquire_lease(conn, "n1", "A", NOW + 10, 15) is None  # renewal
+        assert acquire_lease(conn, "n1", "B", NOW + 25, 15) == "A"  # renewed to +25
+        assert acquire_lease(conn, "n1", "B", NOW + 26, 15) is None  # expired: taken
+        assert acquire_lease(conn, "n1", "A", NOW + 27, 15) == "B"
+        assert force_lease(conn, "n1", "C", "A", NOW, 15) is False  # A no longer holds
+        assert force_lease(conn, "n1", "C", "B", NOW, 15) is True
+        release_lease(conn, "n1", "B")  # not the holder: nothing
+        assert list_leases(conn) == [("n1", "C", NOW + 15)]
+        release_lease(conn, "n1", "C")
+        assert list_leases(conn) == []
 
 
 def test_lease_race_has_one_winner(make_engines: Any) -> None:
@@ -274,7 +315,7 @@ def test_lease_race_has_one_winner(make_engines: Any) -> None:
     def take(engines: Engines, holder: str) -> None:
         barrier.wait()
         with engines.write.begin() as conn:
-            results[holder] = repo.acquire_lease(conn, "n7", holder, NOW, 15)
+            results[holder] = acquire_lease(conn, "n7", holder, NOW, 15)
 
     threads = [threading.Thread(target=take, args=(e, h)) for e, h in ((first, "A"), (second, "B"))]
     for t in threads:
@@ -294,15 +335,15 @@ def test_seq_allocation_is_unique_and_increasing(make_engines: Any) -> None:
     if first.is_sqlite:
         # One writer at a time: numbers follow the stored maximum and the writer's last.
         with first.write.begin() as conn:
-            repo.insert_audit_records(conn, [audit_row(4, "n1", 1)])
-            assert repo.next_seqs(conn, 3, 0) == [5, 6, 7]
-            assert repo.next_seqs(conn, 2, 9) == [10, 11]
+            insert_audit_records(conn, [audit_row(4, "n1", 1)])
+            assert next_seqs(conn, 3, 0) == [5, 6, 7]
+            assert next_seqs(conn, 2, 9) == [10, 11]
         return
     # PostgreSQL: one sequence for every node, drawn by concurrent open transactions.
     with first.write.begin() as a, second.write.begin() as b:
-        got_a = repo.next_seqs(a, 3, 0)
-        got_b = repo.next_seqs(b, 2, 0)
-        got_a2 = repo.next_seqs(a, 200, 0)
+        got_a = next_seqs(a, 3, 0)
+        got_b = next_seqs(b, 2, 0)
+        got_a2 = next_seqs(a, 200, 0)
     everything = got_a + got_b + got_a2
     assert got_a == sorted(got_a) and got_a2 == sorted(got_a2)
     assert len(set(everything)) == len(everything) == 205 and min(everything) >= 1
@@ -317,21 +358,21 @@ def audit_row(seq: int, node: str, node_seq: int, key: str | None = None) -> dic
 
 def test_audit_lines_heads_and_accesses(engines: Engines) -> None:
     with engines.write.begin() as conn:
-        assert repo.chain_head(conn, "n1") is None and repo.max_seq(conn) == 0
+        assert chain_head(conn, "n1") is None and max_seq(conn) == 0
         # Committed out of seq order, as two nodes do.
-        repo.insert_audit_records(conn, [audit_row(5, "n2", 1, "k"), audit_row(7, "n2", 2)])
-        repo.insert_audit_records(conn, [audit_row(3, "n1", 1, "k"), audit_row(6, "n1", 2, "k")])
-        repo.insert_checkpoint(conn, "n1", 2, 6, '{"type":"checkpoint","node":"n1"}')
-        repo.insert_checkpoint(conn, "n2", 1, 5, '{"type":"checkpoint","node":"n2"}')
+        insert_audit_records(conn, [audit_row(5, "n2", 1, "k"), audit_row(7, "n2", 2)])
+        insert_audit_records(conn, [audit_row(3, "n1", 1, "k"), audit_row(6, "n1", 2, "k")])
+        insert_checkpoint(conn, "n1", 2, 6, '{"type":"checkpoint","node":"n1"}')
+        insert_checkpoint(conn, "n2", 1, 5, '{"type":"checkpoint","node":"n2"}')
     with engines.read.connect() as conn:
-        lines = list(repo.iter_audit_lines(conn, batch=2))
+        lines = list(iter_audit_lines(conn, batch=2))
     with engines.read.connect() as conn:
-        assert [s for s, _k, _l in repo.iter_audit_lines(conn, since=5, until=6)] == [6, 6]
-        assert repo.chain_head(conn, "n1") == (2, f"{6:064x}", 6)
-        assert repo.max_seq(conn) == 7
-        assert repo.last_checkpoint(conn, "n2") == 1 and repo.last_checkpoint(conn, "n3") == 0
-        assert [s for s, _ in repo.key_accesses(conn, "k", limit=10, before=None)] == [6, 5, 3]
-        assert [s for s, _ in repo.key_accesses(conn, "k", limit=1, before=6)] == [5]
+        assert [s for s, _k, _l in iter_audit_lines(conn, since=5, until=6)] == [6, 6]
+        assert chain_head(conn, "n1") == (2, f"{6:064x}", 6)
+        assert max_seq(conn) == 7
+        assert last_checkpoint(conn, "n2") == 1 and last_checkpoint(conn, "n3") == 0
+        assert [s for s, _ in newest_audit_lines(conn, key="k", limit=10, before=None)] == [6, 5, 3]
+        assert [s for s, _ in newest_audit_lines(conn, key="k", limit=1, before=6)] == [5]
     assert [(s, k) for s, k, _ in lines] == [
         (3, "record"), (5, "record"), (5, "checkpoint"), (6, "record"), (6, "checkpoint"),
         (7, "record"),
@@ -342,9 +383,9 @@ def test_audit_lines_heads_and_accesses(engines: Engines) -> None:
 def test_node_seq_is_unique_per_node(engines: Engines) -> None:
     """The last guard against a forked chain: one (node, node_seq) position, once."""
     with engines.write.begin() as conn:
-        repo.insert_audit_records(conn, [audit_row(1, "n1", 1)])
+        insert_audit_records(conn, [audit_row(1, "n1", 1)])
     with pytest.raises(sa.exc.IntegrityError), engines.write.begin() as conn:
-        repo.insert_audit_records(conn, [audit_row(2, "n1", 1)])
+        insert_audit_records(conn, [audit_row(2, "n1", 1)])
 
 
 # --- concurrency (row locks) ---------------------------------------------------------------------
@@ -357,32 +398,32 @@ def test_for_update_serializes_concurrent_changes(make_engines: Any) -> None:
         pytest.skip("SQLite serializes writers with BEGIN IMMEDIATE; no row locks")
     record = key()
     with first.write.begin() as conn:
-        repo.insert_keys(conn, [record])
+        insert_keys(conn, [record])
     seen: list[int] = []
     started = threading.Event()
 
     def other() -> None:
         with second.write.begin() as conn:
             started.set()
-            loaded = repo.load_key(conn, record.key_id, for_update=True)
+            loaded = load_key(conn, record.key_id, for_update=True)
             assert loaded is not None
             seen.append(loaded.decryptions)
-            repo.save_key(conn, loaded, dataclasses.replace(loaded,
+            save_key(conn, loaded, dataclasses.replace(loaded,
                                                             decryptions=loaded.decryptions + 1))
 
     with first.write.begin() as conn:
-        loaded = repo.load_key(conn, record.key_id, for_update=True)
+        loaded = load_key(conn, record.key_id, for_update=True)
         assert loaded is not None
         thread = threading.Thread(target=other)
         thread.start()
         started.wait(10)
         time.sleep(0.3)
         assert seen == []  # still waiting for our lock
-        repo.save_key(conn, loaded, dataclasses.replace(loaded, decryptions=1))
+        save_key(conn, loaded, dataclasses.replace(loaded, decryptions=1))
     thread.join(20)
     assert seen == [1]
     with first.read.connect() as conn:
-        final = repo.load_key(conn, record.key_id)
+        final = load_key(conn, record.key_id)
     assert final is not None and final.decryptions == 2
 
 
@@ -392,18 +433,18 @@ def test_for_update_serializes_concurrent_changes(make_engines: Any) -> None:
 @pytest.mark.parametrize(("sort", "descending"), [("created", True), ("expires", False)])
 def test_console_key_pages_are_consistent(engines: Engines, listed: dict[str, KeyRecord],
                                           sort: str, descending: bool) -> None:
-    flt = repo.KeyFilter(now=NOW)
+    flt = KeyFilter(now=NOW)
     column = "created_at" if sort == "created" else "expires_at"
     with engines.read.connect() as conn:
-        whole = repo.console_list_keys(conn, flt, visible_to=None, sort=sort,
+        whole = list_keys(conn, flt, visible_to=None, sort=sort,
                                        descending=descending, limit=100, after=None)
         paged: list[KeyRecord] = []
         after: tuple[int, bytes] | None = None
-        while page := repo.console_list_keys(conn, flt, visible_to=None, sort=sort,
+        while page := list_keys(conn, flt, visible_to=None, sort=sort,
                                              descending=descending, limit=3, after=after):
             paged += page
             after = (getattr(page[-1], column), page[-1].key_id)
-        mine = repo.console_list_keys(conn, flt, visible_to=(BOB, "*@example.com"),
+        mine = list_keys(conn, flt, visible_to=(BOB, "*@example.com"),
                                       sort=sort, descending=descending, limit=100, after=None)
     order = [(getattr(r, column), r.key_id) for r in whole]
     assert order == sorted(order, reverse=descending) and len(whole) == len(listed)
@@ -415,15 +456,21 @@ def test_console_key_pages_are_consistent(engines: Engines, listed: dict[str, Ke
 
 def test_console_throttle_and_totp_upserts(engines: Engines) -> None:
     with engines.write.begin() as conn:
-        assert repo.get_throttle(conn, "user", "a") is None
-        repo.set_throttle(conn, "user", "a", 1, NOW)
-        repo.set_throttle(conn, "user", "a", 2, NOW)
-        assert repo.get_throttle(conn, "user", "a") == (2, NOW)
-        repo.set_totp_last_step(conn, "a", 10)
-        repo.set_totp_last_step(conn, "a", 11)
-        assert repo.totp_last_step(conn, "a") == 11
-        repo.insert_audit_records(conn, [audit_row(s, "n1", s, "k" if s % 2 else None)
+        assert get_throttle(conn, "user", "a") is None
+        assert charge_throttle(conn, "user", "a", NOW, 60) == (1, NOW)
+        assert charge_throttle(conn, "user", "a", NOW + 10, 60) == (2, NOW)
+        refund_throttle(conn, "user", "a")
+        assert get_throttle(conn, "user", "a") == (1, NOW)
+        assert charge_throttle(conn, "user", "a", NOW + 60, 60) == (1, NOW + 60)  # new window
+        purge_throttle(conn, NOW + 60)  # windows started before NOW + 60 only
+        assert get_throttle(conn, "user", "a") == (1, NOW + 60)
+        clear_throttle(conn, "user", "a")
+        assert get_throttle(conn, "user", "a") is None
+        set_totp_last_step(conn, "a", 10)
+        set_totp_last_step(conn, "a", 11)
+        assert totp_last_step(conn, "a") == 11
+        insert_audit_records(conn, [audit_row(s, "n1", s, "k" if s % 2 else None)
                                          for s in (1, 2, 3, 4, 5)])
-        assert [s for s, _ in repo.audit_lines_desc(conn, before=5, limit=2)] == [4, 3]
-        assert [s for s, _ in repo.audit_lines_desc(conn, before=None, limit=9, key="k")] == [
+        assert [s for s, _ in newest_audit_lines(conn, before=5, limit=2)] == [4, 3]
+        assert [s for s, _ in newest_audit_lines(conn, before=None, limit=9, key="k")] == [
             5, 3, 1]

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 
 from sceau.core.model import Authorization, KeyRecord, Rules
 from sceau.service.observability import JsonFormatter
-from sceau.store import hot, repo
+from sceau.store import driver
 from sceau.store.db import Engines
+from sceau.store.keys import INSERT_KEY, insert_keys, key_row
 from sceau.store.schema import keys
 from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
@@ -42,16 +43,12 @@ def canary_key() -> KeyRecord:
     )
 
 
-def _values(record: KeyRecord) -> dict[str, Any]:
-    return {"key_id": record.key_id, **repo._key_values(record)}
-
-
-# Each way a statement reaches the database: the hot path one by one and as executemany
-# (hot.py wraps driver errors itself), and SQLAlchemy Core (the engine wraps them).
+# Each way a statement reaches the database: on the driver one by one and as executemany
+# (driver.py wraps driver errors itself), and SQLAlchemy Core (the engine wraps them).
 FAILING: dict[str, Callable[[sa.Connection, Any], None]] = {
-    "hot run": lambda conn, record: (hot.run(conn, "insert_key", _values(record)), None)[1],
-    "hot run_many": lambda conn, record: repo.insert_keys(conn, [record]),
-    "core": lambda conn, record: (conn.execute(sa.insert(keys).values(**_values(record))),
+    "driver run": lambda conn, record: (driver.run(conn, INSERT_KEY, key_row(record)), None)[1],
+    "driver run_many": lambda conn, record: insert_keys(conn, [record]),
+    "core": lambda conn, record: (conn.execute(sa.insert(keys).values(**key_row(record))),
                                   None)[1],
 }
 
@@ -76,7 +73,7 @@ def _logged(exc: BaseException, formatter: logging.Formatter) -> str:
 def test_failing_statement_hides_its_parameters(engines: Engines, path: str) -> None:
     record = canary_key()
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, [record])
+        insert_keys(conn, [record])
     with pytest.raises(sa.exc.IntegrityError) as failed, engines.write.begin() as conn:
         FAILING[path](conn, record)  # the same key_id again: a unique violation
     exc = failed.value

@@ -26,14 +26,20 @@ from sceau.core.verify import verify_lines
 from sceau.errors import (
     AccessDenied,
     AuditUnavailable,
+    ConcurrentUpdate,
     ConfigError,
     IntegrityFailure,
     ReplayedRequest,
 )
 from sceau.keystore import Keystore
-from sceau.store import hot, nodes, repo
+from sceau.service import keyops
+from sceau.store import driver, nodes
+from sceau.store.applications import purge_replay, remember_jti
+from sceau.store.audit import chain_head, insert_audit_records, iter_audit_lines
 from sceau.store.db import Engines
-from sceau.store.writer import AuditContext, Job, Tx, Writer
+from sceau.store.keys import insert_keys, load_key, save_key
+from sceau.store.leases import acquire_lease
+from sceau.store.writer import MAX_JOB_RETRIES, AuditContext, Job, Tx, Writer
 from sceau.vocab import Action, KeyStatus
 
 NOW = 1_800_000_000
@@ -64,7 +70,7 @@ def job(fn: Any = None, *, jti: str | None = None) -> Job:
 
 def verify_store(engines: Engines, keystore: Keystore) -> Any:
     with engines.read.connect() as conn:
-        lines = [line for _s, _k, line in repo.iter_audit_lines(conn)]
+        lines = [line for _s, _k, line in iter_audit_lines(conn)]
     return verify_lines(lines, keystore.public_jwks())
 
 
@@ -108,7 +114,7 @@ def test_lost_commit_acknowledgement_does_not_fork_the_chain(
     assert len(after.records) == 1
     with engines.read.connect() as conn:
         # The lost batch did commit: its jti is remembered, its record is in the chain.
-        assert repo.remember_jti(conn, "app-1", "j-2", NOW) is False
+        assert remember_jti(conn, "app-1", "j-2", NOW) is False
 
 
 def test_failed_batch_fails_every_job_and_keeps_the_head(
@@ -119,7 +125,7 @@ def test_failed_batch_fails_every_job_and_keeps_the_head(
     head = writer._head
     # Another process forges the next position of this chain: the batch cannot commit.
     with engines.write.begin() as conn:
-        repo.insert_audit_records(conn, [{"seq": 10_000, "node": "n1", "node_seq": 2,
+        insert_audit_records(conn, [{"seq": 10_000, "node": "n1", "node_seq": 2,
                                           "key": None, "hash": "f" * 64, "line": "{}"}])
     jobs = [job(jti=f"x-{i}") for i in range(3)]
     writer._run_batch(jobs)
@@ -128,7 +134,7 @@ def test_failed_batch_fails_every_job_and_keeps_the_head(
             j.future.result(0)
     assert writer._head == head
     with engines.read.connect() as conn:  # nothing of the batch persisted
-        assert repo.remember_jti(conn, "app-1", "x-0", NOW) is True
+        assert remember_jti(conn, "app-1", "x-0", NOW) is True
 
 
 def sample_key(key_id: bytes) -> KeyRecord:
@@ -150,7 +156,7 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
         pytest.skip("SQLite has one writer at a time: no deadlock between nodes")
     k1, k2 = os.urandom(16), os.urandom(16)
     with engines.write.begin() as conn:
-        repo.insert_keys(conn, [sample_key(k1), sample_key(k2)])
+        insert_keys(conn, [sample_key(k1), sample_key(k2)])
     node_a = new_writer(engines, keystore, writers, "na")
     node_b = new_writer(engines, keystore, writers, "nb")
     barrier = threading.Barrier(2, timeout=20)
@@ -163,7 +169,7 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
             if runs[name] == 1:
                 tx.ctx.key = f"{name}-first-attempt"  # must not survive into a retry
             for i, key_id in enumerate((first, second)):
-                record = repo.load_key(tx.conn, key_id, for_update=True)
+                record = load_key(tx.conn, key_id, for_update=True)
                 assert record is not None
                 if i == 0 and runs[name] == 1:
                     barrier.wait()  # both hold their first lock: a cycle is certain
@@ -183,7 +189,7 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
     report = verify_store(engines, keystore)
     assert report.ok, report.first_problem
     with engines.read.connect() as conn:
-        lines = [line for _s, _k, line in repo.iter_audit_lines(conn)]
+        lines = [line for _s, _k, line in iter_audit_lines(conn)]
     records = [json.loads(line) for line in lines]
     assert sorted(r["node"] for r in records) == ["na", "nb"]
     assert all(r["outcome"] == "GRANTED" and r["details"] == {"runs": 1} for r in records)
@@ -191,6 +197,86 @@ def test_deadlocked_batch_is_retried_from_a_clean_state(
     # The key set by a first attempt survives only where that attempt committed.
     assert keys == {f"n{name}": f"{name}-first-attempt" if count == 1 else None
                     for name, count in runs.items()}
+
+
+def _count_elsewhere(engines: Engines, keystore: Keystore, key_id: bytes) -> None:
+    """Another node counts one use of the key and commits (its own transaction)."""
+    with engines.write.begin() as conn:
+        record = load_key(conn, key_id)
+        assert record is not None
+        save_key(conn, record, keyops.reseal(keystore, record, bump=False,
+                                              decryptions=record.decryptions + 1))
+
+
+def _sealed_key_and_writer(engines: Engines, keystore: Keystore,
+                           writers: list[Writer]) -> tuple[bytes, Writer]:
+    if engines.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: no other node writes meanwhile")
+    key_id = os.urandom(16)
+    with engines.write.begin() as conn:
+        insert_keys(conn, [keyops.reseal(keystore, sample_key(key_id), bump=False)])
+    return key_id, new_writer(engines, keystore, writers, "n1")
+
+
+def _counting_job(engines: Engines, keystore: Keystore, key_id: bytes, runs: list[int],
+                  conflicts: int) -> Any:
+    """A job that counts a use of the key; on its first ``conflicts`` runs another node
+    counts one between the job's read (no lock) and its write."""
+    def fn(tx: Tx) -> int:
+        runs.append(len(runs) + 1)
+        tx.ctx.details["runs"] = tx.ctx.details.get("runs", 0) + 1
+        record = load_key(tx.conn, key_id)
+        assert record is not None
+        if len(runs) <= conflicts:
+            _count_elsewhere(engines, keystore, key_id)
+        after = keyops.reseal(keystore, record, bump=False, decryptions=record.decryptions + 1)
+        save_key(tx.conn, record, after)
+        return after.decryptions
+    return fn
+
+
+def test_a_job_that_loses_a_key_to_another_node_runs_again(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """A key record changed by another node between a job's read and its write: the save
+    refuses (``ConcurrentUpdate``, no lost update) and the writer runs the job again on the
+    record as the other node left it. The first conflict makes the batch run again with a
+    savepoint per job (the losing UPDATE counts as a write), a second one is retried inside
+    the job's savepoint; each run starts from the job's audit context as submitted."""
+    key_id, writer = _sealed_key_and_writer(engines, keystore, writers)
+    runs: list[int] = []
+    outcome = writer.run_now(job(_counting_job(engines, keystore, key_id, runs, conflicts=2)))
+    assert runs == [1, 2, 3]
+    assert outcome.value == 3  # two uses counted elsewhere, then this job's own: none lost
+    with engines.read.connect() as conn:
+        final = load_key(conn, key_id)
+    assert final is not None and final.decryptions == 3
+    keystore.verify_seal(final.seal_payload(), final.seal)
+    report = verify_store(engines, keystore)
+    assert report.ok, report.first_problem
+    with engines.read.connect() as conn:
+        (record,) = [json.loads(line) for _s, _k, line in iter_audit_lines(conn)]
+    assert record["outcome"] == "GRANTED" and record["details"] == {"runs": 1}
+
+
+def test_a_job_that_keeps_losing_a_key_fails_as_an_internal_error(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """Retries are bounded: a job that loses every run fails (500 ``internal_error``, as
+    any unexpected failure) and leaves nothing of its own behind."""
+    key_id, writer = _sealed_key_and_writer(engines, keystore, writers)
+    runs: list[int] = []
+    with pytest.raises(ConcurrentUpdate) as failed:
+        writer.run_now(job(_counting_job(engines, keystore, key_id, runs, conflicts=99)))
+    assert (failed.value.code, failed.value.status) == ("internal_error", 500)
+    assert failed.value.public_detail == "Internal error"
+    assert len(runs) == 1 + MAX_JOB_RETRIES  # one run, then the batch again: every retry
+    with engines.read.connect() as conn:
+        final = load_key(conn, key_id)
+    with engines.read.connect() as conn:
+        (record,) = [json.loads(line) for _s, _k, line in iter_audit_lines(conn)]
+    assert final is not None and final.decryptions == len(runs)  # only the other node's
+    assert (record["outcome"], record["reason"]) == ("ERROR", "internal_error")
 
 
 def test_node_whose_records_were_all_archived_continues_from_its_checkpoint(
@@ -284,7 +370,7 @@ def test_a_job_that_fails_after_writing_leaves_nothing_behind(
     def write(key_id: bytes, fail: bool) -> Any:
         def fn(tx: Tx) -> str:
             calls.append(key_id.hex())
-            repo.insert_keys(tx.conn, [sample_key(key_id)])
+            insert_keys(tx.conn, [sample_key(key_id)])
             tx.ctx.key = key_id.hex()
             if fail:
                 raise AccessDenied("refused after writing")
@@ -300,8 +386,8 @@ def test_a_job_that_fails_after_writing_leaves_nothing_behind(
         jobs[1].future.result(0)
     assert jobs[2].future.result(0).value == "ok"
     with engines.read.connect() as conn:
-        assert [repo.load_key(conn, k) is not None for k in ids] == [True, False, True]
-        assert repo.remember_jti(conn, "app-1", "w-1", NOW) is False  # refused, still used
+        assert [load_key(conn, k) is not None for k in ids] == [True, False, True]
+        assert remember_jti(conn, "app-1", "w-1", NOW) is False  # refused, still used
     report = verify_store(engines, keystore)
     assert report.ok and report.records == 3
     # The batch ran twice: without savepoints up to the failing job, then isolated.
@@ -318,7 +404,7 @@ def test_a_job_refused_before_writing_does_not_rerun_the_batch(
     def read_then(index: int, fail: bool) -> Any:
         def fn(tx: Tx) -> int:
             calls.append(index)
-            repo.load_key(tx.conn, os.urandom(16))
+            load_key(tx.conn, os.urandom(16))
             tx.conn.execute(sa.select(sa.literal(1))).scalar_one()  # SQLAlchemy read
             if fail:
                 raise AccessDenied("refused")
@@ -336,16 +422,16 @@ def test_a_job_refused_before_writing_does_not_rerun_the_batch(
 def test_sqlalchemy_writes_are_counted(engines: Engines) -> None:
     """Both write paths move the counter the writer relies on; reads do not."""
     with engines.write.begin() as conn:
-        start = hot.writes(conn)
+        start = driver.writes(conn)
         conn.execute(sa.select(sa.literal(1)))
-        repo.load_key(conn, os.urandom(16))
-        assert hot.writes(conn) == start
-        repo.insert_keys(conn, [sample_key(os.urandom(16))])  # hot executemany x1 (no auths)
-        assert hot.writes(conn) == start + 1
-        repo.purge_replay(conn, 0)  # SQLAlchemy Core DELETE
-        assert hot.writes(conn) == start + 2
+        load_key(conn, os.urandom(16))
+        assert driver.writes(conn) == start
+        insert_keys(conn, [sample_key(os.urandom(16))])  # driver executemany x1 (no auths)
+        assert driver.writes(conn) == start + 1
+        purge_replay(conn, 0)  # SQLAlchemy Core DELETE
+        assert driver.writes(conn) == start + 2
         conn.exec_driver_sql("UPDATE keys SET tag = tag WHERE 0 = 1")
-        assert hot.writes(conn) == start + 3
+        assert driver.writes(conn) == start + 3
 
 
 # --- registry and witness (SECURITY-CASES 48) ---------------------------------------------------
@@ -490,7 +576,7 @@ def test_a_chain_behind_what_it_reached_is_not_continued(
         else:
             new_writer(engines, keystore, writers, "n1")
     with engines.read.connect() as conn:  # refused before writing, and the lease is free
-        assert repo.acquire_lease(conn, "n1", "probe", NOW, 1) is None
+        assert acquire_lease(conn, "n1", "probe", NOW, 1) is None
 
 
 def test_a_registry_row_written_outside_sceau_refuses_the_node(
@@ -517,7 +603,7 @@ def test_an_unwritable_witness_fails_closed_then_recovers(
     with pytest.raises(AuditUnavailable, match="witness"):
         writer.run_now(job(jti="f-2"))
     with engines.read.connect() as conn:  # refused before anything was written
-        assert repo.remember_jti(conn, "app-1", "f-2", NOW) is True
+        assert remember_jti(conn, "app-1", "f-2", NOW) is True
     (directory / "n1.jsonl").rmdir()
     writer.run_now(job(jti="f-3"))
     assert writer.healthy is True
@@ -546,5 +632,5 @@ def test_a_store_that_lost_committed_records_is_not_continued_after_a_failure(
     with pytest.raises(AuditUnavailable, match="behind this node"):
         writer.run_now(job(jti="r-4"))
     with engines.read.connect() as conn:
-        assert repo.chain_head(conn, "n1") is not None
-        assert repo.chain_head(conn, "n1")[0] == 1  # type: ignore[index]
+        assert chain_head(conn, "n1") is not None
+        assert chain_head(conn, "n1")[0] == 1  # type: ignore[index]

@@ -32,11 +32,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from sceau.admin import CLI_APP, AdminSession
-from sceau.auditlog import store
 from sceau.auditlog.export import ExportFormat, iter_export, write_atomic
 from sceau.auditlog.verify import Verification, verify_file, verify_store
 from sceau.core.audit import ChainHead
 from sceau.errors import IntegrityFailure, InvalidRequest
+from sceau.store import audit
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Action
 
@@ -86,17 +86,17 @@ def plan_archive(conn: sa.Connection, before: int, writer_node: str) -> ArchiveP
         raise InvalidRequest("before: a seq greater than 1")
     bound = before - 1
     limited_by: str | None = None
-    for node, last in store.node_last_seqs(conn).items():
+    for node, last in audit.node_last_seqs(conn).items():
         if node != writer_node and last - 1 < bound:
             bound, limited_by = last - 1, node
     if bound < 1:
         return None
-    checkpointed = store.checkpoint_keys(conn, bound)
+    checkpointed = audit.checkpoint_keys(conn, bound)
     dirty: set[str] = set()
     last_of: dict[str, int] = {}
     best: tuple[int, int, dict[str, int]] | None = None
     count = 0
-    for seq, node, node_seq in store.record_positions(conn, bound):
+    for seq, node, node_seq in audit.record_positions(conn, bound):
         count += 1
         last_of[node] = node_seq
         if (node, node_seq) in checkpointed:
@@ -109,7 +109,7 @@ def plan_archive(conn: sa.Connection, before: int, writer_node: str) -> ArchiveP
         return None
     through, records, touched = best
     keep = dict(touched)
-    for node, first in store.node_first_node_seqs(conn).items():
+    for node, first in audit.node_first_node_seqs(conn).items():
         if node not in keep and first > 1:
             keep[node] = first - 1  # an earlier archive's anchor, still in use
     return ArchivePlan(before, through, records, keep, limited_by)
@@ -143,7 +143,7 @@ def archive_audit(session: AdminSession, *, before: int, output: Path) -> Archiv
             f"the store does not verify, nothing archived: {current.first_problem}"
         )
     with engines.read.connect() as conn:
-        store.snapshot(conn)
+        audit.snapshot(conn)
         with conn.begin():
             plan = plan_archive(conn, before, session.writer.node)
     if plan is None:
@@ -160,11 +160,11 @@ def archive_audit(session: AdminSession, *, before: int, output: Path) -> Archiv
 
     def remove(tx: Tx) -> int:
         for node, node_seq in plan.keep.items():
-            line = store.checkpoint_line(tx.conn, node, node_seq)
+            line = audit.checkpoint_line(tx.conn, node, node_seq)
             if line is None:
                 raise InvalidRequest(f"anchor checkpoint {node}/{node_seq} vanished; run again")
             anchors[node] = ChainHead(node=node, node_seq=node_seq, hash=json.loads(line)["hash"])
-        records, checkpoints = store.delete_through(
+        records, checkpoints = audit.delete_through(
             tx.conn, plan.through_seq, set(plan.keep.items())
         )
         if records != plan.records:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from sceau.auditlog import store
-from sceau.auditlog.store import CheckpointRow, RecordRow
 from sceau.auditlog.syslog import SyslogOptions, syslog_line
 from sceau.errors import InvalidRequest
+from sceau.store import audit
+from sceau.store.audit import CheckpointRow, RecordRow
 from sceau.store.db import Engines
 
 __all__ = [
@@ -76,7 +76,7 @@ def _merge(
 def _record_pages(conn: sa.Connection, since: int, until: int | None) -> Iterator[RecordRow]:
     position = since
     while True:
-        rows = store.records_between(conn, position, until, PAGE)
+        rows = audit.records_between(conn, position, until, PAGE)
         yield from rows
         if len(rows) < PAGE:
             return
@@ -88,7 +88,7 @@ def _checkpoint_pages(
 ) -> Iterator[CheckpointRow]:
     after: tuple[int, str, int] = (since, "", 0)
     while True:
-        rows = store.checkpoints_between(conn, after, until, since, PAGE)
+        rows = audit.checkpoints_between(conn, after, until, since, PAGE)
         yield from rows
         if len(rows) < PAGE:
             return
@@ -101,7 +101,7 @@ def iter_stream(
 ) -> Iterator[StreamItem]:
     """Stored records and checkpoints with ``since < seq <= until``, in export order.
 
-    Call :func:`sceau.auditlog.store.snapshot` on a fresh connection first for a consistent
+    Call :func:`sceau.store.audit.snapshot` on a fresh connection first for a consistent
     view on PostgreSQL.
     """
     if since < 0:
@@ -136,7 +136,7 @@ def iter_export(
     export is a continuation (for a SOC feed) and verifies only after the part before it.
     """
     with engines.read.connect() as conn:
-        store.snapshot(conn)
+        audit.snapshot(conn)
         with conn.begin():
             yield from format_lines(iter_stream(conn, since=since, until=until), fmt, syslog)
 
@@ -159,13 +159,13 @@ def _horizon(state: _FollowState, now: float, newest: int, lag_s: float) -> int:
 
 def _poll(conn: sa.Connection, state: _FollowState, horizon: int) -> list[StreamItem]:
     """New records up to ``horizon``, and new checkpoints naming records up to it."""
-    records = store.records_between(conn, state.position, horizon, 1 << 30)
+    records = audit.records_between(conn, state.position, horizon, 1 << 30)
     fresh: list[CheckpointRow] = []
-    for node, top in store.checkpoint_heads(conn).items():
+    for node, top in audit.checkpoint_heads(conn).items():
         done = state.checkpoints_done.get(node, 0)
         if top <= done:
             continue
-        for cp in store.checkpoints_after(conn, node, done):
+        for cp in audit.checkpoints_after(conn, node, done):
             if cp.after_seq > horizon:
                 break  # its record is not emitted yet: wait for it
             fresh.append(cp)
@@ -203,15 +203,15 @@ def follow_export(
     caught_up = False
     while not stop():
         with engines.read.connect() as conn:
-            store.snapshot(conn)
+            audit.snapshot(conn)
             with conn.begin():
-                horizon = _horizon(state, clock(), store.max_record_seq(conn), lag_s)
+                horizon = _horizon(state, clock(), audit.max_seq(conn), lag_s)
                 if not caught_up:
                     # The backlog, paged like a one-shot export; then track checkpoints per
                     # node, since an idle checkpoint can name a record emitted long ago.
                     backlog = iter_stream(conn, since=since, until=horizon)
                     yield from format_lines(backlog, fmt, syslog)
-                    state.checkpoints_done = store.checkpoint_heads(conn, until=horizon)
+                    state.checkpoints_done = audit.checkpoint_heads(conn, until=horizon)
                     state.position = max(state.position, horizon)
                     caught_up = horizon > since or lag_s == 0
                 else:

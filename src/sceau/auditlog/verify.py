@@ -32,9 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sceau.auditlog import store
 from sceau.auditlog.export import StreamItem, iter_stream
-from sceau.auditlog.store import RecordRow
 from sceau.auditlog.witness import WitnessEvidence
 from sceau.core.audit import CHECKPOINT_TYPE, RECORD_TYPE, ChainHead
 from sceau.core.verify import (
@@ -48,7 +46,8 @@ from sceau.core.verify import (
 )
 from sceau.errors import IntegrityFailure, InvalidRequest
 from sceau.keystore.base import Keystore
-from sceau.store import nodes
+from sceau.store import audit, nodes
+from sceau.store.audit import RecordRow
 from sceau.store.db import Engines
 from sceau.vocab import Action, Outcome
 
@@ -406,7 +405,7 @@ def verify_store(
             yield item.line
 
     with engines.read.connect() as conn:
-        store.snapshot(conn)
+        audit.snapshot(conn)
         with conn.begin():
             result = verify_stream(lines(iter_stream(conn, until=until)), jwks, start=start,
                                    witness=witness)

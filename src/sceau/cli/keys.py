@@ -25,7 +25,7 @@ from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.errors import SceauError
 from sceau.service import receipts
 from sceau.service.api import keys as key_api
-from sceau.store import repo
+from sceau.store.keys import keys_expired_before
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Action, ListRole, ListStatus, Right
 
@@ -408,7 +408,7 @@ def purge_expired(session: admin.AdminSession, *, older_than_days: int,
     tried: set[bytes] = set()
     while True:
         with session.engines.read.connect() as conn:
-            found = repo.keys_expired_before(conn, cutoff, PURGE_CHUNK + len(tried))
+            found = keys_expired_before(conn, cutoff, PURGE_CHUNK + len(tried))
         batch = [k for k in found if k not in tried]
         if not batch:
             return

@@ -25,8 +25,10 @@ from sceau.keystore import init_keystore, open_keystore
 from sceau.keystore.base import KeyPurpose, Keystore, KeystoreSettings
 from sceau.service.runtime import keystore_settings, open_store
 from sceau.setup import KeystoreChoice, check_env_agrees, set_config_values
-from sceau.store import repo, schema
+from sceau.store import schema
 from sceau.store.db import Engines
+from sceau.store.keys import count_keys_by_master_version
+from sceau.store.leases import list_leases
 from sceau.store.writer import Tx
 from sceau.vocab import Action
 
@@ -69,7 +71,7 @@ def _running_service_nodes(engines: Engines) -> list[str]:
     """Audit nodes held right now by a service process (admin commands lease ``cli*``)."""
     now = int(time.time())
     with engines.read.connect() as conn:
-        leases = repo.list_leases(conn)
+        leases = list_leases(conn)
     return sorted(node for node, _holder, expires in leases
                   if expires >= now and not node.startswith(("cli", "sweep:")))
 
@@ -78,7 +80,7 @@ def _live_keys(config: Config) -> dict[int, int]:
     engines = open_store(config)
     try:
         with engines.read.connect() as conn:
-            return repo.count_keys_by_master_version(conn)
+            return count_keys_by_master_version(conn)
     finally:
         engines.dispose()
 
@@ -263,7 +265,7 @@ def retire_master(config: Config, version: int) -> None:
         if version == ks.current_master_version():
             raise InvalidRequest(f"master version {version} is the current one; "
                                  "rotate first (`sceau keystore rotate --master`)")
-        live = repo.count_keys_by_master_version(tx.conn).get(version, 0)
+        live = count_keys_by_master_version(tx.conn).get(version, 0)
         if live:
             tx.ctx.details["live_keys"] = live
             raise InvalidRequest(f"master version {version} is still used by {live} live "

@@ -16,9 +16,10 @@ and checks the HMAC, the store keeps the bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from sceau.core.canonical import canonical_json
 
@@ -62,3 +63,49 @@ def row_seal_payload(kind: SealedKind, row_id: str, fields: Mapping[str, Any]) -
 def payload_of(row: SealedRow) -> bytes:
     """:func:`row_seal_payload` of a row model."""
     return row_seal_payload(row.seal_kind(), row.seal_id(), row.seal_fields())
+
+
+class SealedFields:
+    """Mixin of a frozen dataclass row model: its seal covers its fields.
+
+    Every field is covered but the row's id (``SEAL_ID``, written as the payload's ``id``,
+    joined by ``/`` when the key has several columns), the seal itself and the bookkeeping
+    fields (``UNSEALED``). Values are written as JSON: enums as their text, tuples as lists,
+    bytes as hex.
+    """
+
+    SEAL_KIND: ClassVar[SealedKind]
+    SEAL_ID: ClassVar[tuple[str, ...]]
+    UNSEALED: ClassVar[tuple[str, ...]] = ()
+
+    def seal_kind(self) -> SealedKind:
+        return self.SEAL_KIND
+
+    def seal_id(self) -> str:
+        return "/".join(str(getattr(self, name)) for name in self.SEAL_ID)
+
+    def seal_fields(self) -> Mapping[str, Any]:
+        return {name: _json_value(getattr(self, name)) for name in _sealed_names(type(self))}
+
+
+_SEALED_NAMES: dict[type[SealedFields], tuple[str, ...]] = {}
+
+
+def _sealed_names(model: type[SealedFields]) -> tuple[str, ...]:
+    """The fields a seal of ``model`` covers, in declaration order (computed once)."""
+    names = _SEALED_NAMES.get(model)
+    if names is None:
+        left_out = {*model.SEAL_ID, *model.UNSEALED, "seal"}
+        fields = dataclasses.fields(model)  # type: ignore[arg-type]  # a dataclass subclass
+        names = _SEALED_NAMES[model] = tuple(f.name for f in fields if f.name not in left_out)
+    return names
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value

@@ -31,7 +31,9 @@ import sqlalchemy as sa
 from sceau.errors import SceauError
 from sceau.service import keyops
 from sceau.service.api import keys as key_api
-from sceau.store import repo
+from sceau.store.applications import purge_replay
+from sceau.store.keys import keys_due_for_destruction
+from sceau.store.leases import acquire_lease, release_lease
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Action
 
@@ -129,13 +131,13 @@ class Sweeper:
 
     def _take_lease(self, now: int) -> bool:
         with self._rt.engines.write.begin() as conn:
-            holder = repo.acquire_lease(conn, SWEEP_LEASE, self._holder, now, self._ttl)
+            holder = acquire_lease(conn, SWEEP_LEASE, self._holder, now, self._ttl)
         return holder is None
 
     def _release_lease(self) -> None:
         try:
             with self._rt.engines.write.begin() as conn:
-                repo.release_lease(conn, SWEEP_LEASE, self._holder)
+                release_lease(conn, SWEEP_LEASE, self._holder)
         except sa.exc.SQLAlchemyError:
             log.warning("could not release the sweep lease; it expires in %d s", self._ttl)
 
@@ -154,7 +156,7 @@ class Sweeper:
         with self._rt.engines.write.begin() as conn:
             # A row may go once its token is refused as expired on every node: its
             # expires_at already includes the skew; one more skew covers slower clocks.
-            purged = repo.purge_replay(conn, now - skew)
+            purged = purge_replay(conn, now - skew)
         if purged:
             log.info("purged %d replay-cache rows", purged)
         destroyed = 0
@@ -162,7 +164,7 @@ class Sweeper:
             now = int(self._clock())
             self._refused = {k: t for k, t in self._refused.items() if t > now}
             with self._rt.engines.read.connect() as conn:
-                due = repo.keys_due_for_destruction(conn, now, SWEEP_BATCH + len(self._refused))
+                due = keys_due_for_destruction(conn, now, SWEEP_BATCH + len(self._refused))
             batch = [k for k in due if k not in self._refused][:SWEEP_BATCH]
             if not batch:
                 break

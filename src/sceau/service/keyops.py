@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sceau.core.b64 import b64u_encode
-from sceau.core.model import Authorization, KeyRecord, Rules
+from sceau.core.model import AUTHORIZATION_TIMES, KEY_TIMES, Authorization, KeyRecord, Rules
 from sceau.core.policy import (
     can_manage,
     display_status,
@@ -24,7 +24,7 @@ from sceau.core.policy import (
 from sceau.errors import IntegrityFailure, NotFound
 from sceau.keystore.base import Keystore
 from sceau.service.params import RulesParam, rfc3339
-from sceau.store import repo
+from sceau.store.keys import load_key, load_keys, save_key
 from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
 KEY_ID_LEN = 16
@@ -112,7 +112,7 @@ def load_checked(
     A record whose seal does not verify was changed behind the service's back (a database
     edit granting access or re-enabling a key): ``integrity_failure``, audited by the caller.
     """
-    return _verified(keystore, repo.load_key(conn, key_id, for_update=for_update))
+    return _verified(keystore, load_key(conn, key_id, for_update=for_update))
 
 
 def _verified(keystore: Keystore, record: KeyRecord | None) -> KeyRecord:
@@ -142,7 +142,7 @@ class CheckedKeys:
         self, conn: sa.Connection, keystore: Keystore, key_ids: list[bytes], *, for_update: bool
     ) -> None:
         self._keystore = keystore
-        self._loaded = repo.load_keys(conn, key_ids, for_update=for_update)
+        self._loaded = load_keys(conn, key_ids, for_update=for_update)
         self._counted: dict[bytes, KeyRecord] = {}
 
     def get(self, key_id: bytes) -> KeyRecord:
@@ -160,7 +160,7 @@ class CheckedKeys:
         """Write the counted keys (one update each, sealed anew)."""
         for key_id, counted in self._counted.items():
             after = reseal(self._keystore, counted, bump=False)
-            repo.save_key(conn, self._loaded[key_id], after)
+            save_key(conn, self._loaded[key_id], after)
 
 
 def key_id_text(key_id: bytes) -> str:
@@ -169,36 +169,19 @@ def key_id_text(key_id: bytes) -> str:
 
 def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
     """The key's metadata as results carry it (never the seed or the seal)."""
-    return {
-        "key_id": key_id_text(record.key_id),
-        "owner": record.owner,
-        "application": record.application,
-        "name": record.name,
-        "tag": record.tag,
-        "status": str(display_status(record, now)),
-        "created_at": rfc3339(record.created_at),
-        "expires_at": rfc3339(record.expires_at),
-        "not_before": rfc3339(record.not_before),
-        "not_after": rfc3339(record.not_after),
-        "destroy_at": rfc3339(record.destroy_at),
-        "destroyed_at": rfc3339(record.destroyed_at),
-        "master_version": record.master_version,
-        "authorizations": [
-            {
-                "principal": a.principal,
-                "rights": sorted(str(r) for r in a.rights),
-                "status": str(a.status),
-                "not_before": rfc3339(a.not_before),
-                "not_after": rfc3339(a.not_after),
-                "added_by": a.added_by,
-                "added_at": rfc3339(a.added_at),
-            }
-            for a in record.authorizations
-        ],
-        "rules": record.rules.to_json(),
-        "decryptions": record.decryptions,
-        "revision": record.revision,
-    }
+    view = _dates(record.to_json(), KEY_TIMES)
+    view["key_id"] = key_id_text(record.key_id)
+    view["status"] = str(display_status(record, now))
+    view["authorizations"] = [_dates(entry, AUTHORIZATION_TIMES)
+                              for entry in view["authorizations"]]
+    return view
+
+
+def _dates(view: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
+    """``view`` with its NumericDate members ``times`` as RFC 3339 text."""
+    for name in times:
+        view[name] = rfc3339(view[name])
+    return view
 
 
 #: The members of a key a recipient sees in ``list-keys`` (see :func:`recipient_view`).

@@ -8,7 +8,7 @@ Pydantic models with ``extra="forbid"`` and strict types; their JSON schemas fee
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -18,12 +18,14 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
 from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.model import KEY_TIMES, KEY_VIEW, Authorization, KeyRecord, Rules
 from sceau.errors import InvalidRequest
-from sceau.vocab import ListRole, ListStatus, Op, Right
+from sceau.vocab import KeyStatus, ListRole, ListStatus, Op, Right
 
 MAX_NAME = 512
 MAX_TAG = 256
@@ -305,24 +307,27 @@ class AuthorizationOut(BaseModel):
     added_at: str
 
 
-class KeyMetadata(BaseModel):
-    key_id: str
-    owner: str
-    application: str
-    name: str | None
-    tag: str | None
-    status: ListStatus
-    created_at: str
-    expires_at: str
-    not_before: str | None
-    not_after: str | None
-    destroy_at: str | None
-    destroyed_at: str | None
-    master_version: int
-    authorizations: list[AuthorizationOut]
-    rules: dict[str, Any]
-    decryptions: int
-    revision: int
+def _key_metadata_fields() -> type[BaseModel]:
+    """The members of ``keyops.metadata``, derived from the key record's fields: the same
+    names in the same order, each with its type on the wire (times as RFC 3339 text)."""
+    wire: dict[Any, Any] = {
+        bytes: str,
+        KeyStatus: ListStatus,
+        Rules: dict[str, Any],
+        tuple[Authorization, ...]: list[AuthorizationOut],
+    }
+    hints = get_type_hints(KeyRecord)
+    members: dict[str, Any] = {}
+    for name in KEY_VIEW:
+        hint = hints[name]
+        if name in KEY_TIMES:
+            hint = str if hint is int else str | None
+        members[name] = (wire.get(hint, hint), ...)
+    return create_model("KeyMetadata", **members)
+
+
+class KeyMetadata(_key_metadata_fields()):  # type: ignore[misc]  # members derived above
+    pass
 
 
 class ItemError(BaseModel):

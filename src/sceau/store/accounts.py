@@ -11,25 +11,24 @@ timeout) is inside.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from sceau.core.rowseal import SealedKind
+from sceau.core.rowseal import SealedFields, SealedKind
 from sceau.errors import InvalidRequest
-from sceau.store.applications import save_revision
-from sceau.store.console_schema import console_sessions
-from sceau.store.schema import accounts
+from sceau.store.rows import Rows
+from sceau.store.schema import accounts, console_sessions
 
 __all__ = [
     "AUTH_OIDC",
     "AUTH_PASSWORD",
     "AccountRow",
     "ConsoleSessionRow",
+    "count_unsealed_sessions",
     "delete_console_session",
     "delete_console_sessions_of",
+    "delete_unsealed_sessions",
     "get_account",
     "get_console_session",
     "insert_account",
@@ -45,8 +44,11 @@ AUTH_OIDC = "oidc"
 
 
 @dataclass(frozen=True)
-class AccountRow:
+class AccountRow(SealedFields):
     """A console account as stored."""
+
+    SEAL_KIND = SealedKind.ACCOUNT
+    SEAL_ID = ("username",)
 
     username: str
     password_hash: str
@@ -63,29 +65,14 @@ class AccountRow:
     def __repr__(self) -> str:  # never print the hash or the TOTP secret
         return f"AccountRow({self.username!r}, role={self.role}, status={self.status})"
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.ACCOUNT
-
-    def seal_id(self) -> str:
-        return self.username
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {
-            "password_hash": self.password_hash,
-            "role": self.role,
-            "status": self.status,
-            "must_change_password": self.must_change_password,
-            "totp_secret": self.totp_secret,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "auth": self.auth,
-            "revision": self.revision,
-        }
-
 
 @dataclass(frozen=True)
-class ConsoleSessionRow:
+class ConsoleSessionRow(SealedFields):
     """A server-side console session; only the SHA-256 of its id is stored."""
+
+    SEAL_KIND = SealedKind.CONSOLE_SESSION
+    SEAL_ID = ("sid_hash",)
+    UNSEALED = ("last_seen_at",)
 
     sid_hash: str
     username: str
@@ -95,40 +82,21 @@ class ConsoleSessionRow:
     ip: str | None
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.CONSOLE_SESSION
 
-    def seal_id(self) -> str:
-        return self.sid_hash
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {
-            "username": self.username,
-            "csrf": self.csrf,
-            "created_at": self.created_at,
-            "ip": self.ip,
-        }
-
-
-def _account(row: Any) -> AccountRow:
-    values = dict(row._mapping)
-    if values["seal"] is not None:
-        values["seal"] = bytes(values["seal"])
-    return AccountRow(**values)
+_ACCOUNTS = Rows(accounts, AccountRow, what="account")
+_SESSIONS = Rows(console_sessions, ConsoleSessionRow, what="session")
 
 
 def insert_account(conn: sa.Connection, account: AccountRow) -> None:
-    conn.execute(accounts.insert().values(**asdict(account)))
+    _ACCOUNTS.insert(conn, account)
 
 
 def get_account(conn: sa.Connection, username: str) -> AccountRow | None:
-    row = conn.execute(sa.select(accounts).where(accounts.c.username == username)).first()
-    return _account(row) if row is not None else None
+    return _ACCOUNTS.get(conn, username)
 
 
 def list_accounts(conn: sa.Connection) -> list[AccountRow]:
-    rows = conn.execute(sa.select(accounts).order_by(accounts.c.username)).all()
-    return [_account(r) for r in rows]
+    return _ACCOUNTS.where(conn, order_by=[accounts.c.username])
 
 
 def save_account(conn: sa.Connection, before: AccountRow, after: AccountRow) -> None:
@@ -141,26 +109,15 @@ def save_account(conn: sa.Connection, before: AccountRow, after: AccountRow) -> 
         raise InvalidRequest("an account's sign-in method cannot change")
     if before.auth == AUTH_OIDC and after.password_hash != before.password_hash:
         raise InvalidRequest("this account signs in through OpenID Connect: it has no password")
-    values = asdict(after)
-    del values["username"]
-    save_revision(conn, accounts, accounts.c.username == before.username, before.revision,
-                  values, f"account {before.username}")
+    _ACCOUNTS.save(conn, before, after)
 
 
 def insert_console_session(conn: sa.Connection, row: ConsoleSessionRow) -> None:
-    conn.execute(console_sessions.insert().values(**asdict(row)))
+    _SESSIONS.insert(conn, row)
 
 
 def get_console_session(conn: sa.Connection, sid_hash: str) -> ConsoleSessionRow | None:
-    row = conn.execute(
-        sa.select(console_sessions).where(console_sessions.c.sid_hash == sid_hash)
-    ).first()
-    if row is None:
-        return None
-    values = dict(row._mapping)
-    if values["seal"] is not None:
-        values["seal"] = bytes(values["seal"])
-    return ConsoleSessionRow(**values)
+    return _SESSIONS.get(conn, sid_hash)
 
 
 def touch_console_session(conn: sa.Connection, sid_hash: str, now: int) -> None:
@@ -171,21 +128,18 @@ def touch_console_session(conn: sa.Connection, sid_hash: str, now: int) -> None:
     )
 
 
-def delete_console_session(conn: sa.Connection, sid_hash: str) -> int:
-    return int(
-        conn.execute(
-            console_sessions.delete().where(console_sessions.c.sid_hash == sid_hash)
-        ).rowcount
-    )
+def delete_console_session(conn: sa.Connection, sid_hash: str) -> None:
+    """End one session (none left is not an error: a sign-out twice ends it once)."""
+    conn.execute(console_sessions.delete().where(console_sessions.c.sid_hash == sid_hash))
+
+
+def _deleted(conn: sa.Connection, *conditions: sa.ColumnElement[bool]) -> int:
+    return int(conn.execute(console_sessions.delete().where(*conditions)).rowcount)
 
 
 def delete_console_sessions_of(conn: sa.Connection, username: str) -> int:
     """End every session of an account (password change, disable, role change)."""
-    return int(
-        conn.execute(
-            console_sessions.delete().where(console_sessions.c.username == username)
-        ).rowcount
-    )
+    return _deleted(conn, console_sessions.c.username == username)
 
 
 def count_unsealed_sessions(conn: sa.Connection) -> int:
@@ -197,19 +151,10 @@ def count_unsealed_sessions(conn: sa.Connection) -> int:
 
 
 def delete_unsealed_sessions(conn: sa.Connection) -> int:
-    return int(
-        conn.execute(console_sessions.delete().where(console_sessions.c.seal.is_(None))).rowcount
-    )
+    return _deleted(conn, console_sessions.c.seal.is_(None))
 
 
-def purge_console_sessions(conn: sa.Connection, *, idle_before: int, created_before: int) -> int:
-    return int(
-        conn.execute(
-            console_sessions.delete().where(
-                sa.or_(
-                    console_sessions.c.last_seen_at < idle_before,
-                    console_sessions.c.created_at < created_before,
-                )
-            )
-        ).rowcount
-    )
+def purge_console_sessions(conn: sa.Connection, *, idle_before: int, created_before: int) -> None:
+    """End the sessions idle since ``idle_before`` or opened before ``created_before``."""
+    _deleted(conn, sa.or_(console_sessions.c.last_seen_at < idle_before,
+                          console_sessions.c.created_at < created_before))

@@ -1,25 +1,26 @@
-"""Registered applications and their signing keys: sealed rows and their queries.
+"""Registered applications, their signing keys and the request ids they used.
 
-Both rows are sealed (``sceau.core.rowseal``) over every column a decision reads: an
-application's users and status, a key's JWK, algorithm, application and status. A row
-inserted or edited with SQL alone does not verify, so it opens nothing (SECURITY-CASES 45).
-Changes go through :func:`save_application` / :func:`save_app_key`, which write only when
-the stored revision is the one read (optimistic concurrency).
+Application and signing-key rows are sealed (``sceau.core.rowseal``) over every column a
+decision reads: an application's users and status, a key's JWK, algorithm, application and
+status. A row inserted or edited with SQL alone does not verify, so it opens nothing
+(SECURITY-CASES 45). Changes go through :func:`save_application` / :func:`save_app_key`,
+which write only when the stored revision is the one read (optimistic concurrency).
+
+The replay cache (``replay``) remembers each request id (``jti``) per application until
+the request could no longer be accepted anyway.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from sceau.core.rowseal import SealedKind
-from sceau.errors import ConcurrentChange
-from sceau.store import hot
-from sceau.store.schema import app_keys, applications
+from sceau.core.rowseal import SealedFields, SealedKind
+from sceau.store import driver
+from sceau.store.rows import Rows
+from sceau.store.schema import app_keys, applications, replay
 from sceau.vocab import AppKeyStatus, AppStatus
 
 __all__ = [
@@ -34,9 +35,10 @@ __all__ = [
     "insert_application",
     "list_app_keys",
     "list_applications",
+    "purge_replay",
+    "remember_jti",
     "save_app_key",
     "save_application",
-    "save_revision",
     "touch_application",
 ]
 
@@ -45,8 +47,12 @@ ANY_USER = "*"
 
 
 @dataclass(frozen=True)
-class AppRow:
+class AppRow(SealedFields):
     """An application as stored. ``last_used_at`` is bookkeeping and not sealed."""
+
+    SEAL_KIND = SealedKind.APPLICATION
+    SEAL_ID = ("app_id",)
+    UNSEALED = ("last_used_at",)
 
     app_id: str
     name: str
@@ -63,26 +69,13 @@ class AppRow:
         """True when the application may assert every user (shown as a warning)."""
         return ANY_USER in self.users
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.APPLICATION
-
-    def seal_id(self) -> str:
-        return self.app_id
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {
-            "name": self.name,
-            "users": list(self.users),
-            "status": str(self.status),
-            "enc_jwk": self.enc_jwk,
-            "created_at": self.created_at,
-            "revision": self.revision,
-        }
-
 
 @dataclass(frozen=True)
-class AppKeyRow:
+class AppKeyRow(SealedFields):
     """One signing key of an application, bound to its one algorithm."""
+
+    SEAL_KIND = SealedKind.APP_KEY
+    SEAL_ID = ("kid",)
 
     kid: str
     app_id: str
@@ -94,116 +87,42 @@ class AppKeyRow:
     revision: int = 1
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.APP_KEY
 
-    def seal_id(self) -> str:
-        return self.kid
+_APPS = Rows(applications, AppRow, what="application")
+_KEYS = Rows(app_keys, AppKeyRow, what="signing key")
 
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {
-            "app_id": self.app_id,
-            "alg": self.alg,
-            "jwk": self.jwk,
-            "status": str(self.status),
-            "added_at": self.added_at,
-            "retired_at": self.retired_at,
-            "revision": self.revision,
-        }
-
-
-def _seal_bytes(value: Any) -> bytes | None:
-    return bytes(value) if value is not None else None
-
-
-def _app_from_row(row: Any) -> AppRow:
-    return AppRow(
-        app_id=row.app_id,
-        name=row.name,
-        users=tuple(json.loads(row.users)),
-        status=AppStatus(row.status),
-        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
-        created_at=int(row.created_at),
-        last_used_at=row.last_used_at,
-        revision=int(row.revision),
-        seal=_seal_bytes(row.seal),
-    )
-
-
-def _app_key_from_row(row: Any) -> AppKeyRow:
-    return AppKeyRow(
-        kid=row.kid,
-        app_id=row.app_id,
-        alg=row.alg,
-        jwk=json.loads(row.jwk),
-        status=AppKeyStatus(row.status),
-        added_at=int(row.added_at),
-        retired_at=row.retired_at,
-        revision=int(row.revision),
-        seal=_seal_bytes(row.seal),
-    )
-
-
-def _app_values(app: AppRow) -> dict[str, Any]:
-    return {
-        "name": app.name,
-        "users": json.dumps(list(app.users)),
-        "status": str(app.status),
-        "enc_jwk": json.dumps(app.enc_jwk, sort_keys=True) if app.enc_jwk else None,
-        "created_at": app.created_at,
-        "revision": app.revision,
-        "seal": app.seal,
-    }
-
-
-def _app_key_values(key: AppKeyRow) -> dict[str, Any]:
-    return {
-        "app_id": key.app_id,
-        "alg": key.alg,
-        "jwk": json.dumps(key.jwk, sort_keys=True),
-        "status": str(key.status),
-        "added_at": key.added_at,
-        "retired_at": key.retired_at,
-        "revision": key.revision,
-        "seal": key.seal,
-    }
+# Both rows whole, seals included: the caller verifies them before deciding anything.
+_APP_CHECK = driver.Statement(
+    "app_check",
+    "SELECT "  # noqa: S608 - constant column names only
+    + ", ".join([f"k.{c} AS key_{c}" for c in _KEYS.columns] + [f"a.{c}" for c in _APPS.columns])
+    + " FROM app_keys k JOIN applications a ON a.app_id = k.app_id WHERE k.kid = :kid",
+)
+# RETURNING rather than rowcount: SQLAlchemy reports no rowcount for a plain INSERT on
+# psycopg 3, and an ignored conflict returns no row on both engines.
+_REMEMBER_JTI = driver.Statement(
+    "remember_jti",
+    "INSERT INTO replay (iss, jti, expires_at) VALUES (:iss, :jti, :expires_at) "
+    "ON CONFLICT DO NOTHING RETURNING jti",
+)
 
 
 def insert_application(conn: sa.Connection, app: AppRow) -> None:
-    conn.execute(
-        applications.insert().values(app_id=app.app_id, last_used_at=None, **_app_values(app))
-    )
+    _APPS.insert(conn, app)
 
 
 def insert_app_key(conn: sa.Connection, key: AppKeyRow, thumbprint: str) -> None:
-    conn.execute(
-        app_keys.insert().values(kid=key.kid, thumbprint=thumbprint, **_app_key_values(key))
-    )
-
-
-def save_revision(conn: sa.Connection, table: sa.Table, key: sa.ColumnElement[bool],
-                  revision: int, values: Mapping[str, Any], what: str) -> None:
-    """Update the row ``key`` selects only if it is still at ``revision`` (optimistic).
-
-    :class:`ConcurrentChange` when another writer moved it since it was read.
-    """
-    result = conn.execute(
-        table.update().where(key).where(table.c.revision == revision).values(**values)
-    )
-    if result.rowcount != 1:
-        raise ConcurrentChange(f"{what} changed meanwhile; try again")
+    _KEYS.insert(conn, key, thumbprint=thumbprint)
 
 
 def save_application(conn: sa.Connection, before: AppRow, after: AppRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
-    save_revision(conn, applications, applications.c.app_id == before.app_id, before.revision,
-                  _app_values(after), f"application {before.app_id}")
+    _APPS.save(conn, before, after)
 
 
 def save_app_key(conn: sa.Connection, before: AppKeyRow, after: AppKeyRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
-    save_revision(conn, app_keys, app_keys.c.kid == before.kid, before.revision,
-                  _app_key_values(after), f"signing key {before.kid}")
+    _KEYS.save(conn, before, after)
 
 
 def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
@@ -216,25 +135,19 @@ def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
 
 
 def get_application(conn: sa.Connection, app_id: str) -> AppRow | None:
-    row = conn.execute(sa.select(applications).where(applications.c.app_id == app_id)).first()
-    return _app_from_row(row) if row is not None else None
+    return _APPS.get(conn, app_id)
 
 
 def list_applications(conn: sa.Connection) -> list[AppRow]:
-    rows = conn.execute(sa.select(applications).order_by(applications.c.created_at)).all()
-    return [_app_from_row(r) for r in rows]
+    return _APPS.where(conn, order_by=[applications.c.created_at])
 
 
 def get_app_key(conn: sa.Connection, kid: str) -> AppKeyRow | None:
-    row = conn.execute(sa.select(app_keys).where(app_keys.c.kid == kid)).first()
-    return _app_key_from_row(row) if row is not None else None
+    return _KEYS.get(conn, kid)
 
 
 def list_app_keys(conn: sa.Connection, app_id: str) -> list[AppKeyRow]:
-    rows = conn.execute(
-        sa.select(app_keys).where(app_keys.c.app_id == app_id).order_by(app_keys.c.added_at)
-    ).all()
-    return [_app_key_from_row(r) for r in rows]
+    return _KEYS.where(conn, app_keys.c.app_id == app_id, order_by=[app_keys.c.added_at])
 
 
 def app_check(conn: sa.Connection, kid: str) -> tuple[AppKeyRow, AppRow] | None:
@@ -242,32 +155,10 @@ def app_check(conn: sa.Connection, kid: str) -> tuple[AppKeyRow, AppRow] | None:
 
     Returns both rows whole, seals included, so the caller verifies them before deciding.
     """
-    row = hot.run(conn, "app_check", {"kid": kid}).first()
+    row = driver.run(conn, _APP_CHECK, {"kid": kid}).first()
     if row is None:
         return None
-    key = AppKeyRow(
-        kid=kid,
-        app_id=row.key_app,
-        alg=row.key_alg,
-        jwk=json.loads(row.key_jwk),
-        status=AppKeyStatus(row.key_status),
-        added_at=int(row.key_added_at),
-        retired_at=row.key_retired_at,
-        revision=int(row.key_revision),
-        seal=_seal_bytes(row.key_seal),
-    )
-    app = AppRow(
-        app_id=row.app_id,
-        name=row.name,
-        users=tuple(json.loads(row.users)),
-        status=AppStatus(row.status),
-        enc_jwk=json.loads(row.enc_jwk) if row.enc_jwk else None,
-        created_at=int(row.created_at),
-        last_used_at=row.last_used_at,
-        revision=int(row.revision),
-        seal=_seal_bytes(row.seal),
-    )
-    return key, app
+    return _KEYS.load(row, prefix="key_"), _APPS.load(row)
 
 
 def touch_application(conn: sa.Connection, app_id: str, now: int) -> None:
@@ -280,3 +171,14 @@ def touch_application(conn: sa.Connection, app_id: str, now: int) -> None:
         )
         .values(last_used_at=now)
     )
+
+
+def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bool:
+    """Record a request id; False when this application already used it."""
+    params = {"iss": iss, "jti": jti, "expires_at": expires_at}
+    return driver.run(conn, _REMEMBER_JTI, params).first() is not None
+
+
+def purge_replay(conn: sa.Connection, before: int) -> int:
+    """Forget the request ids that expired before ``before``; how many were forgotten."""
+    return int(conn.execute(replay.delete().where(replay.c.expires_at < before)).rowcount)

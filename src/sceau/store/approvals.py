@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from sceau.core.canonical import canonical_json
-from sceau.core.rowseal import SealedKind
-from sceau.store.applications import save_revision
+from sceau.core.rowseal import SealedFields, SealedKind
+from sceau.store.rows import Rows
 from sceau.store.schema import approvals
 
 __all__ = [
@@ -41,8 +41,11 @@ def encode_payload(params: Mapping[str, Any], approvals_so_far: list[dict[str, A
 
 
 @dataclass(frozen=True)
-class ApprovalRow:
+class ApprovalRow(SealedFields):
     """One request for a gated action, as stored."""
+
+    SEAL_KIND = SealedKind.APPROVAL
+    SEAL_ID = ("approval_id",)
 
     approval_id: str
     action: str
@@ -69,63 +72,30 @@ class ApprovalRow:
         value: list[dict[str, Any]] = json.loads(self.payload)["approvals"]
         return value
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.APPROVAL
 
-    def seal_id(self) -> str:
-        return self.approval_id
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {
-            "action": self.action,
-            "payload": self.payload,
-            "summary": self.summary,
-            "requested_by": self.requested_by,
-            "requested_at": self.requested_at,
-            "expires_at": self.expires_at,
-            "status": self.status,
-            "decided_by": self.decided_by,
-            "decided_at": self.decided_at,
-            "revision": self.revision,
-        }
-
-
-def _row(row: Any) -> ApprovalRow:
-    values = dict(row._mapping)
-    if values["seal"] is not None:
-        values["seal"] = bytes(values["seal"])
-    return ApprovalRow(**values)
+_REQUESTS = Rows(approvals, ApprovalRow, what="request")
 
 
 def insert_approval(conn: sa.Connection, row: ApprovalRow) -> None:
-    conn.execute(approvals.insert().values(**asdict(row)))
+    _REQUESTS.insert(conn, row)
 
 
 def get_approval(conn: sa.Connection, approval_id: str, *,
                  for_update: bool = False) -> ApprovalRow | None:
     """One request; ``for_update`` locks it until the decision commits (PostgreSQL: two
     admins deciding at once on two nodes wait for each other; SQLite has one writer)."""
-    query = sa.select(approvals).where(approvals.c.approval_id == approval_id)
-    if for_update:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
-    return _row(row) if row is not None else None
+    return _REQUESTS.get(conn, approval_id, for_update=for_update)
 
 
 def list_approvals(conn: sa.Connection, *, status: str | None = None,
                    limit: int = 100) -> list[ApprovalRow]:
     """The newest requests first, optionally of one stored status."""
-    query = sa.select(approvals).order_by(approvals.c.requested_at.desc(),
-                                          approvals.c.approval_id)
-    if status is not None:
-        query = query.where(approvals.c.status == status)
-    return [_row(r) for r in conn.execute(query.limit(limit)).all()]
+    where = [] if status is None else [approvals.c.status == status]
+    order = [approvals.c.requested_at.desc(), approvals.c.approval_id]
+    return _REQUESTS.where(conn, *where, order_by=order, limit=limit)
 
 
 def save_approval(conn: sa.Connection, before: ApprovalRow, after: ApprovalRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since
     (two admins deciding the same request at once: one of them is refused)."""
-    values = asdict(after)
-    del values["approval_id"]
-    save_revision(conn, approvals, approvals.c.approval_id == before.approval_id,
-                  before.revision, values, f"request {before.approval_id}")
+    _REQUESTS.save(conn, before, after)

@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from sceau.errors import ConfigError, StoreUnavailable
-from sceau.store import hot
+from sceau.store import driver
 
 log = logging.getLogger("sceau.store")
 
@@ -118,12 +118,12 @@ def create_engines(url: str, *, pool_size: int = 8, synchronous: str = "FULL") -
 
 
 def _count_writes(engine: sa.Engine) -> None:
-    """Count SQLAlchemy's row-changing statements per connection (see ``hot.writes``)."""
+    """Count SQLAlchemy's row-changing statements per connection (see ``driver.writes``)."""
 
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _before(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
-        if hot.is_write(statement):
-            hot.count_write(conn)
+        if driver.is_write(statement):
+            driver.count_write(conn)
 
 
 def _postgres_engine(url: str, pool_size: int) -> sa.Engine:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import sqlalchemy as sa
 
-from sceau.core.rowseal import SealedKind
+from sceau.core.rowseal import SealedFields, SealedKind
+from sceau.store.audit import checkpoint_line
+from sceau.store.rows import Rows
 from sceau.store.schema import audit_checkpoints, audit_nodes, audit_records
 
 __all__ = [
@@ -53,53 +53,35 @@ def valid_node_id(node: str) -> bool:
 
 
 @dataclass(frozen=True)
-class AuditNodeRow:
+class AuditNodeRow(SealedFields):
     """One registered node. ``kind`` stays text: a row edited by SQL must still load, so that
     its seal (not a parse error) is what reports it."""
+
+    SEAL_KIND = SealedKind.AUDIT_NODE
+    SEAL_ID = ("node",)
 
     node: str
     kind: str
     registered_at: int
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.AUDIT_NODE
 
-    def seal_id(self) -> str:
-        return self.node
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {"kind": self.kind, "registered_at": self.registered_at}
-
-
-def _from_row(row: Any) -> AuditNodeRow:
-    return AuditNodeRow(
-        node=str(row.node),
-        kind=str(row.kind),
-        registered_at=int(row.registered_at),
-        seal=bytes(row.seal) if row.seal is not None else None,
-    )
+_NODES = Rows(audit_nodes, AuditNodeRow, what="audit node")
 
 
 def get_node(conn: sa.Connection, node: str) -> AuditNodeRow | None:
     """The node's registry row, or None."""
-    row = conn.execute(sa.select(audit_nodes).where(audit_nodes.c.node == node)).first()
-    return _from_row(row) if row is not None else None
+    return _NODES.get(conn, node)
 
 
 def list_nodes(conn: sa.Connection) -> list[AuditNodeRow]:
     """Every registry row, by node id."""
-    rows = conn.execute(sa.select(audit_nodes).order_by(audit_nodes.c.node)).all()
-    return [_from_row(r) for r in rows]
+    return _NODES.where(conn, order_by=[audit_nodes.c.node])
 
 
 def insert_node(conn: sa.Connection, row: AuditNodeRow) -> None:
     """Insert a sealed row (the caller checked it is absent: one process holds a node id)."""
-    conn.execute(
-        audit_nodes.insert().values(
-            node=row.node, kind=row.kind, registered_at=row.registered_at, seal=row.seal
-        )
-    )
+    _NODES.insert(conn, row)
 
 
 def trail_nodes(conn: sa.Connection) -> set[str]:
@@ -121,14 +103,10 @@ def hash_at(conn: sa.Connection, node: str, node_seq: int) -> str | None:
     ).scalar()
     if found is not None:
         return str(found)
-    line = conn.execute(
-        sa.select(audit_checkpoints.c.line).where(
-            audit_checkpoints.c.node == node, audit_checkpoints.c.node_seq == node_seq
-        )
-    ).scalar()
+    line = checkpoint_line(conn, node, node_seq)
     if line is None:
         return None
-    value = json.loads(str(line)).get("hash")
+    value = json.loads(line).get("hash")
     return value if isinstance(value, str) else None
 
 

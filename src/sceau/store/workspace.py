@@ -1,6 +1,6 @@
-"""Tables and rows of the workspace key services (SPEC §11): CSE resources and admins, DKE keys.
+"""Rows and queries of the workspace key services (SPEC §11): CSE resources and admins, DKE keys.
 
-What each table is trusted for:
+What each table (``schema.py``) is trusted for:
 
 * ``cse_resources`` maps a Google ``resource_name`` to the Sceau key of that resource. It is
   an index, not a decision: every use loads the key record, verifies its seal and checks
@@ -17,94 +17,42 @@ What each table is trusted for:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
-from sceau.core.rowseal import SealedKind
-from sceau.store.schema import metadata
+from sceau.core.rowseal import SealedFields, SealedKind
+from sceau.errors import NotFound
+from sceau.store.rows import Rows
+from sceau.store.schema import cse_admins, cse_resources, dke_key_versions, dke_keys
 
 __all__ = [
     "CseAdminRow",
     "DkeKeyRow",
     "DkeVersionRow",
-    "cse_admins",
-    "cse_resources",
-    "dke_key_versions",
-    "dke_keys",
+    "delete_cse_admin",
+    "dke_key_by_key_id",
+    "dke_versions",
+    "get_cse_admin",
+    "get_dke_key",
+    "get_dke_version",
+    "insert_cse_admin",
+    "insert_dke_key",
+    "insert_dke_version",
+    "insert_resource",
+    "list_cse_admins",
+    "list_dke_keys",
+    "resource_key_id",
+    "save_dke_version",
 ]
-
-cse_resources = sa.Table(
-    "cse_resources",
-    metadata,
-    sa.Column("resource_name", sa.String(512), primary_key=True),
-    sa.Column("key_id", sa.LargeBinary(16), sa.ForeignKey("keys.key_id"), nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-)
-
-cse_admins = sa.Table(
-    "cse_admins",
-    metadata,
-    sa.Column("email", sa.String(320), primary_key=True),
-    sa.Column("added_by", sa.String(320), nullable=False),
-    sa.Column("added_at", sa.BigInteger, nullable=False),
-    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
-    sa.Column("seal", sa.LargeBinary(64), nullable=True),
-)
-
-dke_keys = sa.Table(
-    "dke_keys",
-    metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("key_id", sa.LargeBinary(16), sa.ForeignKey("keys.key_id"), nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
-    sa.Column("seal", sa.LargeBinary(64), nullable=True),
-)
-
-dke_key_versions = sa.Table(
-    "dke_key_versions",
-    metadata,
-    sa.Column("name", sa.String(128), sa.ForeignKey("dke_keys.name"), primary_key=True),
-    sa.Column("keyid", sa.String(64), primary_key=True),
-    sa.Column("n", sa.Text, nullable=False),
-    sa.Column("e", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("retired_at", sa.BigInteger, nullable=True),
-    sa.Column("revision", sa.BigInteger, nullable=False, server_default="1"),
-    sa.Column("seal", sa.LargeBinary(64), nullable=True),
-)
-
-
-def _seal(value: Any) -> bytes | None:
-    return bytes(value) if value is not None else None
-
-
-# --- CSE resources ---------------------------------------------------------------------------
-
-
-def resource_key_id(conn: sa.Connection, resource_name: str) -> bytes | None:
-    """The key id mapped to ``resource_name`` (unverified: the caller checks the record)."""
-    row = conn.execute(
-        sa.select(cse_resources.c.key_id).where(cse_resources.c.resource_name == resource_name)
-    ).first()
-    return bytes(row.key_id) if row is not None else None
-
-
-def insert_resource(conn: sa.Connection, resource_name: str, key_id: bytes, now: int) -> None:
-    conn.execute(cse_resources.insert().values(resource_name=resource_name, key_id=key_id,
-                                               created_at=now))
-
-
-# --- CSE admins --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class CseAdminRow:
+class CseAdminRow(SealedFields):
     """One holder of the ``cse_admin`` role (may call the privileged endpoints)."""
+
+    SEAL_KIND = SealedKind.CSE_ADMIN
+    SEAL_ID = ("email",)
 
     email: str
     added_by: str
@@ -112,47 +60,13 @@ class CseAdminRow:
     revision: int = 1
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.CSE_ADMIN
-
-    def seal_id(self) -> str:
-        return self.email
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {"added_by": self.added_by, "added_at": self.added_at, "revision": self.revision}
-
-
-def _admin(row: Any) -> CseAdminRow:
-    return CseAdminRow(email=row.email, added_by=row.added_by, added_at=int(row.added_at),
-                       revision=int(row.revision), seal=_seal(row.seal))
-
-
-def get_cse_admin(conn: sa.Connection, email: str) -> CseAdminRow | None:
-    row = conn.execute(sa.select(cse_admins).where(cse_admins.c.email == email)).first()
-    return _admin(row) if row is not None else None
-
-
-def list_cse_admins(conn: sa.Connection) -> list[CseAdminRow]:
-    rows = conn.execute(sa.select(cse_admins).order_by(cse_admins.c.email)).all()
-    return [_admin(r) for r in rows]
-
-
-def insert_cse_admin(conn: sa.Connection, row: CseAdminRow) -> None:
-    conn.execute(cse_admins.insert().values(email=row.email, added_by=row.added_by,
-                                            added_at=row.added_at, revision=row.revision,
-                                            seal=row.seal))
-
-
-def delete_cse_admin(conn: sa.Connection, email: str) -> bool:
-    return bool(conn.execute(cse_admins.delete().where(cse_admins.c.email == email)).rowcount)
-
-
-# --- DKE keys ---------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
-class DkeKeyRow:
+class DkeKeyRow(SealedFields):
     """A DKE key name and the Sceau key record that governs it."""
+
+    SEAL_KIND = SealedKind.DKE_KEY
+    SEAL_ID = ("name",)
 
     name: str
     key_id: bytes
@@ -160,20 +74,13 @@ class DkeKeyRow:
     revision: int = 1
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.DKE_KEY
-
-    def seal_id(self) -> str:
-        return self.name
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {"key_id": self.key_id.hex(), "created_at": self.created_at,
-                "revision": self.revision}
-
 
 @dataclass(frozen=True)
-class DkeVersionRow:
+class DkeVersionRow(SealedFields):
     """One RSA-2048 version (``keyid``) of a DKE key; ``active`` ones decrypt."""
+
+    SEAL_KIND = SealedKind.DKE_KEY_VERSION
+    SEAL_ID = ("name", "keyid")
 
     name: str
     keyid: str
@@ -185,78 +92,83 @@ class DkeVersionRow:
     revision: int = 1
     seal: bytes | None = None
 
-    def seal_kind(self) -> SealedKind:
-        return SealedKind.DKE_KEY_VERSION
 
-    def seal_id(self) -> str:
-        return f"{self.name}/{self.keyid}"
-
-    def seal_fields(self) -> Mapping[str, Any]:
-        return {"n": self.n, "e": self.e, "status": self.status, "created_at": self.created_at,
-                "retired_at": self.retired_at, "revision": self.revision}
+_ADMINS = Rows(cse_admins, CseAdminRow, what="CSE admin")
+_DKE_KEYS = Rows(dke_keys, DkeKeyRow, what="DKE key")
+_VERSIONS = Rows(dke_key_versions, DkeVersionRow, what="DKE key version")
 
 
-def _dke_key(row: Any) -> DkeKeyRow:
-    return DkeKeyRow(name=row.name, key_id=bytes(row.key_id), created_at=int(row.created_at),
-                     revision=int(row.revision), seal=_seal(row.seal))
+# --- CSE resources ---------------------------------------------------------------------------
 
 
-def _version(row: Any) -> DkeVersionRow:
-    return DkeVersionRow(name=row.name, keyid=row.keyid, n=row.n, e=int(row.e),
-                         status=row.status, created_at=int(row.created_at),
-                         retired_at=row.retired_at, revision=int(row.revision),
-                         seal=_seal(row.seal))
+def resource_key_id(conn: sa.Connection, resource_name: str) -> bytes | None:
+    """The key id mapped to ``resource_name`` (unverified: the caller checks the record)."""
+    key_id = conn.execute(
+        sa.select(cse_resources.c.key_id).where(cse_resources.c.resource_name == resource_name)
+    ).scalar()
+    return bytes(key_id) if key_id is not None else None
+
+
+def insert_resource(conn: sa.Connection, resource_name: str, key_id: bytes, now: int) -> None:
+    conn.execute(cse_resources.insert().values(resource_name=resource_name, key_id=key_id,
+                                               created_at=now))
+
+
+# --- CSE admins --------------------------------------------------------------------------------
+
+
+def get_cse_admin(conn: sa.Connection, email: str) -> CseAdminRow | None:
+    return _ADMINS.get(conn, email)
+
+
+def list_cse_admins(conn: sa.Connection) -> list[CseAdminRow]:
+    return _ADMINS.where(conn, order_by=[cse_admins.c.email])
+
+
+def insert_cse_admin(conn: sa.Connection, row: CseAdminRow) -> None:
+    _ADMINS.insert(conn, row)
+
+
+def delete_cse_admin(conn: sa.Connection, email: str) -> None:
+    """Withdraw the role from ``email``; :class:`NotFound` when it does not hold it."""
+    if not conn.execute(cse_admins.delete().where(cse_admins.c.email == email)).rowcount:
+        raise NotFound(f"{email} does not hold cse_admin")
+
+
+# --- DKE keys ---------------------------------------------------------------------------------
 
 
 def get_dke_key(conn: sa.Connection, name: str) -> DkeKeyRow | None:
-    row = conn.execute(sa.select(dke_keys).where(dke_keys.c.name == name)).first()
-    return _dke_key(row) if row is not None else None
+    return _DKE_KEYS.get(conn, name)
 
 
 def dke_key_by_key_id(conn: sa.Connection, key_id: bytes) -> DkeKeyRow | None:
     """The DKE key governed by the Sceau key ``key_id`` (unverified: check its seal)."""
-    row = conn.execute(sa.select(dke_keys).where(dke_keys.c.key_id == key_id)).first()
-    return _dke_key(row) if row is not None else None
+    found = _DKE_KEYS.where(conn, dke_keys.c.key_id == key_id, limit=1)
+    return found[0] if found else None
 
 
 def list_dke_keys(conn: sa.Connection) -> list[DkeKeyRow]:
-    return [_dke_key(r) for r in conn.execute(sa.select(dke_keys).order_by(dke_keys.c.name))]
+    return _DKE_KEYS.where(conn, order_by=[dke_keys.c.name])
 
 
 def insert_dke_key(conn: sa.Connection, row: DkeKeyRow) -> None:
-    conn.execute(dke_keys.insert().values(name=row.name, key_id=row.key_id,
-                                          created_at=row.created_at, revision=row.revision,
-                                          seal=row.seal))
+    _DKE_KEYS.insert(conn, row)
 
 
 def dke_versions(conn: sa.Connection, name: str) -> list[DkeVersionRow]:
-    rows = conn.execute(sa.select(dke_key_versions).where(dke_key_versions.c.name == name)
-                        .order_by(dke_key_versions.c.created_at, dke_key_versions.c.keyid))
-    return [_version(r) for r in rows]
+    order = [dke_key_versions.c.created_at, dke_key_versions.c.keyid]
+    return _VERSIONS.where(conn, dke_key_versions.c.name == name, order_by=order)
 
 
 def get_dke_version(conn: sa.Connection, name: str, keyid: str) -> DkeVersionRow | None:
-    row = conn.execute(sa.select(dke_key_versions).where(dke_key_versions.c.name == name)
-                       .where(dke_key_versions.c.keyid == keyid)).first()
-    return _version(row) if row is not None else None
-
-
-def _version_values(row: DkeVersionRow) -> dict[str, Any]:
-    return {"n": row.n, "e": row.e, "status": row.status, "created_at": row.created_at,
-            "retired_at": row.retired_at, "revision": row.revision, "seal": row.seal}
+    return _VERSIONS.get(conn, name, keyid)
 
 
 def insert_dke_version(conn: sa.Connection, row: DkeVersionRow) -> None:
-    conn.execute(dke_key_versions.insert().values(name=row.name, keyid=row.keyid,
-                                                  **_version_values(row)))
+    _VERSIONS.insert(conn, row)
 
 
 def save_dke_version(conn: sa.Connection, before: DkeVersionRow, after: DkeVersionRow) -> None:
     """Write ``after`` over ``before``; ``ConcurrentChange`` if the row moved since."""
-    # Imported here: sceau.store.applications imports the schema, which imports this module.
-    from sceau.store.applications import save_revision
-
-    key = sa.and_(dke_key_versions.c.name == before.name,
-                  dke_key_versions.c.keyid == before.keyid)
-    save_revision(conn, dke_key_versions, key, before.revision, _version_values(after),
-                  f"DKE key version {before.name}/{before.keyid}")
+    _VERSIONS.save(conn, before, after)

@@ -53,6 +53,7 @@ from sceau.core.audit import AuditEvent, ChainHead, build_checkpoint, build_reco
 from sceau.core.verify import WitnessPoint
 from sceau.errors import (
     AuditUnavailable,
+    ConcurrentUpdate,
     ConfigError,
     IntegrityFailure,
     InternalError,
@@ -60,7 +61,7 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose, Keystore
-from sceau.store import hot, nodes, repo
+from sceau.store import applications, audit, driver, leases, nodes
 from sceau.store.db import Engines
 from sceau.store.nodes import AuditNodeRow, NodeKind
 from sceau.vocab import Action, Outcome
@@ -70,6 +71,8 @@ log = logging.getLogger("sceau.audit")
 LEASE_TTL_S = 15
 LEASE_RENEW_S = 5
 MAX_BATCH_RETRIES = 5
+# Runs of one job that keeps finding a key record changed by another node (ConcurrentUpdate).
+MAX_JOB_RETRIES = 5
 # After a failed batch the idle loop waits this long before trying the store again, so an
 # outage is not hammered (and logged) a hundred times a second.
 FAILURE_BACKOFF_S = 1.0
@@ -291,7 +294,7 @@ class Writer:
         except BaseException:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 with self._engines.write.begin() as conn:
-                    repo.release_lease(conn, self.node, self._holder)
+                    leases.release_lease(conn, self.node, self._holder)
             raise
         self._witnessed = witnessed
         log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
@@ -317,7 +320,7 @@ class Writer:
                     "start it again from node_seq 1 (docs/audit.md, 'Witnesses')"
                 )
         references: list[tuple[int, str, str]] = []
-        stored_cp = repo.checkpoint_head(conn, self.node)
+        stored_cp = audit.checkpoint_head(conn, self.node)
         if stored_cp is not None:
             references.append((stored_cp[0], stored_cp[1], "its own newest stored checkpoint"))
         if witnessed is not None:
@@ -360,20 +363,20 @@ class Writer:
     def _take_lease(self, node: str, now: int) -> str | None:
         """Lease ``node``; the foreign holder's token when it is held by a live process."""
         with self._engines.write.begin() as conn:
-            holder = repo.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
+            holder = leases.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
             if holder is not None and _holder_is_dead_local(holder):
                 # A process of this host that died without releasing: take over at once
                 # rather than waiting for the TTL (a restarted node resumes quickly).
-                if repo.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
+                if leases.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
                     holder = None
         return holder
 
     def _load_head(self, conn: sa.Connection) -> None:
         """Read this node's chain head and checkpoint coverage from the store."""
-        head = repo.chain_head(conn, self.node)
-        self._last_seq = repo.max_seq(conn)
-        last_cp = repo.last_checkpoint(conn, self.node)
-        anchor = repo.checkpoint_head(conn, self.node) if head is None else None
+        head = audit.chain_head(conn, self.node)
+        self._last_seq = audit.max_seq(conn)
+        last_cp = audit.last_checkpoint(conn, self.node)
+        anchor = audit.checkpoint_head(conn, self.node) if head is None else None
         if head is not None:
             node_seq, hash_, _seq = head
             self._head = ChainHead(node=self.node, node_seq=node_seq, hash=hash_)
@@ -410,7 +413,7 @@ class Writer:
                 log.error("audit node %s stops with %d checkpoint(s) its witness does not hold",
                           self.node, len(self._unwitnessed))
             with self._engines.write.begin() as conn:
-                repo.release_lease(conn, self.node, self._holder)
+                leases.release_lease(conn, self.node, self._holder)
         except (sa.exc.SQLAlchemyError, SceauError):
             log.warning("could not release the audit node lease cleanly")
         finally:
@@ -573,7 +576,7 @@ class Writer:
             now = self._clock()
             now_s = int(now)
             if now - self._last_lease >= LEASE_RENEW_S or not jobs or self._resync:
-                if repo.acquire_lease(conn, self.node, self._holder, now_s, LEASE_TTL_S):
+                if leases.acquire_lease(conn, self.node, self._holder, now_s, LEASE_TTL_S):
                     raise AuditUnavailable("this node lost its audit lease")
                 renewed = now
                 if self._resync:
@@ -604,7 +607,7 @@ class Writer:
             cp_line = ""
             rows: list[dict[str, Any]] = []
             if events:
-                seqs = repo.next_seqs(conn, len(events), self._last_seq)
+                seqs = audit.next_seqs(conn, len(events), self._last_seq)
                 info = self._keystore.signing_key(KeyPurpose.AUDIT)
                 for event, seq, key, owner in zip(events, seqs, keys_of_events, owners,
                                                   strict=True):
@@ -617,7 +620,7 @@ class Writer:
                         node=self.node, node_seq=record["node_seq"], hash=record["hash"]
                     )
                     last_seq = seq
-                repo.insert_audit_records(conn, rows)
+                audit.insert_audit_records(conn, rows)
                 if not self._registered:
                     self._register(conn, now_s)
             uncovered = self._uncovered + len(rows)
@@ -629,7 +632,7 @@ class Writer:
                                       sign=self._sign_audit)
                 after = last_seq if rows else self._head_seq(conn, head)
                 cp_line = record_line(cp)
-                repo.insert_checkpoint(conn, self.node, head.node_seq, after, cp_line)
+                audit.insert_checkpoint(conn, self.node, head.node_seq, after, cp_line)
         # Committed: only now does the in-memory chain advance.
         self._head = head
         self._last_seq = last_seq
@@ -706,7 +709,7 @@ class Writer:
         return True
 
     def _head_seq(self, conn: sa.Connection, head: ChainHead) -> int:
-        found = repo.chain_head(conn, head.node)
+        found = audit.chain_head(conn, head.node)
         return found[2] if found is not None else 0
 
     def _audit_jwks(self) -> dict[str, Any]:
@@ -730,11 +733,11 @@ class Writer:
         try:
             if job.jti is not None:
                 iss, jti, expires = job.jti
-                if not repo.remember_jti(conn, iss, jti, expires):
+                if not applications.remember_jti(conn, iss, jti, expires):
                     raise ReplayedRequest("this request id was already used")
             if job.fn is None:
                 return None, None
-            return _run_isolated(conn, job.fn, tx, isolate), None
+            return _run_retrying(conn, job.fn, tx, isolate), None
         except _PartialWrite:
             raise
         except SceauError as exc:
@@ -795,14 +798,14 @@ def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     statements themselves.
     Names must differ between nesting levels (``sceau_job``, ``sceau_item``).
     """
-    hot.sql(conn, f"SAVEPOINT {name}")
+    driver.sql(conn, f"SAVEPOINT {name}")
     try:
         yield
     except BaseException:
-        hot.sql(conn, f"ROLLBACK TO SAVEPOINT {name}")
-        hot.sql(conn, f"RELEASE SAVEPOINT {name}")
+        driver.sql(conn, f"ROLLBACK TO SAVEPOINT {name}")
+        driver.sql(conn, f"RELEASE SAVEPOINT {name}")
         raise
-    hot.sql(conn, f"RELEASE SAVEPOINT {name}")
+    driver.sql(conn, f"RELEASE SAVEPOINT {name}")
 
 
 class _PartialWrite(Exception):  # noqa: N818 - internal control flow, never escapes
@@ -814,7 +817,7 @@ def _run_isolated(conn: sa.Connection, fn: JobFn, tx: Tx, isolate: bool) -> Any:
 
     A savepoint per job costs three statements (three round trips on PostgreSQL), and most
     failures are refusals decided before any write. So a job first runs without one, and
-    the connection's count of row-changing statements (``hot.writes``) tells whether a
+    the connection's count of row-changing statements (``driver.writes``) tells whether a
     failing job had written. If it had, or if it failed on a database error (which aborts
     a PostgreSQL transaction), :class:`_PartialWrite` makes the writer roll the batch back
     and run it again with a savepoint per job (``isolate``), as it does after a deadlock:
@@ -823,15 +826,41 @@ def _run_isolated(conn: sa.Connection, fn: JobFn, tx: Tx, isolate: bool) -> Any:
     if isolate:
         with savepoint(conn, "sceau_job"):
             return fn(tx)
-    before = hot.writes(conn)
+    before = driver.writes(conn)
     try:
         return fn(tx)
     except sa.exc.DBAPIError as exc:
         raise _PartialWrite from exc
     except BaseException as exc:
-        if hot.writes(conn) != before:
+        if driver.writes(conn) != before:
             raise _PartialWrite from exc
         raise
+
+
+def _run_retrying(conn: sa.Connection, fn: JobFn, tx: Tx, isolate: bool) -> Any:
+    """Run a job (:func:`_run_isolated`), again while a key record it read was changed by
+    another node before the job wrote it (:class:`ConcurrentUpdate`).
+
+    The losing write changed nothing but counts as one, so outside a savepoint the conflict
+    first makes the batch run again, every job in its own savepoint. Inside one, the job
+    runs again here in the same transaction: each PostgreSQL statement reads what was
+    committed when it started, so the next run reads the other node's version. Each run
+    starts from the audit context the job was submitted with. After ``MAX_JOB_RETRIES``
+    runs the conflict fails the job (an internal error).
+    """
+    key, details = tx.ctx.key, dict(tx.ctx.details)
+    runs = 1
+    while True:
+        try:
+            return _run_isolated(conn, fn, tx, isolate)
+        except ConcurrentUpdate:
+            if runs == MAX_JOB_RETRIES:
+                raise
+            runs += 1
+            log.info("job for %s: a key record changed meanwhile; running it again",
+                     tx.ctx.action)
+            tx.ctx.key, tx.ctx.details = key, dict(details)
+            tx.items.clear()
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:

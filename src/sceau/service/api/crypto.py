@@ -48,7 +48,7 @@ from sceau.service.params import (
     KeyOptions,
     parse_model,
 )
-from sceau.store import repo
+from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import Tx
 from sceau.vocab import KeyStatus, Outcome, Reason
 
@@ -180,7 +180,7 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
             return seal_one(item.plaintext, item.aad)
 
         result = {"items": _run_items(tx, params.items, one)}
-    repo.insert_keys(tx.conn, created)
+    insert_keys(tx.conn, created)
     return result
 
 
@@ -209,7 +209,7 @@ def _count_use(call: Call, tx: Tx, record: KeyRecord) -> None:
     """Increment ``decryptions`` with the grant (state, not policy: revision unchanged)."""
     after = keyops.reseal(call.rt.keystore, record, bump=False,
                           decryptions=record.decryptions + 1)
-    repo.save_key(tx.conn, record, after)
+    save_key(tx.conn, record, after)
 
 
 def _header(ciphertext: bytes) -> EnvelopeHeader:
@@ -267,7 +267,7 @@ def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
 def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict[str, Any]:
     record = create_key(call, params, tx.now)
     tx.ctx.key = keyops.key_id_text(record.key_id)
-    repo.insert_keys(tx.conn, [record])
+    insert_keys(tx.conn, [record])
     assert record.seed is not None
     data_key = call.rt.keystore.derive(record.master_version, record.key_id, record.seed)
     return {

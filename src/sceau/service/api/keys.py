@@ -36,7 +36,9 @@ from sceau.service.params import (
     rfc3339,
 )
 from sceau.service.receipts import DestroyedKey as DestroyedKey
-from sceau.store import repo
+from sceau.store.audit import newest_audit_lines
+from sceau.store.keys import KeyFilter, overwrite_seed, save_key
+from sceau.store.keys import list_keys as list_stored_keys
 from sceau.store.writer import Tx
 from sceau.vocab import AuthorizationStatus, KeyStatus, Reason
 
@@ -67,7 +69,7 @@ def managed(
 
 def _save(call: Call, tx: Tx, before: KeyRecord, **changes: Any) -> KeyRecord:
     after = keyops.reseal(call.rt.keystore, before, **changes)
-    repo.save_key(tx.conn, before, after)
+    save_key(tx.conn, before, after)
     tx.ctx.details = {"revision": after.revision, **tx.ctx.details}
     return after
 
@@ -108,7 +110,7 @@ def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
     guesses; such a page may take several reads to fill. Creation times are not hidden this
     way: the order of the list and its cursors already follow them (docs/policy.md).
     """
-    flt = repo.KeyFilter(
+    flt = KeyFilter(
         user=call.user,
         user_domain_pattern=domain_pattern(call.user),
         role=str(params.role),
@@ -125,7 +127,7 @@ def list_keys(call: Call, params: ListKeysParams, tx: Tx) -> dict[str, Any]:
     wanted = params.limit + 1  # one more than the page tells whether there is a next one
     shown: list[tuple[KeyRecord, bool]] = []
     while len(shown) < wanted:
-        rows = repo.list_keys(tx.conn, flt, limit=wanted, after=after)
+        rows = list_stored_keys(tx.conn, flt, limit=wanted, after=after)
         for record in rows:
             # Verified before anything is decided from it (who sees what).
             call.rt.keystore.verify_seal(record.seal_payload(), record.seal)
@@ -207,7 +209,7 @@ def shred(keystore: Keystore, tx: Tx, record: KeyRecord) -> KeyRecord:
     freed cells as well. Backups taken before this moment still hold the seed
     (docs/erasure.md).
     """
-    repo.overwrite_seed(tx.conn, record.key_id)
+    overwrite_seed(tx.conn, record.key_id)
     after = keyops.reseal(
         keystore,
         record,
@@ -216,7 +218,7 @@ def shred(keystore: Keystore, tx: Tx, record: KeyRecord) -> KeyRecord:
         destroyed_at=tx.now,
         destroy_at=None,
     )
-    repo.save_key(tx.conn, record, after)
+    save_key(tx.conn, record, after)
     if record.application == DKE_APPLICATION:
         # A DKE key's documents are opened by its RSA private keys, not by the seed: they
         # go too (docs/workspace.md).
@@ -395,8 +397,8 @@ def _decode_seq_cursor(text: str) -> int:
 def list_accesses(call: Call, params: ListAccessesParams, tx: Tx) -> dict[str, Any]:
     record = managed(call, tx, params.key_id, change=False)
     before = _decode_seq_cursor(params.cursor) if params.cursor else None
-    rows = repo.key_accesses(
-        tx.conn, keyops.key_id_text(record.key_id), limit=params.limit + 1, before=before
+    rows = newest_audit_lines(
+        tx.conn, key=keyops.key_id_text(record.key_id), limit=params.limit + 1, before=before
     )
     page, more = rows[: params.limit], len(rows) > params.limit
     accesses = [json.loads(line) for _seq, line in page]

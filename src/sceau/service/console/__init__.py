@@ -23,7 +23,8 @@ from sceau.service.console import (
     workspacepages,
 )
 from sceau.service.console.web import Console, ConsoleRoute, PageError
-from sceau.store import accounts, repo
+from sceau.store import accounts
+from sceau.store.signin import purge_throttle
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -65,7 +66,7 @@ def mount(app: FastAPI, rt: Runtime) -> Console:
         # Runs in the writer's periodic maintenance: expired sessions and stale counters go.
         accounts.purge_console_sessions(conn, idle_before=now - console.idle_timeout,
                                     created_before=now - console.absolute_timeout)
-        repo.purge_throttle(conn, now - security.THROTTLE_WINDOW_S)
+        purge_throttle(conn, now - security.THROTTLE_WINDOW_S)
         oidc.purge(conn, now)
 
     rt.writer.maintenance.append(purge)

@@ -19,7 +19,8 @@ from sceau.service.console.web import (
     not_found,
     query_string,
 )
-from sceau.store import repo
+from sceau.store.audit import iter_audit_lines, newest_audit_lines
+from sceau.store.keys import count_keys_by_status
 from sceau.vocab import Action, Outcome, Role
 
 AUDIT_PAGE = 50
@@ -87,7 +88,7 @@ def recent_accesses(console: Console, now: int) -> tuple[list[dict[str, Any]],
     scanned = 0
     with console.rt.engines.read.connect() as conn:
         while scanned < CHART_SCAN:
-            rows = repo.audit_lines_desc(conn, before=before, limit=2000)
+            rows = newest_audit_lines(conn, before=before, limit=2000)
             if not rows:
                 break
             scanned += len(rows)
@@ -116,7 +117,7 @@ def browse(console: Console, filters: dict[str, str], before: int | None,
     cursor = before
     with console.rt.engines.read.connect() as conn:
         while len(out) < AUDIT_PAGE and scanned < AUDIT_SCAN:
-            rows = repo.audit_lines_desc(conn, before=cursor, limit=1000, key=key)
+            rows = newest_audit_lines(conn, before=cursor, limit=1000, key=key)
             if not rows:
                 return out, None
             for seq, line in rows:
@@ -143,7 +144,7 @@ def verify_store(console: Console) -> Verification:
     """The offline verifier over the whole stored trail and the service's JWKS."""
     jwks = console.rt.keystore.public_jwks()
     with console.rt.engines.read.connect() as conn:
-        report = verify_lines((line for _s, _k, line in repo.iter_audit_lines(conn)), jwks,
+        report = verify_lines((line for _s, _k, line in iter_audit_lines(conn)), jwks,
                               stop_at_first=True)
     first = report.first_problem
     return Verification(report.ok, report.records, report.checkpoints, report.nodes,
@@ -169,7 +170,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         denials: list[dict[str, Any]] = []
         if session.account.sees_all:
             with console.rt.engines.read.connect() as conn:
-                counts = repo.count_keys_by_status(conn, now)
+                counts = count_keys_by_status(conn, now)
             accesses, denials = recent_accesses(console, now)
             bars, peak = chart(accesses, now)
         notices = {"password": "Password changed.", "totp": "Two-factor settings saved."}
@@ -202,7 +203,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         def lines() -> Iterator[bytes]:
             # Exactly the stored lines, checkpoints interleaved (SPEC §8, §10).
             with console.rt.engines.read.connect() as conn:
-                for _seq, _kind, line in repo.iter_audit_lines(conn):
+                for _seq, _kind, line in iter_audit_lines(conn):
                     yield line.encode("utf-8") + b"\n"
 
         stamp = datetime.fromtimestamp(console.now(), UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -35,8 +35,15 @@ from sceau.service.console.web import (
     new_token,
     set_cookie,
 )
-from sceau.store import accounts, repo
+from sceau.store import accounts
 from sceau.store.accounts import AUTH_PASSWORD, AccountRow, ConsoleSessionRow
+from sceau.store.signin import (
+    charge_throttle,
+    clear_throttle,
+    refund_throttle,
+    set_totp_last_step,
+    totp_last_step,
+)
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Outcome
 
@@ -89,22 +96,22 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     def record(tx: Tx) -> LoginOutcome:
         throttled = False
         for scope, subject in _throttle_keys(username, ip):
-            failures, start = repo.charge_throttle(tx.conn, str(scope), subject, tx.now,
+            failures, start = charge_throttle(tx.conn, str(scope), subject, tx.now,
                                                    security.THROTTLE_WINDOW_S)
             # Judged on the count before this attempt, exactly as is_throttled reads it.
             throttled = security.is_throttled((failures - 1, start), tx.now) or throttled
         second_ok = True
         if account is not None and account.totp_secret:
-            last = repo.totp_last_step(tx.conn, username)
+            last = totp_last_step(tx.conn, username)
             second_ok = totp_step is not None and (last is None or totp_step > last)
         granted = not throttled and usable and password_ok and second_ok
         if granted:
             assert account is not None
             if totp_step is not None:
-                repo.set_totp_last_step(tx.conn, username, totp_step)
-            repo.clear_throttle(tx.conn, str(ThrottleScope.ACCOUNT), username)
+                set_totp_last_step(tx.conn, username, totp_step)
+            clear_throttle(tx.conn, str(ThrottleScope.ACCOUNT), username)
             if ip:
-                repo.refund_throttle(tx.conn, str(ThrottleScope.ADDRESS), ip)
+                refund_throttle(tx.conn, str(ThrottleScope.ADDRESS), ip)
             open_session(console, tx, session_id, username, ip)
             tx.item_record(outcome=Outcome.GRANTED, key=None,
                            details={"second_factor": account.totp_secret is not None})
@@ -293,7 +300,7 @@ def router(console: Console, route_class: type) -> APIRouter:
                 raise InvalidRequest("two-factor sign-in is required for this role")
             if enable and match is not None:
                 save_changed(console, tx, account, totp_secret=secret)
-                repo.set_totp_last_step(tx.conn, username, match.step)
+                set_totp_last_step(tx.conn, username, match.step)
             else:
                 save_changed(console, tx, account, totp_secret=None)
             tx.ctx.details = {"account": username,

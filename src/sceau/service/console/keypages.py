@@ -33,7 +33,8 @@ from sceau.service.console.web import (
     not_found,
     query_string,
 )
-from sceau.store import repo
+from sceau.store.audit import newest_audit_lines
+from sceau.store.keys import KEY_SORTS, KeyFilter, list_keys
 from sceau.store.writer import JobOutcome, Tx
 from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right, Role
 
@@ -90,7 +91,7 @@ class KeyQuery:
     """The key table's filters, sorting and page, read from the query string."""
 
     values: dict[str, str]
-    flt: repo.KeyFilter
+    flt: KeyFilter
     sort: str
     descending: bool
     limit: int
@@ -106,13 +107,13 @@ class KeyQuery:
         if status is not None and status not in ListStatus.__members__.values():
             raise PageError(400, "Unknown status filter.")
         sort = values["sort"] or "created"
-        if sort not in repo.CONSOLE_KEY_SORTS:
+        if sort not in KEY_SORTS:
             raise PageError(400, "Unknown sort column.")
         limit = int(values["limit"]) if values["limit"].isdigit() else 50
         if limit not in PAGE_SIZES:
             limit = 50
         person = normalize_identity(values["person"]) if values["person"] else None
-        flt = repo.KeyFilter(
+        flt = KeyFilter(
             user=person,
             user_domain_pattern=domain_pattern(person) if person else None,
             role=role,
@@ -193,7 +194,7 @@ def key_rows(
         after = query.after
         picked: list[tuple[KeyRecord, KeyRow, bool]] = []
         while len(picked) < wanted:
-            records = repo.console_list_keys(
+            records = list_keys(
                 tx.conn, query.flt, visible_to=visible, sort=query.sort,
                 descending=query.descending, limit=wanted, after=after,
             )
@@ -261,7 +262,8 @@ def key_view(console: Console, session: Session, key_id: bytes, before: int | No
         more_before = None
         # list-accesses is a management operation; auditors read the trail anyway.
         if manageable or session.account.sees_all:
-            rows = repo.key_accesses(tx.conn, tx.ctx.key, limit=ACCESS_PAGE + 1, before=before)
+            rows = newest_audit_lines(tx.conn, key=tx.ctx.key, limit=ACCESS_PAGE + 1,
+                                      before=before)
             page = rows[:ACCESS_PAGE]
             accesses = [_access(line) for _seq, line in page]
             more_before = page[-1][0] if len(rows) > ACCESS_PAGE and page else None
@@ -300,7 +302,7 @@ def router(console: Console, route_class: type) -> APIRouter:
                 col: query_string(query.values, sort=col,
                                   order="asc" if query.sort == col and query.descending
                                   else "desc")
-                for col in repo.CONSOLE_KEY_SORTS
+                for col in KEY_SORTS
             },
             sort=query.sort, descending=query.descending,
         )

@@ -56,8 +56,15 @@ from sceau.service.console.web import (
     new_token,
     set_cookie,
 )
-from sceau.store import accounts, login_state
+from sceau.store import accounts
 from sceau.store.accounts import AUTH_OIDC, AccountRow
+from sceau.store.signin import (
+    LoginState,
+    count_login_states,
+    insert_login_state,
+    purge_login_states,
+    take_login_state,
+)
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Outcome, Role
 
@@ -491,10 +498,10 @@ class OidcLogin:
         state, binding, nonce = new_token(), new_token(), new_token()
         verifier = b64u_encode(os.urandom(48))  # 64 characters, RFC 7636 §4.1
         with self.console.rt.engines.write.begin() as conn:
-            if login_state.count_login_states(conn) >= MAX_IN_FLIGHT:
+            if count_login_states(conn) >= MAX_IN_FLIGHT:
                 raise TooManySignIns()
             # Bookkeeping of a sign-in not yet made, like a session touch: not audited.
-            login_state.insert_login_state(conn, login_state.LoginState(
+            insert_login_state(conn, LoginState(
                 state_hash=_state_hash(state, binding), nonce=nonce, verifier=verifier,
                 created_at=self.console.now()))
         with self.oauth_client() as client:
@@ -545,7 +552,7 @@ class OidcLogin:
         # Taken (deleted) before anything else: a replayed callback finds nothing, whatever
         # happens next.
         with self.console.rt.engines.write.begin() as conn:
-            row = login_state.take_login_state(conn, _state_hash(state, binding))
+            row = take_login_state(conn, _state_hash(state, binding))
         if row is None:
             raise OidcRefused(OidcReason.UNKNOWN_STATE)
         now = self.console.now()
@@ -636,7 +643,7 @@ def purge(conn: Any, now: int) -> None:
     Kept that long so that a late answer is refused as ``state_expired`` (what happened)
     rather than ``unknown_state``, whatever the timing of this maintenance.
     """
-    login_state.purge_login_states(conn, now - 2 * STATE_TTL_S)
+    purge_login_states(conn, now - 2 * STATE_TTL_S)
 
 
 # --- routes --------------------------------------------------------------------------------------

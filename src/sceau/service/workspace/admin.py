@@ -74,8 +74,7 @@ def remove_cse_admin(session: ChangeRunner, email: str) -> None:
 
     def remove(tx: Tx) -> None:
         tx.ctx.details = {"email": address}
-        if not ws.delete_cse_admin(tx.conn, address):
-            raise NotFound(f"{address} does not hold cse_admin")
+        ws.delete_cse_admin(tx.conn, address)
 
     session.run(Action.CSE_ADMIN_REMOVE, remove)
 
@@ -147,7 +146,7 @@ def create_dke_key(session: ChangeRunner, name: str, allow: list[str]) -> dict[s
     from sceau.core.model import Rules
     from sceau.service import keyops
     from sceau.service.workspace.dke import DKE_APPLICATION, valid_key_name
-    from sceau.store import repo
+    from sceau.store.keys import insert_keys
 
     valid_key_name(name)
     if not allow:
@@ -166,7 +165,7 @@ def create_dke_key(session: ChangeRunner, name: str, allow: list[str]) -> dict[s
         tx.ctx.details = {"dke_key": name, "keyid": version.keyid, "allow": list(principals)}
         if ws.get_dke_key(tx.conn, name) is not None:
             raise InvalidRequest(f"DKE key {name} exists already")
-        repo.insert_keys(tx.conn, [record])
+        insert_keys(tx.conn, [record])
         ws.insert_dke_key(tx.conn, keystore.seal_row(ws.DkeKeyRow(name, record.key_id, now)))
         ws.insert_dke_version(tx.conn, version)
 
@@ -192,7 +191,7 @@ def set_dke_key_enabled(session: ChangeRunner, name: str, enabled: bool) -> None
     from sceau.core.policy import management_refusal
     from sceau.errors import AccessDenied
     from sceau.service import keyops
-    from sceau.store import repo
+    from sceau.store.keys import save_key
     from sceau.vocab import KeyStatus
 
     keystore = session.keystore
@@ -204,7 +203,7 @@ def set_dke_key_enabled(session: ChangeRunner, name: str, enabled: bool) -> None
             raise AccessDenied(refusal)
         status = KeyStatus.ACTIVE if enabled else KeyStatus.DISABLED
         if record.status != status:
-            repo.save_key(tx.conn, record, keyops.reseal(keystore, record, status=status))
+            save_key(tx.conn, record, keyops.reseal(keystore, record, status=status))
 
     session.run(Action.DKE_KEY_ENABLE if enabled else Action.DKE_KEY_DISABLE, change)
 

@@ -65,8 +65,8 @@ from sceau.service.api.crypto import DAY, _usable_for_encrypt
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jwt
-from sceau.store import repo
 from sceau.store import workspace as ws
+from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Action, Reason
 
@@ -305,7 +305,7 @@ class CseService:
             expires_at=now + self.lifetime_days * DAY, name=resource, tag=None,
             not_before=None, not_after=None, recipients=(), rules=Rules(),
         )
-        repo.insert_keys(tx.conn, [record])
+        insert_keys(tx.conn, [record])
         ws.insert_resource(tx.conn, resource, record.key_id, now)
         return record
 
@@ -352,7 +352,7 @@ class CseService:
         if count:
             after = keyops.reseal(self.rt.keystore, record, bump=False,
                                   decryptions=record.decryptions + 1)
-            repo.save_key(tx.conn, record, after)
+            save_key(tx.conn, record, after)
         return dek, wrapped.perimeter_id
 
     # --- one call ----------------------------------------------------------------------------

@@ -48,8 +48,8 @@ from sceau.service import keyops
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
-from sceau.store import repo
 from sceau.store import workspace as ws
+from sceau.store.keys import save_key
 from sceau.store.writer import AuditContext, Job, Tx
 from sceau.vocab import Action, Reason
 
@@ -196,7 +196,7 @@ class DkeService:
             plaintext = self.rt.keystore.dke_decrypt(dke_label(name, keyid), ciphertext)
             after = keyops.reseal(self.rt.keystore, record, bump=False,
                                   decryptions=record.decryptions + 1)
-            repo.save_key(tx.conn, record, after)
+            save_key(tx.conn, record, after)
             return {"value": _b64_std(plaintext)}
 
         try:

@@ -73,7 +73,7 @@ from sceau.service.workspace.cse import (
     _details,
     _refuse,
 )
-from sceau.store import repo
+from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import Tx
 from sceau.vocab import Action
 
@@ -249,7 +249,7 @@ def new_mailbox_key(keystore: Keystore, tx: Tx, *, email: str, key: rsa.RSAPriva
     wrapped = pack_wrapped_private_key(email, spki, perimeter_id, envelope)
     if len(wrapped) > MAX_WRAPPED_PRIVATE_BYTES:
         raise InvalidRequest("private_key: too large to wrap within Gmail's 8 KB")
-    repo.insert_keys(tx.conn, [record])
+    insert_keys(tx.conn, [record])
     return wrapped, record
 
 
@@ -282,7 +282,7 @@ def open_mailbox_key(service: CseService, tx: Tx, wrapped: WrappedPrivateKey, *,
     except IntegrityFailure:
         raise IntegrityFailure("wrapped_private_key does not authenticate") from None
     after = keyops.reseal(rt.keystore, record, bump=False, decryptions=record.decryptions + 1)
-    repo.save_key(tx.conn, record, after)
+    save_key(tx.conn, record, after)
     return private_key_from_pkcs8(der)
 
 
