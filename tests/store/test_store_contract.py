@@ -1,4 +1,4 @@
-"""The storage contract: every query of ``sceau.store.repo`` behaves the same on both engines.
+"""The storage contract: every query of the store modules behaves the same on both engines.
 
 Each test runs on SQLite and on a fresh PostgreSQL database (``make_engines``), against the
 schema the migrations create.
