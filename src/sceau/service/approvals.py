@@ -42,7 +42,6 @@ from sceau.errors import AccessError, InvalidRequest, NotFound, SceauError
 from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
 from sceau.service.console import keyactions
-from sceau.service.console.keyactions import Actor
 from sceau.store import approvals as store
 from sceau.store.applications import ANY_USER
 from sceau.store.approvals import ApprovalRow, encode_payload
@@ -214,24 +213,29 @@ class Env:
 Builder = Callable[[Env, Mapping[str, Any], str], Change]
 
 
-def _key_change(action: Action, fn: Callable[[Tx, Actor], Any], env: Env) -> Change:
-    # Through the admin's manage-any: that is what the approval allows.
-    actor = Actor(env.actor, Role.ADMIN)
-    return Change(action, lambda tx: fn(tx, actor))
-
-
 def _add_authorization(env: Env, p: Mapping[str, Any], _pw: str) -> Change:
     key_id = b64u_decode(p["key_id"])
     rights = frozenset(Right(r) for r in p["rights"])
-    return _key_change(Action.ADD_AUTHORIZATION, lambda tx, actor: keyactions.add_authorization(
-        env.rt, actor, tx, key_id, p["principal"], rights, p["not_before"], p["not_after"]), env)
+
+    def add(tx: Tx) -> Any:
+        params = keyactions.authorization_params(key_id, p["principal"], rights,
+                                                 p["not_before"], p["not_after"])
+        # Through the admin's manage-any: that is what the approval allows.
+        actor = keyactions.console_actor(env.actor, Role.ADMIN)
+        return env.rt.lifecycle.add_authorization(actor, params, tx)
+
+    return Change(Action.ADD_AUTHORIZATION, add)
 
 
 def _enable_authorization(env: Env, p: Mapping[str, Any], _pw: str) -> Change:
     key_id = b64u_decode(p["key_id"])
-    return _key_change(
-        Action.ENABLE_AUTHORIZATION, lambda tx, actor: keyactions.change_authorization(
-            env.rt, actor, tx, key_id, p["principal"], Action.ENABLE_AUTHORIZATION), env)
+
+    def enable(tx: Tx) -> Any:
+        params = keyactions.principal_ref(key_id, p["principal"])
+        actor = keyactions.console_actor(env.actor, Role.ADMIN)
+        return env.rt.lifecycle.enable_authorization(actor, params, tx)
+
+    return Change(Action.ENABLE_AUTHORIZATION, enable)
 
 
 @dataclass(frozen=True)

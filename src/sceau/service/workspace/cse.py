@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 import sceau
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
-from sceau.core.policy import Caller, decide_use
+from sceau.core.policy import Actor, decide_use
 from sceau.core.workspace import (
     CSE_APPLICATION,
     MAILBOX_KEY_PREFIX,
@@ -60,7 +60,8 @@ from sceau.errors import (
 )
 from sceau.jose.guard import MalformedJson, strict_json_loads
 from sceau.service import keyops
-from sceau.service.api.crypto import DAY, _usable_for_encrypt
+from sceau.service.api.crypto import _usable_for_encrypt
+from sceau.service.lifecycle import DAY
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.settings import CseSettings, normalize_url
@@ -222,7 +223,7 @@ class CseService:
             a.issuer: TrustedIssuer(a.issuer, settings.authorization_audience, source(a.jwks))
             for a in settings.authorization_issuers
         }
-        self.lifetime_days = rt.default_lifetime_days
+        self.lifetime_days = rt.lifecycle.default_lifetime_days
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class CseService:
         tx.ctx.key = keyops.key_id_text(record.key_id)
         _usable_for_encrypt(record, tx.now)
         if strict_member and self.settings.strict:
-            reason = decide_use(record, Caller(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
+            reason = decide_use(record, Actor(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
         assert record.seed is not None
@@ -339,7 +340,7 @@ class CseService:
         if perimeter is not None and wrapped.perimeter_id != perimeter:
             _refuse(tx, "perimeter_id", "the wrapped key belongs to another perimeter")
         who = subject if subject is not None else self._subject(record, email)
-        reason = decide_use(record, Caller(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
+        reason = decide_use(record, Actor(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
         if reason is not None:
             raise AccessDenied(reason)
         assert record.seed is not None
@@ -676,7 +677,6 @@ def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
 def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
     """Add ``/cse/*`` to ``app``."""
     service = CseService(rt, settings)
-    rt.extras["cse"] = service
     router = APIRouter(prefix="/cse", include_in_schema=False)
     posts = all_posts()
 

@@ -30,7 +30,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from sceau.core.model import KeyRecord
-from sceau.core.policy import Caller, decide_use, validate_principal
+from sceau.core.policy import Actor, decide_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
 from sceau.errors import (
     AccessDenied,
@@ -140,7 +140,7 @@ class DkeService:
         valid_key_name(name)
         with self.rt.engines.read.connect() as conn:
             _row, record = self.key_of(conn, name)
-            reason = decide_use(record, Caller(DKE_APPLICATION, record.owner, None),
+            reason = decide_use(record, Actor(DKE_APPLICATION, record.owner, None),
                                 int(time.time()))
             if reason is not None:
                 raise AccessDenied(reason)
@@ -188,7 +188,7 @@ class DkeService:
             if version is None:
                 raise NotFound("no such DKE key version")
             self.rt.rows.check(version)
-            reason = decide_use(record, Caller(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
+            reason = decide_use(record, Actor(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
             if version.status != ACTIVE:
@@ -235,7 +235,6 @@ def _problem(error: SceauError, headers: dict[str, str] | None = None) -> Respon
 def mount_dke(app: FastAPI, rt: Runtime, settings: DkeSettings) -> DkeService:
     """Add ``/dke/*`` to ``app``."""
     service = DkeService(rt, settings)
-    rt.extras["dke"] = service
     router = APIRouter(prefix="/dke", include_in_schema=False)
 
     async def get_key(name: str) -> Response:
