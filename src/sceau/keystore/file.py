@@ -60,6 +60,7 @@ from sceau.keystore.base import (
 
 __all__ = [
     "FileKeystore",
+    "JweFileKeys",
     "JweKeyFile",
     "derive_ec_jwe_jwk",
     "read_secret_file",
@@ -388,6 +389,25 @@ def _public_jwk(private: _SoftKey, alg: str) -> dict[str, Any]:
     return jwk
 
 
+class JweFileKeys:
+    """The JWE accessors of a keystore whose inbound-JWE keys live in ``jwe.json`` (the file
+    and the pkcs11 backends alike)."""
+
+    _jwe: JweKeyFile
+
+    def jwe_private_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.private_jwk
+
+    def jwe_public_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.public_jwk
+
+    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.private_jwks
+
+    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.public_jwks
+
+
 @dataclass(frozen=True, slots=True)
 class _SoftSigner:
     info: SigningKeyInfo
@@ -459,7 +479,7 @@ def _initial_document(alg: str) -> dict[str, Any]:
     }
 
 
-class FileKeystore(Keystore):
+class FileKeystore(JweFileKeys, Keystore):
     """Keys in ``keystore.json`` under the keystore dir (the embedded default)."""
 
     backend = "file"
@@ -656,20 +676,6 @@ class FileKeystore(Keystore):
 
         self._mutate(change)
         return self.signing_key(purpose)
-
-    # --- JWE ----------------------------------------------------------------------------
-
-    def jwe_private_jwk(self) -> Mapping[str, Any]:
-        return self._jwe.private_jwk
-
-    def jwe_public_jwk(self) -> Mapping[str, Any]:
-        return self._jwe.public_jwk
-
-    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
-        return self._jwe.private_jwks
-
-    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
-        return self._jwe.public_jwks
 
     # --- DKE key pairs ------------------------------------------------------------------
     # Kept under "dke" in keystore.json (PKCS#8), beside the other keys: as well protected
