@@ -737,25 +737,10 @@ class FileKeystore(JweFileKeys, Keystore):
 
     def status(self) -> list[dict[str, Any]]:
         state = self._current()
-        current = max(state.masters)
-        rows: list[dict[str, Any]] = []
-        for version in sorted(set(state.masters) | state.retired):
-            rows.append({
-                "label": f"sceau-master-v{version}", "kind": "master", "version": version,
-                "kid": None, "current": version == current, "retired": version in state.retired,
-            })
-        rows.append({"label": "sceau-seal-v1", "kind": "seal", "version": 1, "kid": None,
-                     "current": True, "retired": False})
-        for purpose, signers in state.signers.items():
-            for signer in signers:
-                info = signer.info
-                rows.append({
-                    "label": f"sceau-{purpose.value}-v{info.version}", "kind": purpose.value,
-                    "version": info.version, "kid": info.kid, "alg": info.alg,
-                    "current": signer is signers[-1], "retired": False,
-                })
-        rows.extend(self.jwe_status_rows())
-        return rows
+        signers = {purpose: [signer.info for signer in entries]
+                   for purpose, entries in state.signers.items()}
+        return self.status_rows(masters=state.masters.keys(), retired=state.retired, seals=(1,),
+                                signers=signers)
 
     def close(self) -> None:
         with self._lock:

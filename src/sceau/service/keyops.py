@@ -167,6 +167,22 @@ def key_id_text(key_id: bytes) -> str:
     return b64u_encode(key_id)
 
 
+def _entry(entry: Authorization, *, full: bool) -> dict[str, Any]:
+    """An authorization entry as results carry it; the recipient view omits who added it
+    and when."""
+    shown: dict[str, Any] = {
+        "principal": entry.principal,
+        "rights": sorted(str(r) for r in entry.rights),
+        "status": str(entry.status),
+        "not_before": rfc3339(entry.not_before),
+        "not_after": rfc3339(entry.not_after),
+    }
+    if full:
+        shown["added_by"] = entry.added_by
+        shown["added_at"] = rfc3339(entry.added_at)
+    return shown
+
+
 def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
     """The key's metadata as results carry it (never the seed or the seal)."""
     return {
@@ -183,28 +199,11 @@ def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
         "destroy_at": rfc3339(record.destroy_at),
         "destroyed_at": rfc3339(record.destroyed_at),
         "master_version": record.master_version,
-        "authorizations": [
-            {
-                "principal": a.principal,
-                "rights": sorted(str(r) for r in a.rights),
-                "status": str(a.status),
-                "not_before": rfc3339(a.not_before),
-                "not_after": rfc3339(a.not_after),
-                "added_by": a.added_by,
-                "added_at": rfc3339(a.added_at),
-            }
-            for a in record.authorizations
-        ],
+        "authorizations": [_entry(a, full=True) for a in record.authorizations],
         "rules": record.rules.to_json(),
         "decryptions": record.decryptions,
         "revision": record.revision,
     }
-
-
-#: The members of a key a recipient sees in ``list-keys`` (see :func:`recipient_view`).
-RECIPIENT_VIEW = ("key_id", "name", "owner", "status", "authorizations")
-#: The members of each of its own authorization entries.
-RECIPIENT_ENTRY = ("principal", "rights", "status", "not_before", "not_after")
 
 
 def sees_in_full(record: KeyRecord, user: str, now: int) -> bool:
@@ -229,14 +228,5 @@ def recipient_view(record: KeyRecord, user: str, now: int) -> dict[str, Any]:
         "name": record.name,
         "owner": record.owner,
         "status": str(display_status(record, now)),
-        "authorizations": [
-            {
-                "principal": a.principal,
-                "rights": sorted(str(r) for r in a.rights),
-                "status": str(a.status),
-                "not_before": rfc3339(a.not_before),
-                "not_after": rfc3339(a.not_after),
-            }
-            for a in matching_authorizations(record, user)
-        ],
+        "authorizations": [_entry(a, full=False) for a in matching_authorizations(record, user)],
     }

@@ -325,12 +325,6 @@ class KeyMetadata(BaseModel):
     revision: int
 
 
-class ItemError(BaseModel):
-    code: str
-    reason: str | None = None
-    detail: str
-
-
 class EncryptResult(BaseModel):
     key_id: str | None = None
     ciphertext: str | None = None

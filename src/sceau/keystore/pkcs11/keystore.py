@@ -330,25 +330,8 @@ class Pkcs11Keystore(JweFileKeys, Keystore):
 
     def status(self) -> list[dict[str, Any]]:
         inv = self._inventory(refresh=True)
-        current = max(inv.masters)
-        rows: list[dict[str, Any]] = []
-        for version in sorted(inv.masters | inv.retired):
-            rows.append({
-                "label": master_label(version), "kind": "master", "version": version,
-                "kid": None, "current": version == current, "retired": version in inv.retired,
-            })
-        for version in sorted(inv.seals):
-            rows.append({"label": f"sceau-seal-v{version}", "kind": "seal", "version": version,
-                         "kid": None, "current": version == max(inv.seals), "retired": False})
-        for purpose, infos in inv.signers.items():
-            for info in infos:
-                rows.append({
-                    "label": f"sceau-{purpose.value}-v{info.version}", "kind": purpose.value,
-                    "version": info.version, "kid": info.kid, "alg": info.alg,
-                    "current": info is infos[-1], "retired": False,
-                })
-        rows.extend(self.jwe_status_rows())
-        return rows
+        return self.status_rows(masters=inv.masters, retired=inv.retired, seals=inv.seals,
+                                signers=inv.signers)
 
     def close(self) -> None:
         self._pool.close()

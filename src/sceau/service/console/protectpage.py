@@ -24,16 +24,8 @@ from fastapi.responses import JSONResponse, Response
 
 from sceau.errors import SceauError
 from sceau.service.api import crypto
+from sceau.service.console import web
 from sceau.service.console.keyactions import session_actor
-from sceau.service.console.web import (
-    PREFIX,
-    Console,
-    PageError,
-    Redirect,
-    Session,
-    form_list,
-    form_of,
-)
 from sceau.service.params import GenerateDataKeyParams, GetDataKeyParams, parse_model
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Role
@@ -63,19 +55,19 @@ def _refusal(error: SceauError) -> JSONResponse:
     return _json(error.status, body)
 
 
-def _session(console: Console, request: Request) -> Session | JSONResponse:
+def _session(console: web.Console, request: Request) -> web.Session | JSONResponse:
     """The signed-in ``user`` session with a valid CSRF token, or a JSON refusal."""
     try:
         return console.require(request, Role.USER)
-    except PageError as error:
+    except web.PageError as error:
         return _json(error.status, {"code": "refused", "message": error.message})
-    except Redirect:
+    except web.Redirect:
         # Only a pending password change redirects a signed-in POST.
         return _json(403, {"code": "refused", "message": "Change your password first."})
 
 
-def router(console: Console, route_class: type) -> APIRouter:
-    r = APIRouter(prefix=PREFIX, route_class=route_class)
+def router(console: web.Console, route_class: type) -> APIRouter:
+    r = APIRouter(prefix=web.PREFIX, route_class=route_class)
 
     @r.get("/protect")
     def protect_page(request: Request) -> Response:
@@ -88,8 +80,8 @@ def router(console: Console, route_class: type) -> APIRouter:
         session = _session(console, request)
         if isinstance(session, JSONResponse):
             return session
-        form = form_of(request)
-        recipients = [p.strip() for p in form_list(request, "recipient") if p.strip()]
+        form = web.form_of(request)
+        recipients = [p.strip() for p in web.form_list(request, "recipient") if p.strip()]
         options: dict[str, Any] = {}
         if form.get("name"):
             options["name"] = form["name"]
@@ -117,7 +109,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         session = _session(console, request)
         if isinstance(session, JSONResponse):
             return session
-        key_id = form_of(request).get("key_id", "")
+        key_id = web.form_of(request).get("key_id", "")
         actor = session_actor(session)  # a user account: its own rights only
 
         def fetch(tx: Tx) -> dict[str, Any]:
