@@ -465,17 +465,12 @@ def reject(runner: ChangeRunner, rt: Runtime, admin_name: str, approval_id: str)
 
 @dataclass(frozen=True)
 class RequestView:
-    """A request as the approvals page shows it."""
+    """A request as the approvals page shows it: the stored row (never acted on from here)
+    with its status as of now (``expired`` once past), its approvers so far, whether its
+    seal verifies, and whether the viewer may approve it."""
 
-    approval_id: str
-    action: str
-    summary: str
-    requested_by: str
-    requested_at: int
-    expires_at: int
+    row: ApprovalRow
     status: str
-    decided_by: str | None
-    decided_at: int | None
     approvers: tuple[str, ...]
     sealed: bool
     may_approve: bool
@@ -497,9 +492,8 @@ def list_requests(rt: Runtime, viewer: str, now: int, *, limit: int = 100) -> li
         except (ValueError, KeyError, TypeError):
             approvers, sealed = (), False
         views.append(RequestView(
-            row.approval_id, row.action, row.summary, row.requested_by, row.requested_at,
-            row.expires_at, status, row.decided_by, row.decided_at, approvers, sealed,
+            row, status, approvers, sealed,
             may_approve=sealed and status == ApprovalStatus.PENDING
             and viewer != row.requested_by and viewer not in approvers))
-    views.sort(key=lambda v: (v.status != ApprovalStatus.PENDING, -v.requested_at))
+    views.sort(key=lambda v: (v.status != ApprovalStatus.PENDING, -v.row.requested_at))
     return views

@@ -55,7 +55,6 @@ from sceau.errors import (
     InvalidRequest,
     InvalidToken,
     NotFound,
-    PayloadTooLarge,
     SceauError,
 )
 from sceau.jose.guard import MalformedJson, strict_json_loads
@@ -63,6 +62,7 @@ from sceau.service import keyops
 from sceau.service.api.crypto import _usable_for_encrypt
 from sceau.service.lifecycle import DAY
 from sceau.service.runtime import Runtime
+from sceau.service.workspace.body import read_json_object
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.settings import CseSettings, normalize_url
 from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jwt
@@ -645,24 +645,6 @@ def _answer(request: Request, status: int, body: dict[str, Any]) -> Response:
     return JSONResponse(body, status_code=status, headers={**_NO_STORE, **_cors(request)})
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        value = strict_json_loads(raw, max_depth=8)
-    except MalformedJson:
-        raise InvalidRequest("body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("body: not a JSON object")
-    return value
-
-
 def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
     try:
         parsed = model.model_validate(raw)
@@ -692,7 +674,8 @@ def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
             origin = request.headers.get("origin")
             if origin is not None and origin != GOOGLE_ORIGIN:
                 raise CseRefusal("origin", "this origin may not call the KACLS")
-            parsed = _parse(model, await _read_json(request))
+            fields = await read_json_object(request, limit=MAX_BODY_BYTES, max_depth=8)
+            parsed = _parse(model, fields)
             state.details = _details(None, None, parsed.reason)
             result = await handler(service, parsed, state)
         except SceauError as error:

@@ -38,13 +38,12 @@ from sceau.errors import (
     InvalidRequest,
     InvalidToken,
     NotFound,
-    PayloadTooLarge,
     SceauError,
     TokenExpired,
 )
-from sceau.jose.guard import MalformedJson, strict_json_loads
 from sceau.service import keyops
 from sceau.service.runtime import Runtime
+from sceau.service.workspace.body import read_json_object
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.settings import DkeSettings
 from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
@@ -170,7 +169,7 @@ class DkeService:
         valid_key_name(name)
         if _KEYID.fullmatch(keyid) is None:
             raise NotFound("no such DKE key version")
-        body = await _read_json(request)
+        body = await read_json_object(request, limit=MAX_BODY_BYTES, max_depth=4)
         if body.get("alg") != DKE_ALG:
             raise InvalidRequest(f"alg: only {DKE_ALG} is supported")
         value = body.get("value")
@@ -206,21 +205,6 @@ class DkeService:
             raise
         result: dict[str, Any] = outcome.value
         return result
-
-
-async def _read_json(request: Request) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        value = strict_json_loads(raw, max_depth=4)
-    except MalformedJson:
-        raise InvalidRequest("body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("body: not a JSON object")
-    return value
 
 
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
