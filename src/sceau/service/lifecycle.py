@@ -152,7 +152,7 @@ class KeyLifecycle:
 
     # --- reading ------------------------------------------------------------------------
 
-    def managed(self, actor: Actor, tx: Tx, key_id: bytes, *, allow_pending: bool = False,
+    def _managed(self, actor: Actor, tx: Tx, key_id: bytes, *, allow_pending: bool = False,
                 change: bool = True) -> KeyRecord:
         """Load, verify and authorize a key for a management operation (locked for a change).
 
@@ -172,7 +172,7 @@ class KeyLifecycle:
         return record
 
     def describe(self, actor: Actor, params: KeyRef, tx: Tx) -> KeyRecord:
-        return self.managed(actor, tx, params.key_id, change=False)
+        return self._managed(actor, tx, params.key_id, change=False)
 
     def list_keys(self, actor: Actor, params: ListKeysParams, tx: Tx, *,
                   after: tuple[int, bytes] | None) -> KeyPage:
@@ -219,7 +219,7 @@ class KeyLifecycle:
                       before: int | None) -> tuple[list[tuple[int, str]], bool]:
         """The audit records naming a key, newest first from ``before``: a page of
         ``(seq, line)`` and whether more follow."""
-        record = self.managed(actor, tx, params.key_id, change=False)
+        record = self._managed(actor, tx, params.key_id, change=False)
         rows = repo.key_accesses(
             tx.conn, keyops.key_id_text(record.key_id), limit=params.limit + 1, before=before
         )
@@ -236,7 +236,7 @@ class KeyLifecycle:
         return after
 
     def update(self, actor: Actor, params: UpdateKeyParams, tx: Tx) -> KeyRecord:
-        record = self.managed(actor, tx, params.key_id)
+        record = self._managed(actor, tx, params.key_id)
         given = params.model_fields_set - {"key_id"}
         if not given:
             raise InvalidRequest("params: name at least one field to update")
@@ -266,7 +266,7 @@ class KeyLifecycle:
     def set_status(self, actor: Actor, params: KeyRef, tx: Tx, status: KeyStatus) -> KeyRecord:
         """``enable-key`` (``active``) or ``disable-key`` (``disabled``); a key already so
         is left as it is (``details.changed`` empty)."""
-        record = self.managed(actor, tx, params.key_id)
+        record = self._managed(actor, tx, params.key_id)
         if record.status is status:
             tx.ctx.details = {"changed": {}}
             return record
@@ -287,7 +287,7 @@ class KeyLifecycle:
         the receipt), or mark the key pending destruction for the sweep."""
         # SPEC §10: on a pending key only destroy-key with 0 (and cancel-destruction) may
         # act; rescheduling would let anyone with `manage` postpone an erasure indefinitely.
-        record = self.managed(actor, tx, params.key_id, allow_pending=params.pending_days == 0)
+        record = self._managed(actor, tx, params.key_id, allow_pending=params.pending_days == 0)
         if params.pending_days == 0:
             return self._shred_as(tx, record, pending_days=0)
         destroy_at = tx.now + params.pending_days * day_seconds()
@@ -296,7 +296,7 @@ class KeyLifecycle:
                           destroy_at=destroy_at)
 
     def cancel_destruction(self, actor: Actor, params: KeyRef, tx: Tx) -> KeyRecord:
-        record = self.managed(actor, tx, params.key_id, allow_pending=True)
+        record = self._managed(actor, tx, params.key_id, allow_pending=True)
         if record.status is not KeyStatus.PENDING_DESTRUCTION:
             raise InvalidRequest("key_id: the key is not pending destruction")
         tx.ctx.details = {"changed": {"status": str(KeyStatus.DISABLED)}}
@@ -394,7 +394,7 @@ class KeyLifecycle:
 
     def add_authorization(self, actor: Actor, params: AddAuthorizationParams,
                           tx: Tx) -> KeyRecord:
-        record = self.managed(actor, tx, params.key_id)
+        record = self._managed(actor, tx, params.key_id)
         principal = self._principal(record, params.principal, existing=False)
         if record.authorization_for(principal) is not None:
             raise InvalidRequest("principal: already has an authorization on this key")
@@ -415,7 +415,7 @@ class KeyLifecycle:
         return self._save(tx, record, authorizations=auths)
 
     def remove_authorization(self, actor: Actor, params: PrincipalRef, tx: Tx) -> KeyRecord:
-        record = self.managed(actor, tx, params.key_id)
+        record = self._managed(actor, tx, params.key_id)
         principal = self._principal(record, params.principal, existing=True)
         tx.ctx.details = {"principal": principal}
         auths = tuple(a for a in record.authorizations if a.principal != principal)
@@ -423,7 +423,7 @@ class KeyLifecycle:
 
     def set_authorization_status(self, actor: Actor, params: PrincipalRef, tx: Tx,
                                  status: AuthorizationStatus) -> KeyRecord:
-        record = self.managed(actor, tx, params.key_id)
+        record = self._managed(actor, tx, params.key_id)
         principal = self._principal(record, params.principal, existing=True)
         tx.ctx.details = {"principal": principal, "status": str(status)}
         auths = tuple(
