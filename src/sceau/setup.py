@@ -450,8 +450,3 @@ def initialize(
     if db_file.exists():
         os.chmod(db_file, 0o600)
     return InitResult(data_dir=data_dir, admin_user=ADMIN_USER, admin_password=password)
-
-
-def config_for(data_dir: Path) -> Config:
-    """The configuration of ``data_dir`` (file and environment)."""
-    return load_config(data_dir)

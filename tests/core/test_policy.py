@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sceau.core.model import Authorization, KeyRecord, Rules
 from sceau.core.policy import (
-    Caller,
+    Actor,
     can_manage,
     decide_use,
     display_status,
@@ -69,8 +69,8 @@ def record(**changes: Any) -> KeyRecord:
     return dataclasses.replace(base, **changes)
 
 
-def caller(user: str, ip: str | None = "10.1.2.3") -> Caller:
-    return Caller(app_id="app1", user=user, ip=ip)
+def caller(user: str, ip: str | None = "10.1.2.3") -> Actor:
+    return Actor(app_id="app1", user=user, ip=ip)
 
 
 # --- every reason, and the order of the checks ---------------------------------------------
@@ -530,7 +530,7 @@ records = st.builds(
     decryptions=st.integers(0, 6),
 )
 callers = st.builds(
-    Caller,
+    Actor,
     app_id=st.just("app1"),
     user=st.one_of(st.sampled_from(IDENTITIES), st.text(max_size=30)),
     ip=ips,
@@ -539,7 +539,7 @@ callers = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(rec=records, who=callers, now=st.integers(NOW - 20, NOW + 20))
-def test_decide_use_total(rec: KeyRecord, who: Caller, now: int) -> None:
+def test_decide_use_total(rec: KeyRecord, who: Actor, now: int) -> None:
     result = decide_use(rec, who, now)
     assert result is None or isinstance(result, Reason)
     listed = bool(matching_authorizations(rec, who.user))

@@ -22,11 +22,12 @@ from sceau import admin
 from sceau.cli.common import DataDir, config_from, print_json
 from sceau.client import Client
 from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.policy import Actor
 from sceau.errors import SceauError
 from sceau.service import receipts
-from sceau.service.api import keys as key_api
+from sceau.service.lifecycle import KeyLifecycle
 from sceau.store.keys import keys_expired_before
-from sceau.store.writer import AuditContext, Job, Tx
+from sceau.store.writer import Job, Tx
 from sceau.vocab import Action, ListRole, ListStatus, Right
 
 app = typer.Typer(help="Keys: show, list, enable, disable, destroy, update, grants, accesses.",
@@ -399,12 +400,16 @@ def purge_expired(session: admin.AdminSession, *, older_than_days: int,
                   now: int) -> Iterator[PurgeOutcome]:
     """Destroy every key whose ``expires_at`` is ``older_than_days`` days before ``now``.
 
-    One writer job per key: the key is re-read and re-checked inside it, shredded like
-    ``destroy-key``, and one ``DESTROY_KEY`` record (``details.purge = true``) is committed
-    before its receipt is produced. Keys whose destruction is refused are reported, not
-    retried within this run.
+    One writer job of the key-lifecycle service per key, run as the host operator: the key
+    is re-read and re-checked inside it, shredded like ``destroy-key``, and one
+    ``DESTROY_KEY`` record (``details.purge = true``) is committed before its receipt is
+    produced. Keys whose destruction is refused are reported, not retried within this run.
     """
-    cutoff = now - older_than_days * session.config.keys.day_seconds
+    keys = session.config.keys
+    cutoff = now - older_than_days * keys.day_seconds
+    lifecycle = KeyLifecycle(session.keystore, default_lifetime_days=keys.default_lifetime_days,
+                             day_seconds=keys.day_seconds)
+    operator = Actor(app_id=admin.CLI_APP, user=session.actor)
     tried: set[bytes] = set()
     while True:
         with session.engines.read.connect() as conn:
@@ -414,29 +419,21 @@ def purge_expired(session: admin.AdminSession, *, older_than_days: int,
             return
         for raw in batch:
             tried.add(raw)
-            yield _purge_one(session, raw, cutoff, older_than_days)
+            job = lifecycle.purge_job(operator, raw, cutoff=cutoff,
+                                      older_than_days=older_than_days)
+            yield _purge_one(session, job)
 
 
-def _purge_one(session: admin.AdminSession, raw: bytes, cutoff: int,
-               older_than_days: int) -> PurgeOutcome:
-    from sceau.service.keyops import key_id_text
-
-    key_id = key_id_text(raw)
-    ctx = AuditContext(action=Action.DESTROY_KEY, app=admin.CLI_APP, user=session.actor,
-                       ip=None, req=None, key=key_id,
-                       details={"purge": True, "older_than_days": older_than_days})
-    keystore = session.keystore
-
-    def destroy(tx: Tx) -> key_api.DestroyedKey:
-        return key_api.destroy_expired(keystore, tx, raw, cutoff)
-
+def _purge_one(session: admin.AdminSession, job: Job) -> PurgeOutcome:
+    key_id = job.ctx.key or ""
     try:
-        outcome = session.writer.run_now(Job(fn=destroy, ctx=ctx))
+        outcome = session.writer.run_now(job)
     except SceauError as exc:
         if exc.status >= 500:
             raise
         return PurgeOutcome(key_id, None, exc)
-    result = receipts.receipt_result(keystore, session.config.service_id, outcome.value, outcome)
+    result = receipts.receipt_result(session.keystore, session.config.service_id,
+                                     outcome.value, outcome)
     return PurgeOutcome(key_id, result, None)
 
 

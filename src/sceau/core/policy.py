@@ -25,7 +25,7 @@ from sceau.vocab import AuthorizationStatus, KeyStatus, ListStatus, Reason, Righ
 
 __all__ = [
     "MAX_NETWORKS",
-    "Caller",
+    "Actor",
     "can_manage",
     "decide_use",
     "display_status",
@@ -50,12 +50,20 @@ _AddressT = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
-    """Who asks: the application, the user it asserts (already normalized), the client IP."""
+class Actor:
+    """Who acts on a key, as every decision and every audit record names them.
 
-    app_id: str
+    ``app_id`` is the application (``console``, ``cli``, a registered one), or None for the
+    service itself (the destruction sweep); ``user`` the identity it acts for, already
+    normalized; ``ip`` the client address, if any. ``manage_any`` is the console ``admin``
+    role's management of every key (SPEC §6): it never grants a use of a key, which
+    :func:`decide_use` decides from the identity alone.
+    """
+
+    app_id: str | None
     user: str
-    ip: str | None
+    ip: str | None = None
+    manage_any: bool = False
 
 
 # --- principals ------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ def _is_owner(record: KeyRecord, user: str) -> bool:
     return normalize_identity(record.owner) == normalize_identity(user)
 
 
-def decide_use(record: KeyRecord, caller: Caller, now: int) -> Reason | None:
+def decide_use(record: KeyRecord, caller: Actor, now: int) -> Reason | None:
     """SPEC §6 steps 2–5 for ``decrypt`` / ``get-data-key``; None means GRANTED.
 
     The order is the contract: membership first, so a stranger always gets

@@ -15,7 +15,7 @@ import hmac
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -345,6 +345,40 @@ class Keystore(ABC):
         keys.append(dict(self.jwe_public_jwk()))
         keys.extend(dict(k) for k in self.jwe_public_jwks() if k["kid"] != rsa_kid)
         return {"keys": keys}
+
+    def status_rows(
+        self,
+        *,
+        masters: Collection[int],
+        retired: Collection[int],
+        seals: Collection[int],
+        signers: Mapping[KeyPurpose, Sequence[SigningKeyInfo]],
+    ) -> list[dict[str, Any]]:
+        """The :meth:`status` rows of these key versions and of the JWE keys.
+
+        ``masters`` are the usable master versions (the newest is current), ``retired`` the
+        destroyed ones; each purpose's signers oldest first (the last is current).
+        """
+        current = max(masters)
+        rows: list[dict[str, Any]] = [
+            {"label": f"sceau-master-v{version}", "kind": "master", "version": version,
+             "kid": None, "current": version == current, "retired": version in retired}
+            for version in sorted(set(masters) | set(retired))
+        ]
+        rows.extend(
+            {"label": f"sceau-seal-v{version}", "kind": "seal", "version": version,
+             "kid": None, "current": version == max(seals), "retired": False}
+            for version in sorted(seals)
+        )
+        for purpose, infos in signers.items():
+            rows.extend(
+                {"label": f"sceau-{purpose.value}-v{info.version}", "kind": purpose.value,
+                 "version": info.version, "kid": info.kid, "alg": info.alg,
+                 "current": info is infos[-1], "retired": False}
+                for info in infos
+            )
+        rows.extend(self.jwe_status_rows())
+        return rows
 
     def jwe_status_rows(self) -> list[dict[str, Any]]:
         """The JWE keys as :meth:`status` rows (public facts only)."""

@@ -60,6 +60,7 @@ from sceau.keystore.base import (
 
 __all__ = [
     "FileKeystore",
+    "JweFileKeys",
     "JweKeyFile",
     "derive_ec_jwe_jwk",
     "read_secret_file",
@@ -388,6 +389,25 @@ def _public_jwk(private: _SoftKey, alg: str) -> dict[str, Any]:
     return jwk
 
 
+class JweFileKeys:
+    """The JWE accessors of a keystore whose inbound-JWE keys live in ``jwe.json`` (the file
+    and the pkcs11 backends alike)."""
+
+    _jwe: JweKeyFile
+
+    def jwe_private_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.private_jwk
+
+    def jwe_public_jwk(self) -> Mapping[str, Any]:
+        return self._jwe.public_jwk
+
+    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.private_jwks
+
+    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
+        return self._jwe.public_jwks
+
+
 @dataclass(frozen=True, slots=True)
 class _SoftSigner:
     info: SigningKeyInfo
@@ -459,7 +479,7 @@ def _initial_document(alg: str) -> dict[str, Any]:
     }
 
 
-class FileKeystore(Keystore):
+class FileKeystore(JweFileKeys, Keystore):
     """Keys in ``keystore.json`` under the keystore dir (the embedded default)."""
 
     backend = "file"
@@ -657,20 +677,6 @@ class FileKeystore(Keystore):
         self._mutate(change)
         return self.signing_key(purpose)
 
-    # --- JWE ----------------------------------------------------------------------------
-
-    def jwe_private_jwk(self) -> Mapping[str, Any]:
-        return self._jwe.private_jwk
-
-    def jwe_public_jwk(self) -> Mapping[str, Any]:
-        return self._jwe.public_jwk
-
-    def jwe_private_jwks(self) -> list[Mapping[str, Any]]:
-        return self._jwe.private_jwks
-
-    def jwe_public_jwks(self) -> list[Mapping[str, Any]]:
-        return self._jwe.public_jwks
-
     # --- DKE key pairs ------------------------------------------------------------------
     # Kept under "dke" in keystore.json (PKCS#8), beside the other keys: as well protected
     # as they are (file permissions, optional passphrase).
@@ -731,25 +737,10 @@ class FileKeystore(Keystore):
 
     def status(self) -> list[dict[str, Any]]:
         state = self._current()
-        current = max(state.masters)
-        rows: list[dict[str, Any]] = []
-        for version in sorted(set(state.masters) | state.retired):
-            rows.append({
-                "label": f"sceau-master-v{version}", "kind": "master", "version": version,
-                "kid": None, "current": version == current, "retired": version in state.retired,
-            })
-        rows.append({"label": "sceau-seal-v1", "kind": "seal", "version": 1, "kid": None,
-                     "current": True, "retired": False})
-        for purpose, signers in state.signers.items():
-            for signer in signers:
-                info = signer.info
-                rows.append({
-                    "label": f"sceau-{purpose.value}-v{info.version}", "kind": purpose.value,
-                    "version": info.version, "kid": info.kid, "alg": info.alg,
-                    "current": signer is signers[-1], "retired": False,
-                })
-        rows.extend(self.jwe_status_rows())
-        return rows
+        signers = {purpose: [signer.info for signer in entries]
+                   for purpose, entries in state.signers.items()}
+        return self.status_rows(masters=state.masters.keys(), retired=state.retired, seals=(1,),
+                                signers=signers)
 
     def close(self) -> None:
         with self._lock:

@@ -33,7 +33,9 @@ log = logging.getLogger("sceau.api")
 
 def create_app(rt: Runtime) -> SceauApp:
     """The service's ASGI app around an opened runtime."""
-    metrics: Metrics = rt.extras.setdefault("metrics", Metrics())
+    if rt.metrics is None:
+        rt.metrics = Metrics()
+    metrics = rt.metrics
     rt.writer.on_batch = metrics.observe_batch
     api = ApiEndpoint(rt, metrics)
 

@@ -42,7 +42,6 @@ from sceau.errors import AccessError, InvalidRequest, NotFound, SceauError
 from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
 from sceau.service.console import keyactions
-from sceau.service.console.keyactions import Actor
 from sceau.service.workspace.admin import cse_admin_add_change, cse_admin_email
 from sceau.store import approvals as store
 from sceau.store.applications import ANY_USER
@@ -222,24 +221,29 @@ class Env:
 Builder = Callable[[Env, Mapping[str, Any], str], Change]
 
 
-def _key_change(action: Action, fn: Callable[[Tx, Actor], Any], env: Env) -> Change:
-    # Through the admin's manage-any: that is what the approval allows.
-    actor = Actor(env.actor, Role.ADMIN)
-    return Change(action, lambda tx: fn(tx, actor))
-
-
 def _add_authorization(env: Env, p: Mapping[str, Any], _pw: str) -> Change:
     key_id = b64u_decode(p["key_id"])
     rights = frozenset(Right(r) for r in p["rights"])
-    return _key_change(Action.ADD_AUTHORIZATION, lambda tx, actor: keyactions.add_authorization(
-        env.rt, actor, tx, key_id, p["principal"], rights, p["not_before"], p["not_after"]), env)
+
+    def add(tx: Tx) -> Any:
+        params = keyactions.authorization_params(key_id, p["principal"], rights,
+                                                 p["not_before"], p["not_after"])
+        # Through the admin's manage-any: that is what the approval allows.
+        actor = keyactions.console_actor(env.actor, Role.ADMIN)
+        return env.rt.lifecycle.add_authorization(actor, params, tx)
+
+    return Change(Action.ADD_AUTHORIZATION, add)
 
 
 def _enable_authorization(env: Env, p: Mapping[str, Any], _pw: str) -> Change:
     key_id = b64u_decode(p["key_id"])
-    return _key_change(
-        Action.ENABLE_AUTHORIZATION, lambda tx, actor: keyactions.change_authorization(
-            env.rt, actor, tx, key_id, p["principal"], Action.ENABLE_AUTHORIZATION), env)
+
+    def enable(tx: Tx) -> Any:
+        params = keyactions.principal_ref(key_id, p["principal"])
+        actor = keyactions.console_actor(env.actor, Role.ADMIN)
+        return env.rt.lifecycle.enable_authorization(actor, params, tx)
+
+    return Change(Action.ENABLE_AUTHORIZATION, enable)
 
 
 @dataclass(frozen=True)
@@ -471,17 +475,12 @@ def reject(runner: ChangeRunner, rt: Runtime, admin_name: str, approval_id: str)
 
 @dataclass(frozen=True)
 class RequestView:
-    """A request as the approvals page shows it."""
+    """A request as the approvals page shows it: the stored row (never acted on from here)
+    with its status as of now (``expired`` once past), its approvers so far, whether its
+    seal verifies, and whether the viewer may approve it."""
 
-    approval_id: str
-    action: str
-    summary: str
-    requested_by: str
-    requested_at: int
-    expires_at: int
+    row: ApprovalRow
     status: str
-    decided_by: str | None
-    decided_at: int | None
     approvers: tuple[str, ...]
     sealed: bool
     may_approve: bool
@@ -503,9 +502,8 @@ def list_requests(rt: Runtime, viewer: str, now: int, *, limit: int = 100) -> li
         except (ValueError, KeyError, TypeError):
             approvers, sealed = (), False
         views.append(RequestView(
-            row.approval_id, row.action, row.summary, row.requested_by, row.requested_at,
-            row.expires_at, status, row.decided_by, row.decided_at, approvers, sealed,
+            row, status, approvers, sealed,
             may_approve=sealed and status == ApprovalStatus.PENDING
             and viewer != row.requested_by and viewer not in approvers))
-    views.sort(key=lambda v: (v.status != ApprovalStatus.PENDING, -v.requested_at))
+    views.sort(key=lambda v: (v.status != ApprovalStatus.PENDING, -v.row.requested_at))
     return views

@@ -5,21 +5,20 @@ takes the store lease ``sweep:global`` in ``node_leases``, so that among N nodes
 database only one sweeps at a time; the others skip the round. The lease holder then
 
 * destroys every key whose ``pending_destruction`` is due (``destroy_at <= now``), one
-  writer job per key, so each destruction is audited (``DESTROY_KEY``, user ``sceau``, no
-  application, ``details.sweep = true``) and committed exactly like ``destroy-key``;
+  writer job of the key-lifecycle service per key, so each destruction is audited
+  (``DESTROY_KEY``, user ``sceau``, no application, ``details.sweep = true``) and committed
+  exactly like ``destroy-key``;
 * deletes replay-cache rows whose request tokens can no longer be accepted anyway.
 
 Every piece of state lives in the store (status, ``destroy_at``, the lease), so a node
 restarted between a ``destroy-key`` with ``pending_days`` and its due date still destroys
 the key on time. The lease is held only during a round; a node that dies mid-round blocks
-the others for at most the lease TTL.
+the others for at most the lease TTL (a process of the same host takes it over at once).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -30,12 +29,9 @@ import sqlalchemy as sa
 
 from sceau.errors import SceauError
 from sceau.service import keyops
-from sceau.service.api import keys as key_api
 from sceau.store.applications import purge_replay
 from sceau.store.keys import keys_due_for_destruction
-from sceau.store.leases import acquire_lease, release_lease
-from sceau.store.writer import AuditContext, Job, Tx
-from sceau.vocab import Action
+from sceau.store.nodelease import NodeLease
 
 if TYPE_CHECKING:
     from sceau.service.runtime import Runtime
@@ -50,7 +46,6 @@ SWEEP_LEASE_TTL_S = 60
 REFUSED_RETRY_S = 3600
 JOB_TIMEOUT_S = 60.0
 WAL_FLUSH_BUSY_MS = 2000
-_EXTRA = "sweeper"
 
 
 class Sweeper:
@@ -64,8 +59,7 @@ class Sweeper:
         self._clock = clock
         # Held only during a round (renewed between batches, released at the end), so it
         # must outlive one batch; a node that died mid-round is replaced after the TTL.
-        self._ttl = SWEEP_LEASE_TTL_S
-        self._holder = f"{socket.gethostname()}|{os.getpid()}|{os.urandom(6).hex()}"
+        self._lease = NodeLease(SWEEP_LEASE_TTL_S)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: dict[bytes, float] = {}
@@ -86,8 +80,7 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                if self.run_once():
-                    key_api.shredded_event(self._rt.extras).set()
+                self.run_once()
                 self.flush_wal()
             except (SceauError, sa.exc.SQLAlchemyError, TimeoutError) as exc:
                 log.warning("sweep round failed: %s", type(exc).__name__)
@@ -105,7 +98,7 @@ class Sweeper:
         waits for readers, so it runs with a short busy timeout and is retried next round
         when busy. Returns True when nothing is left to flush.
         """
-        event = key_api.shredded_event(self._rt.extras)
+        event = self._rt.lifecycle.shredded
         if not self._rt.engines.is_sqlite or not event.is_set():
             return True
         event.clear()
@@ -129,22 +122,19 @@ class Sweeper:
 
     # --- one round -------------------------------------------------------------------------
 
-    def _take_lease(self, now: int) -> bool:
-        with self._rt.engines.write.begin() as conn:
-            holder = acquire_lease(conn, SWEEP_LEASE, self._holder, now, self._ttl)
-        return holder is None
-
     def _release_lease(self) -> None:
         try:
             with self._rt.engines.write.begin() as conn:
-                release_lease(conn, SWEEP_LEASE, self._holder)
+                self._lease.release(conn, SWEEP_LEASE)
         except sa.exc.SQLAlchemyError:
-            log.warning("could not release the sweep lease; it expires in %d s", self._ttl)
+            log.warning("could not release the sweep lease; it expires in %d s",
+                        self._lease.ttl)
 
     def run_once(self) -> int:
         """One round if no other node is sweeping; returns the keys destroyed."""
-        if not self._take_lease(int(self._clock())):
-            return 0
+        with self._rt.engines.write.begin() as conn:
+            if self._lease.take(conn, SWEEP_LEASE, int(self._clock())) is not None:
+                return 0
         try:
             return self._round()
         finally:
@@ -173,47 +163,37 @@ class Sweeper:
                     break
                 if self._destroy(key_id):
                     destroyed += 1
-            if len(batch) < SWEEP_BATCH or not self._take_lease(int(self._clock())):
+            if len(batch) < SWEEP_BATCH:
                 break
+            with self._rt.engines.write.begin() as conn:
+                if not self._lease.renew(conn, SWEEP_LEASE, int(self._clock())):
+                    break
         return destroyed
 
     def _destroy(self, key_id: bytes) -> bool:
-        ctx = AuditContext(
-            action=Action.DESTROY_KEY,
-            app=None,
-            user=key_api.SYSTEM_USER,
-            ip=None,
-            req=None,
-            key=keyops.key_id_text(key_id),
-            details={"sweep": True},
-        )
-        keystore = self._rt.keystore
-
-        def destroy(tx: Tx) -> key_api.DestroyedKey:
-            return key_api.destroy_due(keystore, tx, key_id)
-
+        text = keyops.key_id_text(key_id)
+        job = self._rt.lifecycle.sweep_job(key_id)
         try:
-            self._rt.writer.submit(Job(fn=destroy, ctx=ctx)).result(timeout=JOB_TIMEOUT_S)
+            self._rt.writer.submit(job).result(timeout=JOB_TIMEOUT_S)
         except SceauError as exc:
             if exc.status >= 500:
                 raise  # store or audit trouble: end this round, the next one retries
             # Refused and audited (e.g. integrity_failure): do not retry every round.
             self._refused[key_id] = self._clock() + REFUSED_RETRY_S
-            log.warning("sweep could not destroy key %s: %s", ctx.key, exc.code)
+            log.warning("sweep could not destroy key %s: %s", text, exc.code)
             return False
-        log.info("sweep destroyed key %s", ctx.key)
+        log.info("sweep destroyed key %s", text)
         return True
 
 
 def start_background(rt: Runtime) -> None:
     """Start this node's background tasks (called once the writer runs)."""
-    sweeper = Sweeper(rt, interval=rt.config.keys.sweep_interval_s)
-    rt.extras[_EXTRA] = sweeper
-    sweeper.start()
+    rt.sweeper = Sweeper(rt, interval=rt.config.keys.sweep_interval_s)
+    rt.sweeper.start()
 
 
 def stop_background(rt: Runtime) -> None:
     """Stop them before the writer is flushed."""
-    sweeper = rt.extras.pop(_EXTRA, None)
-    if isinstance(sweeper, Sweeper):
+    sweeper, rt.sweeper = rt.sweeper, None
+    if sweeper is not None:
         sweeper.stop()

@@ -167,6 +167,17 @@ def key_id_text(key_id: bytes) -> str:
     return b64u_encode(key_id)
 
 
+def _recipient_entry(entry: Authorization) -> dict[str, Any]:
+    """An authorization entry as a recipient sees it: not who added it, nor when."""
+    return {
+        "principal": entry.principal,
+        "rights": sorted(str(r) for r in entry.rights),
+        "status": str(entry.status),
+        "not_before": rfc3339(entry.not_before),
+        "not_after": rfc3339(entry.not_after),
+    }
+
+
 def metadata(record: KeyRecord, now: int) -> dict[str, Any]:
     """The key's metadata as results carry it (never the seed or the seal)."""
     view = _dates(record.to_json(), KEY_TIMES)
@@ -182,12 +193,6 @@ def _dates(view: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
     for name in times:
         view[name] = rfc3339(view[name])
     return view
-
-
-#: The members of a key a recipient sees in ``list-keys`` (see :func:`recipient_view`).
-RECIPIENT_VIEW = ("key_id", "name", "owner", "status", "authorizations")
-#: The members of each of its own authorization entries.
-RECIPIENT_ENTRY = ("principal", "rights", "status", "not_before", "not_after")
 
 
 def sees_in_full(record: KeyRecord, user: str, now: int) -> bool:
@@ -212,14 +217,5 @@ def recipient_view(record: KeyRecord, user: str, now: int) -> dict[str, Any]:
         "name": record.name,
         "owner": record.owner,
         "status": str(display_status(record, now)),
-        "authorizations": [
-            {
-                "principal": a.principal,
-                "rights": sorted(str(r) for r in a.rights),
-                "status": str(a.status),
-                "not_before": rfc3339(a.not_before),
-                "not_after": rfc3339(a.not_after),
-            }
-            for a in matching_authorizations(record, user)
-        ],
+        "authorizations": [_recipient_entry(a) for a in matching_authorizations(record, user)],
     }

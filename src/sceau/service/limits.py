@@ -42,6 +42,17 @@ class _Bucket:
     tokens: float
     updated: float
 
+    def take(self, now: float, rate: float, burst: float) -> float | None:
+        """Refill for the time since the last call, then take one token: None when taken,
+        else the seconds until there is one."""
+        # max(): a clock that stepped back never drains the bucket.
+        self.tokens = min(burst, self.tokens + max(0.0, now - self.updated) * rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / rate
+
 
 class RateLimiter:
     """Token buckets keyed by application id.
@@ -93,15 +104,9 @@ class RateLimiter:
             bucket = self._buckets.get(app_id)
             if bucket is None:
                 bucket = self._buckets[app_id] = _Bucket(self.burst, now)
-            else:
-                # max(): a clock that stepped back never drains the bucket.
-                elapsed = max(0.0, now - bucket.updated)
-                bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-                bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / self.rate
+            wait = bucket.take(now, self.rate, self.burst)
+        if wait is None:
+            return
         raise RateLimited(
             f"over {self.rate:g} requests per second for this application",
             retry_after=max(1, math.ceil(wait)),
@@ -286,15 +291,9 @@ class JweBudget:
                         retry_after=1,
                     )
                 bucket = self._buckets[key] = _Bucket(self.burst, now)
-            else:
-                # max(): a clock that stepped back never drains the bucket.
-                elapsed = max(0.0, now - bucket.updated)
-                bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-                bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / self.rate
+            wait = bucket.take(now, self.rate, self.burst)
+        if wait is None:
+            return
         raise JweBudgetExhausted(
             "over the budget of JWE decryptions for this address",
             retry_after=max(1, math.ceil(wait)),

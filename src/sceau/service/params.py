@@ -105,6 +105,19 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _check_window(not_before: int | None, not_after: int | None) -> None:
+    if not_before is not None and not_after is not None and not_after <= not_before:
+        raise ValueError("not_after must be later than not_before")
+
+
+def _check_one_form(name: str, single: Any, items: Any, aad: Any) -> None:
+    """One value (``name``) or a batch of ``items``; a batch carries its ``aad`` per item."""
+    if (single is None) == (items is None):
+        raise ValueError(f"give either {name} or items")
+    if items is not None and aad is not None:
+        raise ValueError("aad goes inside each item of a batch")
+
+
 class RulesParam(Params):
     allowed_networks: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=256
@@ -128,12 +141,7 @@ class KeyOptions(Params):
     def _coherent(self) -> KeyOptions:
         if self.lifetime_days is not None and self.expires_at is not None:
             raise ValueError("lifetime_days and expires_at are mutually exclusive")
-        if (
-            self.not_before is not None
-            and self.not_after is not None
-            and self.not_after <= self.not_before
-        ):
-            raise ValueError("not_after must be later than not_before")
+        _check_window(self.not_before, self.not_after)
         return self
 
 
@@ -150,10 +158,7 @@ class EncryptParams(KeyOptions):
 
     @model_validator(mode="after")
     def _one_form(self) -> EncryptParams:
-        if (self.plaintext is None) == (self.items is None):
-            raise ValueError("give either plaintext or items")
-        if self.items is not None and self.aad is not None:
-            raise ValueError("aad goes inside each item of a batch")
+        _check_one_form("plaintext", self.plaintext, self.items, self.aad)
         return self
 
 
@@ -169,10 +174,7 @@ class DecryptParams(Params):
 
     @model_validator(mode="after")
     def _one_form(self) -> DecryptParams:
-        if (self.ciphertext is None) == (self.items is None):
-            raise ValueError("give either ciphertext or items")
-        if self.items is not None and self.aad is not None:
-            raise ValueError("aad goes inside each item of a batch")
+        _check_one_form("ciphertext", self.ciphertext, self.items, self.aad)
         return self
 
 
@@ -231,12 +233,7 @@ class AddAuthorizationParams(Params):
 
     @model_validator(mode="after")
     def _window(self) -> AddAuthorizationParams:
-        if (
-            self.not_before is not None
-            and self.not_after is not None
-            and self.not_after <= self.not_before
-        ):
-            raise ValueError("not_after must be later than not_before")
+        _check_window(self.not_before, self.not_after)
         return self
 
 
@@ -328,12 +325,6 @@ def _key_metadata_fields() -> type[BaseModel]:
 
 class KeyMetadata(_key_metadata_fields()):  # type: ignore[misc]  # members derived above
     pass
-
-
-class ItemError(BaseModel):
-    code: str
-    reason: str | None = None
-    detail: str
 
 
 class EncryptResult(BaseModel):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -33,11 +33,16 @@ from sceau.jose.appkeys import AppKey, EncKey, app_key_from_jwk, enc_key_from_jw
 from sceau.jose.request import RequestVerifier, TokenRefused
 from sceau.keystore import open_keystore
 from sceau.keystore.base import Keystore, KeystoreSettings, Row
+from sceau.service.lifecycle import KeyLifecycle
 from sceau.store import applications
 from sceau.store.applications import ANY_USER
 from sceau.store.db import Engines, check_durability, check_schema, create_engines
 from sceau.store.writer import Writer
 from sceau.vocab import AppKeyStatus, AppStatus
+
+if TYPE_CHECKING:
+    from sceau.service.background import Sweeper
+    from sceau.service.observability import Metrics
 
 log = logging.getLogger("sceau.service")
 
@@ -158,19 +163,12 @@ class AppKeyCache:
                 self._entries.pop(kid, None)
 
 
-@dataclass(frozen=True)
-class CallerApp:
-    """The application of a verified request, as read inside the job's transaction."""
-
-    app_id: str
-    name: str
-    enc_key: EncKey | None
-
-
 def check_application(
     conn: sa.Connection, keys: AppKeyCache, app_id: str, kid: str, user: str
-) -> CallerApp:
+) -> EncKey | None:
     """SPEC §6 step 1: the key is still active, the app enabled, and may assert ``user``.
+
+    Returns the application's encryption key (None when it registered none).
 
     Read inside the job's transaction, so a disable or a key retirement committed by any
     node refuses the very next call. Both rows are verified against their seals first: an
@@ -188,13 +186,13 @@ def check_application(
         raise ApplicationDisabled("this application is disabled")
     if not user_allowed(app.users, user):
         raise UserNotAllowed("this application may not act for this user")
-    enc = keys.enc_key(app.enc_jwk) if app.enc_jwk else None
-    return CallerApp(app_id=app.app_id, name=app.name, enc_key=enc)
+    return keys.enc_key(app.enc_jwk) if app.enc_jwk else None
 
 
 @dataclass
 class Runtime:
-    """Everything a request needs: configuration, store, keystore, writer, verifier."""
+    """Everything a request needs: configuration, store, keystore, writer, verifier, and
+    the key-lifecycle service."""
 
     config: Config
     engines: Engines
@@ -202,9 +200,15 @@ class Runtime:
     writer: Writer
     verifier: RequestVerifier
     app_keys: AppKeyCache
+    lifecycle: KeyLifecycle
     started_at: float = field(default_factory=time.time)
     selftest_error: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The node's Prometheus metrics, made with its app (service/app.py).
+    metrics: Metrics | None = None
+    # The destruction sweep, while the app runs (service/background.py).
+    sweeper: Sweeper | None = None
+    # When this node last recorded each application's use (see should_touch).
+    _touched: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def service_id(self) -> str:
@@ -217,10 +221,9 @@ class Runtime:
 
     def should_touch(self, app_id: str, now: int) -> bool:
         """Record an application's last use at most once a minute per node."""
-        touched: dict[str, int] = self.extras.setdefault("touched", {})
-        if now - touched.get(app_id, 0) < 60:
+        if now - self._touched.get(app_id, 0) < 60:
             return False
-        touched[app_id] = now
+        self._touched[app_id] = now
         return True
 
     @property
@@ -230,10 +233,6 @@ class Runtime:
     @property
     def max_batch(self) -> int:
         return self.config.limits.max_batch_items
-
-    @property
-    def default_lifetime_days(self) -> int:
-        return self.config.keys.default_lifetime_days
 
     def limits(self) -> Mapping[str, int]:
         limits = self.config.limits
@@ -302,6 +301,9 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
         writer=writer,
         verifier=verifier,
         app_keys=cache,
+        lifecycle=KeyLifecycle(
+            keystore, default_lifetime_days=config.keys.default_lifetime_days,
+            day_seconds=config.keys.day_seconds),
         selftest_error=selftest_error,
     )
     if start_writer:

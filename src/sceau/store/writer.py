@@ -37,10 +37,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import queue
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,8 +59,9 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.keystore.base import KeyPurpose, Keystore
-from sceau.store import applications, audit, driver, leases, nodes
+from sceau.store import applications, audit, driver, nodes
 from sceau.store.db import Engines
+from sceau.store.nodelease import NodeLease
 from sceau.store.nodes import AuditNodeRow, NodeKind
 from sceau.vocab import Action, Outcome
 
@@ -178,28 +177,6 @@ def outcome_for(error: SceauError | None) -> Outcome:
     return Outcome.DENIED if error.status < 500 else Outcome.ERROR
 
 
-def _holder_token() -> str:
-    return f"{socket.gethostname()}|{os.getpid()}|{os.urandom(6).hex()}"
-
-
-def _holder_is_dead_local(holder: str) -> bool:
-    """True when ``holder`` was a process of this host that no longer runs."""
-    try:
-        host, pid_text, _ = holder.split("|")
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class Writer:
     """This node's single writer: group commit, audit chain, checkpoints and node lease."""
 
@@ -228,7 +205,7 @@ class Writer:
         self._cp_interval = checkpoint_interval_s
         self._clock = clock
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._holder = _holder_token()
+        self._lease = NodeLease(LEASE_TTL_S)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.node = ""
@@ -294,7 +271,7 @@ class Writer:
         except BaseException:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 with self._engines.write.begin() as conn:
-                    leases.release_lease(conn, self.node, self._holder)
+                    self._lease.release(conn, self.node)
             raise
         self._witnessed = witnessed
         log.info("audit node %s continues its chain at node_seq %d", self.node, self._head.node_seq)
@@ -363,13 +340,7 @@ class Writer:
     def _take_lease(self, node: str, now: int) -> str | None:
         """Lease ``node``; the foreign holder's token when it is held by a live process."""
         with self._engines.write.begin() as conn:
-            holder = leases.acquire_lease(conn, node, self._holder, now, LEASE_TTL_S)
-            if holder is not None and _holder_is_dead_local(holder):
-                # A process of this host that died without releasing: take over at once
-                # rather than waiting for the TTL (a restarted node resumes quickly).
-                if leases.force_lease(conn, node, self._holder, holder, now, LEASE_TTL_S):
-                    holder = None
-        return holder
+            return self._lease.take(conn, node, now)
 
     def _load_head(self, conn: sa.Connection) -> None:
         """Read this node's chain head and checkpoint coverage from the store."""
@@ -413,7 +384,7 @@ class Writer:
                 log.error("audit node %s stops with %d checkpoint(s) its witness does not hold",
                           self.node, len(self._unwitnessed))
             with self._engines.write.begin() as conn:
-                leases.release_lease(conn, self.node, self._holder)
+                self._lease.release(conn, self.node)
         except (sa.exc.SQLAlchemyError, SceauError):
             log.warning("could not release the audit node lease cleanly")
         finally:
@@ -576,7 +547,7 @@ class Writer:
             now = self._clock()
             now_s = int(now)
             if now - self._last_lease >= LEASE_RENEW_S or not jobs or self._resync:
-                if leases.acquire_lease(conn, self.node, self._holder, now_s, LEASE_TTL_S):
+                if not self._lease.renew(conn, self.node, now_s):
                     raise AuditUnavailable("this node lost its audit lease")
                 renewed = now
                 if self._resync:

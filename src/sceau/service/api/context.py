@@ -1,25 +1,20 @@
-"""The verified caller of one API call, as the handlers see it."""
+"""What an API handler is: ``fn(rt, actor, params, tx) -> result``.
+
+It runs inside the writer's transaction ``tx`` as ``actor`` (the application and the user
+of the verified request, its address), with the parsed ``params``; it fills
+``tx.ctx.key`` / ``tx.ctx.details`` for the audit record and raises a ``SceauError`` to
+refuse (whatever it wrote is rolled back).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sceau.service.runtime import CallerApp
+from sceau.core.policy import Actor
+from sceau.store.writer import Tx
 
 if TYPE_CHECKING:
     from sceau.service.runtime import Runtime
 
-
-@dataclass(frozen=True)
-class Call:
-    """Who calls (application, user, address) and with which request id."""
-
-    rt: Runtime
-    app: CallerApp
-    user: str
-    ip: str | None
-    jti: str
-    # The console's ``admin`` role manages every key (SPEC §6: never decryption); API callers
-    # never set it.
-    manage_any: bool = False
+Handler = Callable[["Runtime", Actor, Any, Tx], Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import (
@@ -23,12 +23,7 @@ from sceau.core.envelope import (
     token_for,
 )
 from sceau.core.model import KeyRecord
-from sceau.core.policy import (
-    Caller,
-    can_manage,
-    decide_use,
-    validate_principal,
-)
+from sceau.core.policy import Actor, can_manage, decide_use
 from sceau.errors import (
     AccessDenied,
     InvalidRequest,
@@ -37,7 +32,6 @@ from sceau.errors import (
     SceauError,
 )
 from sceau.service import keyops
-from sceau.service.api.context import Call
 from sceau.service.params import (
     DecryptItem,
     DecryptParams,
@@ -45,41 +39,14 @@ from sceau.service.params import (
     EncryptParams,
     GenerateDataKeyParams,
     GetDataKeyParams,
-    KeyOptions,
     parse_model,
 )
 from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import Tx
 from sceau.vocab import KeyStatus, Outcome, Reason
 
-DAY = 86_400
-
-
-def create_key(call: Call, options: KeyOptions, now: int) -> KeyRecord:
-    """A new key for the caller, from the key options of SPEC §4."""
-    if options.expires_at is not None:
-        if options.expires_at <= now:
-            raise InvalidRequest("expires_at: must be in the future")
-        expires_at = options.expires_at
-    else:
-        days = options.lifetime_days or call.rt.default_lifetime_days
-        expires_at = now + days * DAY
-    recipients = tuple(
-        validate_principal(p) for p in (options.recipients or ())
-    )
-    return keyops.new_key(
-        call.rt.keystore,
-        owner=call.user,
-        application=call.app.app_id,
-        now=now,
-        expires_at=expires_at,
-        name=options.name,
-        tag=options.tag,
-        not_before=options.not_before,
-        not_after=options.not_after,
-        recipients=recipients,
-        rules=keyops.rules_from(options.rules),
-    )
+if TYPE_CHECKING:
+    from sceau.service.runtime import Runtime
 
 
 def _usable_for_encrypt(record: KeyRecord, now: int) -> None:
@@ -94,10 +61,10 @@ def _usable_for_encrypt(record: KeyRecord, now: int) -> None:
         raise AccessDenied(Reason.KEY_EXPIRED)
 
 
-def _check_plaintext(call: Call, plaintext: bytes) -> None:
-    if len(plaintext) > call.rt.max_plaintext:
+def _check_plaintext(rt: Runtime, plaintext: bytes) -> None:
+    if len(plaintext) > rt.max_plaintext:
         raise PayloadTooLarge(
-            f"plaintext: over {call.rt.max_plaintext} bytes; use a data key and the STREAM format"
+            f"plaintext: over {rt.max_plaintext} bytes; use a data key and the STREAM format"
         )
 
 
@@ -108,9 +75,9 @@ def _error_item(exc: SceauError) -> dict[str, Any]:
     return {"error": error}
 
 
-def _check_batch(call: Call, items: list[dict[str, Any]]) -> None:
-    if len(items) > call.rt.max_batch:
-        raise InvalidRequest(f"items: at most {call.rt.max_batch} items")
+def _check_batch(rt: Runtime, items: list[dict[str, Any]]) -> None:
+    if len(items) > rt.max_batch:
+        raise InvalidRequest(f"items: at most {rt.max_batch} items")
     if not items:
         raise InvalidRequest("items: must not be empty")
 
@@ -144,23 +111,22 @@ def _run_items(
 # --- encrypt ------------------------------------------------------------------------------
 
 
-def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
+def encrypt(rt: Runtime, actor: Actor, params: EncryptParams, tx: Tx) -> dict[str, Any]:
     now = tx.now
-    rt = call.rt
     shared: KeyRecord | None = None
     if params.key_id is not None:
         tx.ctx.key = b64u_encode(params.key_id)
         # Locked like a decrypt, so a disable committed on another node orders before it.
         shared = keyops.load_checked(tx.conn, rt.keystore, params.key_id, for_update=True)
-        if not can_manage(shared, call.user, now):
+        if not can_manage(shared, actor.user, now):
             raise NotFound("no such key")
         _usable_for_encrypt(shared, now)
 
     created: list[KeyRecord] = []
 
     def seal_one(plaintext: bytes, aad: bytes | None) -> dict[str, Any]:
-        _check_plaintext(call, plaintext)
-        record = shared if shared is not None else create_key(call, params, now)
+        _check_plaintext(rt, plaintext)
+        record = shared if shared is not None else rt.lifecycle.create(actor, params, now)
         tx.ctx.key = keyops.key_id_text(record.key_id)
         assert record.seed is not None
         data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
@@ -173,7 +139,7 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
         assert params.plaintext is not None
         result = seal_one(params.plaintext, params.aad)
     else:
-        _check_batch(call, params.items)
+        _check_batch(rt, params.items)
 
         def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
             item = parse_model(EncryptItem, raw, where=f"items.{index}")
@@ -188,16 +154,15 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
 
 
 def _use_key(
-    call: Call, tx: Tx, key_id: bytes, batch: keyops.CheckedKeys | None = None
+    rt: Runtime, actor: Actor, tx: Tx, key_id: bytes, batch: keyops.CheckedKeys | None = None
 ) -> tuple[KeyRecord, bytes]:
     """SPEC §6 for decrypt / get-data-key; returns the record and the data key."""
-    rt = call.rt
     tx.ctx.key = keyops.key_id_text(key_id)
     if batch is not None:
         record = batch.get(key_id)
     else:
         record = keyops.load_checked(tx.conn, rt.keystore, key_id, for_update=True)
-    reason = decide_use(record, Caller(call.app.app_id, call.user, call.ip), tx.now)
+    reason = decide_use(record, actor, tx.now)
     if reason is not None:
         raise AccessDenied(reason)
     assert record.seed is not None
@@ -205,9 +170,9 @@ def _use_key(
     return record, data_key
 
 
-def _count_use(call: Call, tx: Tx, record: KeyRecord) -> None:
+def _count_use(rt: Runtime, tx: Tx, record: KeyRecord) -> None:
     """Increment ``decryptions`` with the grant (state, not policy: revision unchanged)."""
-    after = keyops.reseal(call.rt.keystore, record, bump=False,
+    after = keyops.reseal(rt.keystore, record, bump=False,
                           decryptions=record.decryptions + 1)
     save_key(tx.conn, record, after)
 
@@ -220,23 +185,23 @@ def _header(ciphertext: bytes) -> EnvelopeHeader:
 
 
 def _open(
-    call: Call, tx: Tx, header: EnvelopeHeader, ciphertext: bytes, aad: bytes | None,
-    batch: keyops.CheckedKeys | None = None,
+    rt: Runtime, actor: Actor, tx: Tx, header: EnvelopeHeader, ciphertext: bytes,
+    aad: bytes | None, batch: keyops.CheckedKeys | None = None,
 ) -> dict[str, Any]:
-    record, data_key = _use_key(call, tx, header.key_id, batch)
+    record, data_key = _use_key(rt, actor, tx, header.key_id, batch)
     plaintext = open_gcm(data_key, ciphertext, aad)
     if batch is None:
-        _count_use(call, tx, record)
+        _count_use(rt, tx, record)
     else:
         batch.count_use(record)  # written by batch.flush() after the last item
     return {"key_id": keyops.key_id_text(record.key_id), "plaintext": b64u_encode(plaintext)}
 
 
-def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
+def decrypt(rt: Runtime, actor: Actor, params: DecryptParams, tx: Tx) -> dict[str, Any]:
     if params.items is None:
         assert params.ciphertext is not None
-        return _open(call, tx, _header(params.ciphertext), params.ciphertext, params.aad)
-    _check_batch(call, params.items)
+        return _open(rt, actor, tx, _header(params.ciphertext), params.ciphertext, params.aad)
+    _check_batch(rt, params.items)
     # Parse every item first, so that the keys they name load in one query; a malformed
     # item keeps its error for its own turn.
     parsed: list[tuple[DecryptItem, EnvelopeHeader] | SceauError] = []
@@ -247,7 +212,7 @@ def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
         except SceauError as exc:
             parsed.append(exc)
     batch = keyops.CheckedKeys(
-        tx.conn, call.rt.keystore,
+        tx.conn, rt.keystore,
         [p[1].key_id for p in parsed if not isinstance(p, SceauError)],
         for_update=True,
     )
@@ -257,19 +222,20 @@ def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
         if isinstance(entry, SceauError):
             raise entry
         item, header = entry
-        return _open(call, tx, header, item.ciphertext, item.aad, batch)
+        return _open(rt, actor, tx, header, item.ciphertext, item.aad, batch)
 
     result = {"items": _run_items(tx, params.items, one)}
     batch.flush(tx.conn)
     return result
 
 
-def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict[str, Any]:
-    record = create_key(call, params, tx.now)
+def generate_data_key(rt: Runtime, actor: Actor, params: GenerateDataKeyParams,
+                      tx: Tx) -> dict[str, Any]:
+    record = rt.lifecycle.create(actor, params, tx.now)
     tx.ctx.key = keyops.key_id_text(record.key_id)
     insert_keys(tx.conn, [record])
     assert record.seed is not None
-    data_key = call.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
     return {
         "key_id": tx.ctx.key,
         "key": b64u_encode(data_key),
@@ -278,14 +244,15 @@ def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict
     }
 
 
-def get_data_key(call: Call, params: GetDataKeyParams, tx: Tx) -> dict[str, Any]:
+def get_data_key(rt: Runtime, actor: Actor, params: GetDataKeyParams,
+                 tx: Tx) -> dict[str, Any]:
     if params.token is not None:
         key_id = key_id_of_token(params.token)
     else:
         assert params.key_id is not None
         key_id = params.key_id
-    record, data_key = _use_key(call, tx, key_id)
-    _count_use(call, tx, record)
+    record, data_key = _use_key(rt, actor, tx, key_id)
+    _count_use(rt, tx, record)
     return {"key_id": keyops.key_id_text(record.key_id), "key": b64u_encode(data_key)}
 
 

@@ -41,7 +41,6 @@ from sceau.jose.guard import looks_like_jwe
 from sceau.jose.request import TokenRefused, VerifiedRequest
 from sceau.jose.response import encrypt_to
 from sceau.keystore.base import KeyPurpose
-from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
 from sceau.service.limits import JweBudget, JweBudgetExhausted, RateLimiter, RefusalTarpit
 from sceau.service.observability import Metrics
@@ -163,8 +162,7 @@ class ApiEndpoint:
             await self._audit_refusal(op, refused, ip)
             raise refused.error from None
         outcome = await self._submit(make_job(rt, op, verified, ip))
-        call, result = outcome.value
-        assert isinstance(call, Call)
+        enc_key, result = outcome.value
         if isinstance(result, DestroyedKey):
             result = receipt_result(rt.keystore, rt.service_id, result, outcome)
         claims = {
@@ -178,8 +176,8 @@ class ApiEndpoint:
         }
         token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
         if op in KEY_MATERIAL_OPS or verified.was_jwe:
-            assert call.app.enc_key is not None
-            token = encrypt_to(token, call.app.enc_key)
+            assert enc_key is not None  # the job refused a JWE answer without one
+            token = encrypt_to(token, enc_key)
         return token
 
     async def _verify(self, body: bytes, op: Op, ip: str | None) -> VerifiedRequest:

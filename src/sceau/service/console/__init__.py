@@ -49,9 +49,8 @@ def _refuse_get_on_post_only(router: APIRouter) -> None:
 
 
 def mount(app: FastAPI, rt: Runtime) -> Console:
-    """Attach the console's routes to ``app``; returns its state (kept in ``rt.extras``)."""
+    """Attach the console's routes to ``app``; returns its state."""
     console = Console(rt)
-    rt.extras["console"] = console
     route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"console": console})
     for module in (auth, keypages, adminpages, auditpages, protectpage, workspacepages):
         router = module.router(console, route_class)

@@ -8,7 +8,6 @@ runs them with the CLI). The others run at once, audited as the signed-in admin.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,7 +364,3 @@ def router(console: Console, route_class: type) -> APIRouter:
         raise Redirect(f"{PREFIX}/approvals?done=rejected")
 
     return r
-
-
-def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)

@@ -1,111 +1,117 @@
-"""Key changes made from the console, as audited writer jobs.
+"""Keys from the console: who may see and change what, and as which actor.
 
-The rules are the API's (service/api/keys.py): seal checked before anything, management
-refused on destroyed keys and, except destruction, on keys pending destruction, every change
-re-sealed with its revision bumped, the same ``details`` in the audit record. Two things
-differ: who may act, and who is named. The gate is :func:`may_manage` (an ``admin`` account
-manages every key, a ``user`` account what the API would let that identity manage, an
-``auditor`` nothing), and ``added_by`` is the console account.
+The changes are the key-lifecycle service's (service/lifecycle.py), called with the
+:class:`~sceau.core.policy.Actor` of the console account, so the rules are the API's: seal
+checked before anything, management refused on destroyed keys and, except destruction, on
+keys pending destruction, every change re-sealed with its revision bumped, the same
+``details`` in the audit record. Two things differ: who may act, and who is named. An
+``admin`` account manages every key (``manage_any``, never decryption), a ``user`` account
+what the API would let that identity manage, an ``auditor`` nothing (refused with the
+``not_found`` a stranger gets); ``added_by`` is the console account.
 
-The changes are the API handlers themselves, called with a :class:`Call` whose
-``manage_any`` flag carries the admin gate, so the rules cannot drift apart.
+Form values become the API's parameter models here (:func:`key_ref` ...), inside the
+change's job, so a malformed value is refused and audited as the API would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sceau.core.model import KeyRecord, normalize_identity
-from sceau.core.policy import can_manage, matching_authorizations
+from sceau.core.policy import Actor, can_manage, matching_authorizations
 from sceau.errors import NotFound, SceauError
 from sceau.service import keyops
-from sceau.service.api import keys as key_api
-from sceau.service.api.context import Call
-from sceau.service.params import (
-    AddAuthorizationParams,
-    DestroyKeyParams,
-    KeyRef,
-    PrincipalRef,
-    parse_model,
-)
-from sceau.service.runtime import CallerApp
+from sceau.service.console.web import CONSOLE_APP, Account, Session
+from sceau.service.lifecycle import KeyLifecycle
+from sceau.service.params import AddAuthorizationParams, KeyRef, PrincipalRef, parse_model
 from sceau.store.writer import Tx, savepoint
 from sceau.vocab import Action, KeyStatus, Outcome, Right, Role
 
-if TYPE_CHECKING:
-    from sceau.service.runtime import Runtime
 
-CONSOLE_CALLER = CallerApp(app_id="console", name="console", enc_key=None)
+def console_actor(username: str, role: Role, *, ip: str | None = None,
+                  own_rights: bool = False) -> Actor:
+    """The actor of a console account changing keys; ``not_found`` for an ``auditor``.
+
+    ``own_rights`` drops the admin's manage-any: the API's rule for that identity then
+    decides, inside the change's transaction.
+    """
+    if role is Role.AUDITOR:
+        raise NotFound("no such key")
+    return Actor(app_id=CONSOLE_APP, user=normalize_identity(username), ip=ip,
+                 manage_any=role is Role.ADMIN and not own_rights)
 
 
-@dataclass(frozen=True)
-class Actor:
-    """The console account acting on keys."""
-
-    username: str
-    role: Role
+def session_actor(session: Session, *, own_rights: bool = False) -> Actor:
+    """:func:`console_actor` for the signed-in account."""
+    return console_actor(session.account.username, session.account.role, ip=session.ip,
+                         own_rights=own_rights)
 
 
-def may_see(actor: Actor, record: KeyRecord) -> bool:
+def may_see(account: Account, record: KeyRecord) -> bool:
     """admin and auditor see every key; a user the keys they own or hold an entry on."""
-    if actor.role in (Role.ADMIN, Role.AUDITOR):
+    if account.sees_all:
         return True
-    owner = normalize_identity(record.owner) == normalize_identity(actor.username)
-    return owner or bool(matching_authorizations(record, actor.username))
+    owner = normalize_identity(record.owner) == normalize_identity(account.username)
+    return owner or bool(matching_authorizations(record, account.username))
 
 
-def may_manage(actor: Actor, record: KeyRecord, now: int) -> bool:
+def may_manage(account: Account, record: KeyRecord, now: int) -> bool:
     """admin: every key (never decryption); user: as the API; auditor: never."""
-    if actor.role is Role.ADMIN:
+    if account.role is Role.ADMIN:
         return True
-    if actor.role is Role.USER:
-        return can_manage(record, actor.username, now)
+    if account.role is Role.USER:
+        return can_manage(record, account.username, now)
     return False
 
 
-def needs_approval(actor: Actor, record: KeyRecord, now: int) -> bool:
+def needs_approval(account: Account, record: KeyRecord, now: int) -> bool:
     """True when only the admin's manage-any could add or enable an authorization here.
 
     Such a change opens the key's data to the principal it names, which the admin could
     point at an identity they control: it waits for a second admin (service/approvals.py,
     SECURITY-CASES 46). An admin who is the owner or holds ``manage`` acts on their own right.
     """
-    return actor.role is Role.ADMIN and not can_manage(record, actor.username, now)
+    return account.role is Role.ADMIN and not can_manage(record, account.username, now)
 
 
-def actor_call(rt: Runtime, actor: Actor, *, own_rights: bool = False) -> Call:
-    """The API's view of a console account acting on keys.
-
-    The API handlers then apply every rule themselves; only the gate differs: an ``admin``
-    account manages every key (``manage_any``, never decryption), a ``user`` account what
-    the API lets that identity manage, and an ``auditor`` nothing (refused here, as the
-    ``not_found`` a stranger gets). ``own_rights`` drops the admin's manage-any: the API's
-    rule for that identity then decides, inside the change's transaction.
-    """
-    if actor.role is Role.AUDITOR:
-        raise NotFound("no such key")
-    return Call(rt=rt, app=CONSOLE_CALLER, user=normalize_identity(actor.username), ip=None,
-                jti="", manage_any=actor.role is Role.ADMIN and not own_rights)
+# --- parameters --------------------------------------------------------------------------
 
 
 def _ref(key_id: bytes, **extra: Any) -> dict[str, Any]:
     return {"key_id": keyops.key_id_text(key_id), **extra}
 
 
-def set_key_status(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
-                   status: KeyStatus) -> dict[str, Any]:
-    """enable-key / disable-key, through the API's handlers."""
-    call = actor_call(rt, actor)
-    params = parse_model(KeyRef, _ref(key_id))
-    if status is KeyStatus.ACTIVE:
-        return key_api.enable_key(call, params, tx)
-    return key_api.disable_key(call, params, tx)
+def key_ref(key_id: bytes) -> KeyRef:
+    return parse_model(KeyRef, _ref(key_id))
 
 
-def bulk_set_status(rt: Runtime, actor: Actor, tx: Tx, key_ids: Sequence[bytes],
-                    status: KeyStatus) -> tuple[int, int]:
+def principal_ref(key_id: bytes, principal: str) -> PrincipalRef:
+    return parse_model(PrincipalRef, _ref(key_id, principal=principal))
+
+
+def authorization_params(key_id: bytes, principal: str, rights: frozenset[Right],
+                         not_before: int | None,
+                         not_after: int | None) -> AddAuthorizationParams:
+    return parse_model(AddAuthorizationParams, _ref(
+        key_id, principal=principal, rights=sorted(str(r) for r in rights),
+        not_before=not_before, not_after=not_after,
+    ))
+
+
+def change_authorization(lifecycle: KeyLifecycle, actor: Actor, action: Action,
+                         params: PrincipalRef, tx: Tx) -> KeyRecord:
+    """remove / enable / disable one authorization entry (``action`` says which)."""
+    change = {
+        Action.REMOVE_AUTHORIZATION: lifecycle.remove_authorization,
+        Action.ENABLE_AUTHORIZATION: lifecycle.enable_authorization,
+        Action.DISABLE_AUTHORIZATION: lifecycle.disable_authorization,
+    }[action]
+    return change(actor, params, tx)
+
+
+def bulk_set_status(lifecycle: KeyLifecycle, session: Session, tx: Tx,
+                    key_ids: Sequence[bytes], status: KeyStatus) -> tuple[int, int]:
     """Enable or disable many keys: one audit record per key, each in its own savepoint.
 
     Returns (changed or already so, refused).
@@ -116,7 +122,7 @@ def bulk_set_status(rt: Runtime, actor: Actor, tx: Tx, key_ids: Sequence[bytes],
         tx.ctx.details = {}
         try:
             with savepoint(tx.conn, "sceau_item"):
-                set_key_status(rt, actor, tx, key_id, status)
+                lifecycle.set_status(session_actor(session), key_ref(key_id), tx, status)
         except SceauError as error:
             refused += 1
             reason = str(error.reason) if error.reason else error.code
@@ -128,39 +134,6 @@ def bulk_set_status(rt: Runtime, actor: Actor, tx: Tx, key_ids: Sequence[bytes],
                        details={"bulk": True, **tx.ctx.details})
     tx.ctx.key = None
     return done, refused
-
-
-def destroy(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes) -> key_api.DestroyedKey:
-    """Immediate destruction (crypto-shredding): ``destroy-key`` with ``pending_days`` 0."""
-    result = key_api.destroy_key(
-        actor_call(rt, actor), parse_model(DestroyKeyParams, _ref(key_id)), tx
-    )
-    assert isinstance(result, key_api.DestroyedKey)
-    return result
-
-
-def add_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes, principal: str,
-                      rights: frozenset[Right], not_before: int | None,
-                      not_after: int | None, *, own_rights: bool = False) -> dict[str, Any]:
-    """add-authorization, through the API's handler (``added_by`` is the account)."""
-    params = parse_model(AddAuthorizationParams, _ref(
-        key_id, principal=principal, rights=sorted(str(r) for r in rights),
-        not_before=not_before, not_after=not_after,
-    ))
-    return key_api.add_authorization(actor_call(rt, actor, own_rights=own_rights), params, tx)
-
-
-def change_authorization(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes,
-                         principal: str, action: Action, *,
-                         own_rights: bool = False) -> dict[str, Any]:
-    """remove / enable / disable one authorization entry, through the API's handlers."""
-    params = parse_model(PrincipalRef, _ref(key_id, principal=principal))
-    handler = {
-        Action.REMOVE_AUTHORIZATION: key_api.remove_authorization,
-        Action.ENABLE_AUTHORIZATION: key_api.enable_authorization,
-        Action.DISABLE_AUTHORIZATION: key_api.disable_authorization,
-    }[action]
-    return handler(actor_call(rt, actor, own_rights=own_rights), params, tx)
 
 
 # Authorization changes that open data to a principal: gated on an admin's manage-any.

@@ -16,12 +16,10 @@ from sceau.core.model import Authorization, KeyRecord, normalize_identity
 from sceau.core.policy import display_status, matching_authorizations
 from sceau.errors import IntegrityFailure, NotFound, SceauError
 from sceau.service import approvals, keyops
-from sceau.service.api import keys as key_api
-from sceau.service.api.keys import DestroyedKey, domain_pattern
 from sceau.service.console import keyactions
 from sceau.service.console.adminpages import QUORUM_NOTE, ConsoleRunner
 from sceau.service.console.auth import reauthenticate
-from sceau.service.console.keyactions import Actor
+from sceau.service.console.keyactions import session_actor
 from sceau.service.console.web import (
     PREFIX,
     Console,
@@ -33,9 +31,12 @@ from sceau.service.console.web import (
     not_found,
     query_string,
 )
+from sceau.service.lifecycle import domain_pattern
+from sceau.service.params import DestroyKeyParams, parse_model
+from sceau.service.receipts import DestroyedKey, receipt_result
 from sceau.store.audit import newest_audit_lines
 from sceau.store.keys import KEY_SORTS, KeyFilter, list_keys
-from sceau.store.writer import JobOutcome, Tx
+from sceau.store.writer import Tx
 from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right, Role
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -49,10 +50,6 @@ DONE = {
     "auth_added": "Authorization added.",
     "auth_changed": "Authorization updated.",
 }
-
-
-def actor_of(session: Session) -> Actor:
-    return Actor(session.account.username, session.account.role)
 
 
 def parse_key_id(text: str) -> bytes:
@@ -183,9 +180,9 @@ def key_rows(
     full the keys it may manage and the recipient view of the others. As in the API, the
     application and tag filters then match only keys it sees in full.
     """
-    actor = actor_of(session)
-    sees_all = session.account.sees_all
-    visible = None if sees_all else (actor.username, domain_pattern(actor.username))
+    account = session.account
+    sees_all = account.sees_all
+    visible = None if sees_all else (account.username, domain_pattern(account.username))
     hidden_filter = not sees_all and (
         query.flt.application is not None or query.flt.tag is not None)
 
@@ -209,7 +206,7 @@ def key_rows(
                     row = _key_row(record, "integrity_failure", False, sees_all)
                     picked.append((record, row, True))
                     continue
-                manageable = keyactions.may_manage(actor, record, tx.now)
+                manageable = keyactions.may_manage(account, record, tx.now)
                 full = sees_all or manageable
                 if hidden_filter and not full:
                     continue
@@ -250,14 +247,14 @@ class KeyView:
 
 def key_view(console: Console, session: Session, key_id: bytes, before: int | None) -> KeyView:
     """The key page's data, audited as DESCRIBE_KEY (and its access listing)."""
-    actor = actor_of(session)
+    account = session.account
 
     def describe(tx: Tx) -> KeyView:
         tx.ctx.key = keyops.key_id_text(key_id)
         record = keyops.load_checked(tx.conn, console.rt.keystore, key_id)
-        if not keyactions.may_see(actor, record):
+        if not keyactions.may_see(account, record):
             raise NotFound("no such key")
-        manageable = keyactions.may_manage(actor, record, tx.now)
+        manageable = keyactions.may_manage(account, record, tx.now)
         accesses = None
         more_before = None
         # list-accesses is a management operation; auditors read the trail anyway.
@@ -270,7 +267,7 @@ def key_view(console: Console, session: Session, key_id: bytes, before: int | No
             tx.ctx.details = {"accesses": len(accesses)}
         full = manageable or session.account.sees_all
         entries = record.authorizations if full else tuple(
-            matching_authorizations(record, actor.username))
+            matching_authorizations(record, account.username))
         return KeyView(record, str(display_status(record, tx.now)), manageable, accesses,
                        more_before, full, entries)
 
@@ -286,6 +283,7 @@ def key_view(console: Console, session: Session, key_id: bytes, before: int | No
 
 def router(console: Console, route_class: type) -> APIRouter:
     r = APIRouter(prefix=PREFIX, route_class=route_class)
+    lifecycle = console.rt.lifecycle
 
     def render_keys(request: Request, session: Session, *, status: int = 200,
                     error: str | None = None, notice: str | None = None) -> Response:
@@ -332,11 +330,10 @@ def router(console: Console, route_class: type) -> APIRouter:
             raise PageError(400, f"At most {MAX_BULK} keys at once.")
         key_ids = [parse_key_id(k) for k in dict.fromkeys(ids)]
         status = KeyStatus.ACTIVE if action == "enable" else KeyStatus.DISABLED
-        actor = actor_of(session)
         audit = Action.ENABLE_KEY if action == "enable" else Action.DISABLE_KEY
         done, refused = console.run(
             session, audit,
-            lambda tx: keyactions.bulk_set_status(console.rt, actor, tx, key_ids, status),
+            lambda tx: keyactions.bulk_set_status(lifecycle, session, tx, key_ids, status),
         ).value
         back = form.get("back", "")
         back = back if back.startswith(f"{PREFIX}/keys?") or back == f"{PREFIX}/keys" else ""
@@ -351,7 +348,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         view = key_view(console, session, key_id, before)
         done = request.query_params.get("done", "")
         # Separation of duties: what only the admin's manage-any allows waits for approval.
-        approval_needed = keyactions.needs_approval(actor_of(session), view.record,
+        approval_needed = keyactions.needs_approval(session.account, view.record,
                                                     console.now())
         return console.render(
             request, "key.html", status=status, session=session, view=view, key=view.record,
@@ -370,22 +367,22 @@ def router(console: Console, route_class: type) -> APIRouter:
                          ask: approvals.Ask) -> Response | None:
         """An admin adding or enabling an authorization on a key they do not manage on their
         own right: a request for a second admin (SECURITY-CASES 46), else None."""
-        actor = actor_of(session)
-        if actor.role is not Role.ADMIN:
+        account = session.account
+        if account.role is not Role.ADMIN:
             return None
         try:
             with console.rt.engines.read.connect() as conn:
                 record = keyops.load_checked(conn, console.rt.keystore, key_id)
         except SceauError:
             return None  # the change itself refuses, audited
-        if not keyactions.needs_approval(actor, record, console.now()):
+        if not keyactions.needs_approval(account, record, console.now()):
             return None
         key_text = keyops.key_id_text(key_id)
         try:
             if not approvals.gate_state(console.rt).offered:
                 raise PageError(403, QUORUM_NOTE)
             approval_id = approvals.request(ConsoleRunner(console, session), console.rt,
-                                            actor.username, ask)
+                                            account.username, ask)
         except PageError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=error.message)
@@ -413,11 +410,11 @@ def router(console: Console, route_class: type) -> APIRouter:
         if action not in ("enable", "disable"):
             raise PageError(400, "Choose enable or disable.")
         status = KeyStatus.ACTIVE if action == "enable" else KeyStatus.DISABLED
-        actor = actor_of(session)
         return change(
             request, session, key_text,
             Action.ENABLE_KEY if action == "enable" else Action.DISABLE_KEY,
-            lambda tx: keyactions.set_key_status(console.rt, actor, tx, key_id, status),
+            lambda tx: lifecycle.set_status(session_actor(session), keyactions.key_ref(key_id),
+                                            tx, status),
             "enabled" if action == "enable" else "disabled",
         )
 
@@ -430,21 +427,21 @@ def router(console: Console, route_class: type) -> APIRouter:
                            if v in Right.__members__.values())
         not_before = _moment(form.get("not_before", ""), "not before")
         not_after = _moment(form.get("not_after", ""), "not after")
-        actor = actor_of(session)
         principal = form.get("principal", "").strip()
         gated = through_approval(request, session, key_id, approvals.ask_add_authorization(
             keyops.key_id_text(key_id), principal, [str(r) for r in rights], not_before,
             not_after))
         if gated is not None:
             return gated
-        # An admin here acts on their own right only: re-checked inside the change.
-        return change(
-            request, session, key_text, Action.ADD_AUTHORIZATION,
-            lambda tx: keyactions.add_authorization(console.rt, actor, tx, key_id,
-                                                    principal, rights, not_before, not_after,
-                                                    own_rights=True),
-            "auth_added",
-        )
+
+        def add(tx: Tx) -> KeyRecord:
+            params = keyactions.authorization_params(key_id, principal, rights, not_before,
+                                                     not_after)
+            # An admin here acts on their own right only: re-checked inside the change.
+            return lifecycle.add_authorization(session_actor(session, own_rights=True),
+                                               params, tx)
+
+        return change(request, session, key_text, Action.ADD_AUTHORIZATION, add, "auth_added")
 
     @r.post("/keys/{key_text}/authorizations/change")
     def change_authorization(request: Request, key_text: str) -> Response:
@@ -454,7 +451,6 @@ def router(console: Console, route_class: type) -> APIRouter:
         action = keyactions.AUTHORIZATION_ACTIONS.get(form.get("action", ""))
         if action is None:
             raise PageError(400, "Unknown authorization action.")
-        actor = actor_of(session)
         principal = form.get("principal", "")
         opening = action in keyactions.OPENING_ACTIONS
         if opening:
@@ -462,12 +458,13 @@ def router(console: Console, route_class: type) -> APIRouter:
                 keyops.key_id_text(key_id), principal))
             if gated is not None:
                 return gated
-        return change(
-            request, session, key_text, action,
-            lambda tx: keyactions.change_authorization(console.rt, actor, tx, key_id,
-                                                       principal, action, own_rights=opening),
-            "auth_changed",
-        )
+
+        def change_entry(tx: Tx) -> KeyRecord:
+            params = keyactions.principal_ref(key_id, principal)
+            return keyactions.change_authorization(
+                lifecycle, session_actor(session, own_rights=opening), action, params, tx)
+
+        return change(request, session, key_text, action, change_entry, "auth_changed")
 
     @r.post("/keys/{key_text}/destroy")
     def destroy(request: Request, key_text: str) -> Response:
@@ -482,31 +479,26 @@ def router(console: Console, route_class: type) -> APIRouter:
         except PageError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=error.message)
-        actor = actor_of(session)
+
+        def destroy_now(tx: Tx) -> DestroyedKey | KeyRecord:
+            params = {"key_id": keyops.key_id_text(key_id)}
+            return lifecycle.destroy(session_actor(session),
+                                     parse_model(DestroyKeyParams, params), tx)
+
         try:
-            outcome = console.run(
-                session, Action.DESTROY_KEY,
-                lambda tx: keyactions.destroy(console.rt, actor, tx, key_id))
+            outcome = console.run(session, Action.DESTROY_KEY, destroy_now)
         except NotFound:
             raise not_found() from None
         except SceauError as error:
             return render_key(request, session, key_text, status=error.status,
                               error=_message(error))
         destroyed: DestroyedKey = outcome.value
-        key_api.shredded_event(console.rt.extras).set()  # flush the SQLite WAL soon
-        body = _receipt(console, destroyed, outcome)
+        body = receipt_result(console.rt.keystore, console.rt.service_id, destroyed, outcome)
         return console.render(request, "receipt.html", session=session, receipt=body,
                               receipt_json=json.dumps(body, indent=2),
                               record=outcome.records[0])
 
     return r
-
-
-def _receipt(console: Console, destroyed: DestroyedKey, outcome: JobOutcome) -> dict[str, Any]:
-    """The API's destruction receipt: a JWS by the audit key over the DESTROY_KEY record."""
-    from sceau.service.receipts import receipt_result
-
-    return receipt_result(console.rt.keystore, console.rt.service_id, destroyed, outcome)
 
 
 def _message(error: SceauError) -> str:

@@ -4,8 +4,8 @@ The page (``templates/protect.html`` with ``static/protect.js``) encrypts and de
 with WebCrypto in the suite-2 STREAM format of ``sceau file`` (docs/format.md §4, the inner
 file header of :mod:`sceau.connectors.files`); the file itself never reaches the service.
 The two endpoints here only hand out data keys, exactly as the API's ``generate-data-key``
-and ``get-data-key`` do: the same handlers run (``service/api/crypto.py``) with a
-:class:`~sceau.service.api.context.Call` naming the application ``console`` and the
+and ``get-data-key`` do: the same handlers run (``service/api/crypto.py``) as an
+:class:`~sceau.core.policy.Actor` naming the application ``console`` and the
 account's identity, so the key options, the SPEC §6 decision, the ``max_decryptions``
 counter and the audit record (``GENERATE_DATA_KEY`` / ``GET_DATA_KEY``, app ``console``)
 are the API's own.
@@ -22,22 +22,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sceau.core.model import normalize_identity
 from sceau.errors import SceauError
 from sceau.service.api import crypto
-from sceau.service.api.context import Call
-from sceau.service.console.web import (
-    CONSOLE_APP,
-    PREFIX,
-    Console,
-    PageError,
-    Redirect,
-    Session,
-    form_list,
-    form_of,
-)
+from sceau.service.console import web
+from sceau.service.console.keyactions import session_actor
 from sceau.service.params import GenerateDataKeyParams, GetDataKeyParams, parse_model
-from sceau.service.runtime import CallerApp
 from sceau.store.writer import Tx
 from sceau.vocab import Action, Role
 
@@ -66,26 +55,19 @@ def _refusal(error: SceauError) -> JSONResponse:
     return _json(error.status, body)
 
 
-def _session(console: Console, request: Request) -> Session | JSONResponse:
+def _session(console: web.Console, request: Request) -> web.Session | JSONResponse:
     """The signed-in ``user`` session with a valid CSRF token, or a JSON refusal."""
     try:
         return console.require(request, Role.USER)
-    except PageError as error:
+    except web.PageError as error:
         return _json(error.status, {"code": "refused", "message": error.message})
-    except Redirect:
+    except web.Redirect:
         # Only a pending password change redirects a signed-in POST.
         return _json(403, {"code": "refused", "message": "Change your password first."})
 
 
-def console_call(console: Console, session: Session) -> Call:
-    """The API's view of this account: application ``console``, user = the account name."""
-    app = CallerApp(app_id=CONSOLE_APP, name=CONSOLE_APP, enc_key=None)
-    return Call(rt=console.rt, app=app, user=normalize_identity(session.account.username),
-                ip=session.ip, jti="")
-
-
-def router(console: Console, route_class: type) -> APIRouter:
-    r = APIRouter(prefix=PREFIX, route_class=route_class)
+def router(console: web.Console, route_class: type) -> APIRouter:
+    r = APIRouter(prefix=web.PREFIX, route_class=route_class)
 
     @r.get("/protect")
     def protect_page(request: Request) -> Response:
@@ -98,19 +80,19 @@ def router(console: Console, route_class: type) -> APIRouter:
         session = _session(console, request)
         if isinstance(session, JSONResponse):
             return session
-        form = form_of(request)
-        recipients = [p.strip() for p in form_list(request, "recipient") if p.strip()]
+        form = web.form_of(request)
+        recipients = [p.strip() for p in web.form_list(request, "recipient") if p.strip()]
         options: dict[str, Any] = {}
         if form.get("name"):
             options["name"] = form["name"]
         if recipients:
             options["recipients"] = recipients
-        call = console_call(console, session)
+        actor = session_actor(session)  # a user account: its own rights only
 
         def generate(tx: Tx) -> dict[str, Any]:
             # Parsed inside the job so a bad option is audited as a refusal, like the API's.
             params = parse_model(GenerateDataKeyParams, options)
-            result = crypto.generate_data_key(call, params, tx)
+            result = crypto.generate_data_key(console.rt, actor, params, tx)
             # iv and token serve suite-1 sealing; a STREAM draws its own salt.
             return {"key_id": result["key_id"], "key": result["key"]}
 
@@ -127,12 +109,12 @@ def router(console: Console, route_class: type) -> APIRouter:
         session = _session(console, request)
         if isinstance(session, JSONResponse):
             return session
-        key_id = form_of(request).get("key_id", "")
-        call = console_call(console, session)
+        key_id = web.form_of(request).get("key_id", "")
+        actor = session_actor(session)  # a user account: its own rights only
 
         def fetch(tx: Tx) -> dict[str, Any]:
             params = parse_model(GetDataKeyParams, {"key_id": key_id})
-            result: dict[str, Any] = crypto.get_data_key(call, params, tx)
+            result: dict[str, Any] = crypto.get_data_key(console.rt, actor, params, tx)
             return result
 
         try:

@@ -14,7 +14,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,10 +112,6 @@ class Account:
     def setting_up(self) -> bool:
         """The password change or the TOTP enrolment is still due (no navigation yet)."""
         return self.must_change_password or self.must_enrol_totp
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role is Role.ADMIN
 
     @property
     def sees_all(self) -> bool:
@@ -414,7 +410,3 @@ def _error_page(console: Console, request: Request, error: PageError) -> Respons
 def query_string(values: Mapping[str, str | None], **changes: str | None) -> str:
     merged = {**values, **changes}
     return urlencode([(k, v) for k, v in merged.items() if v])
-
-
-def nonempty(values: Iterable[str]) -> list[str]:
-    return [v for v in values if v]

@@ -255,7 +255,7 @@ def retire_dke_key(session: ChangeRunner, name: str, keyid: str) -> None:
 def shred_dke_material(keystore: Any, tx: Tx, key_id: bytes) -> list[str]:
     """When a DKE key's Sceau record is destroyed, destroy its RSA private keys too.
 
-    Called by every destruction of a key record (``api.keys.shred``: the API, the console,
+    Called by every destruction of a key record (``KeyLifecycle.shred``: the API, the console,
     the pending-destruction sweep, ``purge-expired``), inside that job: the versions are
     marked retired (sealed rows) and their key objects destroyed in the keystore before the
     job commits. Should the commit then fail, the record still says active but its private

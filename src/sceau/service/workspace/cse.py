@@ -40,7 +40,7 @@ import sceau
 from sceau.config.workspace import CseSettings, normalize_url
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
-from sceau.core.policy import Caller, decide_use
+from sceau.core.policy import Actor, decide_use
 from sceau.core.workspace import (
     CSE_APPLICATION,
     MAILBOX_KEY_PREFIX,
@@ -56,13 +56,14 @@ from sceau.errors import (
     InvalidRequest,
     InvalidToken,
     NotFound,
-    PayloadTooLarge,
     SceauError,
 )
 from sceau.jose.guard import MalformedJson, strict_json_loads
 from sceau.service import keyops
-from sceau.service.api.crypto import DAY, _usable_for_encrypt
+from sceau.service.api.crypto import _usable_for_encrypt
+from sceau.service.lifecycle import DAY
 from sceau.service.runtime import Runtime
+from sceau.service.workspace.body import read_json_object
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jwt
 from sceau.store import workspace as ws
@@ -222,7 +223,7 @@ class CseService:
             a.issuer: TrustedIssuer(a.issuer, settings.authorization_audience, source(a.jwks))
             for a in settings.authorization_issuers
         }
-        self.lifetime_days = rt.default_lifetime_days
+        self.lifetime_days = rt.lifecycle.default_lifetime_days
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class CseService:
         tx.ctx.key = keyops.key_id_text(record.key_id)
         _usable_for_encrypt(record, tx.now)
         if strict_member and self.settings.strict:
-            reason = decide_use(record, Caller(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
+            reason = decide_use(record, Actor(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
         assert record.seed is not None
@@ -339,7 +340,7 @@ class CseService:
         if perimeter is not None and wrapped.perimeter_id != perimeter:
             _refuse(tx, "perimeter_id", "the wrapped key belongs to another perimeter")
         who = subject if subject is not None else self._subject(record, email)
-        reason = decide_use(record, Caller(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
+        reason = decide_use(record, Actor(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
         if reason is not None:
             raise AccessDenied(reason)
         assert record.seed is not None
@@ -644,24 +645,6 @@ def _answer(request: Request, status: int, body: dict[str, Any]) -> Response:
     return JSONResponse(body, status_code=status, headers={**_NO_STORE, **_cors(request)})
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        value = strict_json_loads(raw, max_depth=8)
-    except MalformedJson:
-        raise InvalidRequest("body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("body: not a JSON object")
-    return value
-
-
 def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
     try:
         parsed = model.model_validate(raw)
@@ -676,7 +659,6 @@ def _parse(model: type[_Body], raw: dict[str, Any]) -> Any:
 def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
     """Add ``/cse/*`` to ``app``."""
     service = CseService(rt, settings)
-    rt.extras["cse"] = service
     router = APIRouter(prefix="/cse", include_in_schema=False)
     posts = all_posts()
 
@@ -692,7 +674,8 @@ def mount_cse(app: FastAPI, rt: Runtime, settings: CseSettings) -> CseService:
             origin = request.headers.get("origin")
             if origin is not None and origin != GOOGLE_ORIGIN:
                 raise CseRefusal("origin", "this origin may not call the KACLS")
-            parsed = _parse(model, await _read_json(request))
+            fields = await read_json_object(request, limit=MAX_BODY_BYTES, max_depth=8)
+            parsed = _parse(model, fields)
             state.details = _details(None, None, parsed.reason)
             result = await handler(service, parsed, state)
         except SceauError as error:

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from sceau.config.workspace import DkeSettings
 from sceau.core.model import KeyRecord
-from sceau.core.policy import Caller, decide_use, validate_principal
+from sceau.core.policy import Actor, decide_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
 from sceau.errors import (
     AccessDenied,
@@ -39,13 +39,12 @@ from sceau.errors import (
     InvalidRequest,
     InvalidToken,
     NotFound,
-    PayloadTooLarge,
     SceauError,
     TokenExpired,
 )
-from sceau.jose.guard import MalformedJson, strict_json_loads
 from sceau.service import keyops
 from sceau.service.runtime import Runtime
+from sceau.service.workspace.body import read_json_object
 from sceau.service.workspace.jwks import JwksSource
 from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
 from sceau.store import workspace as ws
@@ -140,7 +139,7 @@ class DkeService:
         valid_key_name(name)
         with self.rt.engines.read.connect() as conn:
             _row, record = self.key_of(conn, name)
-            reason = decide_use(record, Caller(DKE_APPLICATION, record.owner, None),
+            reason = decide_use(record, Actor(DKE_APPLICATION, record.owner, None),
                                 int(time.time()))
             if reason is not None:
                 raise AccessDenied(reason)
@@ -170,7 +169,7 @@ class DkeService:
         valid_key_name(name)
         if _KEYID.fullmatch(keyid) is None:
             raise NotFound("no such DKE key version")
-        body = await _read_json(request)
+        body = await read_json_object(request, limit=MAX_BODY_BYTES, max_depth=4)
         if body.get("alg") != DKE_ALG:
             raise InvalidRequest(f"alg: only {DKE_ALG} is supported")
         value = body.get("value")
@@ -188,7 +187,7 @@ class DkeService:
             if version is None:
                 raise NotFound("no such DKE key version")
             self.rt.rows.check(version)
-            reason = decide_use(record, Caller(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
+            reason = decide_use(record, Actor(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
             if version.status != ACTIVE:
@@ -208,21 +207,6 @@ class DkeService:
         return result
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        value = strict_json_loads(raw, max_depth=4)
-    except MalformedJson:
-        raise InvalidRequest("body: not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("body: not a JSON object")
-    return value
-
-
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -235,7 +219,6 @@ def _problem(error: SceauError, headers: dict[str, str] | None = None) -> Respon
 def mount_dke(app: FastAPI, rt: Runtime, settings: DkeSettings) -> DkeService:
     """Add ``/dke/*`` to ``app``."""
     service = DkeService(rt, settings)
-    rt.extras["dke"] = service
     router = APIRouter(prefix="/dke", include_in_schema=False)
 
     async def get_key(name: str) -> Response:

@@ -39,7 +39,7 @@ from pydantic import StrictInt, StrictStr
 
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
-from sceau.core.policy import Caller, decide_use, validate_principal
+from sceau.core.policy import Actor, decide_use, validate_principal
 from sceau.core.smime import (
     DECRYPT_ALGORITHMS,
     SIGN_ALGORITHMS,
@@ -272,7 +272,7 @@ def open_mailbox_key(service: CseService, tx: Tx, wrapped: WrappedPrivateKey, *,
     if perimeter is not None and perimeter != wrapped.perimeter_id:
         _refuse(tx, "perimeter_id", "the wrapped private key belongs to another perimeter")
     subject = caller if caller is not None else record.owner
-    reason = decide_use(record, Caller(CSE_APPLICATION, subject, tx.ctx.ip), tx.now)
+    reason = decide_use(record, Actor(CSE_APPLICATION, subject, tx.ctx.ip), tx.now)
     if reason is not None:
         raise AccessDenied(reason)
     assert record.seed is not None
