@@ -43,7 +43,7 @@ from sceau.connectors.relay import (
 from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import find_armored, parse_unverified_header
 from sceau.errors import ConfigError
-from sceau.setup import make_tls_certificate
+from sceau.provision import make_tls_certificate
 from support import Server, TestApp, free_port
 
 

@@ -23,8 +23,8 @@ from sceau.config import CONFIG_FILE, Config
 from sceau.errors import ConfigError, InvalidRequest, SceauError
 from sceau.keystore import init_keystore, open_keystore
 from sceau.keystore.base import KeyPurpose, Keystore, KeystoreSettings
+from sceau.provision import KeystoreChoice, check_env_agrees, set_config_values
 from sceau.service.runtime import keystore_settings, open_store
-from sceau.setup import KeystoreChoice, check_env_agrees, set_config_values
 from sceau.store import repo, schema
 from sceau.store.db import Engines
 from sceau.store.writer import Tx
