@@ -29,10 +29,11 @@ import sqlalchemy as sa
 from sceau.auditlog.witness import open_witness
 from sceau.config import Config
 from sceau.core.b64 import b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.core.model import normalize_identity
 from sceau.core.policy import principal_matches, validate_principal
 from sceau.errors import ConcurrentChange, IntegrityFailure, InvalidRequest, NotFound
-from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk, thumbprint
+from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk
 from sceau.keystore import open_keystore
 from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
@@ -149,7 +150,7 @@ def app_add_change(keystore: Keystore, *, name: str, jwk: Mapping[str, Any],
     app_id = "app_" + b64u_encode(secrets.token_bytes(12))
 
     def add(tx: Tx) -> str:
-        if applications.app_key_exists(tx.conn, key.kid, thumbprint(key.public_jwk)):
+        if applications.app_key_exists(tx.conn, key.kid, jwk_thumbprint(key.public_jwk)):
             raise InvalidRequest("jwk: this key is already registered to an application")
         applications.insert_application(tx.conn, keystore.seal_row(
             AppRow(app_id, name, patterns, AppStatus.ENABLED,
@@ -158,7 +159,7 @@ def app_add_change(keystore: Keystore, *, name: str, jwk: Mapping[str, Any],
             tx.conn,
             keystore.seal_row(AppKeyRow(key.kid, app_id, key.alg, dict(key.public_jwk),
                                         AppKeyStatus.ACTIVE, tx.now, None)),
-            thumbprint(key.public_jwk),
+            jwk_thumbprint(key.public_jwk),
         )
         tx.ctx.details = {"app_id": app_id, "name": name, "kid": key.kid, "alg": key.alg,
                           "users": list(patterns), "enc_kid": enc.kid if enc else None}
@@ -251,13 +252,13 @@ def app_key_add_change(keystore: Keystore, app_id: str, jwk: Mapping[str, Any]) 
 
     def add(tx: Tx) -> str:
         _checked_app(tx, keystore, app_id)
-        if applications.app_key_exists(tx.conn, key.kid, thumbprint(key.public_jwk)):
+        if applications.app_key_exists(tx.conn, key.kid, jwk_thumbprint(key.public_jwk)):
             raise InvalidRequest("jwk: this key is already registered to an application")
         applications.insert_app_key(
             tx.conn,
             keystore.seal_row(AppKeyRow(key.kid, app_id, key.alg, dict(key.public_jwk),
                                         AppKeyStatus.ACTIVE, tx.now, None)),
-            thumbprint(key.public_jwk),
+            jwk_thumbprint(key.public_jwk),
         )
         tx.ctx.details = {"app_id": app_id, "kid": key.kid, "alg": key.alg}
         return key.kid

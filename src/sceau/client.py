@@ -238,16 +238,15 @@ class _Core:
         sub = user or self.user
         if not sub:
             raise ValueError("no user: pass user= or set one in the profile")
-        token = sign_request(
+        signed = sign_request(
             self.identity, sub=sub, aud=self.service_id, op=op.value, params=params,
             now=int(time.time()), lifetime=self.token_lifetime,
         )
-        jti = json.loads(b64u_decode(token.split(".")[1]))["jti"]
-        if jwe if jwe is not None else self.jwe:
-            if self._service_enc is None:
-                raise IntegrityFailure("the service published no encryption key")
-            token = wrap_for_service(token, self._service_enc)
-        return token, jti
+        if not (jwe if jwe is not None else self.jwe):
+            return signed, signed.jti
+        if self._service_enc is None:
+            raise IntegrityFailure("the service published no encryption key")
+        return wrap_for_service(signed, self._service_enc), signed.jti
 
     def _result(self, op: Op, jti: str, response: httpx.Response) -> Any:
         if response.status_code != 200:

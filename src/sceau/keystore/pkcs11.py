@@ -51,6 +51,8 @@ from pkcs11.exceptions import (
     UserAlreadyLoggedIn,
 )
 
+from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore.base import (
     ALG_EDDSA,
@@ -60,9 +62,7 @@ from sceau.keystore.base import (
     Keystore,
     KeystoreSettings,
     SigningKeyInfo,
-    b64u,
     derivation_input,
-    jwk_thumbprint,
 )
 from sceau.keystore.file import JWE_FILE, JweKeyFile, ensure_private_dir, write_secret_file
 
@@ -125,7 +125,7 @@ def _public_jwk(key_type: Any, params: bytes, point: bytes) -> tuple[str, dict[s
     if key_type == KeyType.EC_EDWARDS:
         if params not in (_ED25519_PARAMS, _ED25519_PARAMS_NAMED) or len(raw) != 32:
             raise KeystoreUnavailable("token signing key is not Ed25519")
-        alg, jwk = ALG_EDDSA, {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
+        alg, jwk = ALG_EDDSA, {"kty": "OKP", "crv": "Ed25519", "x": b64u_encode(raw)}
     elif key_type == KeyType.EC:
         if params != _P256_PARAMS:
             raise KeystoreUnavailable("token signing key is not on P-256")
@@ -134,7 +134,7 @@ def _public_jwk(key_type: Any, params: bytes, point: bytes) -> tuple[str, dict[s
         if len(raw) != 65 or raw[0] != 0x04:
             raise KeystoreUnavailable("token P-256 public key is not an uncompressed point")
         alg = ALG_ES256
-        jwk = {"kty": "EC", "crv": "P-256", "x": b64u(raw[1:33]), "y": b64u(raw[33:])}
+        jwk = {"kty": "EC", "crv": "P-256", "x": b64u_encode(raw[1:33]), "y": b64u_encode(raw[33:])}
     else:
         raise KeystoreUnavailable("token signing key has an unsupported type")
     jwk["kid"] = jwk_thumbprint(jwk)
@@ -942,7 +942,6 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
     both JWE keys. The token objects are sensitive and non-extractable. The source files
     are left in place: the operator destroys them once the new keystore is verified.
     """
-    from sceau.keystore.base import b64u_dec
     from sceau.keystore.file import FileKeystore
 
     if source.backend != "file" or target.backend != "pkcs11":
@@ -966,16 +965,16 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
                         Attribute.APPLICATION: "sceau", Attribute.VALUE: b"retired",
                     })
                     continue
-                _import_secret(session, label, b64u_dec(entry["key"]))
+                _import_secret(session, label, b64u_decode(entry["key"]))
             _import_secret(
                 session, f"sceau-seal-v{int(doc['seal']['version'])}",
-                b64u_dec(doc["seal"]["key"]),
+                b64u_decode(doc["seal"]["key"]),
             )
             for purpose in KeyPurpose:
                 for entry in doc["signing"][purpose.value]:
                     _import_pair(
                         session, f"sceau-{purpose.value}-v{int(entry['version'])}",
-                        entry["alg"], b64u_dec(entry["pkcs8"]),
+                        entry["alg"], b64u_decode(entry["pkcs8"]),
                     )
 
         pool.run_rw(create)

@@ -39,7 +39,7 @@ from sceau.errors import (
 )
 from sceau.jose.guard import looks_like_jwe
 from sceau.jose.request import TokenRefused, VerifiedRequest
-from sceau.jose.response import encrypt_to
+from sceau.jose.response import lowlevel_jwe_encrypt
 from sceau.keystore.base import KeyPurpose
 from sceau.service.api.context import Call
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
@@ -179,7 +179,7 @@ class ApiEndpoint:
         token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
         if op in KEY_MATERIAL_OPS or verified.was_jwe:
             assert call.app.enc_key is not None
-            token = encrypt_to(token, call.app.enc_key)
+            token = lowlevel_jwe_encrypt(token, call.app.enc_key)
         return token
 
     async def _verify(self, body: bytes, op: Op, ip: str | None) -> VerifiedRequest:

@@ -39,7 +39,7 @@ from sceau.service.console.web import (
 from sceau.service.params import GenerateDataKeyParams, GetDataKeyParams, parse_model
 from sceau.service.runtime import CallerApp
 from sceau.store.writer import Tx
-from sceau.vocab import Action, Role
+from sceau.vocab import Action, ErrorCode, Role
 
 __all__ = ["router"]
 
@@ -57,7 +57,7 @@ def _refusal(error: SceauError) -> JSONResponse:
     if error.reason is not None:
         body["reason"] = str(error.reason)
         body["message"] = f"access denied ({error.reason})"
-    elif error.code == "not_found":
+    elif error.code == ErrorCode.NOT_FOUND:
         body["message"] = "key not found (unknown to this service)"
     elif error.status >= 500:
         body["message"] = "the service cannot do this now"

@@ -18,7 +18,7 @@ from sceau.core.policy import validate_principal
 from sceau.errors import IntegrityFailure, InvalidRequest, NotFound
 from sceau.store import workspace as ws
 from sceau.store.writer import Tx
-from sceau.vocab import Action
+from sceau.vocab import Action, ErrorCode
 
 __all__ = [
     "add_cse_admin",
@@ -295,7 +295,7 @@ def list_dke_keys(session: AdminSession) -> list[dict[str, Any]]:
                 for version in versions:
                     session.keystore.verify_row(version)
             except IntegrityFailure:
-                entry["status"] = "integrity_failure"
+                entry["status"] = ErrorCode.INTEGRITY_FAILURE
                 out.append(entry)
                 continue
             entry.update(

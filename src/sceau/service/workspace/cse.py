@@ -68,7 +68,7 @@ from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jw
 from sceau.store import repo
 from sceau.store import workspace as ws
 from sceau.store.writer import AuditContext, Job, Tx
-from sceau.vocab import Action, Reason
+from sceau.vocab import Action, ErrorCode, Reason
 
 __all__ = ["CSE_APPLICATION", "CseService", "mount_cse"]
 
@@ -624,7 +624,7 @@ def _client_ssl(ca_file: str) -> Any:
 class KacslUnavailable(SceauError):
     """The original KACLS of a rewrap did not answer (503)."""
 
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
     title = "Original KACLS unavailable"
 
 

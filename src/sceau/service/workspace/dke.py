@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from sceau.core.b64 import b64u_decode
 from sceau.core.model import KeyRecord
 from sceau.core.policy import Caller, decide_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
@@ -148,7 +149,7 @@ class DkeService:
         if not versions:
             raise NotFound("no active version of this DKE key")
         current = versions[-1]
-        n = base64.urlsafe_b64decode(current.n + "=" * (-len(current.n) % 4))
+        n = b64u_decode(current.n)
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
             seconds=PUBLIC_KEY_CACHE_S)
         return {
