@@ -309,13 +309,17 @@ def _dressed(runner: Callable[..., Any], plan: Callable[..., Any]) -> Callable[.
     return runner
 
 
-class _Operation(Generic[P, R]):
-    """An entry of the operation table. Read on a :class:`Client` it is a method that runs
-    the plan and returns its result; on an :class:`AsyncClient`, a coroutine method."""
+class _Entry(Generic[P, R]):
+    """An entry of the operation table: its plan, and the plan's documentation."""
 
     def __init__(self, plan: Callable[Concatenate[Any, P], _Plan[R]]) -> None:
         self.plan = plan
         self.__doc__ = plan.__doc__
+
+
+class _Operation(_Entry[P, R]):
+    """Read on a :class:`Client`, a method that runs the plan and returns its result; on an
+    :class:`AsyncClient`, a coroutine method."""
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> _Operation[P, R]: ...
@@ -340,13 +344,9 @@ class _Operation(Generic[P, R]):
         return _dressed(run, plan)
 
 
-class _Iteration(Generic[P, T]):
-    """An iterating entry of the table: an iterator on a :class:`Client`, an async iterator
-    on an :class:`AsyncClient`, of the items the plan yields."""
-
-    def __init__(self, plan: Callable[Concatenate[Any, P], _Plan[None]]) -> None:
-        self.plan = plan
-        self.__doc__ = plan.__doc__
+class _Iteration(_Entry[P, None], Generic[P, T]):
+    """An iterating entry: an iterator on a :class:`Client`, an async iterator on an
+    :class:`AsyncClient`, of the items the plan yields."""
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> _Iteration[P, T]: ...
