@@ -161,6 +161,13 @@ class NotFound(AccessError):
     title = "Not found"
 
 
+class BadCredentials(AccessError):
+    """A password that does not match, or an unknown user (the same refusal on purpose)."""
+
+    code = ErrorCode.ACCESS_DENIED
+    title = "Bad credentials"
+
+
 # --- integrity --------------------------------------------------------------------------------
 
 

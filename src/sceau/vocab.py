@@ -198,7 +198,7 @@ class AppStatus(StrEnum):
 
 
 class AppKeyStatus(StrEnum):
-    """Status of one application signing key."""
+    """Status of one application signing key, and of one version of a DKE key pair."""
 
     ACTIVE = "active"
     RETIRED = "retired"

@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail, print_json
+from sceau.cli.common import (
+    DataDir,
+    JsonFlag,
+    config_from,
+    fail,
+    print_json,
+    print_table,
+    sealed_status,
+    with_store,
+)
 from sceau.vocab import AppStatus
+
+if TYPE_CHECKING:
+    from sceau.keystore.base import Keystore
+    from sceau.store.db import Engines
 
 app = typer.Typer(help="Applications: register, list, enable, disable, rotate keys.",
                   no_args_is_help=True)
@@ -124,23 +137,18 @@ ANY_USER_WARNING = "warning: may assert EVERY user ('*')"
 
 @app.command("list")
 def list_apps(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """List registered applications (an app that may assert every user is flagged)."""
     from sceau import admin
-    from sceau.keystore import open_keystore
-    from sceau.service.runtime import keystore_settings, open_store
 
-    config = config_from(data_dir)
-    engines = open_store(config)
-    try:
-        with open_keystore(keystore_settings(config)) as keystore:
-            apps = admin.list_applications(engines, keystore)
-            with engines.read.connect() as conn:
-                admins = admin.active_admins(conn, keystore)
-    finally:
-        engines.dispose()
+    def read(engines: Engines, keystore: Keystore) -> tuple[list[dict[str, Any]], list[str]]:
+        with engines.read.connect() as conn:
+            admins = admin.active_admins(conn, keystore)
+        return admin.list_applications(engines, keystore), admins
+
+    apps, admins = with_store(data_dir, read)
     if len(admins) <= 1:
         # Standing warning (stderr, so --json output stays parseable): with one admin the
         # console offers no gated action, and nobody reviews the host operator's.
@@ -148,18 +156,14 @@ def list_apps(
     if as_json:
         print_json(apps)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("app_id", "name", "status", "users", "keys")
+    rows = []
     for a in apps:
         users = " ".join(a["users"])
         if a["any_user"]:
             users = f"{users}  [{ANY_USER_WARNING}]"
-        status = a["status"] if a["sealed"] else f"{a['status']} (SEAL FAILS: refused)"
-        table.add_row(a["app_id"], a["name"], status, users,
-                      " ".join(f"{k['kid'][:12]}…({k['alg']},{k['status']})" for k in a["keys"]))
-    Console().print(table)
+        keys = " ".join(f"{k['kid']}({k['alg']},{k['status']})" for k in a["keys"])
+        rows.append((a["app_id"], a["name"], sealed_status(a), users, keys))
+    print_table(("app_id", "name", "status", "users", "keys"), rows)
     for a in apps:
         if a["any_user"]:
             typer.echo(f"{a['app_id']}: {ANY_USER_WARNING}", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail_with, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail_with, print_json
 from sceau.errors import InvalidRequest, SceauError
 
 app = typer.Typer(help="Google Workspace CSE: cse_admin holders, S/MIME keys for Gmail.",
@@ -49,7 +49,7 @@ def admins_remove(email: Annotated[str, typer.Argument(help="the admin's email a
 
 
 @admins.command("list")
-def admins_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+def admins_list(as_json: JsonFlag = False,
                 data_dir: DataDir = None) -> None:
     """List cse_admin holders (a row that fails its seal grants nothing and is flagged)."""
     from sceau import admin

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail_with, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail_with, print_json
 from sceau.errors import SceauError
+
+if TYPE_CHECKING:
+    from sceau.admin import AdminSession
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Microsoft DKE: key pairs kept in the keystore.", no_args_is_help=True)
 key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, retire.",
@@ -17,12 +23,12 @@ app.add_typer(key_app, name="key")
 Name = Annotated[str, typer.Argument(help="the DKE key name (the URL's {keyname})")]
 
 
-def _run(data_dir: DataDir, action: object) -> object:
+def _run(data_dir: DataDir, action: Callable[[AdminSession], T]) -> T:
     from sceau import admin
 
     try:
         with admin.admin_session(config_from(data_dir)) as session:
-            return action(session)  # type: ignore[operator]
+            return action(session)
     except SceauError as exc:
         fail_with(exc)
 
@@ -40,13 +46,12 @@ def create(name: Name,
 
 
 @key_app.command("list")
-def list_keys(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+def list_keys(as_json: JsonFlag = False,
               data_dir: DataDir = None) -> None:
     """List DKE keys, their status, allowed principals and versions."""
     from sceau.service.workspace.admin import list_dke_keys
 
     keys = _run(data_dir, list_dke_keys)
-    assert isinstance(keys, list)
     if as_json:
         print_json(keys)
         return

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import typer
 
 from sceau.admin import admin_session
-from sceau.cli.common import DataDir, config_from, fail, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail, print_json
 from sceau.config import CONFIG_FILE, Config
 from sceau.errors import ConfigError, InvalidRequest, SceauError
 from sceau.keystore import init_keystore, open_keystore
@@ -195,7 +195,7 @@ def keystore_report(config: Config) -> dict[str, Any]:
 
 @app.command("status")
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """List the keystore's objects (no secrets) and how many live keys use each master version."""

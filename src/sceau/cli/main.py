@@ -18,6 +18,8 @@ cli = typer.Typer(
     help="Sceau: data-centric encryption service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: a flag reads as a flag (Rich help shows every flag as "<bool>").
+    rich_markup_mode=None,
 )
 cli.add_typer(apps.app, name="app")
 cli.add_typer(accounts.app, name="account")

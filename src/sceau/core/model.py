@@ -11,7 +11,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from sceau.core.canonical import canonical_json
-from sceau.vocab import AuthorizationStatus, KeyStatus, Right
+from sceau.errors import AccessDenied
+from sceau.vocab import AuthorizationStatus, KeyStatus, Reason, Right
 
 SEAL_FORMAT_VERSION = 1
 
@@ -94,6 +95,12 @@ class KeyRecord:
 
     def __repr__(self) -> str:  # never print the seed
         return f"KeyRecord(key_id={self.key_id.hex()}, status={self.status}, rev={self.revision})"
+
+    def live_seed(self) -> bytes:
+        """The seed, to derive the data key; a destroyed key (no seed) is refused as such."""
+        if self.seed is None:
+            raise AccessDenied(Reason.KEY_DESTROYED)
+        return self.seed
 
     def authorization_for(self, principal: str) -> Authorization | None:
         """The entry whose principal is exactly ``principal`` (not a pattern match)."""

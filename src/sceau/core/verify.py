@@ -482,11 +482,11 @@ class _Verifier:
                     "prev is not the hash of the node's previous record",
                 )
         if found is None and self.witness is not None:
-            found = self._witness_problem(node, node_seq, stored)
+            found = _witness_problem(self.witness, node, node_seq, stored)
         if found is not None:
             self.problem(number, seq, node, found[0], found[1])
         if self.witness is not None:
-            self._count_window(node, node_seq, seq)
+            self._count_window(self.witness, node, node_seq, seq)
 
         if key not in self.seen:
             self.seen[key] = stored
@@ -502,22 +502,8 @@ class _Verifier:
         if node_seq > head.node_seq:
             self.heads[node] = ChainHead(node=node, node_seq=node_seq, hash=stored)
 
-    def _witness_problem(
-        self, node: str, node_seq: int, stored: str
-    ) -> tuple[ProblemKind, str] | None:
-        assert self.witness is not None
-        point = self.witness.points.get((node, node_seq))
-        if point is None or point.hash == stored:
-            return None
-        return (
-            ProblemKind.WITNESS_MISMATCH,
-            f"the witness ({point.source}) saw another record at node_seq {node_seq}: the "
-            "chain was rewritten from an older head",
-        )
-
-    def _count_window(self, node: str, node_seq: int, seq: int) -> None:
-        assert self.witness is not None
-        top = self.witness.tops.get(node)
+    def _count_window(self, witness: WitnessIndex, node: str, node_seq: int, seq: int) -> None:
+        top = witness.tops.get(node)
         if top is not None and node_seq <= top.node_seq:
             return
         count, first, _last = self.window.get(node, (0, None, None))
@@ -614,12 +600,11 @@ class _Verifier:
                     f"({point.source})",
                 )  # fmt: skip
 
-    def windows(self) -> dict[str, WitnessWindow]:
-        """Per node of the stream: the records after its highest witnessed position."""
-        assert self.witness is not None
+    def windows(self, witness: WitnessIndex) -> dict[str, WitnessWindow]:
+        """Per node of the stream: the records after its highest ``witness``ed position."""
         out: dict[str, WitnessWindow] = {}
         for node in sorted(self.heads):
-            top = self.witness.tops.get(node)
+            top = witness.tops.get(node)
             count, first, last = self.window.get(node, (0, None, None))
             out[node] = WitnessWindow(
                 node=node, witnessed=top.node_seq if top is not None else 0,
@@ -627,6 +612,19 @@ class _Verifier:
                 first_seq=first, last_seq=last,
             )  # fmt: skip
         return out
+
+
+def _witness_problem(
+    witness: WitnessIndex, node: str, node_seq: int, stored: str
+) -> tuple[ProblemKind, str] | None:
+    point = witness.points.get((node, node_seq))
+    if point is None or point.hash == stored:
+        return None
+    return (
+        ProblemKind.WITNESS_MISMATCH,
+        f"the witness ({point.source}) saw another record at node_seq {node_seq}: the "
+        "chain was rewritten from an older head",
+    )
 
 
 def verify_lines(
@@ -668,7 +666,7 @@ def verify_lines(
         checkpoints=verifier.checkpoints,
         nodes={node: head.node_seq for node, head in verifier.heads.items()},
         problems=list(problems),
-        windows=verifier.windows() if witness is not None else None,
+        windows=verifier.windows(witness) if witness is not None else None,
     )
 
 

@@ -162,15 +162,15 @@ def encrypt(call: Call, params: EncryptParams, tx: Tx) -> dict[str, Any]:
         _check_plaintext(call, plaintext)
         record = shared if shared is not None else create_key(call, params, now)
         tx.ctx.key = keyops.key_id_text(record.key_id)
-        assert record.seed is not None
-        data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         envelope = seal_gcm(data_key, record.key_id, plaintext, aad)
         if shared is None:
             created.append(record)  # written last, once everything that can fail is done
         return {"key_id": tx.ctx.key, "ciphertext": b64u_encode(envelope)}
 
     if params.items is None:
-        assert params.plaintext is not None
+        if params.plaintext is None:
+            raise InvalidRequest("give either plaintext or items")
         result = seal_one(params.plaintext, params.aad)
     else:
         _check_batch(call, params.items)
@@ -200,8 +200,7 @@ def _use_key(
     reason = decide_use(record, Caller(call.app.app_id, call.user, call.ip), tx.now)
     if reason is not None:
         raise AccessDenied(reason)
-    assert record.seed is not None
-    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     return record, data_key
 
 
@@ -234,7 +233,8 @@ def _open(
 
 def decrypt(call: Call, params: DecryptParams, tx: Tx) -> dict[str, Any]:
     if params.items is None:
-        assert params.ciphertext is not None
+        if params.ciphertext is None:
+            raise InvalidRequest("give either ciphertext or items")
         return _open(call, tx, _header(params.ciphertext), params.ciphertext, params.aad)
     _check_batch(call, params.items)
     # Parse every item first, so that the keys they name load in one query; a malformed
@@ -268,8 +268,7 @@ def generate_data_key(call: Call, params: GenerateDataKeyParams, tx: Tx) -> dict
     record = create_key(call, params, tx.now)
     tx.ctx.key = keyops.key_id_text(record.key_id)
     repo.insert_keys(tx.conn, [record])
-    assert record.seed is not None
-    data_key = call.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = call.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     return {
         "key_id": tx.ctx.key,
         "key": b64u_encode(data_key),
@@ -282,7 +281,8 @@ def get_data_key(call: Call, params: GetDataKeyParams, tx: Tx) -> dict[str, Any]
     if params.token is not None:
         key_id = key_id_of_token(params.token)
     else:
-        assert params.key_id is not None
+        if params.key_id is None:
+            raise InvalidRequest("give either key_id or token")
         key_id = params.key_id
     record, data_key = _use_key(call, tx, key_id)
     _count_use(call, tx, record)

@@ -31,6 +31,7 @@ from typing import Any
 
 from sceau.core.b64 import b64u_encode
 from sceau.errors import (
+    InternalError,
     InvalidRequest,
     KeystoreUnavailable,
     NotFound,
@@ -164,7 +165,8 @@ class ApiEndpoint:
             raise refused.error from None
         outcome = await self._submit(make_job(rt, op, verified, ip))
         call, result = outcome.value
-        assert isinstance(call, Call)
+        if not isinstance(call, Call):
+            raise InternalError("the job did not return its call")
         if isinstance(result, DestroyedKey):
             result = receipt_result(rt.keystore, rt.service_id, result, outcome)
         claims = {
@@ -178,7 +180,8 @@ class ApiEndpoint:
         }
         token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
         if op in KEY_MATERIAL_OPS or verified.was_jwe:
-            assert call.app.enc_key is not None
+            if call.app.enc_key is None:  # refused before the job ran (dispatch.make_job)
+                raise InternalError("no encryption key to answer with")
             token = lowlevel_jwe_encrypt(token, call.app.enc_key)
         return token
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sceau.core.model import KeyRecord, normalize_identity
 from sceau.core.policy import can_manage, matching_authorizations
-from sceau.errors import NotFound, SceauError
+from sceau.errors import InternalError, NotFound, SceauError
 from sceau.service import keyops
 from sceau.service.api import keys as key_api
 from sceau.service.api.context import Call
@@ -135,7 +135,8 @@ def destroy(rt: Runtime, actor: Actor, tx: Tx, key_id: bytes) -> key_api.Destroy
     result = key_api.destroy_key(
         actor_call(rt, actor), parse_model(DestroyKeyParams, _ref(key_id)), tx
     )
-    assert isinstance(result, key_api.DestroyedKey)
+    if not isinstance(result, key_api.DestroyedKey):
+        raise InternalError("destroy-key with no pending days did not destroy")
     return result
 
 

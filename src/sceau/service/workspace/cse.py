@@ -318,8 +318,7 @@ class CseService:
             reason = decide_use(record, Caller(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
-        assert record.seed is not None
-        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         envelope = seal_gcm(data_key, record.key_id, dek,
                             binding_aad(ident.resource_name, ident.perimeter_id))
         return _b64_out(pack_wrapped_key(ident.perimeter_id, envelope))
@@ -342,8 +341,7 @@ class CseService:
         reason = decide_use(record, Caller(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
         if reason is not None:
             raise AccessDenied(reason)
-        assert record.seed is not None
-        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         try:
             dek = open_gcm(data_key, wrapped.envelope,
                            binding_aad(resource, wrapped.perimeter_id))

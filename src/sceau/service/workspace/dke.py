@@ -52,7 +52,7 @@ from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
 from sceau.store import repo
 from sceau.store import workspace as ws
 from sceau.store.writer import AuditContext, Job, Tx
-from sceau.vocab import Action, Reason
+from sceau.vocab import Action, AppKeyStatus, Reason
 
 __all__ = ["DKE_APPLICATION", "DkeService", "dke_label", "mount_dke", "valid_key_name"]
 
@@ -61,8 +61,8 @@ MAX_BODY_BYTES = 16 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEYID = re.compile(r"[0-9a-f]{32}")
 PUBLIC_KEY_CACHE_S = 86_400
-ACTIVE = "active"
-RETIRED = "retired"
+ACTIVE = AppKeyStatus.ACTIVE
+RETIRED = AppKeyStatus.RETIRED
 
 
 def valid_key_name(name: str) -> str:

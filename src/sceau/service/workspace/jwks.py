@@ -165,7 +165,8 @@ class JwksSource:
         """The key named ``kid``, refreshing once if it is unknown; None if still unknown."""
         if self._keys is None or self._clock() - self._fetched_at >= self._cache_s:
             await self._refresh(stale_ok=True)
-        assert self._keys is not None
+        if self._keys is None:  # unreachable: _refresh either fills the set or raises
+            raise JwksUnavailable(f"no keys from {self.location}")
         found = self._keys.get(kid)
         if found is None and self._may_refresh():
             await self._refresh(stale_ok=True)
