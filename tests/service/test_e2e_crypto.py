@@ -93,6 +93,20 @@ def test_batch_limit_and_bad_envelope_fail_whole_call(server: Server, app: TestA
             c.call("encrypt", {"plaintext": "not base64!"})
 
 
+def test_every_envelope_error_names_the_member(server: Server, app: TestApp) -> None:
+    with server.client(app, OWNER) as c:
+        _, good = c.encrypt(b"x")
+        bad = {"bad magic": b"XCU" + good[3:], "version": good[:3] + b"\x09" + good[4:],
+               "suite": good[:4] + b"\x07" + good[5:], "too short": good[:10]}
+        for what, envelope in bad.items():
+            with pytest.raises(InvalidRequest) as refused:
+                c.decrypt(envelope)
+            assert refused.value.detail.startswith("ciphertext: "), what
+        items = c.decrypt_batch([(envelope, None) for envelope in bad.values()])
+    assert all(item["error"]["detail"].startswith("ciphertext: ") for item in items)
+    assert "magic" in items[0]["error"]["detail"]
+
+
 def test_client_side_and_service_side_interoperate(server: Server, app: TestApp) -> None:
     with server.client(app, OWNER) as c:
         sealed_here = c.seal_local(b"sealed by the client", aad=b"m")

@@ -15,6 +15,7 @@ from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import (
     NONCE_LEN,
     TOKEN_LEN,
+    EnvelopeFormatError,
     EnvelopeHeader,
     Suite,
     open_gcm,
@@ -212,7 +213,11 @@ def _count_use(call: Call, tx: Tx, record: KeyRecord) -> None:
 
 
 def _header(ciphertext: bytes) -> EnvelopeHeader:
-    header = parse_unverified_header(ciphertext)
+    """The envelope's header; a refusal names the member at fault, as every API error does."""
+    try:
+        header = parse_unverified_header(ciphertext)
+    except EnvelopeFormatError as exc:
+        raise EnvelopeFormatError(f"ciphertext: {exc.detail}") from None
     if header.suite is not Suite.GCM:
         raise InvalidRequest("ciphertext: suite 2 (STREAM) is opened client-side with get-data-key")
     return header
