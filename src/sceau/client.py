@@ -299,6 +299,14 @@ class _Steps(Generic[R]):
     def result(self) -> R:
         return self.value  # type: ignore[return-value]  # the plan returned an R
 
+    def pop_item(self) -> Any:
+        """The item of the current :class:`_Item` step, moving the plan past it."""
+        if not isinstance(self.step, _Item):
+            raise TypeError("the plan's step is not an item")
+        item = self.step.item
+        self.send(None)
+        return item
+
 
 def _dressed(runner: Callable[..., Any], plan: Callable[..., Any]) -> Callable[..., Any]:
     """``runner`` named, documented and signed as ``plan`` without its ``self``."""
@@ -655,22 +663,19 @@ class _Operations:
     def remove_authorization(self, key_id: str, principal: str, *,
                              user: str | None = None) -> _Plan[dict[str, Any]]:
         """Remove ``principal``'s authorization."""
-        return (yield from _key_op(self, Op.REMOVE_AUTHORIZATION, key_id, user,
-                                   principal=principal))
+        return (yield from _grant_op(self, Op.REMOVE_AUTHORIZATION, key_id, principal, user))
 
     @_Operation
     def enable_authorization(self, key_id: str, principal: str, *,
                              user: str | None = None) -> _Plan[dict[str, Any]]:
         """Enable ``principal``'s disabled authorization."""
-        return (yield from _key_op(self, Op.ENABLE_AUTHORIZATION, key_id, user,
-                                   principal=principal))
+        return (yield from _grant_op(self, Op.ENABLE_AUTHORIZATION, key_id, principal, user))
 
     @_Operation
     def disable_authorization(self, key_id: str, principal: str, *,
                               user: str | None = None) -> _Plan[dict[str, Any]]:
         """Disable ``principal``'s authorization (kept, usable again once enabled)."""
-        return (yield from _key_op(self, Op.DISABLE_AUTHORIZATION, key_id, user,
-                                   principal=principal))
+        return (yield from _grant_op(self, Op.DISABLE_AUTHORIZATION, key_id, principal, user))
 
     @_Operation
     def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
@@ -692,6 +697,11 @@ def _key_op(client: _Operations, op: Op, key_id: str, user: str | None,
             **extra: Any) -> _Plan[dict[str, Any]]:
     result: dict[str, Any] = yield from _call(client, op, {"key_id": key_id, **extra}, user=user)
     return result
+
+
+def _grant_op(client: _Operations, op: Op, key_id: str, principal: str,
+              user: str | None) -> _Plan[dict[str, Any]]:
+    return (yield from _key_op(client, op, key_id, user, principal=principal))
 
 
 # --- the two transports -------------------------------------------------------------------
@@ -726,20 +736,18 @@ class Client(_Operations):
         raise TypeError("an item outside an iteration")
 
     def _run(self, plan: _Plan[R]) -> R:
-        """Run a plan to its result."""
+        """Run a plan to its result, performing each step at once."""
         steps = _Steps(plan)
         while steps.step is not None:
             steps.send(self._perform(steps.step))
         return steps.result()
 
     def _iterate(self, plan: _Plan[None]) -> Iterator[Any]:
-        """Run an iterating plan, yielding its items as they come."""
+        """Run an iterating plan; its items come out as the plan yields them."""
         steps = _Steps(plan)
         while steps.step is not None:
             if isinstance(steps.step, _Item):
-                item = steps.step.item
-                steps.send(None)
-                yield item
+                yield steps.pop_item()
             else:
                 steps.send(self._perform(steps.step))
 
@@ -776,19 +784,15 @@ class AsyncClient(_Operations):
         raise TypeError("an item outside an iteration")
 
     async def _run(self, plan: _Plan[R]) -> R:
-        """Run a plan to its result."""
-        steps = _Steps(plan)
+        steps = _Steps(plan)  # as Client._run, each step awaited
         while steps.step is not None:
             steps.send(await self._perform(steps.step))
         return steps.result()
 
     async def _iterate(self, plan: _Plan[None]) -> AsyncIterator[Any]:
-        """Run an iterating plan, yielding its items as they come."""
-        steps = _Steps(plan)
+        steps = _Steps(plan)  # as Client._iterate, each step awaited
         while steps.step is not None:
             if isinstance(steps.step, _Item):
-                item = steps.step.item
-                steps.send(None)
-                yield item
+                yield steps.pop_item()
             else:
                 steps.send(await self._perform(steps.step))

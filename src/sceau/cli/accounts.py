@@ -16,9 +16,9 @@ import typer
 from sceau.cli.common import (
     DataDir,
     JsonFlag,
-    config_from,
     print_json,
     print_table,
+    run_admin,
     sealed_status,
     with_store,
 )
@@ -42,8 +42,7 @@ def add(
 
     parsed = admin.account_role(role)
     name = admin.account_name(username)
-    with admin.admin_session(config_from(data_dir)) as session:
-        password = admin.create_account(session, name, parsed)
+    password = run_admin(data_dir, lambda session: admin.create_account(session, name, parsed))
     _issued(name, password, as_json)
 
 
@@ -58,8 +57,8 @@ def reset(
     """Give an account a new one-time password and end its sessions."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        password = admin.reset_account(session, username, clear_totp=clear_totp)
+    password = run_admin(data_dir, lambda session: admin.reset_account(
+        session, username, clear_totp=clear_totp))
     _issued(username, password, as_json)
 
 
@@ -92,8 +91,7 @@ def list_accounts(
 def _set_status(username: str, status: AccountStatus, data_dir: DataDir) -> None:
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_account_status(session, username, status)
+    run_admin(data_dir, lambda session: admin.set_account_status(session, username, status))
     typer.echo(f"{username}: {status}")
 
 

@@ -16,6 +16,7 @@ from sceau.cli.common import (
     fail,
     print_json,
     print_table,
+    run_admin,
     sealed_status,
     with_store,
 )
@@ -172,8 +173,7 @@ def list_apps(
 def _set_status(app_id: str, status: AppStatus, data_dir: Path | None) -> None:
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_application_status(session, app_id, status)
+    run_admin(data_dir, lambda session: admin.set_application_status(session, app_id, status))
     typer.echo(f"{app_id}: {status}")
 
 
@@ -202,8 +202,7 @@ def set_users(
     """Replace the users an application may assert."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_application_users(session, app_id, users)
+    run_admin(data_dir, lambda session: admin.set_application_users(session, app_id, users))
     typer.echo(f"{app_id}: users {' '.join(users)}")
 
 
@@ -216,8 +215,8 @@ def add_key(
     """Add a signing key to an application (key rotation)."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        typer.echo(admin.add_app_key(session, app_id, _read_jwk(jwk, "--jwk")))
+    public = _read_jwk(jwk, "--jwk")
+    typer.echo(run_admin(data_dir, lambda session: admin.add_app_key(session, app_id, public)))
 
 
 @app.command("retire-key")
@@ -225,6 +224,5 @@ def retire_key(app_id: str, kid: str, data_dir: DataDir = None) -> None:
     """Retire one signing key of an application."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.retire_app_key(session, app_id, kid)
+    run_admin(data_dir, lambda session: admin.retire_app_key(session, app_id, kid))
     typer.echo(f"{kid}: retired")

@@ -1,4 +1,4 @@
-"""``sceau audit ...``: verify, export, archive (issue: opposable audit trail).
+"""``sceau audit ...``: verify, export and archive the trail (opposable to a third party).
 
 None of these needs a running service: they read the store (SQLite file or PostgreSQL)
 directly, and take the audit public keys from the keystore, or from a JWKS file.

@@ -15,6 +15,7 @@ from sceau.config import Config, default_data_dir, load_config
 from sceau.errors import SceauError
 
 if TYPE_CHECKING:
+    from sceau.admin import AdminSession
     from sceau.keystore.base import Keystore
     from sceau.store.db import Engines
 
@@ -82,6 +83,18 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *,
 def sealed_status(row: dict[str, Any]) -> str:
     """A listed row's status, flagged when its seal fails (the service refuses such a row)."""
     return str(row["status"]) if row["sealed"] else f"{row['status']} (SEAL FAILS: refused)"
+
+
+def run_admin(data_dir: Path | None, action: Callable[[AdminSession], T]) -> T:
+    """``action`` in an audited admin session on the data dir (:mod:`sceau.admin`); a
+    refusal ends the command with its diagnostics."""
+    from sceau import admin
+
+    try:
+        with admin.admin_session(config_from(data_dir)) as session:
+            return action(session)
+    except SceauError as exc:
+        fail_with(exc)
 
 
 def with_store(data_dir: Path | None, read: Callable[[Engines, Keystore], T]) -> T:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, JsonFlag, config_from, fail_with, print_json
-from sceau.errors import SceauError
-
-if TYPE_CHECKING:
-    from sceau.admin import AdminSession
-
-T = TypeVar("T")
+from sceau.cli.common import DataDir, JsonFlag, print_json, run_admin
 
 app = typer.Typer(help="Microsoft DKE: key pairs kept in the keystore.", no_args_is_help=True)
 key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, retire.",
@@ -21,16 +14,6 @@ key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, ret
 app.add_typer(key_app, name="key")
 
 Name = Annotated[str, typer.Argument(help="the DKE key name (the URL's {keyname})")]
-
-
-def _run(data_dir: DataDir, action: Callable[[AdminSession], T]) -> T:
-    from sceau import admin
-
-    try:
-        with admin.admin_session(config_from(data_dir)) as session:
-            return action(session)
-    except SceauError as exc:
-        fail_with(exc)
 
 
 @key_app.command("create")
@@ -41,7 +24,7 @@ def create(name: Name,
     """Make an RSA-2048 key pair inside the keystore (non-extractable on PKCS#11)."""
     from sceau.service.workspace.admin import create_dke_key
 
-    made = _run(data_dir, lambda s: create_dke_key(s, name, allow))
+    made = run_admin(data_dir, lambda s: create_dke_key(s, name, allow))
     print_json(made)
 
 
@@ -51,7 +34,7 @@ def list_keys(as_json: JsonFlag = False,
     """List DKE keys, their status, allowed principals and versions."""
     from sceau.service.workspace.admin import list_dke_keys
 
-    keys = _run(data_dir, list_dke_keys)
+    keys = run_admin(data_dir, list_dke_keys)
     if as_json:
         print_json(keys)
         return
@@ -66,7 +49,7 @@ def enable(name: Name, data_dir: DataDir = None) -> None:
     """Enable a DKE key."""
     from sceau.service.workspace.admin import set_dke_key_enabled
 
-    _run(data_dir, lambda s: set_dke_key_enabled(s, name, True))
+    run_admin(data_dir, lambda s: set_dke_key_enabled(s, name, True))
     typer.echo(f"{name} enabled")
 
 
@@ -75,7 +58,7 @@ def disable(name: Name, data_dir: DataDir = None) -> None:
     """Disable a DKE key: every decryption is refused from the next request on."""
     from sceau.service.workspace.admin import set_dke_key_enabled
 
-    _run(data_dir, lambda s: set_dke_key_enabled(s, name, False))
+    run_admin(data_dir, lambda s: set_dke_key_enabled(s, name, False))
     typer.echo(f"{name} disabled")
 
 
@@ -84,7 +67,7 @@ def rotate(name: Name, data_dir: DataDir = None) -> None:
     """Make a new version (keyid) current; older versions keep decrypting until retired."""
     from sceau.service.workspace.admin import rotate_dke_key
 
-    keyid = _run(data_dir, lambda s: rotate_dke_key(s, name))
+    keyid = run_admin(data_dir, lambda s: rotate_dke_key(s, name))
     print_json({"name": name, "keyid": keyid})
 
 
@@ -94,5 +77,5 @@ def retire(name: Name, keyid: Annotated[str, typer.Argument(help="the version to
     """Retire a version: its private key is destroyed (what it protected is shredded)."""
     from sceau.service.workspace.admin import retire_dke_key
 
-    _run(data_dir, lambda s: retire_dke_key(s, name, keyid))
+    run_admin(data_dir, lambda s: retire_dke_key(s, name, keyid))
     typer.echo(f"{name} {keyid} retired")

@@ -11,7 +11,7 @@ Output: Rich tables for people, ``--json`` for scripts (the API result, unchange
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,31 +185,39 @@ def accesses(
 # --- key changes -------------------------------------------------------------------------------
 
 
+def _change(profile: Path, user: str | None, as_json: bool,
+            change: Callable[[Client], dict[str, Any]],
+            done: Callable[[dict[str, Any]], str]) -> None:
+    """One key change through the API; the key as it now is, or the line ``done`` makes."""
+    with _client(profile, user) as client:
+        meta = change(client)
+    _emit(meta, as_json, done(meta))
+
+
+def _status(key_id: str) -> Callable[[dict[str, Any]], str]:
+    return lambda meta: f"{key_id}: {meta['status']}"
+
+
 @app.command("enable")
 def enable(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
            as_json: JsonFlag = False) -> None:
     """Enable a key."""
-    with _client(profile, user) as client:
-        meta = client.enable_key(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.enable_key(key_id), _status(key_id))
 
 
 @app.command("disable")
 def disable(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
             as_json: JsonFlag = False) -> None:
     """Disable a key: its data becomes unreadable everywhere at once (reversible)."""
-    with _client(profile, user) as client:
-        meta = client.disable_key(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.disable_key(key_id), _status(key_id))
 
 
 @app.command("cancel-destruction")
 def cancel_destruction(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
                        as_json: JsonFlag = False) -> None:
     """Cancel a pending destruction; the key returns to `disabled`."""
-    with _client(profile, user) as client:
-        meta = client.cancel_destruction(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.cancel_destruction(key_id),
+            _status(key_id))
 
 
 @app.command("destroy")
@@ -337,27 +345,24 @@ def grant(
 def revoke(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
            user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Remove a principal's authorization."""
-    with _client(profile, user) as client:
-        meta = client.remove_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: revoked {principal}")
+    _change(profile, user, as_json, lambda client: client.remove_authorization(key_id, principal),
+            lambda _: f"{key_id}: revoked {principal}")
 
 
 @app.command("grant-enable")
 def grant_enable(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
                  user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Re-enable a principal's authorization."""
-    with _client(profile, user) as client:
-        meta = client.enable_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: {principal} enabled")
+    _change(profile, user, as_json, lambda client: client.enable_authorization(key_id, principal),
+            lambda _: f"{key_id}: {principal} enabled")
 
 
 @app.command("grant-disable")
 def grant_disable(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
                   user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Suspend a principal's authorization without removing it."""
-    with _client(profile, user) as client:
-        meta = client.disable_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: {principal} disabled")
+    _change(profile, user, as_json, lambda client: client.disable_authorization(key_id, principal),
+            lambda _: f"{key_id}: {principal} disabled")
 
 
 # --- purge-expired (operator, against the store) ---------------------------------------------

@@ -6,7 +6,7 @@ it. Keys are validated once, strictly, when registered (SECURITY-CASES 26), and 
 always a usable, policy-conforming public key whatever path created it (registration or
 a row read back from the store).
 
-Decisions where the SPEC is silent (see the report / docs):
+Decisions where the SPEC is silent:
 
 * RSA: modulus 2048..4096 bits, odd, without a leading zero octet; ``e`` odd with
   65537 <= e < 2**64 (OpenSSL refuses larger exponents for big moduli anyway).

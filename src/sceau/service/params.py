@@ -8,7 +8,7 @@ Pydantic models with ``extra="forbid"`` and strict types; their JSON schemas fee
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,7 @@ from pydantic import (
 
 from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.errors import InvalidRequest
-from sceau.vocab import ListRole, ListStatus, Op, Right
+from sceau.vocab import AuthorizationStatus, ListRole, ListStatus, Op, Right
 
 MAX_NAME = 512
 MAX_TAG = 256
@@ -298,7 +298,7 @@ def parse_params(op: Op, raw: Any) -> Params:
 class AuthorizationOut(BaseModel):
     principal: str
     rights: list[Right]
-    status: Literal["active", "disabled"]
+    status: AuthorizationStatus
     not_before: str | None
     not_after: str | None
     added_by: str
@@ -355,7 +355,7 @@ class OwnAuthorizationOut(BaseModel):
 
     principal: str
     rights: list[Right]
-    status: Literal["active", "disabled"]
+    status: AuthorizationStatus
     not_before: str | None
     not_after: str | None
 
