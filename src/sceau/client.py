@@ -308,21 +308,21 @@ class _Steps(Generic[R]):
         return item
 
 
-def _dressed(runner: Callable[..., Any], plan: Callable[..., Any]) -> Callable[..., Any]:
-    """``runner`` named, documented and signed as ``plan`` without its ``self``."""
-    functools.update_wrapper(runner, plan)
-    signature = inspect.signature(plan)
-    runner.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=list(signature.parameters.values())[1:])
-    return runner
-
-
 class _Entry(Generic[P, R]):
     """An entry of the operation table: its plan, and the plan's documentation."""
 
     def __init__(self, plan: Callable[Concatenate[Any, P], _Plan[R]]) -> None:
         self.plan = plan
         self.__doc__ = plan.__doc__
+        signature = inspect.signature(plan)
+        # What a client's method shows (help(), IDEs): the plan's parameters without self.
+        self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def _dressed(self, runner: Callable[..., Any]) -> Callable[..., Any]:
+        """``runner`` named, documented and signed as the plan, without its ``self``."""
+        functools.update_wrapper(runner, self.plan)
+        runner.__signature__ = self.signature  # type: ignore[attr-defined]
+        return runner
 
 
 class _Operation(_Entry[P, R]):
@@ -345,11 +345,11 @@ class _Operation(_Entry[P, R]):
         if isinstance(obj, AsyncClient):
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 return await obj._run(plan(obj, *args, **kwargs))
-            return _dressed(run_async, plan)
+            return self._dressed(run_async)
 
         def run(*args: Any, **kwargs: Any) -> Any:
             return obj._run(plan(obj, *args, **kwargs))
-        return _dressed(run, plan)
+        return self._dressed(run)
 
 
 class _Iteration(_Entry[P, None], Generic[P, T]):
@@ -372,7 +372,7 @@ class _Iteration(_Entry[P, None], Generic[P, T]):
 
         def iterate(*args: Any, **kwargs: Any) -> Any:
             return obj._iterate(plan(obj, *args, **kwargs))
-        return _dressed(iterate, plan)
+        return self._dressed(iterate)
 
 
 def _iteration(item: type[T]) -> Callable[[Callable[Concatenate[Any, P], _Plan[None]]],
