@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -156,24 +156,38 @@ def _validated(
 
 
 @dataclass(frozen=True)
-class AppKey:
-    """A registered application signing key, bound to one algorithm.
+class _RegisteredKey:
+    """A public JWK validated for its ``use``, bound to one ``kid`` and one ``alg``.
 
     Construction validates ``public_jwk`` (which must carry this ``kid`` and ``alg``) and
     raises :class:`InvalidRequest` if it is not acceptable.
     """
 
+    use: ClassVar[Use]
     kid: str
     alg: str
     public_jwk: Mapping[str, Any]
     _key: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        public, key = _validated(self.public_jwk, "sig")
+        public, key = _validated(self.public_jwk, self.use)
         if public["kid"] != self.kid or public["alg"] != self.alg:
-            raise InvalidRequest("AppKey kid/alg differ from its JWK")
+            raise InvalidRequest(f"{type(self).__name__} kid/alg differ from its JWK")
         object.__setattr__(self, "public_jwk", public)
         object.__setattr__(self, "_key", key)
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> Self:
+        """The key of a submitted JWK (``kid`` and ``alg`` as validation settles them)."""
+        public, _ = _validated(jwk, cls.use)
+        return cls(kid=public["kid"], alg=public["alg"], public_jwk=public)
+
+
+@dataclass(frozen=True)
+class AppKey(_RegisteredKey):
+    """A registered application signing key, bound to one algorithm."""
+
+    use: ClassVar[Use] = "sig"
 
     def verify(self, signing_input: bytes, signature: bytes) -> None:
         """Verify a raw JWS signature with this key's one algorithm; raise InvalidToken."""
@@ -190,8 +204,7 @@ def app_key_from_jwk(jwk: Mapping[str, Any]) -> AppKey:
     Ed25519; ``alg`` required and matching the key type (RSA: PS256/RS256, EC: ES256,
     Ed25519: EdDSA); no private members; ``kid`` defaults to the RFC 7638 thumbprint.
     """
-    public, _ = _validated(jwk, "sig")
-    return AppKey(kid=public["kid"], alg=public["alg"], public_jwk=public)
+    return AppKey.from_jwk(jwk)
 
 
 def app_key_from_pem(pem: bytes, alg: str, kid: str | None = None) -> AppKey:
@@ -214,24 +227,14 @@ def app_key_from_pem(pem: bytes, alg: str, kid: str | None = None) -> AppKey:
 
 
 @dataclass(frozen=True)
-class EncKey:
+class EncKey(_RegisteredKey):
     """An application's registered encryption key, for JWE responses.
 
     ``alg`` is ``RSA-OAEP-256`` for RSA (2048..4096 bits) and ``ECDH-ES+A256KW`` for EC
-    P-256 or OKP X25519. Construction validates ``public_jwk``.
+    P-256 or OKP X25519.
     """
 
-    kid: str
-    alg: str
-    public_jwk: Mapping[str, Any]
-    _key: Any = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        public, key = _validated(self.public_jwk, "enc")
-        if public["kid"] != self.kid or public["alg"] != self.alg:
-            raise InvalidRequest("EncKey kid/alg differ from its JWK")
-        object.__setattr__(self, "public_jwk", public)
-        object.__setattr__(self, "_key", key)
+    use: ClassVar[Use] = "enc"
 
     @property
     def public_key(self) -> Any:
@@ -245,5 +248,4 @@ def enc_key_from_jwk(jwk: Mapping[str, Any]) -> EncKey:
 
     Raises :class:`InvalidRequest` naming the problem.
     """
-    public, _ = _validated(jwk, "enc")
-    return EncKey(kid=public["kid"], alg=public["alg"], public_jwk=public)
+    return EncKey.from_jwk(jwk)
