@@ -48,7 +48,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("  of which keystore sign (audit)", r"_sign_audit \(sceau/store/writer\.py"),
     ("  key derivation / seal (keystore)", r"sceau/keystore/file\.py"),
     ("response JWS (sign_service_jws)", r"sign_service_jws \(sceau/service/"),
-    ("response JWE (lowlevel_jwe_encrypt)", r"\bencrypt_to \(sceau/jose/response\.py"),
+    ("response JWE (lowlevel_jwe_encrypt)", r"\blowlevel_jwe_encrypt \(sceau/jose/response\.py"),
     ("logging", r"\(logging/|sceau/service/observability\.py"),
     ("prometheus metrics", r"prometheus_client/"),
     ("pydantic params", r"pydantic"),

@@ -100,7 +100,7 @@ ENC_KEYS = {
 
 
 @pytest.mark.parametrize("kind", sorted(ENC_KEYS))
-def test_encrypt_to_round_trip(kind: str) -> None:
+def test_lowlevel_jwe_round_trip(kind: str) -> None:
     private = jwcrypto_jwk.JWK.from_pyca(ENC_KEYS[kind])
     enc_key = enc_key_from_jwk(private.export_public(as_dict=True))
     jws = compact_jws({"alg": "EdDSA", "kid": "k", "typ": "sceau-resp+jwt"}, CLAIMS, ED_KEY.sign)
@@ -132,7 +132,7 @@ def test_concat_kdf_matches_rfc7518_appendix_c() -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(ENC_KEYS))
-def test_encrypt_to_is_fresh_each_time(kind: str) -> None:
+def test_lowlevel_jwe_is_fresh_each_time(kind: str) -> None:
     """A new content key, IV (and ephemeral key for ECDH-ES) per call."""
     enc_key = enc_key_from_jwk(
         jwcrypto_jwk.JWK.from_pyca(ENC_KEYS[kind]).export_public(as_dict=True)
