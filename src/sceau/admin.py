@@ -29,10 +29,11 @@ import sqlalchemy as sa
 from sceau.auditlog.witness import open_witness
 from sceau.config import Config
 from sceau.core.b64 import b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.core.model import normalize_identity
 from sceau.core.policy import principal_matches, validate_principal
 from sceau.errors import ConcurrentChange, IntegrityFailure, InvalidRequest, NotFound
-from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk, thumbprint
+from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk
 from sceau.keystore import open_keystore
 from sceau.keystore.base import Keystore
 from sceau.service.accounts import hash_password
@@ -42,7 +43,7 @@ from sceau.store.accounts import AccountRow
 from sceau.store.applications import ANY_USER, AppKeyRow, AppRow
 from sceau.store.db import Engines
 from sceau.store.writer import AuditContext, Job, Tx, Writer
-from sceau.vocab import Action, AppKeyStatus, AppStatus, Role
+from sceau.vocab import AccountStatus, Action, AppKeyStatus, AppStatus, Role
 
 CLI_APP = "cli"
 # ``details.via`` of a gated action the host operator ran with the CLI (docs/console.md).
@@ -149,7 +150,7 @@ def app_add_change(keystore: Keystore, *, name: str, jwk: Mapping[str, Any],
     app_id = "app_" + b64u_encode(secrets.token_bytes(12))
 
     def add(tx: Tx) -> str:
-        if applications.app_key_exists(tx.conn, key.kid, thumbprint(key.public_jwk)):
+        if applications.app_key_exists(tx.conn, key.kid, jwk_thumbprint(key.public_jwk)):
             raise InvalidRequest("jwk: this key is already registered to an application")
         applications.insert_application(tx.conn, keystore.seal_row(
             AppRow(app_id, name, patterns, AppStatus.ENABLED,
@@ -158,7 +159,7 @@ def app_add_change(keystore: Keystore, *, name: str, jwk: Mapping[str, Any],
             tx.conn,
             keystore.seal_row(AppKeyRow(key.kid, app_id, key.alg, dict(key.public_jwk),
                                         AppKeyStatus.ACTIVE, tx.now, None)),
-            thumbprint(key.public_jwk),
+            jwk_thumbprint(key.public_jwk),
         )
         tx.ctx.details = {"app_id": app_id, "name": name, "kid": key.kid, "alg": key.alg,
                           "users": list(patterns), "enc_kid": enc.kid if enc else None}
@@ -251,13 +252,13 @@ def app_key_add_change(keystore: Keystore, app_id: str, jwk: Mapping[str, Any]) 
 
     def add(tx: Tx) -> str:
         _checked_app(tx, keystore, app_id)
-        if applications.app_key_exists(tx.conn, key.kid, thumbprint(key.public_jwk)):
+        if applications.app_key_exists(tx.conn, key.kid, jwk_thumbprint(key.public_jwk)):
             raise InvalidRequest("jwk: this key is already registered to an application")
         applications.insert_app_key(
             tx.conn,
             keystore.seal_row(AppKeyRow(key.kid, app_id, key.alg, dict(key.public_jwk),
                                         AppKeyStatus.ACTIVE, tx.now, None)),
-            thumbprint(key.public_jwk),
+            jwk_thumbprint(key.public_jwk),
         )
         tx.ctx.details = {"app_id": app_id, "kid": key.kid, "alg": key.alg}
         return key.kid
@@ -289,10 +290,6 @@ def retire_app_key(session: ChangeRunner, app_id: str, kid: str) -> None:
 
 
 # --- console accounts ---------------------------------------------------------------------------
-
-ACTIVE = "active"
-DISABLED = "disabled"
-
 
 def account_name(raw: str) -> str:
     """A console account name: an identity as the API writes it, never a pattern."""
@@ -333,9 +330,9 @@ def account_create_change(keystore: Keystore, username: str, role: Role,
         if accounts.get_account(tx.conn, username) is not None:
             raise InvalidRequest("username: this account exists already")
         accounts.insert_account(tx.conn, keystore.seal_row(AccountRow(
-            username=username, password_hash=password_hash, role=str(role), status=ACTIVE,
-            must_change_password=True, totp_secret=None, created_at=tx.now,
-            updated_at=tx.now)))
+            username=username, password_hash=password_hash, role=str(role),
+            status=AccountStatus.ACTIVE, must_change_password=True, totp_secret=None,
+            created_at=tx.now, updated_at=tx.now)))
 
     return Change(Action.ACCOUNT_CREATE, create)
 
@@ -355,9 +352,10 @@ def account_update_change(keystore: Keystore, username: str, *, role: Role | Non
     if role is not None:
         values["role"] = shown["role"] = str(role)
     if status is not None:
-        if status not in (ACTIVE, DISABLED):
-            raise InvalidRequest("status: active or disabled")
-        values["status"] = shown["status"] = status
+        try:
+            values["status"] = shown["status"] = AccountStatus(status)
+        except ValueError:
+            raise InvalidRequest("status: active or disabled") from None
     if password_hash is not None:
         values.update(password_hash=password_hash, must_change_password=True)
         shown["credentials"] = "reset"
@@ -377,7 +375,7 @@ def account_update_change(keystore: Keystore, username: str, *, role: Role | Non
         after = keystore.seal_row(dataclasses.replace(
             before, revision=before.revision + 1, updated_at=tx.now, **values))
         accounts.save_account(tx.conn, before, after)
-        ended = 0 if status == ACTIVE and len(values) == 1 else \
+        ended = 0 if status == AccountStatus.ACTIVE and len(values) == 1 else \
             accounts.delete_console_sessions_of(tx.conn, username)
         tx.ctx.details = {"account": username, "changed": shown, "sessions_ended": ended}
 
@@ -424,7 +422,8 @@ def active_admins(conn: sa.Connection, keystore: Keystore) -> list[str]:
     """The accounts that count toward the approval quorum: role ``admin``, active, and
     sealed (a row written with SQL alone is no admin)."""
     return [a.username for a in accounts.list_accounts(conn)
-            if a.role == Role.ADMIN and a.status == ACTIVE and row_verifies(keystore, a)]
+            if a.role == Role.ADMIN and a.status == AccountStatus.ACTIVE
+            and row_verifies(keystore, a)]
 
 
 SINGLE_ADMIN_WARNING = (

@@ -8,18 +8,27 @@ raised as :mod:`sceau.errors` classes carrying the stable ``code`` (and ``reason
 (``generate-data-key`` / ``get-data-key``) so the service never sees the data;
 ``protect_stream`` / ``open_stream`` do the same for streams of any size (suite 2, constant
 memory).
+
+Every operation is written once, in the operation table (:class:`_Operations`), as a *plan*:
+a generator that builds the requests, yields each step it needs (an HTTP exchange, blocking
+local work such as stream encryption, an item for an iterator) and checks the results. The
+two transports only perform those steps: :class:`Client` at once, :class:`AsyncClient` with
+``await`` (blocking work in a thread). Both therefore have the same operations, with the
+same arguments and results; ``tests/service/test_sdk_async.py`` holds them to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import httpx
 
@@ -59,6 +68,10 @@ __all__ = [
 
 JOSE = "application/jose"
 KEY_MATERIAL_OPS = frozenset({Op.GENERATE_DATA_KEY, Op.GET_DATA_KEY})
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,12 +206,187 @@ def error_from_problem(status: int, body: bytes) -> SceauError:
             return AccessDenied(Reason.NOT_AUTHORIZED, detail)
     error = cls(detail)
     if cls is SceauError:
-        error.code = code  # type: ignore[misc]
+        # A code this SDK does not know (a newer service): kept as the service sent it.
+        error.code = code  # type: ignore[assignment, misc]
     return error
 
 
-class _Core:
-    """What both clients share: request building and response checking."""
+def _service_enc_key(keys: list[Mapping[str, Any]],
+                     config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The service key to encrypt requests to: the one discovery names (``encryption_kid``).
+
+    Without discovery (a profile's copy of the JWKS), or when the JWKS does not hold the
+    named key (fetched a moment apart), an ``ECDH-ES+A256KW`` key is preferred: the service
+    opens it at a quarter of the cost of RSA-OAEP.
+    """
+    enc = [k for k in keys if k.get("use") == "enc"]
+    named = config.get("encryption_kid") if config else None
+    for key in enc:
+        if named is not None and key.get("kid") == named:
+            return key
+    preferred = [k for k in enc if k.get("alg") == "ECDH-ES+A256KW"] or enc
+    return preferred[0] if preferred else None
+
+
+def tls_verify(verify: str | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: a CA file path becomes a context trusting exactly that file."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _with_aad(name: str, data: bytes, aad: bytes | None) -> dict[str, Any]:
+    """``{name: b64u(data)}``, with ``aad`` when there is one (one item of a request)."""
+    item = {name: b64u_encode(data)}
+    if aad is not None:
+        item["aad"] = b64u_encode(aad)
+    return item
+
+
+# --- plans and their steps ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Http:
+    """Step: one HTTP exchange; the plan gets the ``httpx.Response`` back."""
+
+    method: str
+    url: str
+    token: str | None = None  # the body of a POST: a compact JWS or JWE
+
+
+@dataclass(frozen=True, slots=True)
+class _Blocking:
+    """Step: local work that blocks (stream encryption); the plan gets its result back.
+
+    :class:`Client` runs it at once, :class:`AsyncClient` in a worker thread.
+    """
+
+    work: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item(Generic[T]):
+    """Step of an iterating plan: ``item`` goes to the caller; the plan gets None back."""
+
+    item: T
+
+
+_Step = _Http | _Blocking | _Item[Any]
+_Plan = Generator[_Step, Any, R]
+
+
+class _Steps(Generic[R]):
+    """Walks one plan: :meth:`send` hands a step's outcome in; ``step`` is the next step,
+    None once the plan returned ``value``. A transport's loop needs nothing more."""
+
+    def __init__(self, plan: _Plan[R]) -> None:
+        self._plan = plan
+        self.step: _Step | None = None
+        self.value: R | None = None
+        self.send(None)
+
+    def send(self, outcome: Any) -> None:
+        try:
+            self.step = self._plan.send(outcome)
+        except StopIteration as done:
+            self.step, self.value = None, done.value
+
+    def result(self) -> R:
+        return self.value  # type: ignore[return-value]  # the plan returned an R
+
+    def pop_item(self) -> Any:
+        """The item of the current :class:`_Item` step, moving the plan past it."""
+        if not isinstance(self.step, _Item):
+            raise TypeError("the plan's step is not an item")
+        item = self.step.item
+        self.send(None)
+        return item
+
+
+class _Entry(Generic[P, R]):
+    """An entry of the operation table: its plan, and the plan's documentation."""
+
+    def __init__(self, plan: Callable[Concatenate[Any, P], _Plan[R]]) -> None:
+        self.plan = plan
+        self.__doc__ = plan.__doc__
+        signature = inspect.signature(plan)
+        # What a client's method shows (help(), IDEs): the plan's parameters without self.
+        self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def _dressed(self, runner: Callable[..., Any]) -> Callable[..., Any]:
+        """``runner`` named, documented and signed as the plan, without its ``self``."""
+        functools.update_wrapper(runner, self.plan)
+        runner.__signature__ = self.signature  # type: ignore[attr-defined]
+        return runner
+
+
+class _Operation(_Entry[P, R]):
+    """Read on a :class:`Client`, a method that runs the plan and returns its result; on an
+    :class:`AsyncClient`, a coroutine method."""
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Operation[P, R]: ...
+    @overload
+    def __get__(self, obj: Client, owner: type | None = None) -> Callable[P, R]: ...
+    @overload
+    def __get__(
+        self, obj: AsyncClient, owner: type | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        plan = self.plan
+        if isinstance(obj, AsyncClient):
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                return await obj._run(plan(obj, *args, **kwargs))
+            return self._dressed(run_async)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return obj._run(plan(obj, *args, **kwargs))
+        return self._dressed(run)
+
+
+class _Iteration(_Entry[P, None], Generic[P, T]):
+    """An iterating entry: an iterator on a :class:`Client`, an async iterator on an
+    :class:`AsyncClient`, of the items the plan yields."""
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Iteration[P, T]: ...
+    @overload
+    def __get__(self, obj: Client, owner: type | None = None) -> Callable[P, Iterator[T]]: ...
+    @overload
+    def __get__(
+        self, obj: AsyncClient, owner: type | None = None
+    ) -> Callable[P, AsyncIterator[T]]: ...
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        plan = self.plan
+
+        def iterate(*args: Any, **kwargs: Any) -> Any:
+            return obj._iterate(plan(obj, *args, **kwargs))
+        return self._dressed(iterate)
+
+
+def _iteration(item: type[T]) -> Callable[[Callable[Concatenate[Any, P], _Plan[None]]],
+                                          _Iteration[P, T]]:
+    """Decorator: an iterating table entry whose items are of type ``item``."""
+    return _Iteration
+
+
+# --- the operation table --------------------------------------------------------------------
+
+
+class _Operations:
+    """What both clients share: configuration, pinned service keys, and every operation,
+    each as a plan (module docstring)."""
 
     def __init__(
         self,
@@ -235,24 +423,26 @@ class _Core:
     def _request(
         self, op: Op, params: Mapping[str, Any], user: str | None, jwe: bool | None
     ) -> tuple[str, str]:
+        """The request token for ``op`` (a JWS, or a JWE around it) and its ``jti``."""
         sub = user or self.user
         if not sub:
             raise ValueError("no user: pass user= or set one in the profile")
-        token = sign_request(
+        signed = sign_request(
             self.identity, sub=sub, aud=self.service_id, op=op.value, params=params,
             now=int(time.time()), lifetime=self.token_lifetime,
         )
-        jti = json.loads(b64u_decode(token.split(".")[1]))["jti"]
-        if jwe if jwe is not None else self.jwe:
-            if self._service_enc is None:
-                raise IntegrityFailure("the service published no encryption key")
-            token = wrap_for_service(token, self._service_enc)
-        return token, jti
+        if not (jwe if jwe is not None else self.jwe):
+            return signed, signed.jti
+        if self._service_enc is None:
+            raise IntegrityFailure("the service published no encryption key")
+        return wrap_for_service(signed, self._service_enc), signed.jti
 
     def _result(self, op: Op, jti: str, response: httpx.Response) -> Any:
+        """The ``result`` of a response to the request ``jti``, verified; or the typed error."""
         if response.status_code != 200:
             raise error_from_problem(response.status_code, response.content)
-        assert self._pinned is not None
+        if self._pinned is None:
+            raise IntegrityFailure("no service key is pinned: discover() first")
         claims = open_response(
             response.text,
             service_keys=self._pinned,
@@ -265,36 +455,259 @@ class _Core:
         )
         return claims["result"]
 
+    # --- the protocol ---------------------------------------------------------------------
 
-def _service_enc_key(keys: list[Mapping[str, Any]],
-                     config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """The service key to encrypt requests to: the one discovery names (``encryption_kid``).
+    @_Operation
+    def discover(self) -> _Plan[None]:
+        """Fetch and pin the service's response-signing key (trust on first use over TLS)."""
+        config = (yield _Http("GET", f"{self.service_url}/.well-known/sceau-configuration")).json()
+        jwks = (yield _Http("GET", f"{self.service_url}/.well-known/jwks.json")).json()
+        if config.get("service_id") != self.service_id:
+            raise IntegrityFailure("the service id does not match this client's")
+        self._pin(jwks, config)
 
-    Without discovery (a profile's copy of the JWKS), or when the JWKS does not hold the
-    named key (fetched a moment apart), an ``ECDH-ES+A256KW`` key is preferred: the service
-    opens it at a quarter of the cost of RSA-OAEP.
-    """
-    enc = [k for k in keys if k.get("use") == "enc"]
-    named = config.get("encryption_kid") if config else None
-    for key in enc:
-        if named is not None and key.get("kid") == named:
-            return key
-    preferred = [k for k in enc if k.get("alg") == "ECDH-ES+A256KW"] or enc
-    return preferred[0] if preferred else None
+    @_Operation
+    def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
+             jwe: bool | None = None, keep_null: bool = False) -> _Plan[Any]:
+        """Call one operation; returns its ``result`` or raises the typed error.
+
+        Members whose value is ``None`` are dropped unless ``keep_null`` (``update-key``
+        uses an explicit ``null`` to remove a bound).
+        """
+        op = Op(op)
+        if self._pinned is None:
+            yield from _discover(self)
+        token, jti = self._request(op, dict(params) if keep_null else _clean(params), user, jwe)
+        response = yield _Http("POST", f"{self.service_url}/v1/{op.value}", token)
+        try:
+            return self._result(op, jti, response)
+        except UnknownServiceKey:
+            # The service rotated its response key: fetch the keys again over TLS, once.
+            yield from _discover(self)
+            return self._result(op, jti, response)
+
+    # --- operations -----------------------------------------------------------------------
+
+    @_Operation
+    def encrypt(self, /, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
+                **key_options: Any) -> _Plan[tuple[str, bytes]]:
+        """Encrypt with a new key (or ``key_id=``); returns ``(key_id, envelope)``."""
+        params = {**_with_aad("plaintext", plaintext, aad), **key_options}
+        result = yield from _call(self, Op.ENCRYPT, params, user=user)
+        return result["key_id"], b64u_decode(result["ciphertext"])
+
+    @_Operation
+    def encrypt_batch(self, /, items: list[tuple[bytes, bytes | None]], *, user: str | None = None,
+                      **key_options: Any) -> _Plan[list[dict[str, Any]]]:
+        """Encrypt each ``(plaintext, aad)``, a new key per item (or ``key_id=``); returns the
+        ``items`` of the result, one per input, each with its ``ciphertext`` or ``error``."""
+        raw = [_with_aad("plaintext", p, a) for p, a in items]
+        result = yield from _call(self, Op.ENCRYPT, {"items": raw, **key_options}, user=user)
+        items_out: list[dict[str, Any]] = result["items"]
+        return items_out
+
+    @_Operation
+    def decrypt(self, ciphertext: bytes, *, aad: bytes | None = None,
+                user: str | None = None) -> _Plan[bytes]:
+        """The plaintext of an envelope."""
+        params = _with_aad("ciphertext", ciphertext, aad)
+        result = yield from _call(self, Op.DECRYPT, params, user=user)
+        return b64u_decode(result["plaintext"])
+
+    @_Operation
+    def decrypt_batch(self, items: list[tuple[bytes, bytes | None]], *,
+                      user: str | None = None) -> _Plan[list[dict[str, Any]]]:
+        """Decrypt each ``(envelope, aad)``; returns the ``items`` of the result, one per
+        input, each with its ``plaintext`` or ``error``."""
+        raw = [_with_aad("ciphertext", c, a) for c, a in items]
+        result = yield from _call(self, Op.DECRYPT, {"items": raw}, user=user)
+        items_out: list[dict[str, Any]] = result["items"]
+        return items_out
+
+    @_Operation
+    def generate_data_key(self, /, *, user: str | None = None,
+                          **key_options: Any) -> _Plan[DataKey]:
+        """A new key and a one-time data key under it, to seal one envelope locally."""
+        r = yield from _call(self, Op.GENERATE_DATA_KEY, key_options, user=user)
+        return DataKey(r["key_id"], b64u_decode(r["key"]), b64u_decode(r["iv"]),
+                       b64u_decode(r["token"]))
+
+    @_Operation
+    def get_data_key(self, key_id: str | None = None, *, token: bytes | None = None,
+                     user: str | None = None) -> _Plan[bytes]:
+        """The data key of ``key_id`` (or of an envelope's ``token``), to open locally."""
+        params: dict[str, Any] = {"key_id": key_id}
+        if token is not None:
+            params = {"token": b64u_encode(token)}
+        result = yield from _call(self, Op.GET_DATA_KEY, params, user=user)
+        return b64u_decode(result["key"])
+
+    @_Operation
+    def seal_local(self, /, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
+                   **key_options: Any) -> _Plan[bytes]:
+        """Encrypt on this machine with a one-time data key (suite 1)."""
+        dk = yield from _generate_data_key(self, user=user, **key_options)
+        return seal_gcm_with_token(dk.key, dk.token, dk.iv, plaintext, aad)
+
+    @_Operation
+    def open_local(self, envelope: bytes, *, aad: bytes | None = None,
+                   user: str | None = None) -> _Plan[bytes]:
+        """Decrypt on this machine: fetch the data key with ``get-data-key``, open locally."""
+        header = parse_unverified_header(envelope)
+        key = yield from _get_data_key(self, b64u_encode(header.key_id), user=user)
+        return open_gcm(key, envelope, aad)
+
+    @_Operation
+    def protect_stream(self, /, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
+                       segment_size: int = DEFAULT_SEGMENT_SIZE,
+                       progress: Callable[[int], None] | None = None,
+                       **key_options: Any) -> _Plan[str]:
+        """Encrypt ``src`` to ``dst`` on this machine as a suite-2 STREAM under a new key.
+
+        One ``generate-data-key`` call (``key_options``: ``name``, ``recipients``, ...),
+        then constant-memory encryption. Returns the new ``key_id``. ``progress`` gets the
+        cumulative plaintext bytes done.
+        """
+        dk = yield from _generate_data_key(self, user=user, **key_options)
+        yield _Blocking(functools.partial(
+            encrypt_stream, src, dst, dk.key, _key_id_bytes(dk), segment_size=segment_size,
+            progress=progress))
+        return dk.key_id
+
+    @_Operation
+    def open_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> _Plan[str]:
+        """Decrypt a suite-2 STREAM from ``src`` to ``dst``; returns its ``key_id``.
+
+        The key id comes from header bytes 5..20; the key from ``get-data-key``. A header
+        that does not parse raises ``EnvelopeFormatError`` before any service call; a stream
+        that does not authenticate raises ``DecryptionFailed``, possibly after ``dst`` got
+        the authentic segments before the fault (write to a temporary file and publish it
+        only when this returns).
+        """
+        header = yield _Blocking(functools.partial(read_stream_header, src))
+        key_id = b64u_encode(read_stream_key_id(header))
+        key = yield from _get_data_key(self, key_id, user=user)
+        reader: Any = PrefixedReader(header, src)
+        yield _Blocking(functools.partial(decrypt_stream, reader, dst, key, progress=progress))
+        return key_id
+
+    @_Operation
+    def describe_key(self, key_id: str, *, user: str | None = None) -> _Plan[dict[str, Any]]:
+        """The key's description (status, rules, authorizations, counters)."""
+        return (yield from _key_op(self, Op.DESCRIBE_KEY, key_id, user))
+
+    @_Operation
+    def list_keys(self, /, *, user: str | None = None, **filters: Any) -> _Plan[dict[str, Any]]:
+        """One page ``{keys, next_cursor}``. A key the user may only use (not manage) comes
+        in the recipient view: ``key_id``, ``name``, ``owner``, ``status`` and its own
+        ``authorizations`` only (docs/policy.md); read other members with ``.get``."""
+        page: dict[str, Any] = yield from _call(self, Op.LIST_KEYS, filters, user=user)
+        return page
+
+    @_iteration(dict)
+    def iter_keys(self, /, *, user: str | None = None, page_size: int = 100,
+                  **filters: Any) -> _Plan[None]:
+        """Every key ``list-keys`` returns for ``filters``, following ``next_cursor``."""
+        cursor: str | None = None
+        while True:
+            page = yield from _list_keys(self, user=user, limit=page_size, cursor=cursor,
+                                         **filters)
+            for key in page["keys"]:
+                yield _Item(key)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    @_Operation
+    def update_key(self, /, key_id: str, *, user: str | None = None,
+                   **changes: Any) -> _Plan[dict[str, Any]]:
+        """Change the named fields; a field given as ``None`` is removed (sent as ``null``)."""
+        result: dict[str, Any] = yield from _call(
+            self, Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user, keep_null=True)
+        return result
+
+    @_Operation
+    def enable_key(self, key_id: str, *, user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Enable a disabled key."""
+        return (yield from _key_op(self, Op.ENABLE_KEY, key_id, user))
+
+    @_Operation
+    def disable_key(self, key_id: str, *, user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Disable a key: nothing is encrypted or decrypted with it until enabled again."""
+        return (yield from _key_op(self, Op.DISABLE_KEY, key_id, user))
+
+    @_Operation
+    def destroy_key(self, key_id: str, *, pending_days: int = 0,
+                    user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Destroy a key now, or after ``pending_days`` (cancellable until then)."""
+        return (yield from _key_op(self, Op.DESTROY_KEY, key_id, user,
+                                   pending_days=pending_days))
+
+    @_Operation
+    def cancel_destruction(self, key_id: str, *,
+                           user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Cancel a pending destruction."""
+        return (yield from _key_op(self, Op.CANCEL_DESTRUCTION, key_id, user))
+
+    @_Operation
+    def add_authorization(self, key_id: str, principal: str, rights: list[str] | None = None, *,
+                          not_before: Any = None, not_after: Any = None,
+                          user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Authorize ``principal`` on the key (``rights`` default: decrypt)."""
+        return (yield from _key_op(self, Op.ADD_AUTHORIZATION, key_id, user,
+                                   principal=principal, rights=rights or ["decrypt"],
+                                   not_before=not_before, not_after=not_after))
+
+    @_Operation
+    def remove_authorization(self, key_id: str, principal: str, *,
+                             user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Remove ``principal``'s authorization."""
+        return (yield from _grant_op(self, Op.REMOVE_AUTHORIZATION, key_id, principal, user))
+
+    @_Operation
+    def enable_authorization(self, key_id: str, principal: str, *,
+                             user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Enable ``principal``'s disabled authorization."""
+        return (yield from _grant_op(self, Op.ENABLE_AUTHORIZATION, key_id, principal, user))
+
+    @_Operation
+    def disable_authorization(self, key_id: str, principal: str, *,
+                              user: str | None = None) -> _Plan[dict[str, Any]]:
+        """Disable ``principal``'s authorization (kept, usable again once enabled)."""
+        return (yield from _grant_op(self, Op.DISABLE_AUTHORIZATION, key_id, principal, user))
+
+    @_Operation
+    def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
+                      user: str | None = None) -> _Plan[dict[str, Any]]:
+        """One page of the key's access history."""
+        return (yield from _key_op(self, Op.LIST_ACCESSES, key_id, user, limit=limit,
+                                   cursor=cursor))
 
 
-def tls_verify(verify: str | bool) -> ssl.SSLContext | bool:
-    """httpx's ``verify``: a CA file path becomes a context trusting exactly that file."""
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
+# Plans that other plans reuse.
+_discover = _Operations.discover.plan
+_call = _Operations.call.plan
+_generate_data_key = _Operations.generate_data_key.plan
+_get_data_key = _Operations.get_data_key.plan
+_list_keys = _Operations.list_keys.plan
 
 
-def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if v is not None}
+def _key_op(client: _Operations, op: Op, key_id: str, user: str | None,
+            **extra: Any) -> _Plan[dict[str, Any]]:
+    result: dict[str, Any] = yield from _call(client, op, {"key_id": key_id, **extra}, user=user)
+    return result
 
 
-class Client(_Core):
+def _grant_op(client: _Operations, op: Op, key_id: str, principal: str,
+              user: str | None) -> _Plan[dict[str, Any]]:
+    return (yield from _key_op(client, op, key_id, user, principal=principal))
+
+
+# --- the two transports -------------------------------------------------------------------
+
+
+class Client(_Operations):
     """Synchronous client. Use :meth:`from_profile` or pass the parts explicitly."""
 
     def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
@@ -314,201 +727,34 @@ class Client(_Core):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def discover(self) -> None:
-        """Fetch and pin the service's response-signing key (trust on first use over TLS)."""
-        config = self._http.get(f"{self.service_url}/.well-known/sceau-configuration").json()
-        jwks = self._http.get(f"{self.service_url}/.well-known/jwks.json").json()
-        if config.get("service_id") != self.service_id:
-            raise IntegrityFailure("the service id does not match this client's")
-        self._pin(jwks, config)
+    def _perform(self, step: _Step) -> Any:
+        if isinstance(step, _Http):
+            headers = {"Content-Type": JOSE} if step.token is not None else None
+            return self._http.request(step.method, step.url, content=step.token, headers=headers)
+        if isinstance(step, _Blocking):
+            return step.work()
+        raise TypeError("an item outside an iteration")
 
-    def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
-             jwe: bool | None = None, keep_null: bool = False) -> Any:
-        """Call one operation; returns its ``result`` or raises the typed error.
+    def _run(self, plan: _Plan[R]) -> R:
+        """Run a plan to its result, performing each step at once."""
+        steps = _Steps(plan)
+        while steps.step is not None:
+            steps.send(self._perform(steps.step))
+        return steps.result()
 
-        Members whose value is ``None`` are dropped unless ``keep_null`` (``update-key``
-        uses an explicit ``null`` to remove a bound).
-        """
-        op = Op(op)
-        if self._pinned is None:
-            self.discover()
-        token, jti = self._request(op, dict(params) if keep_null else _clean(params), user, jwe)
-        response = self._http.post(
-            f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
-        )
-        try:
-            return self._result(op, jti, response)
-        except UnknownServiceKey:
-            # The service rotated its response key: fetch the keys again over TLS, once.
-            self.discover()
-            return self._result(op, jti, response)
-
-    # --- operations ---------------------------------------------------------------------
-
-    def encrypt(self, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
-                **key_options: Any) -> tuple[str, bytes]:
-        """Encrypt with a new key (or ``key_id=``); returns ``(key_id, envelope)``."""
-        params = {"plaintext": b64u_encode(plaintext), **key_options}
-        if aad is not None:
-            params["aad"] = b64u_encode(aad)
-        result = self.call(Op.ENCRYPT, params, user=user)
-        return result["key_id"], b64u_decode(result["ciphertext"])
-
-    def encrypt_batch(self, items: list[tuple[bytes, bytes | None]], *, user: str | None = None,
-                      **key_options: Any) -> list[dict[str, Any]]:
-        raw = [
-            {"plaintext": b64u_encode(p), **({"aad": b64u_encode(a)} if a is not None else {})}
-            for p, a in items
-        ]
-        result: list[dict[str, Any]] = self.call(
-            Op.ENCRYPT, {"items": raw, **key_options}, user=user
-        )["items"]
-        return result
-
-    def decrypt(self, ciphertext: bytes, *, aad: bytes | None = None,
-                user: str | None = None) -> bytes:
-        params = {"ciphertext": b64u_encode(ciphertext)}
-        if aad is not None:
-            params["aad"] = b64u_encode(aad)
-        return b64u_decode(self.call(Op.DECRYPT, params, user=user)["plaintext"])
-
-    def decrypt_batch(self, items: list[tuple[bytes, bytes | None]], *,
-                      user: str | None = None) -> list[dict[str, Any]]:
-        raw = [
-            {"ciphertext": b64u_encode(c), **({"aad": b64u_encode(a)} if a is not None else {})}
-            for c, a in items
-        ]
-        result: list[dict[str, Any]] = self.call(Op.DECRYPT, {"items": raw}, user=user)["items"]
-        return result
-
-    def generate_data_key(self, *, user: str | None = None, **key_options: Any) -> DataKey:
-        r = self.call(Op.GENERATE_DATA_KEY, key_options, user=user)
-        return DataKey(r["key_id"], b64u_decode(r["key"]), b64u_decode(r["iv"]),
-                       b64u_decode(r["token"]))
-
-    def get_data_key(self, key_id: str | None = None, *, token: bytes | None = None,
-                     user: str | None = None) -> bytes:
-        params: dict[str, Any] = {"key_id": key_id}
-        if token is not None:
-            params = {"token": b64u_encode(token)}
-        return b64u_decode(self.call(Op.GET_DATA_KEY, params, user=user)["key"])
-
-    def seal_local(self, plaintext: bytes, *, aad: bytes | None = None, user: str | None = None,
-                   **key_options: Any) -> bytes:
-        """Encrypt on this machine with a one-time data key (suite 1)."""
-        dk = self.generate_data_key(user=user, **key_options)
-        return seal_gcm_with_token(dk.key, dk.token, dk.iv, plaintext, aad)
-
-    def open_local(self, envelope: bytes, *, aad: bytes | None = None,
-                   user: str | None = None) -> bytes:
-        """Decrypt on this machine: fetch the data key with ``get-data-key``, open locally."""
-        header = parse_unverified_header(envelope)
-        key = self.get_data_key(b64u_encode(header.key_id), user=user)
-        return open_gcm(key, envelope, aad)
-
-    def protect_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
-                       segment_size: int = DEFAULT_SEGMENT_SIZE,
-                       progress: Callable[[int], None] | None = None,
-                       **key_options: Any) -> str:
-        """Encrypt ``src`` to ``dst`` on this machine as a suite-2 STREAM under a new key.
-
-        One ``generate-data-key`` call (``key_options``: ``name``, ``recipients``, ...),
-        then constant-memory encryption. Returns the new ``key_id``. ``progress`` gets the
-        cumulative plaintext bytes done.
-        """
-        dk = self.generate_data_key(user=user, **key_options)
-        encrypt_stream(src, dst, dk.key, _key_id_bytes(dk), segment_size=segment_size,
-                       progress=progress)
-        return dk.key_id
-
-    def open_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> str:
-        """Decrypt a suite-2 STREAM from ``src`` to ``dst``; returns its ``key_id``.
-
-        The key id comes from header bytes 5..20; the key from ``get-data-key``. A header
-        that does not parse raises ``EnvelopeFormatError`` before any service call; a stream
-        that does not authenticate raises ``DecryptionFailed``, possibly after ``dst`` got
-        the authentic segments before the fault (write to a temporary file and publish it
-        only when this returns).
-        """
-        header = read_stream_header(src)
-        key_id = b64u_encode(read_stream_key_id(header))
-        key = self.get_data_key(key_id, user=user)
-        decrypt_stream(PrefixedReader(header, src), dst, key,  # type: ignore[arg-type]
-                       progress=progress)
-        return key_id
-
-    def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
-        return result
-
-    def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
-        """One page ``{keys, next_cursor}``. A key the user may only use (not manage) comes
-        in the recipient view: ``key_id``, ``name``, ``owner``, ``status`` and its own
-        ``authorizations`` only (docs/policy.md); read other members with ``.get``."""
-        result: dict[str, Any] = self.call(Op.LIST_KEYS, filters, user=user)
-        return result
-
-    def iter_keys(self, *, user: str | None = None, page_size: int = 100,
-                  **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every key ``list-keys`` returns for ``filters``, following ``next_cursor``."""
-        cursor: str | None = None
-        while True:
-            page = self.list_keys(user=user, limit=page_size, cursor=cursor, **filters)
-            yield from page["keys"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-
-    def update_key(self, key_id: str, *, user: str | None = None, **changes: Any) -> dict[str, Any]:
-        """Change the named fields; a field given as ``None`` is removed (sent as ``null``)."""
-        result: dict[str, Any] = self.call(Op.UPDATE_KEY, {"key_id": key_id, **changes},
-                                           user=user, keep_null=True)
-        return result
-
-    def _key_op(self, op: Op, key_id: str, user: str | None, **extra: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(op, {"key_id": key_id, **extra}, user=user)
-        return result
-
-    def enable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.ENABLE_KEY, key_id, user)
-
-    def disable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.DISABLE_KEY, key_id, user)
-
-    def destroy_key(self, key_id: str, *, pending_days: int = 0,
-                    user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.DESTROY_KEY, key_id, user, pending_days=pending_days)
-
-    def cancel_destruction(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.CANCEL_DESTRUCTION, key_id, user)
-
-    def add_authorization(self, key_id: str, principal: str, rights: list[str] | None = None, *,
-                          not_before: Any = None, not_after: Any = None,
-                          user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.ADD_AUTHORIZATION, key_id, user, principal=principal,
-                            rights=rights or ["decrypt"], not_before=not_before,
-                            not_after=not_after)
-
-    def remove_authorization(self, key_id: str, principal: str, *,
-                             user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.REMOVE_AUTHORIZATION, key_id, user, principal=principal)
-
-    def enable_authorization(self, key_id: str, principal: str, *,
-                             user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.ENABLE_AUTHORIZATION, key_id, user, principal=principal)
-
-    def disable_authorization(self, key_id: str, principal: str, *,
-                              user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.DISABLE_AUTHORIZATION, key_id, user, principal=principal)
-
-    def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
-                      user: str | None = None) -> dict[str, Any]:
-        return self._key_op(Op.LIST_ACCESSES, key_id, user, limit=limit, cursor=cursor)
+    def _iterate(self, plan: _Plan[None]) -> Iterator[Any]:
+        """Run an iterating plan; its items come out as the plan yields them."""
+        steps = _Steps(plan)
+        while steps.step is not None:
+            if isinstance(steps.step, _Item):
+                yield steps.pop_item()
+            else:
+                steps.send(self._perform(steps.step))
 
 
-class AsyncClient(_Core):
-    """Asynchronous client with the same operations as :class:`Client` (``await`` each)."""
+class AsyncClient(_Operations):
+    """Asynchronous client with the same operations as :class:`Client` (``await`` each;
+    ``async for`` over :meth:`iter_keys`)."""
 
     def __init__(self, *, verify: str | bool = True, timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -528,136 +774,25 @@ class AsyncClient(_Core):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def discover(self) -> None:
-        discovery = await self._http.get(f"{self.service_url}/.well-known/sceau-configuration")
-        config = discovery.json()
-        jwks = (await self._http.get(f"{self.service_url}/.well-known/jwks.json")).json()
-        if config.get("service_id") != self.service_id:
-            raise IntegrityFailure("the service id does not match this client's")
-        self._pin(jwks, config)
+    async def _perform(self, step: _Step) -> Any:
+        if isinstance(step, _Http):
+            headers = {"Content-Type": JOSE} if step.token is not None else None
+            return await self._http.request(step.method, step.url, content=step.token,
+                                            headers=headers)
+        if isinstance(step, _Blocking):
+            return await asyncio.to_thread(step.work)
+        raise TypeError("an item outside an iteration")
 
-    async def call(self, op: Op | str, params: Mapping[str, Any], *, user: str | None = None,
-                   jwe: bool | None = None, keep_null: bool = False) -> Any:
-        op = Op(op)
-        if self._pinned is None:
-            await self.discover()
-        token, jti = self._request(op, dict(params) if keep_null else _clean(params), user, jwe)
-        response = await self._http.post(
-            f"{self.service_url}/v1/{op.value}", content=token, headers={"Content-Type": JOSE}
-        )
-        try:
-            return self._result(op, jti, response)
-        except UnknownServiceKey:
-            await self.discover()
-            return self._result(op, jti, response)
+    async def _run(self, plan: _Plan[R]) -> R:
+        steps = _Steps(plan)  # as Client._run, each step awaited
+        while steps.step is not None:
+            steps.send(await self._perform(steps.step))
+        return steps.result()
 
-    async def encrypt(self, plaintext: bytes, *, aad: bytes | None = None,
-                      user: str | None = None, **key_options: Any) -> tuple[str, bytes]:
-        params = {"plaintext": b64u_encode(plaintext), **key_options}
-        if aad is not None:
-            params["aad"] = b64u_encode(aad)
-        result = await self.call(Op.ENCRYPT, params, user=user)
-        return result["key_id"], b64u_decode(result["ciphertext"])
-
-    async def decrypt(self, ciphertext: bytes, *, aad: bytes | None = None,
-                      user: str | None = None) -> bytes:
-        params = {"ciphertext": b64u_encode(ciphertext)}
-        if aad is not None:
-            params["aad"] = b64u_encode(aad)
-        return b64u_decode((await self.call(Op.DECRYPT, params, user=user))["plaintext"])
-
-    async def generate_data_key(self, *, user: str | None = None, **key_options: Any) -> DataKey:
-        r = await self.call(Op.GENERATE_DATA_KEY, key_options, user=user)
-        return DataKey(r["key_id"], b64u_decode(r["key"]), b64u_decode(r["iv"]),
-                       b64u_decode(r["token"]))
-
-    async def get_data_key(self, key_id: str, *, user: str | None = None) -> bytes:
-        r = await self.call(Op.GET_DATA_KEY, {"key_id": key_id}, user=user)
-        return b64u_decode(r["key"])
-
-    async def seal_local(self, plaintext: bytes, *, aad: bytes | None = None,
-                         user: str | None = None, **key_options: Any) -> bytes:
-        dk = await self.generate_data_key(user=user, **key_options)
-        return seal_gcm_with_token(dk.key, dk.token, dk.iv, plaintext, aad)
-
-    async def open_local(self, envelope: bytes, *, aad: bytes | None = None,
-                         user: str | None = None) -> bytes:
-        header = parse_unverified_header(envelope)
-        key = await self.get_data_key(b64u_encode(header.key_id), user=user)
-        return open_gcm(key, envelope, aad)
-
-    async def describe_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(Op.DESCRIBE_KEY, {"key_id": key_id}, user=user)
-        return result
-
-    async def protect_stream(self, src: BinaryIO, dst: BinaryIO, *, user: str | None = None,
-                             segment_size: int = DEFAULT_SEGMENT_SIZE,
-                             **key_options: Any) -> str:
-        """As :meth:`Client.protect_stream`; the blocking stream work runs in a thread."""
-        dk = await self.generate_data_key(user=user, **key_options)
-        await asyncio.to_thread(encrypt_stream, src, dst, dk.key, _key_id_bytes(dk),
-                                segment_size=segment_size)
-        return dk.key_id
-
-    async def open_stream(self, src: BinaryIO, dst: BinaryIO, *,
-                          user: str | None = None) -> str:
-        """As :meth:`Client.open_stream`; the blocking stream work runs in a thread."""
-        header = await asyncio.to_thread(read_stream_header, src)
-        key_id = b64u_encode(read_stream_key_id(header))
-        key = await self.get_data_key(key_id, user=user)
-        reader: Any = PrefixedReader(header, src)
-        await asyncio.to_thread(decrypt_stream, reader, dst, key)
-        return key_id
-
-    async def list_keys(self, *, user: str | None = None, **filters: Any) -> dict[str, Any]:
-        """As :meth:`Client.list_keys` (keys the user may only use in the recipient view)."""
-        result: dict[str, Any] = await self.call(Op.LIST_KEYS, filters, user=user)
-        return result
-
-    async def update_key(self, key_id: str, *, user: str | None = None,
-                         **changes: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
-            Op.UPDATE_KEY, {"key_id": key_id, **changes}, user=user, keep_null=True
-        )
-        return result
-
-    async def _key_op(self, op: Op, key_id: str, user: str | None,
-                      **extra: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(op, {"key_id": key_id, **extra}, user=user)
-        return result
-
-    async def enable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.ENABLE_KEY, key_id, user)
-
-    async def disable_key(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.DISABLE_KEY, key_id, user)
-
-    async def destroy_key(self, key_id: str, *, pending_days: int = 0,
-                          user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.DESTROY_KEY, key_id, user, pending_days=pending_days)
-
-    async def cancel_destruction(self, key_id: str, *, user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.CANCEL_DESTRUCTION, key_id, user)
-
-    async def add_authorization(self, key_id: str, principal: str,
-                                rights: list[str] | None = None, *, not_before: Any = None,
-                                not_after: Any = None, user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.ADD_AUTHORIZATION, key_id, user, principal=principal,
-                                  rights=rights or ["decrypt"], not_before=not_before,
-                                  not_after=not_after)
-
-    async def remove_authorization(self, key_id: str, principal: str, *,
-                                   user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.REMOVE_AUTHORIZATION, key_id, user, principal=principal)
-
-    async def enable_authorization(self, key_id: str, principal: str, *,
-                                   user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.ENABLE_AUTHORIZATION, key_id, user, principal=principal)
-
-    async def disable_authorization(self, key_id: str, principal: str, *,
-                                    user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.DISABLE_AUTHORIZATION, key_id, user, principal=principal)
-
-    async def list_accesses(self, key_id: str, *, limit: int = 100, cursor: str | None = None,
-                            user: str | None = None) -> dict[str, Any]:
-        return await self._key_op(Op.LIST_ACCESSES, key_id, user, limit=limit, cursor=cursor)
+    async def _iterate(self, plan: _Plan[None]) -> AsyncIterator[Any]:
+        steps = _Steps(plan)  # as Client._iterate, each step awaited
+        while steps.step is not None:
+            if isinstance(steps.step, _Item):
+                yield steps.pop_item()
+            else:
+                steps.send(await self._perform(steps.step))

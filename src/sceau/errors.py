@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sceau.vocab import Reason
+from sceau.vocab import ErrorCode, Reason
 
 
 class SceauError(Exception):
     """Root of every Sceau error."""
 
-    code: ClassVar[str] = "internal_error"
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
     title: ClassVar[str] = "Internal error"
 
     def __init__(self, detail: str = "", *, reason: Reason | None = None) -> None:
@@ -70,49 +70,49 @@ class CallerError(SceauError):
 class InvalidRequest(CallerError):
     """`params` wrong: unknown member, wrong type, out of range, unparseable envelope."""
 
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
     title = "Invalid request"
 
 
 class InvalidToken(CallerError):
     """Anything wrong with the JOSE object or its claims."""
 
-    code = "invalid_token"
+    code = ErrorCode.INVALID_TOKEN
     title = "Invalid token"
 
 
 class TokenExpired(CallerError):
     """The request token is past `exp` plus the clock skew."""
 
-    code = "token_expired"
+    code = ErrorCode.TOKEN_EXPIRED
     title = "Token expired"
 
 
 class ReplayedRequest(CallerError):
     """A `jti` already seen from the same application."""
 
-    code = "replayed_request"
+    code = ErrorCode.REPLAYED_REQUEST
     title = "Replayed request"
 
 
 class UnknownApplication(CallerError):
     """The `kid` names no registered application key."""
 
-    code = "unknown_application"
+    code = ErrorCode.UNKNOWN_APPLICATION
     title = "Unknown application"
 
 
 class PayloadTooLarge(CallerError):
     """Body, batch or plaintext over the configured limit."""
 
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
     title = "Payload too large"
 
 
 class RateLimited(CallerError):
     """The application exceeded its request rate."""
 
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
     title = "Rate limited"
 
     def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
@@ -123,7 +123,7 @@ class RateLimited(CallerError):
 class ConcurrentChange(CallerError):
     """The row changed between read and write (another admin, another node): try again."""
 
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
     title = "Concurrent change"
 
 
@@ -135,19 +135,19 @@ class AccessError(SceauError):
 
 
 class ApplicationDisabled(AccessError):
-    code = "application_disabled"
+    code = ErrorCode.APPLICATION_DISABLED
     title = "Application disabled"
 
 
 class UserNotAllowed(AccessError):
-    code = "user_not_allowed"
+    code = ErrorCode.USER_NOT_ALLOWED
     title = "User not allowed"
 
 
 class AccessDenied(AccessError):
     """Policy refused the access; ``reason`` says which check failed (SPEC §6)."""
 
-    code = "access_denied"
+    code = ErrorCode.ACCESS_DENIED
     title = "Access denied"
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
@@ -157,8 +157,15 @@ class AccessDenied(AccessError):
 class NotFound(AccessError):
     """No such key, or a key the caller may not see (same answer on purpose)."""
 
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     title = "Not found"
+
+
+class BadCredentials(AccessError):
+    """A password that does not match, or an unknown user (the same refusal on purpose)."""
+
+    code = ErrorCode.ACCESS_DENIED
+    title = "Bad credentials"
 
 
 # --- integrity --------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ class NotFound(AccessError):
 class IntegrityFailure(SceauError):
     """A seal, signature or ciphertext does not verify."""
 
-    code = "integrity_failure"
+    code = ErrorCode.INTEGRITY_FAILURE
     title = "Integrity failure"
 
 
@@ -181,52 +188,52 @@ class DecryptionFailed(IntegrityFailure):
 class BackendError(SceauError):
     """A dependency (store, audit, keystore) failed; the service fails closed."""
 
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
     title = "Internal error"
 
 
 class AuditUnavailable(BackendError):
-    code = "audit_unavailable"
+    code = ErrorCode.AUDIT_UNAVAILABLE
     title = "Audit trail unavailable"
 
 
 class KeystoreUnavailable(BackendError):
-    code = "keystore_unavailable"
+    code = ErrorCode.KEYSTORE_UNAVAILABLE
     title = "Keystore unavailable"
 
 
 class StoreUnavailable(BackendError):
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
     title = "Store unavailable"
 
 
 class ConfigError(SceauError):
     """Bad configuration; the message names the setting."""
 
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
     title = "Configuration error"
 
     def diagnostics(self) -> str:
         return f"configuration: {self.detail}"
 
 
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_token": 401,
-    "token_expired": 401,
-    "replayed_request": 401,
-    "unknown_application": 401,
-    "application_disabled": 403,
-    "user_not_allowed": 403,
-    "access_denied": 403,
-    "not_found": 404,
-    "integrity_failure": 409,
-    "payload_too_large": 413,
-    "rate_limited": 429,
-    "internal_error": 500,
-    "audit_unavailable": 503,
-    "keystore_unavailable": 503,
-    "store_unavailable": 503,
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.REPLAYED_REQUEST: 401,
+    ErrorCode.UNKNOWN_APPLICATION: 401,
+    ErrorCode.APPLICATION_DISABLED: 403,
+    ErrorCode.USER_NOT_ALLOWED: 403,
+    ErrorCode.ACCESS_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INTEGRITY_FAILURE: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.AUDIT_UNAVAILABLE: 503,
+    ErrorCode.KEYSTORE_UNAVAILABLE: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
 }
 
 _BY_CODE: dict[str, type[SceauError]] = {}
@@ -249,7 +256,7 @@ def error_for_code(code: str) -> type[SceauError]:
 class InternalError(BackendError):
     """An unexpected failure; details go to the log, never to the caller."""
 
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
     title = "Internal error"
 
 

@@ -1,4 +1,5 @@
-"""Vocabularies of the protocol: every operation, reason, right, role and audit action.
+"""Vocabularies of the protocol: every operation, error code, reason, right, role, status,
+signing algorithm and audit action.
 
 String literals for these values appear nowhere else in the code (STYLE example 7).
 """
@@ -109,6 +110,38 @@ class Outcome(StrEnum):
     ERROR = "ERROR"
 
 
+class ErrorCode(StrEnum):
+    """Stable error codes of problem responses (SPEC §3); :mod:`sceau.errors` maps each to
+    its HTTP status."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 (an error code)
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code)
+    REPLAYED_REQUEST = "replayed_request"
+    UNKNOWN_APPLICATION = "unknown_application"
+    APPLICATION_DISABLED = "application_disabled"
+    USER_NOT_ALLOWED = "user_not_allowed"
+    ACCESS_DENIED = "access_denied"
+    NOT_FOUND = "not_found"
+    INTEGRITY_FAILURE = "integrity_failure"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    KEYSTORE_UNAVAILABLE = "keystore_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+
+class SigAlg(StrEnum):
+    """JWS signing algorithms (RFC 7518, 8037). Each binds one key shape
+    (:data:`sceau.core.jwk.KEY_SHAPE`); the lists of who may sign with which derive from it."""
+
+    EDDSA = "EdDSA"
+    ES256 = "ES256"
+    PS256 = "PS256"
+    RS256 = "RS256"
+
+
 class Reason(StrEnum):
     """`access_denied` reasons (SPEC §3, §6)."""
 
@@ -165,10 +198,17 @@ class AppStatus(StrEnum):
 
 
 class AppKeyStatus(StrEnum):
-    """Status of one application signing key."""
+    """Status of one application signing key, and of one version of a DKE key pair."""
 
     ACTIVE = "active"
     RETIRED = "retired"
+
+
+class AccountStatus(StrEnum):
+    """Status of a console account."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
 
 
 class Role(StrEnum):

@@ -109,3 +109,22 @@ def test_cli_app_add_and_encrypt_decrypt_round_trip(server: Server, tmp_path: Pa
 def test_free_port_helper_is_free() -> None:
     assert 0 < free_port() < 65536
     assert os.environ.get("SCEAU_DATA_DIR", "") != "/"
+
+
+def test_tables_in_a_pipe_keep_every_id_whole(server: Server, tmp_path: Path) -> None:
+    """A table read from a pipe: one row a line, cells separated by tabs, nothing cut."""
+    app = server.register_app("pipe-reader")
+    user = "pipe@example.com"
+    name = "a name far too long for any column of an eighty-character table " * 2
+    with server.client(app, user) as c:
+        key_id, _ = c.encrypt(b"x", name=name)
+    profile = server.profile(app, tmp_path / "profile.json", user=user)
+    keys = run_cli("key", "list", "--profile", str(profile)).stdout.decode().splitlines()
+    assert keys[0].split("\t")[:4] == ["key_id", "status", "owner", "name"]
+    assert [line.split("\t")[:4] for line in keys[1:]] == [[key_id, "active", user, name]]
+    shown = run_cli("key", "show", key_id, "--profile", str(profile)).stdout.decode()
+    assert f"key_id\t{key_id}\n" in shown and f"name\t{name}\n" in shown
+    apps = run_cli("app", "list", "--data-dir", str(server.data_dir),
+                   env=server.env).stdout.decode().splitlines()
+    row = next(line.split("\t") for line in apps if line.startswith(f"{app.app_id}\t"))
+    assert app.identity.kid in row[4]

@@ -42,8 +42,8 @@ from sceau.connectors.relay import (
 )
 from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import find_armored, parse_unverified_header
-from sceau.errors import ConfigError
-from sceau.setup import make_tls_certificate
+from sceau.errors import BadCredentials, ConfigError
+from sceau.provision import make_tls_certificate
 from support import Server, TestApp, free_port
 
 
@@ -160,8 +160,10 @@ def test_credentials_file_is_checked(tmp_path: Path) -> None:
         Credentials.load(path)
     path.write_text(f"alice:{hash_password('pw')}\n")
     creds = Credentials.load(path)
-    assert creds.check("alice", "pw") and not creds.check("alice", "pW")
-    assert not creds.check("bob", "pw")
+    creds.check("alice", "pw")
+    for user, password in (("alice", "pW"), ("bob", "pw")):
+        with pytest.raises(BadCredentials):
+            creds.check(user, password)
 
 
 # --- SECURITY-CASES 50: one reading of the header ---------------------------------------------

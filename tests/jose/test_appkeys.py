@@ -12,15 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwk as jwcrypto_jwk
 
 from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.jwk import jwk_thumbprint, jws_sign
 from sceau.errors import InvalidRequest, InvalidToken
 from sceau.jose.appkeys import (
     AppKey,
     app_key_from_jwk,
     app_key_from_pem,
     enc_key_from_jwk,
-    thumbprint,
 )
-from sceau.jose.client import _sign
 
 RSA_2048 = rsa.generate_private_key(65537, 2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -78,7 +77,7 @@ RFC7638_N = (
 
 def test_thumbprint_rfc7638_vector() -> None:
     jwk = {"kty": "RSA", "n": RFC7638_N, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}
-    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    assert jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
 @pytest.mark.parametrize(
@@ -94,7 +93,7 @@ def test_thumbprint_rfc7638_vector() -> None:
 def test_registration_accepts(jwk: dict[str, Any], alg: str) -> None:
     key = app_key_from_jwk(jwk)
     assert key.alg == alg
-    assert key.kid == thumbprint(jwk)  # default kid
+    assert key.kid == jwk_thumbprint(jwk)  # default kid
     assert set(key.public_jwk) - {"kid", "alg", "use"} == set(jwk) - {"alg", "use"}
     assert key.public_jwk["kid"] == key.kid and key.public_jwk["alg"] == alg
 
@@ -165,7 +164,7 @@ def test_from_pem() -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     key = app_key_from_pem(pem, "ES256")
-    assert key.kid == thumbprint(EC_PUB)
+    assert key.kid == jwk_thumbprint(EC_PUB)
     assert app_key_from_pem(pem, "ES256", kid="pem-1").kid == "pem-1"
     with pytest.raises(InvalidRequest, match="ES256"):
         app_key_from_pem(pem, "RS256")
@@ -201,7 +200,7 @@ SIGNERS: dict[str, tuple[Any, dict[str, Any]]] = {
 def test_verify_accepts_good_signature_and_rejects_other_message(alg: str) -> None:
     private, public = SIGNERS[alg]
     key = app_key_from_jwk(public)
-    signature = _sign(alg, private, MSG)
+    signature = jws_sign(alg, private, MSG)
     key.verify(MSG, signature)
     with pytest.raises(InvalidToken):
         key.verify(MSG + b"x", signature)
@@ -221,18 +220,20 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 BAD_SIGNATURES: list[Any] = [
     pytest.param("ES256", lambda m: b"\x00" * 64, id="es256-all-zero"),
-    pytest.param("ES256", lambda m: _sign("ES256", EC_KEY, m)[:32] + b"\x00" * 32, id="es256-s0"),
-    pytest.param("ES256", lambda m: b"\x00" * 32 + _sign("ES256", EC_KEY, m)[32:], id="es256-r0"),
-    pytest.param("ES256", lambda m: P256_N.to_bytes(32, "big") + _sign("ES256", EC_KEY, m)[32:],
+    pytest.param("ES256", lambda m: jws_sign("ES256", EC_KEY, m)[:32] + b"\x00" * 32,
+                 id="es256-s0"),
+    pytest.param("ES256", lambda m: b"\x00" * 32 + jws_sign("ES256", EC_KEY, m)[32:],
+                 id="es256-r0"),
+    pytest.param("ES256", lambda m: P256_N.to_bytes(32, "big") + jws_sign("ES256", EC_KEY, m)[32:],
                  id="es256-r-equals-order"),
     pytest.param("ES256", _der_es256, id="es256-der"),
-    pytest.param("ES256", lambda m: _sign("ES256", EC_KEY, m) + b"\x00", id="es256-65-bytes"),
+    pytest.param("ES256", lambda m: jws_sign("ES256", EC_KEY, m) + b"\x00", id="es256-65-bytes"),
     pytest.param("ES256", lambda m: encode_dss_signature(1, 1), id="es256-der-r1-s1"),
     pytest.param("RS256", lambda m: b"\x00" + _rsa_sig(m), id="rs256-leading-zero"),
     pytest.param("RS256", lambda m: _rsa_sig(m)[1:], id="rs256-short"),
     pytest.param("RS256", lambda m: b"\x00" * 256, id="rs256-zero"),
     pytest.param("PS256", lambda m: _rsa_sig(m), id="pkcs1-sig-on-ps256-key"),
-    pytest.param("RS256", lambda m: _sign("PS256", RSA_2048, m), id="pss-sig-on-rs256-key"),
+    pytest.param("RS256", lambda m: jws_sign("PS256", RSA_2048, m), id="pss-sig-on-rs256-key"),
     pytest.param("EdDSA", lambda m: b"\x00" * 64, id="eddsa-zero"),
     pytest.param("EdDSA", lambda m: ED_KEY.sign(m)[:63], id="eddsa-short"),
 ]

@@ -10,8 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import IntegrityFailure
-from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk, thumbprint
+from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk
 from sceau.jose.client import (
     ClientIdentity,
     generate_app_keys,
@@ -20,7 +21,7 @@ from sceau.jose.client import (
     wrap_for_service,
 )
 from sceau.jose.guard import parse_unverified_jws
-from sceau.jose.response import compact_jws, encrypt_to
+from sceau.jose.response import compact_jws, lowlevel_jwe_encrypt
 
 SERVICE = "https://127.0.0.1:8443"
 APP = "app-1"
@@ -35,7 +36,7 @@ OTHER_KEY = ed25519.Ed25519PrivateKey.generate()
 _raw = SERVICE_KEY.public_key().public_bytes_raw()
 SERVICE_PUB = {"kty": "OKP", "crv": "Ed25519", "x": b64u_encode(_raw), "alg": "EdDSA",
                "use": "sig"}
-SERVICE_KID = thumbprint(SERVICE_PUB)
+SERVICE_KID = jwk_thumbprint(SERVICE_PUB)
 SERVICE_PUB["kid"] = SERVICE_KID
 SERVICE_KEYS = {SERVICE_KID: SERVICE_PUB}
 
@@ -61,7 +62,7 @@ def open_(token: str, **kwargs: Any) -> Any:
 
 def test_open_plain_and_encrypted_response() -> None:
     assert open_(response())["result"] == {"key_id": "AAAAAAAAAAAAAAAAAAAAAA"}
-    wrapped = encrypt_to(response(), enc_key_from_jwk(ENC_PUB))
+    wrapped = lowlevel_jwe_encrypt(response(), enc_key_from_jwk(ENC_PUB))
     assert open_(wrapped, require_jwe=True)["req"] == REQ
 
 
@@ -100,9 +101,10 @@ FORGERIES: list[Any] = [
     pytest.param(lambda: response(result=None), {}, id="no-result"),
     pytest.param(lambda: response(iat="now"), {}, id="iat-string"),
     pytest.param(lambda: response(), {"require_jwe": True}, id="plain-when-jwe-required"),
-    pytest.param(lambda: encrypt_to(response(), enc_key_from_jwk(ENC_PUB)),
+    pytest.param(lambda: lowlevel_jwe_encrypt(response(), enc_key_from_jwk(ENC_PUB)),
                  {"enc_private_jwk": None}, id="jwe-without-key"),
-    pytest.param(lambda: _flip_ciphertext(encrypt_to(response(), enc_key_from_jwk(ENC_PUB))),
+    pytest.param(lambda: _flip_ciphertext(lowlevel_jwe_encrypt(response(),
+                                                               enc_key_from_jwk(ENC_PUB))),
                  {}, id="jwe-bit-flip"),
     pytest.param(lambda: "é" + response(), {}, id="non-ascii"),
     pytest.param(lambda: response() + ".", {}, id="four-parts"),
@@ -120,7 +122,7 @@ def test_generate_app_keys_and_sign_request(alg: str) -> None:
     sign_priv, sign_pub, enc_priv, enc_pub = generate_app_keys(alg)
     assert "d" in sign_priv and "d" not in sign_pub and "d" in enc_priv and "d" not in enc_pub
     assert sign_pub["alg"] == alg and sign_pub["use"] == "sig" and enc_pub["use"] == "enc"
-    assert sign_pub["kid"] == thumbprint(sign_pub) == sign_priv["kid"]
+    assert sign_pub["kid"] == jwk_thumbprint(sign_pub) == sign_priv["kid"]
     assert enc_pub["alg"] == ("RSA-OAEP-256" if alg in ("PS256", "RS256") else "ECDH-ES+A256KW")
     key = app_key_from_jwk(sign_pub)  # registrable as is
     enc_key_from_jwk(enc_pub)

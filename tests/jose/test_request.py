@@ -15,6 +15,7 @@ from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
 from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import (
     InvalidToken,
     PayloadTooLarge,
@@ -22,7 +23,7 @@ from sceau.errors import (
     TokenExpired,
     UnknownApplication,
 )
-from sceau.jose.appkeys import AppKey, app_key_from_jwk, thumbprint
+from sceau.jose.appkeys import AppKey, app_key_from_jwk
 from sceau.jose.client import ClientIdentity, sign_request, wrap_for_service
 from sceau.jose.request import JWE_REFUSED, RequestVerifier, TokenRefused, VerifiedRequest
 from sceau.jose.response import compact_jws
@@ -579,7 +580,7 @@ def test_jwe_inner_token_still_fully_checked() -> None:
 def test_verifier_jwe_kid_defaults_to_thumbprint() -> None:
     private = {k: v for k, v in SERVICE_ENC["p256"][0].items() if k != "kid"}
     check = RequestVerifier(service_id=SERVICE, lookup_key=Lookup(), jwe_private_jwks=[private])
-    public = {**SERVICE_ENC["p256"][1], "kid": thumbprint(private)}
+    public = {**SERVICE_ENC["p256"][1], "kid": jwk_thumbprint(private)}
     jws = sign_request(ident(), sub="b@x", aud=SERVICE, op=OP, params={}, now=NOW)
     assert check.verify(wrap_for_service(jws, public).encode(), op=OP, now=NOW).was_jwe
 

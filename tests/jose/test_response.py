@@ -16,7 +16,7 @@ from jwcrypto import jws as jwcrypto_jws
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.jose.appkeys import app_key_from_jwk, enc_key_from_jwk
 from sceau.jose.guard import parse_unverified_jwe, parse_unverified_jws
-from sceau.jose.response import compact_jws, concat_kdf, encrypt_to
+from sceau.jose.response import compact_jws, concat_kdf, lowlevel_jwe_encrypt
 
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -100,11 +100,11 @@ ENC_KEYS = {
 
 
 @pytest.mark.parametrize("kind", sorted(ENC_KEYS))
-def test_encrypt_to_round_trip(kind: str) -> None:
+def test_lowlevel_jwe_round_trip(kind: str) -> None:
     private = jwcrypto_jwk.JWK.from_pyca(ENC_KEYS[kind])
     enc_key = enc_key_from_jwk(private.export_public(as_dict=True))
     jws = compact_jws({"alg": "EdDSA", "kid": "k", "typ": "sceau-resp+jwt"}, CLAIMS, ED_KEY.sign)
-    token = encrypt_to(jws, enc_key)
+    token = lowlevel_jwe_encrypt(jws, enc_key)
     parsed = parse_unverified_jwe(token.encode(), keys={enc_key.kid: enc_key.alg})
     assert parsed.alg == enc_key.alg and parsed.header["cty"] == "JWT"
     assert set(parsed.header) == {"alg", "enc", "cty", "kid"} | (
@@ -132,12 +132,12 @@ def test_concat_kdf_matches_rfc7518_appendix_c() -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(ENC_KEYS))
-def test_encrypt_to_is_fresh_each_time(kind: str) -> None:
+def test_lowlevel_jwe_is_fresh_each_time(kind: str) -> None:
     """A new content key, IV (and ephemeral key for ECDH-ES) per call."""
     enc_key = enc_key_from_jwk(
         jwcrypto_jwk.JWK.from_pyca(ENC_KEYS[kind]).export_public(as_dict=True)
     )
-    first, second = (encrypt_to("a.b.c", enc_key).split(".") for _ in range(2))
+    first, second = (lowlevel_jwe_encrypt("a.b.c", enc_key).split(".") for _ in range(2))
     assert len(first) == len(second) == 5
     for index in (1, 2, 3, 4):  # encrypted key, IV, ciphertext, tag
         assert first[index] != second[index]

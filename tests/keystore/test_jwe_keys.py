@@ -17,9 +17,9 @@ import httpx
 import pytest
 from jwcrypto import jwe, jwk
 
+from sceau.core.b64 import b64u_encode
 from sceau.errors import KeystoreUnavailable
 from sceau.keystore import KeystoreSettings, init_keystore, open_keystore
-from sceau.keystore.base import b64u
 from sceau.keystore.file import derive_ec_jwe_jwk, read_secret_file, write_secret_file
 from support import make_server
 
@@ -146,7 +146,7 @@ def test_a_tampered_ec_key_is_refused(keystore_settings: KeystoreSettings,
                                       member: str) -> None:
     path = keystore_settings.path / JWE_FILE
     data = _stored(keystore_settings)
-    other = derive_ec_jwe_jwk({"d": b64u(os.urandom(32))})
+    other = derive_ec_jwe_jwk({"d": b64u_encode(os.urandom(32))})
     data["ec_jwk"][member] = other[member] if member != "crv" else "P-384"
     write_secret_file(path, data, None)
     with pytest.raises(KeystoreUnavailable, match="no usable JWE key"):
@@ -155,7 +155,7 @@ def test_a_tampered_ec_key_is_refused(keystore_settings: KeystoreSettings,
 
 def test_the_derivation_is_pinned() -> None:
     """Nodes on different versions must derive the same key: a change here breaks them."""
-    derived = derive_ec_jwe_jwk({"d": b64u(bytes(range(256)))})
+    derived = derive_ec_jwe_jwk({"d": b64u_encode(bytes(range(256)))})
     assert derived["kid"] == "GJ5NBLDpAyn8TDCkXvcRbkQgCNwUb5gCYu5mLkdFGGo"
     assert derived["d"] == "5j9V-66wy1Bk877mG4n_Kc8ulOOctMdKqGOZdgT7pu4"
     assert (derived["crv"], derived["alg"], derived["use"]) == ("P-256", "ECDH-ES+A256KW", "enc")

@@ -19,9 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwe, jwk
 
+from sceau.core.b64 import b64u_decode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore import KeyPurpose, KeystoreSettings, init_keystore, open_keystore
-from sceau.keystore.base import b64u_dec, jwk_thumbprint, verify_signature
+from sceau.keystore.base import verify_signature
 from sceau.keystore.selftest import DERIVATION_VECTOR, SELF_TESTS
 
 KEY_ID = bytes(range(16))
@@ -158,12 +160,12 @@ def test_seal_key_is_not_a_master_key(keystore: Any) -> None:
 def _independent_verify(public_jwk: Any, data: bytes, signature: bytes) -> None:
     """Verify with `cryptography` directly, not through the keystore's own helper."""
     if public_jwk["alg"] == "EdDSA":
-        Ed25519PublicKey.from_public_bytes(b64u_dec(public_jwk["x"])).verify(signature, data)
+        Ed25519PublicKey.from_public_bytes(b64u_decode(public_jwk["x"])).verify(signature, data)
     else:
         assert public_jwk["alg"] == "ES256" and len(signature) == 64
         key = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(b64u_dec(public_jwk["x"]), "big"),
-            int.from_bytes(b64u_dec(public_jwk["y"]), "big"),
+            int.from_bytes(b64u_decode(public_jwk["x"]), "big"),
+            int.from_bytes(b64u_decode(public_jwk["y"]), "big"),
             ec.SECP256R1(),
         ).public_key()
         der = encode_dss_signature(
@@ -218,7 +220,7 @@ def test_jwks_contents_and_signing_rotation(keystore: Any) -> None:
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # public halves only
     enc = by_kid[keystore.jwe_kid()]
     assert (enc["kty"], enc["use"], enc["alg"]) == ("RSA", "enc", "RSA-OAEP-256")
-    assert len(b64u_dec(enc["n"])) * 8 == 3072
+    assert len(b64u_decode(enc["n"])) * 8 == 3072
     ec_enc = by_kid[ec_kid]
     assert (ec_enc["kty"], ec_enc["crv"], ec_enc["use"], ec_enc["alg"]) == (
         "EC", "P-256", "enc", "ECDH-ES+A256KW")

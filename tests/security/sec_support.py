@@ -124,13 +124,13 @@ def register_rsa_app(server: Server, name: str) -> TestApp:
     from jwcrypto import jwk as jwcrypto_jwk
 
     from sceau import admin
-    from sceau.jose.appkeys import thumbprint
+    from sceau.core.jwk import jwk_thumbprint
     from sceau.jose.client import ClientIdentity
 
     key = jwcrypto_jwk.JWK.from_pyca(rsa.generate_private_key(65537, 2048))
     private: dict[str, Any] = key.export_private(as_dict=True)
     public: dict[str, Any] = key.export_public(as_dict=True)
-    kid = thumbprint(public)
+    kid = jwk_thumbprint(public)
     for part in (private, public):
         part.update(kid=kid, alg="RS256", use="sig")
     with admin.admin_session(server.config()) as session:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+from typing import Any
 
 import pytest
 
 from auditlog import last_record, verify_store
-from sceau.core.b64 import b64u_encode
+from sceau.client import AsyncClient
+from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.core.envelope import open_gcm, seal_gcm_with_token
 from sceau.errors import AccessDenied, InvalidRequest, NotFound, SceauError
 from sceau.vocab import Reason
@@ -89,6 +93,20 @@ def test_batch_limit_and_bad_envelope_fail_whole_call(server: Server, app: TestA
             c.call("encrypt", {"plaintext": "not base64!"})
 
 
+def test_every_envelope_error_names_the_member(server: Server, app: TestApp) -> None:
+    with server.client(app, OWNER) as c:
+        _, good = c.encrypt(b"x")
+        bad = {"bad magic": b"XCU" + good[3:], "version": good[:3] + b"\x09" + good[4:],
+               "suite": good[:4] + b"\x07" + good[5:], "too short": good[:10]}
+        for what, envelope in bad.items():
+            with pytest.raises(InvalidRequest) as refused:
+                c.decrypt(envelope)
+            assert refused.value.detail.startswith("ciphertext: "), what
+        items = c.decrypt_batch([(envelope, None) for envelope in bad.values()])
+    assert all(item["error"]["detail"].startswith("ciphertext: ") for item in items)
+    assert "magic" in items[0]["error"]["detail"]
+
+
 def test_client_side_and_service_side_interoperate(server: Server, app: TestApp) -> None:
     with server.client(app, OWNER) as c:
         sealed_here = c.seal_local(b"sealed by the client", aad=b"m")
@@ -124,6 +142,61 @@ def test_max_decryptions_counts_get_data_key(server: Server, app: TestApp) -> No
         with pytest.raises(AccessDenied) as exc:
             c.decrypt(env)
     assert exc.value.reason == Reason.MAX_DECRYPTIONS_REACHED
+
+
+def _async_client(server: Server, app: TestApp, user: str) -> AsyncClient:
+    return AsyncClient(service_url=server.url, identity=app.identity, user=user,
+                       verify=server.cert)
+
+
+def test_async_client_batches(server: Server, app: TestApp) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with _async_client(server, app, OWNER) as c:
+            sealed = await c.encrypt_batch([(b"one", None), (b"two", b"ctx")],
+                                           recipients=[RECIPIENT])
+            envelopes = [b64u_decode(item["ciphertext"]) for item in sealed]
+            opened = await c.decrypt_batch([(envelopes[0], None), (envelopes[1], b"ctx"),
+                                            (envelopes[1], b"other")])
+            return sealed, opened
+
+    sealed, opened = asyncio.run(scenario())
+    assert len({item["key_id"] for item in sealed}) == 2  # one key per item
+    assert [item.get("plaintext") for item in opened[:2]] == [b64u_encode(b"one"),
+                                                              b64u_encode(b"two")]
+    assert opened[2]["error"]["code"] == "integrity_failure"
+    with server.client(app, RECIPIENT) as c:  # the key options reached the service
+        assert c.decrypt(b64u_decode(sealed[0]["ciphertext"])) == b"one"
+
+
+def test_async_client_iterates_keys_across_pages(server: Server, app: TestApp) -> None:
+    owner = "pages@example.com"
+    with server.client(app, owner) as c:
+        made = {c.encrypt(b"x", name=f"page-{i}")[0] for i in range(5)}
+        expected = [k["key_id"] for k in c.iter_keys(page_size=2, role="owner")]
+
+    async def scenario() -> list[str]:
+        async with _async_client(server, app, owner) as c:
+            return [k["key_id"] async for k in c.iter_keys(page_size=2, role="owner")]
+
+    listed = asyncio.run(scenario())
+    assert listed == expected and set(listed) == made
+
+
+def test_async_client_local_sealing_and_streams(server: Server, app: TestApp) -> None:
+    async def scenario() -> tuple[bytes, bytes, str, str]:
+        async with _async_client(server, app, OWNER) as c:
+            envelope = await c.seal_local(b"local", aad=b"a")
+            opened = await c.open_local(envelope, aad=b"a")
+            sealed, plain = io.BytesIO(), io.BytesIO()
+            done: list[int] = []
+            made = await c.protect_stream(io.BytesIO(b"s" * 70_000), sealed,
+                                          segment_size=16_384, progress=done.append)
+            sealed.seek(0)
+            found = await c.open_stream(sealed, plain)
+            return opened, plain.getvalue(), made, found if done[-1] == 70_000 else ""
+
+    opened, streamed, made, found = asyncio.run(scenario())
+    assert opened == b"local" and streamed == b"s" * 70_000 and made == found
 
 
 def test_trail_verifies(server: Server, app: TestApp) -> None:

@@ -63,14 +63,16 @@ def _merge(
     """Interleave: a checkpoint goes after every record with ``seq <= after_seq``."""
     rec = next(records, None)
     cp = next(checkpoints, None)
-    while rec is not None or cp is not None:
-        if cp is not None and (rec is None or cp.after_seq < rec.seq):
+    while rec is not None:
+        if cp is not None and cp.after_seq < rec.seq:
             yield cp
             cp = next(checkpoints, None)
         else:
-            assert rec is not None
             yield rec
             rec = next(records, None)
+    if cp is not None:  # checkpoints after the last record
+        yield cp
+        yield from checkpoints
 
 
 def _record_pages(conn: sa.Connection, since: int, until: int | None) -> Iterator[RecordRow]:

@@ -13,7 +13,16 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, print_json
+from sceau.cli.common import (
+    DataDir,
+    JsonFlag,
+    print_json,
+    print_table,
+    run_admin,
+    sealed_status,
+    with_store,
+)
+from sceau.vocab import AccountStatus
 
 app = typer.Typer(help="Console accounts: add, reset, list, disable, enable.",
                   no_args_is_help=True)
@@ -25,7 +34,7 @@ Username = Annotated[str, typer.Argument(help="account name (the identity, e.g. 
 def add(
     username: Username,
     role: Annotated[str, typer.Option("--role", help="admin, auditor or user")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """Create an account; prints its one-time password once (changed at first sign-in)."""
@@ -33,8 +42,7 @@ def add(
 
     parsed = admin.account_role(role)
     name = admin.account_name(username)
-    with admin.admin_session(config_from(data_dir)) as session:
-        password = admin.create_account(session, name, parsed)
+    password = run_admin(data_dir, lambda session: admin.create_account(session, name, parsed))
     _issued(name, password, as_json)
 
 
@@ -43,14 +51,14 @@ def reset(
     username: Username,
     clear_totp: Annotated[bool, typer.Option(
         "--clear-totp", help="also remove the account's second factor (kept by default)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """Give an account a new one-time password and end its sessions."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        password = admin.reset_account(session, username, clear_totp=clear_totp)
+    password = run_admin(data_dir, lambda session: admin.reset_account(
+        session, username, clear_totp=clear_totp))
     _issued(username, password, as_json)
 
 
@@ -64,51 +72,36 @@ def _issued(username: str, password: str, as_json: bool) -> None:
 
 @app.command("list")
 def list_accounts(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """List console accounts (a row that fails its seal is flagged; no secret is shown)."""
     from sceau import admin
-    from sceau.keystore import open_keystore
-    from sceau.service.runtime import keystore_settings, open_store
 
-    config = config_from(data_dir)
-    engines = open_store(config)
-    try:
-        with open_keystore(keystore_settings(config)) as keystore:
-            rows = admin.list_accounts(engines, keystore)
-    finally:
-        engines.dispose()
+    rows = with_store(data_dir, admin.list_accounts)
     if as_json:
         print_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("account", "role", "status", "sign-in", "two-factor", "must change password")
-    for a in rows:
-        status = a["status"] if a["sealed"] else f"{a['status']} (SEAL FAILS: refused)"
-        table.add_row(a["username"], a["role"], status, a["auth"],
-                      "on" if a["second_factor"] else "off",
-                      "yes" if a["must_change_password"] else "no")
-    Console().print(table)
+    print_table(("account", "role", "status", "sign-in", "two-factor", "must change password"),
+                [(a["username"], a["role"], sealed_status(a), a["auth"],
+                  "on" if a["second_factor"] else "off",
+                  "yes" if a["must_change_password"] else "no") for a in rows])
 
 
-def _set_status(username: str, status: str, data_dir: DataDir) -> None:
+def _set_status(username: str, status: AccountStatus, data_dir: DataDir) -> None:
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_account_status(session, username, status)
+    run_admin(data_dir, lambda session: admin.set_account_status(session, username, status))
     typer.echo(f"{username}: {status}")
 
 
 @app.command("disable")
 def disable(username: Username, data_dir: DataDir = None) -> None:
     """Disable an account: its sessions end and it can no longer sign in."""
-    _set_status(username, "disabled", data_dir)
+    _set_status(username, AccountStatus.DISABLED, data_dir)
 
 
 @app.command("enable")
 def enable(username: Username, data_dir: DataDir = None) -> None:
     """Enable a disabled account."""
-    _set_status(username, "active", data_dir)
+    _set_status(username, AccountStatus.ACTIVE, data_dir)

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail, print_json
+from sceau.cli.common import (
+    DataDir,
+    JsonFlag,
+    config_from,
+    fail,
+    print_json,
+    print_table,
+    run_admin,
+    sealed_status,
+    with_store,
+)
 from sceau.vocab import AppStatus
+
+if TYPE_CHECKING:
+    from sceau.keystore.base import Keystore
+    from sceau.store.db import Engines
 
 app = typer.Typer(help="Applications: register, list, enable, disable, rotate keys.",
                   no_args_is_help=True)
@@ -124,23 +138,18 @@ ANY_USER_WARNING = "warning: may assert EVERY user ('*')"
 
 @app.command("list")
 def list_apps(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """List registered applications (an app that may assert every user is flagged)."""
     from sceau import admin
-    from sceau.keystore import open_keystore
-    from sceau.service.runtime import keystore_settings, open_store
 
-    config = config_from(data_dir)
-    engines = open_store(config)
-    try:
-        with open_keystore(keystore_settings(config)) as keystore:
-            apps = admin.list_applications(engines, keystore)
-            with engines.read.connect() as conn:
-                admins = admin.active_admins(conn, keystore)
-    finally:
-        engines.dispose()
+    def read(engines: Engines, keystore: Keystore) -> tuple[list[dict[str, Any]], list[str]]:
+        with engines.read.connect() as conn:
+            admins = admin.active_admins(conn, keystore)
+        return admin.list_applications(engines, keystore), admins
+
+    apps, admins = with_store(data_dir, read)
     if len(admins) <= 1:
         # Standing warning (stderr, so --json output stays parseable): with one admin the
         # console offers no gated action, and nobody reviews the host operator's.
@@ -148,18 +157,14 @@ def list_apps(
     if as_json:
         print_json(apps)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("app_id", "name", "status", "users", "keys")
+    rows = []
     for a in apps:
         users = " ".join(a["users"])
         if a["any_user"]:
             users = f"{users}  [{ANY_USER_WARNING}]"
-        status = a["status"] if a["sealed"] else f"{a['status']} (SEAL FAILS: refused)"
-        table.add_row(a["app_id"], a["name"], status, users,
-                      " ".join(f"{k['kid'][:12]}…({k['alg']},{k['status']})" for k in a["keys"]))
-    Console().print(table)
+        keys = " ".join(f"{k['kid']}({k['alg']},{k['status']})" for k in a["keys"])
+        rows.append((a["app_id"], a["name"], sealed_status(a), users, keys))
+    print_table(("app_id", "name", "status", "users", "keys"), rows)
     for a in apps:
         if a["any_user"]:
             typer.echo(f"{a['app_id']}: {ANY_USER_WARNING}", err=True)
@@ -168,8 +173,7 @@ def list_apps(
 def _set_status(app_id: str, status: AppStatus, data_dir: Path | None) -> None:
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_application_status(session, app_id, status)
+    run_admin(data_dir, lambda session: admin.set_application_status(session, app_id, status))
     typer.echo(f"{app_id}: {status}")
 
 
@@ -198,8 +202,7 @@ def set_users(
     """Replace the users an application may assert."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.set_application_users(session, app_id, users)
+    run_admin(data_dir, lambda session: admin.set_application_users(session, app_id, users))
     typer.echo(f"{app_id}: users {' '.join(users)}")
 
 
@@ -212,8 +215,8 @@ def add_key(
     """Add a signing key to an application (key rotation)."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        typer.echo(admin.add_app_key(session, app_id, _read_jwk(jwk, "--jwk")))
+    public = _read_jwk(jwk, "--jwk")
+    typer.echo(run_admin(data_dir, lambda session: admin.add_app_key(session, app_id, public)))
 
 
 @app.command("retire-key")
@@ -221,6 +224,5 @@ def retire_key(app_id: str, kid: str, data_dir: DataDir = None) -> None:
     """Retire one signing key of an application."""
     from sceau import admin
 
-    with admin.admin_session(config_from(data_dir)) as session:
-        admin.retire_app_key(session, app_id, kid)
+    run_admin(data_dir, lambda session: admin.retire_app_key(session, app_id, kid))
     typer.echo(f"{kid}: retired")

@@ -1,4 +1,4 @@
-"""``sceau audit ...``: verify, export, archive (issue: opposable audit trail).
+"""``sceau audit ...``: verify, export and archive the trail (opposable to a third party).
 
 None of these needs a running service: they read the store (SQLite file or PostgreSQL)
 directly, and take the audit public keys from the keystore, or from a JWKS file.
@@ -25,7 +25,7 @@ from sceau.auditlog.verify import (
     verify_store,
 )
 from sceau.auditlog.witness import WitnessEvidence, read_witness
-from sceau.cli.common import DataDir, config_from, fail, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail, print_json
 from sceau.config import Config
 from sceau.keystore.base import Keystore
 from sceau.store.db import Engines, create_engines
@@ -36,7 +36,6 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option("--database-url", help="read this database instead of the data dir's"),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _engines(data_dir: Path | None, database_url: str | None) -> tuple[Engines, Config | None]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail_with, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail_with, print_json, run_admin
 from sceau.errors import InvalidRequest, SceauError
 
 app = typer.Typer(help="Google Workspace CSE: cse_admin holders, S/MIME keys for Gmail.",
@@ -22,14 +22,9 @@ app.add_typer(admins, name="admins")
 def admins_add(email: Annotated[str, typer.Argument(help="the admin's email address")],
                data_dir: DataDir = None) -> None:
     """Grant cse_admin to EMAIL (audited CSE_ADMIN_ADD)."""
-    from sceau import admin
     from sceau.service.workspace.admin import add_cse_admin
 
-    try:
-        with admin.admin_session(config_from(data_dir)) as session:
-            add_cse_admin(session, email, session.actor)
-    except SceauError as exc:
-        fail_with(exc)
+    run_admin(data_dir, lambda session: add_cse_admin(session, email, session.actor))
     typer.echo(f"{email.lower()} now holds cse_admin")
 
 
@@ -37,29 +32,19 @@ def admins_add(email: Annotated[str, typer.Argument(help="the admin's email addr
 def admins_remove(email: Annotated[str, typer.Argument(help="the admin's email address")],
                   data_dir: DataDir = None) -> None:
     """Withdraw cse_admin from EMAIL (audited CSE_ADMIN_REMOVE)."""
-    from sceau import admin
     from sceau.service.workspace.admin import remove_cse_admin
 
-    try:
-        with admin.admin_session(config_from(data_dir)) as session:
-            remove_cse_admin(session, email)
-    except SceauError as exc:
-        fail_with(exc)
+    run_admin(data_dir, lambda session: remove_cse_admin(session, email))
     typer.echo(f"{email.lower()} no longer holds cse_admin")
 
 
 @admins.command("list")
-def admins_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+def admins_list(as_json: JsonFlag = False,
                 data_dir: DataDir = None) -> None:
     """List cse_admin holders (a row that fails its seal grants nothing and is flagged)."""
-    from sceau import admin
     from sceau.service.workspace.admin import list_cse_admins
 
-    try:
-        with admin.admin_session(config_from(data_dir)) as session:
-            rows = list_cse_admins(session.engines, session.keystore)
-    except SceauError as exc:
-        fail_with(exc)
+    rows = run_admin(data_dir, lambda s: list_cse_admins(s.engines, s.keystore))
     if as_json:
         print_json(rows)
         return

@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, config_from, fail_with, print_json
-from sceau.errors import SceauError
+from sceau.cli.common import DataDir, JsonFlag, print_json, run_admin
 
 app = typer.Typer(help="Microsoft DKE: key pairs kept in the keystore.", no_args_is_help=True)
 key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, retire.",
@@ -15,16 +14,6 @@ key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, ret
 app.add_typer(key_app, name="key")
 
 Name = Annotated[str, typer.Argument(help="the DKE key name (the URL's {keyname})")]
-
-
-def _run(data_dir: DataDir, action: object) -> object:
-    from sceau import admin
-
-    try:
-        with admin.admin_session(config_from(data_dir)) as session:
-            return action(session)  # type: ignore[operator]
-    except SceauError as exc:
-        fail_with(exc)
 
 
 @key_app.command("create")
@@ -35,18 +24,17 @@ def create(name: Name,
     """Make an RSA-2048 key pair inside the keystore (non-extractable on PKCS#11)."""
     from sceau.service.workspace.admin import create_dke_key
 
-    made = _run(data_dir, lambda s: create_dke_key(s, name, allow))
+    made = run_admin(data_dir, lambda s: create_dke_key(s, name, allow))
     print_json(made)
 
 
 @key_app.command("list")
-def list_keys(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+def list_keys(as_json: JsonFlag = False,
               data_dir: DataDir = None) -> None:
     """List DKE keys, their status, allowed principals and versions."""
     from sceau.service.workspace.admin import list_dke_keys
 
-    keys = _run(data_dir, lambda s: list_dke_keys(s.engines, s.keystore))
-    assert isinstance(keys, list)
+    keys = run_admin(data_dir, lambda s: list_dke_keys(s.engines, s.keystore))
     if as_json:
         print_json(keys)
         return
@@ -61,7 +49,7 @@ def enable(name: Name, data_dir: DataDir = None) -> None:
     """Enable a DKE key."""
     from sceau.service.workspace.admin import set_dke_key_enabled
 
-    _run(data_dir, lambda s: set_dke_key_enabled(s, name, True))
+    run_admin(data_dir, lambda s: set_dke_key_enabled(s, name, True))
     typer.echo(f"{name} enabled")
 
 
@@ -70,7 +58,7 @@ def disable(name: Name, data_dir: DataDir = None) -> None:
     """Disable a DKE key: every decryption is refused from the next request on."""
     from sceau.service.workspace.admin import set_dke_key_enabled
 
-    _run(data_dir, lambda s: set_dke_key_enabled(s, name, False))
+    run_admin(data_dir, lambda s: set_dke_key_enabled(s, name, False))
     typer.echo(f"{name} disabled")
 
 
@@ -79,7 +67,7 @@ def rotate(name: Name, data_dir: DataDir = None) -> None:
     """Make a new version (keyid) current; older versions keep decrypting until retired."""
     from sceau.service.workspace.admin import rotate_dke_key
 
-    keyid = _run(data_dir, lambda s: rotate_dke_key(s, name))
+    keyid = run_admin(data_dir, lambda s: rotate_dke_key(s, name))
     print_json({"name": name, "keyid": keyid})
 
 
@@ -89,5 +77,5 @@ def retire(name: Name, keyid: Annotated[str, typer.Argument(help="the version to
     """Retire a version: its private key is destroyed (what it protected is shredded)."""
     from sceau.service.workspace.admin import retire_dke_key
 
-    _run(data_dir, lambda s: retire_dke_key(s, name, keyid))
+    run_admin(data_dir, lambda s: retire_dke_key(s, name, keyid))
     typer.echo(f"{name} {keyid} retired")

@@ -11,7 +11,7 @@ Output: Rich tables for people, ``--json`` for scripts (the API result, unchange
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from sceau import admin
-from sceau.cli.common import DataDir, config_from, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, print_json, print_table
 from sceau.client import Client
 from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.core.policy import Actor
@@ -37,7 +37,6 @@ ProfileOpt = Annotated[
     Path, typer.Option("--profile", "-p", envvar="SCEAU_PROFILE", help="client profile file")
 ]
 UserOpt = Annotated[str | None, typer.Option("--user", "-u", help="act for this user (sub)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (for scripts)")]
 def _check_key_id(value: str) -> str:
     """Fail early, before any network call, on something that is not a key id."""
     try:
@@ -70,39 +69,23 @@ def _time(value: str | None) -> int | str | None:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
 def _show(meta: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for field in ("key_id", "status", "owner", "application", "name", "tag", "created_at",
-                  "expires_at", "not_before", "not_after", "destroy_at", "destroyed_at",
-                  "decryptions", "revision", "master_version"):
-        value = meta.get(field)
-        if value is not None:
-            table.add_row(field, str(value))
+    fields = [(field, meta[field]) for field in (
+        "key_id", "status", "owner", "application", "name", "tag", "created_at", "expires_at",
+        "not_before", "not_after", "destroy_at", "destroyed_at", "decryptions", "revision",
+        "master_version") if meta.get(field) is not None]
     rules = meta.get("rules") or {}
     if rules.get("allowed_networks") is not None:
-        table.add_row("allowed_networks", ", ".join(rules["allowed_networks"]))
+        fields.append(("allowed_networks", ", ".join(rules["allowed_networks"])))
     if rules.get("max_decryptions") is not None:
-        table.add_row("max_decryptions", str(rules["max_decryptions"]))
-    console = _console()
-    console.print(table)
+        fields.append(("max_decryptions", rules["max_decryptions"]))
+    print_table(("field", "value"), fields, header=False)
     auths = meta.get("authorizations") or []
     if auths:
-        grants = Table("principal", "rights", "status", "not_before", "not_after", "added_by",
-                       title="authorizations")
-        for a in auths:
-            grants.add_row(a["principal"], ",".join(a["rights"]), a["status"],
-                           a["not_before"] or "", a["not_after"] or "", a["added_by"])
-        console.print(grants)
+        print_table(("principal", "rights", "status", "not_before", "not_after", "added_by"),
+                    [(a["principal"], ",".join(a["rights"]), a["status"], a["not_before"] or "",
+                      a["not_after"] or "", a["added_by"]) for a in auths],
+                    title="authorizations")
 
 
 def _emit(meta: dict[str, Any], as_json: bool, message: str | None = None) -> None:
@@ -115,20 +98,18 @@ def _emit(meta: dict[str, Any], as_json: bool, message: str | None = None) -> No
 
 
 def _keys_table(keys: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table("key_id", "status", "owner", "name", "tag", "created_at", "expires_at",
-                  "grants")
+    rows = []
     for k in keys:
         # A key you may only use comes in the recipient view (docs/policy.md): no tag or
         # dates, and only your own authorization, shown as its rights.
         full = "rules" in k
         grants = (str(len(k["authorizations"])) if full else
                   "yours: " + "; ".join(",".join(a["rights"]) for a in k["authorizations"]))
-        table.add_row(k["key_id"], k["status"], k["owner"], k.get("name") or "",
-                      k.get("tag") or "", k.get("created_at") or "", k.get("expires_at") or "",
-                      grants)
-    _console().print(table)
+        rows.append((k["key_id"], k["status"], k["owner"], k.get("name") or "",
+                     k.get("tag") or "", k.get("created_at") or "", k.get("expires_at") or "",
+                     grants))
+    print_table(("key_id", "status", "owner", "name", "tag", "created_at", "expires_at",
+                 "grants"), rows)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -136,7 +117,7 @@ def _keys_table(keys: list[dict[str, Any]]) -> None:
 
 @app.command("show")
 def show(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
-         as_json: JsonOpt = False) -> None:
+         as_json: JsonFlag = False) -> None:
     """Show a key's metadata and authorizations (owner or `manage`)."""
     with _client(profile, user) as client:
         meta = client.describe_key(key_id)
@@ -157,7 +138,7 @@ def list_keys(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="page size")] = 100,
     cursor: Annotated[str | None, typer.Option(help="continue from a previous next_cursor")] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="follow next_cursor to the end")] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List the keys you own or are authorized on, newest first."""
     filters: dict[str, Any] = {
@@ -187,7 +168,7 @@ def accesses(
     user: UserOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="page size")] = 100,
     cursor: Annotated[str | None, typer.Option(help="continue from a previous next_cursor")] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """The audit records of a key, newest first (owner or `manage`)."""
     with _client(profile, user) as client:
@@ -195,13 +176,9 @@ def accesses(
     if as_json:
         print_json(result)
         return
-    from rich.table import Table
-
-    table = Table("seq", "time", "action", "outcome", "reason", "user", "app", "ip")
-    for r in result["accesses"]:
-        table.add_row(str(r["seq"]), r["time"], r["action"], r["outcome"], r["reason"] or "",
-                      r["user"] or "", r["app"] or "", r["ip"] or "")
-    _console().print(table)
+    print_table(("seq", "time", "action", "outcome", "reason", "user", "app", "ip"),
+                [(r["seq"], r["time"], r["action"], r["outcome"], r["reason"] or "",
+                  r["user"] or "", r["app"] or "", r["ip"] or "") for r in result["accesses"]])
     if result.get("next_cursor"):
         typer.echo(f"more: --cursor {result['next_cursor']}", err=True)
 
@@ -209,31 +186,39 @@ def accesses(
 # --- key changes -------------------------------------------------------------------------------
 
 
+def _change(profile: Path, user: str | None, as_json: bool,
+            change: Callable[[Client], dict[str, Any]],
+            done: Callable[[dict[str, Any]], str]) -> None:
+    """One key change through the API; the key as it now is, or the line ``done`` makes."""
+    with _client(profile, user) as client:
+        meta = change(client)
+    _emit(meta, as_json, done(meta))
+
+
+def _status(key_id: str) -> Callable[[dict[str, Any]], str]:
+    return lambda meta: f"{key_id}: {meta['status']}"
+
+
 @app.command("enable")
 def enable(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
-           as_json: JsonOpt = False) -> None:
+           as_json: JsonFlag = False) -> None:
     """Enable a key."""
-    with _client(profile, user) as client:
-        meta = client.enable_key(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.enable_key(key_id), _status(key_id))
 
 
 @app.command("disable")
 def disable(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
-            as_json: JsonOpt = False) -> None:
+            as_json: JsonFlag = False) -> None:
     """Disable a key: its data becomes unreadable everywhere at once (reversible)."""
-    with _client(profile, user) as client:
-        meta = client.disable_key(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.disable_key(key_id), _status(key_id))
 
 
 @app.command("cancel-destruction")
 def cancel_destruction(key_id: KeyArg, profile: ProfileOpt, user: UserOpt = None,
-                       as_json: JsonOpt = False) -> None:
+                       as_json: JsonFlag = False) -> None:
     """Cancel a pending destruction; the key returns to `disabled`."""
-    with _client(profile, user) as client:
-        meta = client.cancel_destruction(key_id)
-    _emit(meta, as_json, f"{key_id}: {meta['status']}")
+    _change(profile, user, as_json, lambda client: client.cancel_destruction(key_id),
+            _status(key_id))
 
 
 @app.command("destroy")
@@ -244,7 +229,7 @@ def destroy(
     pending_days: Annotated[int, typer.Option(min=0, max=30, help="destroy after N days "
                                               "(0: now, irreversibly)")] = 0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Destroy a key (crypto-shredding): its data can never be decrypted again."""
     if not yes:
@@ -304,7 +289,7 @@ def update(
     max_decryptions: Annotated[str | None, typer.Option(help="decryption budget ('none' "
                                                         "removes the rule)")] = None,
     clear_rules: Annotated[bool, typer.Option("--clear-rules", help="remove every rule")] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Change a key's name, tag, validity window, lifetime or rules."""
     changes: dict[str, Any] = {}
@@ -348,7 +333,7 @@ def grant(
     rights: Annotated[str, typer.Option(help="decrypt, manage or decrypt,manage")] = "decrypt",
     not_before: Annotated[str | None, typer.Option(help="grant valid from (RFC 3339)")] = None,
     not_after: Annotated[str | None, typer.Option(help="grant valid until (RFC 3339)")] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Authorize a principal (identity or *@domain) on a key."""
     with _client(profile, user) as client:
@@ -359,29 +344,26 @@ def grant(
 
 @app.command("revoke")
 def revoke(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
-           user: UserOpt = None, as_json: JsonOpt = False) -> None:
+           user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Remove a principal's authorization."""
-    with _client(profile, user) as client:
-        meta = client.remove_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: revoked {principal}")
+    _change(profile, user, as_json, lambda client: client.remove_authorization(key_id, principal),
+            lambda _: f"{key_id}: revoked {principal}")
 
 
 @app.command("grant-enable")
 def grant_enable(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
-                 user: UserOpt = None, as_json: JsonOpt = False) -> None:
+                 user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Re-enable a principal's authorization."""
-    with _client(profile, user) as client:
-        meta = client.enable_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: {principal} enabled")
+    _change(profile, user, as_json, lambda client: client.enable_authorization(key_id, principal),
+            lambda _: f"{key_id}: {principal} enabled")
 
 
 @app.command("grant-disable")
 def grant_disable(key_id: KeyArg, principal: PrincipalArg, profile: ProfileOpt,
-                  user: UserOpt = None, as_json: JsonOpt = False) -> None:
+                  user: UserOpt = None, as_json: JsonFlag = False) -> None:
     """Suspend a principal's authorization without removing it."""
-    with _client(profile, user) as client:
-        meta = client.disable_authorization(key_id, principal)
-    _emit(meta, as_json, f"{key_id}: {principal} disabled")
+    _change(profile, user, as_json, lambda client: client.disable_authorization(key_id, principal),
+            lambda _: f"{key_id}: {principal} disabled")
 
 
 # --- purge-expired (operator, against the store) ---------------------------------------------
@@ -443,7 +425,7 @@ def purge_expired_cmd(
                                             help="destroy keys expired at least DAYS ago")],
     data_dir: DataDir = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Destroy expired keys in bulk, directly in the store; prints a receipt per key."""
     config = config_from(data_dir)
@@ -460,8 +442,7 @@ def purge_expired_cmd(
                 if not as_json:
                     typer.echo(f"{item.key_id}: destroyed at {item.result['destroyed_at']}")
                     typer.echo(f"receipt: {item.result['receipt']}")
-            else:
-                assert item.error is not None
+            elif item.error is not None:
                 refused.append({"key_id": item.key_id, "code": item.error.code,
                                 "detail": item.error.detail})
                 if not as_json:

@@ -18,13 +18,13 @@ import sqlalchemy as sa
 import typer
 
 from sceau.admin import admin_session
-from sceau.cli.common import DataDir, config_from, fail, print_json
+from sceau.cli.common import DataDir, JsonFlag, config_from, fail, print_json
 from sceau.config import CONFIG_FILE, Config
 from sceau.errors import ConfigError, InvalidRequest, SceauError
 from sceau.keystore import init_keystore, open_keystore
 from sceau.keystore.base import KeyPurpose, Keystore, KeystoreSettings
+from sceau.provision import KeystoreChoice, check_env_agrees, set_config_values
 from sceau.service.runtime import keystore_settings, open_store
-from sceau.setup import KeystoreChoice, check_env_agrees, set_config_values
 from sceau.store import schema
 from sceau.store.db import Engines
 from sceau.store.keys import count_keys_by_master_version
@@ -196,7 +196,7 @@ def keystore_report(config: Config) -> dict[str, Any]:
 
 @app.command("status")
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonFlag = False,
     data_dir: DataDir = None,
 ) -> None:
     """List the keystore's objects (no secrets) and how many live keys use each master version."""

@@ -18,6 +18,8 @@ cli = typer.Typer(
     help="Sceau: data-centric encryption service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: a flag reads as a flag (Rich help shows every flag as "<bool>").
+    rich_markup_mode=None,
 )
 cli.add_typer(apps.app, name="app")
 cli.add_typer(accounts.app, name="account")
@@ -55,7 +57,7 @@ def init(
     The PKCS#11 PIN is never an argument: sceau.toml records the variable or file it is read
     from (docs/hsm.md).
     """
-    from sceau.setup import KeystoreChoice, initialize
+    from sceau.provision import KeystoreChoice, initialize
 
     target = data_dir or default_data_dir()
     choice = KeystoreChoice(backend=keystore, pkcs11_module=module, pkcs11_token=token,
@@ -140,7 +142,7 @@ def tls_renew(
     127.0.0.1 and ::1 (set $SCEAU_SERVICE_ID / $SCEAU_HOST as the service runs). The
     previous pair is kept as cert.pem.old / key.pem.old. Restart `sceau serve` to use it.
     """
-    from sceau.setup import renew_tls_certificate
+    from sceau.provision import renew_tls_certificate
 
     renewed = renew_tls_certificate(config_from(data_dir), name or (), days=days, force=force)
     typer.echo(f"new certificate {renewed.cert} for {', '.join(renewed.names)}, "

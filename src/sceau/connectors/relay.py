@@ -57,7 +57,7 @@ from sceau.connectors.mime import (
     parse_header,
     participants,
 )
-from sceau.errors import ConfigError
+from sceau.errors import BadCredentials, ConfigError
 
 __all__ = [
     "DEFAULT_HEADER",
@@ -112,13 +112,16 @@ class Credentials:
             users[user] = hashed
         return cls(users)
 
-    def check(self, user: str, password: str) -> bool:
+    def check(self, user: str, password: str) -> None:
+        """Raise :class:`BadCredentials` unless ``user`` exists and ``password`` is theirs;
+        one argon2 verification whichever the outcome."""
         hashed = self._users.get(user)
         try:
             self._hasher.verify(hashed or self._dummy, password)
         except (VerificationError, InvalidHashError):
-            return False
-        return hashed is not None
+            raise BadCredentials("wrong password") from None
+        if hashed is None:
+            raise BadCredentials("no such user")
 
     def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str,
                  auth_data: Any) -> AuthResult:
@@ -126,9 +129,11 @@ class Credentials:
         if mechanism not in ("PLAIN", "LOGIN") or not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         user = auth_data.login.decode("utf-8", "replace")
-        if self.check(user, auth_data.password.decode("utf-8", "replace")):
-            return AuthResult(success=True, auth_data=user)
-        return AuthResult(success=False, handled=False)
+        try:
+            self.check(user, auth_data.password.decode("utf-8", "replace"))
+        except BadCredentials:
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=user)
 
 
 def _untag(field: Field, tag: str, eol: bytes) -> tuple[bool, bytes]:

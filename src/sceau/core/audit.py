@@ -11,7 +11,6 @@ takes a ``sign(message) -> raw signature`` callable.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sceau.core.b64 import b64u_encode
 from sceau.core.canonical import canonical_json
 from sceau.errors import SceauError
 from sceau.vocab import Action, Outcome
@@ -137,10 +137,6 @@ def format_time_ms(time_ms: int) -> str:
 _last_second: tuple[int, str] = (-1, "")
 
 
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _canonical(value: Any, what: str) -> bytes:
     try:
         return canonical_json(value)
@@ -218,7 +214,7 @@ def _signature(sign: Callable[[bytes], bytes], digest: bytes) -> str:
     sig = sign(digest)
     if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
         raise AuditEncodingError("audit signature: the signer returned no raw 64-byte signature")
-    return _b64u(sig)
+    return b64u_encode(sig)
 
 
 def build_record(

@@ -22,7 +22,8 @@ from operator import attrgetter
 from typing import Any
 
 from sceau.core.canonical import canonical_json
-from sceau.vocab import AuthorizationStatus, KeyStatus, Right
+from sceau.errors import AccessDenied
+from sceau.vocab import AuthorizationStatus, KeyStatus, Reason, Right
 
 SEAL_FORMAT_VERSION = 1
 
@@ -158,6 +159,12 @@ class KeyRecord:
 
     def __repr__(self) -> str:  # never print the seed
         return f"KeyRecord(key_id={self.key_id.hex()}, status={self.status}, rev={self.revision})"
+
+    def live_seed(self) -> bytes:
+        """The seed, to derive the data key; a destroyed key (no seed) is refused as such."""
+        if self.seed is None:
+            raise AccessDenied(Reason.KEY_DESTROYED)
+        return self.seed
 
     def authorization_for(self, principal: str) -> Authorization | None:
         """The entry whose principal is exactly ``principal`` (not a pattern match)."""

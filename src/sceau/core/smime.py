@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from sceau.errors import DecryptionFailed, InvalidRequest
+from sceau.errors import DecryptionFailed, IntegrityFailure, InvalidRequest
 
 __all__ = [
     "DECRYPT_ALGORITHMS",
@@ -115,7 +115,8 @@ def private_key_from_pkcs8(der: bytes) -> rsa.RSAPrivateKey:
     wrapped, so the expensive RSA consistency check is not repeated on every call)."""
     key = serialization.load_der_private_key(der, password=None,
                                              unsafe_skip_rsa_key_validation=True)
-    assert isinstance(key, rsa.RSAPrivateKey)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise IntegrityFailure("the wrapped private key is not an RSA key")
     return key
 
 

@@ -22,8 +22,6 @@ from the line's own ``hash`` so one altered record is reported once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -32,10 +30,8 @@ from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sceau.core.audit import (
     AUDIT_VERSION,
@@ -50,8 +46,10 @@ from sceau.core.audit import (
     checkpoint_digest,
     record_hash,
 )
+from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.jwk import JwkError, jws_verify, public_key_from_jwk
 from sceau.errors import IntegrityFailure, InvalidRequest
-from sceau.vocab import Outcome
+from sceau.vocab import Outcome, SigAlg
 
 __all__ = [
     "AuditPublicKey",
@@ -71,7 +69,6 @@ AuditPublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIME_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-_B64U = re.compile(r"[A-Za-z0-9_-]*")
 _OUTCOMES = frozenset(o.value for o in Outcome)
 _RECORD_KEYS = frozenset(RECORD_MEMBERS)
 _CHECKPOINT_KEYS = frozenset(CHECKPOINT_MEMBERS)
@@ -219,38 +216,36 @@ class VerifyReport(ProblemsMixin):
 
 def _b64u_decode(text: Any) -> bytes | None:
     """Canonical unpadded base64url, or None."""
-    if not isinstance(text, str) or _B64U.fullmatch(text) is None or len(text) % 4 == 1:
+    if not isinstance(text, str):
         return None
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return b64u_decode(text)
+    except MalformedBase64:
         return None
-    # Refuse spellings with non-zero unused bits: one text per byte string.
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
-        return None
-    return raw
+
+
+# (kty, crv) of the keys that sign audit records -> the ``alg`` values a JWKS may give them.
+_AUDIT_KEY_ALGS: dict[tuple[str, str], tuple[str | None, ...]] = {
+    ("OKP", "Ed25519"): (None, SigAlg.EDDSA, "Ed25519"),
+    ("EC", "P-256"): (None, SigAlg.ES256),
+}
 
 
 def _jwk_public_key(jwk: Mapping[str, Any], where: str) -> AuditPublicKey | None:
-    kty, crv, alg = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
-    if kty == "OKP" and crv == "Ed25519":
-        if alg not in (None, "EdDSA", "Ed25519"):
-            raise InvalidRequest(f"{where}: alg {alg!r} does not fit an Ed25519 key")
-        x = _b64u_decode(jwk.get("x"))
-        if x is None or len(x) != 32:
-            raise InvalidRequest(f"{where}: bad Ed25519 'x'")
-        return Ed25519PublicKey.from_public_bytes(x)
-    if kty == "EC" and crv == "P-256":
-        if alg not in (None, "ES256"):
-            raise InvalidRequest(f"{where}: alg {alg!r} does not fit a P-256 key")
-        x, y = _b64u_decode(jwk.get("x")), _b64u_decode(jwk.get("y"))
-        if x is None or y is None or len(x) != 32 or len(y) != 32:
-            raise InvalidRequest(f"{where}: bad P-256 'x' or 'y'")
-        try:  # checks the point is on the curve
-            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-        except ValueError:
-            raise InvalidRequest(f"{where}: P-256 point not on the curve") from None
-    return None  # RSA, X25519...: keys of the JWKS that never sign audit records
+    shape = (str(jwk.get("kty")), str(jwk.get("crv")))
+    algs = _AUDIT_KEY_ALGS.get(shape)
+    if algs is None:
+        return None  # RSA, X25519...: keys of the JWKS that never sign audit records
+    alg = jwk.get("alg")
+    if alg not in algs:
+        raise InvalidRequest(f"{where}: alg {alg!r} does not fit this {shape[1]} key")
+    try:
+        key = public_key_from_jwk(jwk)
+    except JwkError as exc:
+        raise InvalidRequest(f"{where}: {exc.detail}") from None
+    if not isinstance(key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise InvalidRequest(f"{where}: not a signing key")  # unreachable: shapes above
+    return key
 
 
 def jwks_public_keys(jwks: Mapping[str, Any]) -> dict[str, AuditPublicKey]:
@@ -293,13 +288,9 @@ def _check_signature(key: AuditPublicKey, sig_text: str, message: bytes) -> None
     sig = _b64u_decode(sig_text)
     if sig is None or len(sig) != SIGNATURE_BYTES:
         raise _BadSignature
+    alg = SigAlg.EDDSA if isinstance(key, Ed25519PublicKey) else SigAlg.ES256
     try:
-        if isinstance(key, Ed25519PublicKey):
-            key.verify(sig, message)
-        else:
-            r = int.from_bytes(sig[:32], "big")
-            s = int.from_bytes(sig[32:], "big")
-            key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+        jws_verify(alg, key, message, sig)
     except (InvalidSignature, ValueError):
         raise _BadSignature from None
 
@@ -491,11 +482,11 @@ class _Verifier:
                     "prev is not the hash of the node's previous record",
                 )
         if found is None and self.witness is not None:
-            found = self._witness_problem(node, node_seq, stored)
+            found = _witness_problem(self.witness, node, node_seq, stored)
         if found is not None:
             self.problem(number, seq, node, found[0], found[1])
         if self.witness is not None:
-            self._count_window(node, node_seq, seq)
+            self._count_window(self.witness, node, node_seq, seq)
 
         if key not in self.seen:
             self.seen[key] = stored
@@ -511,22 +502,8 @@ class _Verifier:
         if node_seq > head.node_seq:
             self.heads[node] = ChainHead(node=node, node_seq=node_seq, hash=stored)
 
-    def _witness_problem(
-        self, node: str, node_seq: int, stored: str
-    ) -> tuple[ProblemKind, str] | None:
-        assert self.witness is not None
-        point = self.witness.points.get((node, node_seq))
-        if point is None or point.hash == stored:
-            return None
-        return (
-            ProblemKind.WITNESS_MISMATCH,
-            f"the witness ({point.source}) saw another record at node_seq {node_seq}: the "
-            "chain was rewritten from an older head",
-        )
-
-    def _count_window(self, node: str, node_seq: int, seq: int) -> None:
-        assert self.witness is not None
-        top = self.witness.tops.get(node)
+    def _count_window(self, witness: WitnessIndex, node: str, node_seq: int, seq: int) -> None:
+        top = witness.tops.get(node)
         if top is not None and node_seq <= top.node_seq:
             return
         count, first, _last = self.window.get(node, (0, None, None))
@@ -623,12 +600,11 @@ class _Verifier:
                     f"({point.source})",
                 )  # fmt: skip
 
-    def windows(self) -> dict[str, WitnessWindow]:
-        """Per node of the stream: the records after its highest witnessed position."""
-        assert self.witness is not None
+    def windows(self, witness: WitnessIndex) -> dict[str, WitnessWindow]:
+        """Per node of the stream: the records after its highest ``witness``ed position."""
         out: dict[str, WitnessWindow] = {}
         for node in sorted(self.heads):
-            top = self.witness.tops.get(node)
+            top = witness.tops.get(node)
             count, first, last = self.window.get(node, (0, None, None))
             out[node] = WitnessWindow(
                 node=node, witnessed=top.node_seq if top is not None else 0,
@@ -636,6 +612,19 @@ class _Verifier:
                 first_seq=first, last_seq=last,
             )  # fmt: skip
         return out
+
+
+def _witness_problem(
+    witness: WitnessIndex, node: str, node_seq: int, stored: str
+) -> tuple[ProblemKind, str] | None:
+    point = witness.points.get((node, node_seq))
+    if point is None or point.hash == stored:
+        return None
+    return (
+        ProblemKind.WITNESS_MISMATCH,
+        f"the witness ({point.source}) saw another record at node_seq {node_seq}: the "
+        "chain was rewritten from an older head",
+    )
 
 
 def verify_lines(
@@ -677,7 +666,7 @@ def verify_lines(
         checkpoints=verifier.checkpoints,
         nodes={node: head.node_seq for node, head in verifier.heads.items()},
         problems=list(problems),
-        windows=verifier.windows() if witness is not None else None,
+        windows=verifier.windows(witness) if witness is not None else None,
     )
 
 

@@ -6,7 +6,7 @@ it. Keys are validated once, strictly, when registered (SECURITY-CASES 26), and 
 always a usable, policy-conforming public key whatever path created it (registration or
 a row read back from the store).
 
-Decisions where the SPEC is silent (see the report / docs):
+Decisions where the SPEC is silent:
 
 * RSA: modulus 2048..4096 bits, odd, without a leading zero octet; ``e`` odd with
   65537 <= e < 2**64 (OpenSSL refuses larger exponents for big moduli anyway).
@@ -23,15 +23,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives import serialization
 from jwcrypto import jwk as jwcrypto_jwk
 
-from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.jwk import (
+    APP_SIGNING_ALGS,
+    KEY_SHAPE,
+    PUBLIC_MEMBERS,
+    jwk_thumbprint,
+    jws_verify,
+    member_uint,
+    public_key_from_jwk,
+    rsa_public_key,
+)
 from sceau.errors import InvalidRequest, InvalidToken
 from sceau.jose.guard import check_kid, safe_name
 
@@ -43,34 +50,22 @@ __all__ = [
     "app_key_from_jwk",
     "app_key_from_pem",
     "enc_key_from_jwk",
-    "thumbprint",
 ]
 
-SIGNING_ALGS = frozenset({"PS256", "RS256", "ES256", "EdDSA"})
+SIGNING_ALGS = APP_SIGNING_ALGS
 ENC_ALGS = frozenset({"RSA-OAEP-256", "ECDH-ES+A256KW"})
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
 _MIN_RSA_E = 65537
 _MAX_RSA_E_BITS = 64
-_COORD_BYTES = 32
-_ES256_SIG_BYTES = 64
-_ED25519_SIG_BYTES = 64
-# Order of the P-256 group: r and s of a valid ECDSA signature lie in [1, n-1].
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_PUBLIC_MEMBERS: dict[str, tuple[str, ...]] = {
-    "RSA": ("n", "e"),
-    "EC": ("crv", "x", "y"),
-    "OKP": ("crv", "x"),
-}
 _META_MEMBERS = frozenset({"kid", "alg", "use"})
 # (kty, crv) -> the algorithms a key of that shape may be registered with.
 _SIG_ALGS_FOR: dict[tuple[str, str | None], frozenset[str]] = {
-    ("RSA", None): frozenset({"PS256", "RS256"}),
-    ("EC", "P-256"): frozenset({"ES256"}),
-    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
+    shape: frozenset(alg for alg in SIGNING_ALGS if KEY_SHAPE[alg] == shape)
+    for shape in KEY_SHAPE.values()
 }
 _ENC_ALG_FOR: dict[tuple[str, str | None], str] = {
     ("RSA", None): "RSA-OAEP-256",
@@ -80,31 +75,6 @@ _ENC_ALG_FOR: dict[tuple[str, str | None], str] = {
 _BAD_SIGNATURE = "signature does not verify"
 
 Use = Literal["sig", "enc"]
-
-
-def _member_bytes(jwk: Mapping[str, Any], name: str) -> bytes:
-    value = jwk.get(name)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"JWK member '{name}' must be a base64url string")
-    try:
-        return b64u_decode(value)
-    except MalformedBase64:
-        raise InvalidRequest(f"JWK member '{name}' is not canonical base64url") from None
-
-
-def _fixed_bytes(jwk: Mapping[str, Any], name: str, size: int) -> bytes:
-    raw = _member_bytes(jwk, name)
-    if len(raw) != size:
-        raise InvalidRequest(f"JWK member '{name}' must be {size} bytes")
-    return raw
-
-
-def _unsigned(jwk: Mapping[str, Any], name: str) -> int:
-    raw = _member_bytes(jwk, name)
-    if not raw or raw[0] == 0:
-        # RFC 7518 §6.3.1: minimal big-endian; a leading zero would be a second spelling.
-        raise InvalidRequest(f"JWK member '{name}' must be a minimal big-endian integer")
-    return int.from_bytes(raw, "big")
 
 
 def _check_members(jwk: Mapping[str, Any]) -> str:
@@ -118,9 +88,9 @@ def _check_members(jwk: Mapping[str, Any]) -> str:
             "register the public key only"
         )
     kty = jwk.get("kty")
-    if not isinstance(kty, str) or kty not in _PUBLIC_MEMBERS:
+    if not isinstance(kty, str) or kty not in PUBLIC_MEMBERS:
         raise InvalidRequest("JWK 'kty' must be RSA, EC or OKP")
-    allowed = {"kty", *_PUBLIC_MEMBERS[kty], *_META_MEMBERS}
+    allowed = {*PUBLIC_MEMBERS[kty], *_META_MEMBERS}
     unknown = sorted(set(jwk) - allowed)
     if unknown:
         raise InvalidRequest(f"JWK member '{safe_name(unknown[0])}' is not supported for kty {kty}")
@@ -130,7 +100,7 @@ def _check_members(jwk: Mapping[str, Any]) -> str:
 def _load_public_key(jwk: Mapping[str, Any], kty: str, use: Use) -> tuple[str | None, Any]:
     """Decode and check the key material; return (crv, cryptography public key)."""
     if kty == "RSA":
-        n, e = _unsigned(jwk, "n"), _unsigned(jwk, "e")
+        n, e = member_uint(jwk, "n"), member_uint(jwk, "e")
         if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
             raise InvalidRequest(
                 f"RSA modulus must be {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, "
@@ -140,33 +110,13 @@ def _load_public_key(jwk: Mapping[str, Any], kty: str, use: Use) -> tuple[str | 
             raise InvalidRequest("RSA modulus must be odd")
         if e % 2 == 0 or e < _MIN_RSA_E or e.bit_length() > _MAX_RSA_E_BITS:
             raise InvalidRequest("RSA public exponent must be odd, >= 65537 and < 2**64")
-        try:
-            return None, rsa.RSAPublicNumbers(e, n).public_key()
-        except ValueError:
-            raise InvalidRequest("RSA public key is not valid") from None
+        return None, rsa_public_key(n, e)
     crv = jwk.get("crv")
-    if kty == "EC":
-        if crv != "P-256":
-            raise InvalidRequest("EC keys must use crv P-256")
-        x = _fixed_bytes(jwk, "x", _COORD_BYTES)
-        y = _fixed_bytes(jwk, "y", _COORD_BYTES)
-        try:
-            # cryptography checks that the point is on the curve.
-            key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-        except ValueError:
-            raise InvalidRequest("EC point is not on curve P-256") from None
-        return crv, key
     wanted = "Ed25519" if use == "sig" else "X25519"
-    if crv != wanted:
+    if kty == "OKP" and crv != wanted:
         raise InvalidRequest(f"OKP {'signing' if use == 'sig' else 'encryption'} keys "
                              f"must use crv {wanted}")
-    x = _fixed_bytes(jwk, "x", _COORD_BYTES)
-    try:
-        if use == "sig":
-            return crv, ed25519.Ed25519PublicKey.from_public_bytes(x)
-        return crv, x25519.X25519PublicKey.from_public_bytes(x)
-    except ValueError:
-        raise InvalidRequest(f"{wanted} public key is not valid") from None
+    return crv, public_key_from_jwk(jwk)
 
 
 def _validated(
@@ -193,80 +143,56 @@ def _validated(
         if alg is not None and alg != expected:
             raise InvalidRequest(f"JWK 'alg' must be {expected} for this key type")
         alg = expected
-    public = {name: jwk[name] for name in ("kty", *_PUBLIC_MEMBERS[kty])}
+    public = {name: jwk[name] for name in PUBLIC_MEMBERS[kty]}
     if "kid" in jwk:
         try:
             kid = check_kid(jwk["kid"])
         except ValueError as exc:
             raise InvalidRequest(f"JWK 'kid' is not acceptable: {exc}") from None
     else:
-        kid = thumbprint(public)
+        kid = jwk_thumbprint(public)
     public.update(kid=kid, alg=alg, use=use)
     return public, key
 
 
-def thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256, unpadded base64url) of a public or private JWK."""
-    kty = jwk.get("kty") if isinstance(jwk, Mapping) else None
-    if not isinstance(kty, str) or kty not in _PUBLIC_MEMBERS:
-        raise InvalidRequest("JWK 'kty' must be RSA, EC or OKP")
-    required = {name: jwk.get(name) for name in ("kty", *_PUBLIC_MEMBERS[kty])}
-    try:
-        return str(jwcrypto_jwk.JWK(**required).thumbprint())
-    except Exception as exc:  # noqa: BLE001 - jwcrypto raises assorted types on bad input
-        raise InvalidRequest("JWK cannot be thumbprinted: malformed key") from exc
-
-
 @dataclass(frozen=True)
-class AppKey:
-    """A registered application signing key, bound to one algorithm.
+class _RegisteredKey:
+    """A public JWK validated for its ``use``, bound to one ``kid`` and one ``alg``.
 
     Construction validates ``public_jwk`` (which must carry this ``kid`` and ``alg``) and
     raises :class:`InvalidRequest` if it is not acceptable.
     """
 
+    use: ClassVar[Use]
     kid: str
     alg: str
     public_jwk: Mapping[str, Any]
     _key: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        public, key = _validated(self.public_jwk, "sig")
+        public, key = _validated(self.public_jwk, self.use)
         if public["kid"] != self.kid or public["alg"] != self.alg:
-            raise InvalidRequest("AppKey kid/alg differ from its JWK")
+            raise InvalidRequest(f"{type(self).__name__} kid/alg differ from its JWK")
         object.__setattr__(self, "public_jwk", public)
         object.__setattr__(self, "_key", key)
 
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> Self:
+        """The key of a submitted JWK (``kid`` and ``alg`` as validation settles them)."""
+        public, _ = _validated(jwk, cls.use)
+        return cls(kid=public["kid"], alg=public["alg"], public_jwk=public)
+
+
+@dataclass(frozen=True)
+class AppKey(_RegisteredKey):
+    """A registered application signing key, bound to one algorithm."""
+
+    use: ClassVar[Use] = "sig"
+
     def verify(self, signing_input: bytes, signature: bytes) -> None:
         """Verify a raw JWS signature with this key's one algorithm; raise InvalidToken."""
-        key = self._key
         try:
-            if self.alg in ("PS256", "RS256"):
-                # A shorter or longer signature is never valid (RFC 8017 §8.1.2 step 1);
-                # checking here keeps lenient left-padding out of the picture.
-                if len(signature) != (key.key_size + 7) // 8:
-                    raise InvalidToken(_BAD_SIGNATURE)
-                pad: padding.AsymmetricPadding = (
-                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-                    if self.alg == "PS256"
-                    else padding.PKCS1v15()
-                )
-                key.verify(signature, signing_input, pad, hashes.SHA256())
-            elif self.alg == "ES256":
-                # JWS ES256 is raw r||s (RFC 7518 §3.4); DER or any other length is refused.
-                if len(signature) != _ES256_SIG_BYTES:
-                    raise InvalidToken(_BAD_SIGNATURE)
-                r = int.from_bytes(signature[:32], "big")
-                s = int.from_bytes(signature[32:], "big")
-                if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
-                    raise InvalidToken(_BAD_SIGNATURE)
-                key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-            elif self.alg == "EdDSA":
-                if len(signature) != _ED25519_SIG_BYTES:
-                    raise InvalidToken(_BAD_SIGNATURE)
-                key.verify(signature, signing_input)
-            else:  # unreachable: __post_init__ only admits SIGNING_ALGS
-                raise InvalidToken(_BAD_SIGNATURE)
+            jws_verify(self.alg, self._key, signing_input, signature)
         except InvalidSignature:
             raise InvalidToken(_BAD_SIGNATURE) from None
 
@@ -278,8 +204,7 @@ def app_key_from_jwk(jwk: Mapping[str, Any]) -> AppKey:
     Ed25519; ``alg`` required and matching the key type (RSA: PS256/RS256, EC: ES256,
     Ed25519: EdDSA); no private members; ``kid`` defaults to the RFC 7638 thumbprint.
     """
-    public, _ = _validated(jwk, "sig")
-    return AppKey(kid=public["kid"], alg=public["alg"], public_jwk=public)
+    return AppKey.from_jwk(jwk)
 
 
 def app_key_from_pem(pem: bytes, alg: str, kid: str | None = None) -> AppKey:
@@ -302,28 +227,19 @@ def app_key_from_pem(pem: bytes, alg: str, kid: str | None = None) -> AppKey:
 
 
 @dataclass(frozen=True)
-class EncKey:
+class EncKey(_RegisteredKey):
     """An application's registered encryption key, for JWE responses.
 
     ``alg`` is ``RSA-OAEP-256`` for RSA (2048..4096 bits) and ``ECDH-ES+A256KW`` for EC
-    P-256 or OKP X25519. Construction validates ``public_jwk``.
+    P-256 or OKP X25519.
     """
 
-    kid: str
-    alg: str
-    public_jwk: Mapping[str, Any]
-    _key: Any = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        public, key = _validated(self.public_jwk, "enc")
-        if public["kid"] != self.kid or public["alg"] != self.alg:
-            raise InvalidRequest("EncKey kid/alg differ from its JWK")
-        object.__setattr__(self, "public_jwk", public)
-        object.__setattr__(self, "_key", key)
+    use: ClassVar[Use] = "enc"
 
     @property
     def public_key(self) -> Any:
-        """The loaded public key (``cryptography``), for :func:`sceau.jose.response.encrypt_to`."""
+        """The loaded public key (``cryptography``), for
+        :func:`sceau.jose.response.lowlevel_jwe_encrypt`."""
         return self._key
 
 
@@ -332,5 +248,4 @@ def enc_key_from_jwk(jwk: Mapping[str, Any]) -> EncKey:
 
     Raises :class:`InvalidRequest` naming the problem.
     """
-    public, _ = _validated(jwk, "enc")
-    return EncKey(kid=public["kid"], alg=public["alg"], public_jwk=public)
+    return EncKey.from_jwk(jwk)

@@ -17,15 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
 from sceau.core.b64 import b64u_encode
+from sceau.core.jwk import KEY_SHAPE, jwk_thumbprint, jws_sign
 from sceau.errors import IntegrityFailure, InvalidRequest, InvalidToken
-from sceau.jose.appkeys import SIGNING_ALGS, app_key_from_jwk, enc_key_from_jwk, thumbprint
+from sceau.jose.appkeys import SIGNING_ALGS, app_key_from_jwk, enc_key_from_jwk
 from sceau.jose.guard import (
     JWE_ENC,
     looks_like_jwe,
@@ -33,12 +32,14 @@ from sceau.jose.guard import (
     parse_unverified_jws,
 )
 from sceau.jose.request import REQUEST_TYP
-from sceau.jose.response import compact_jws, encrypt_to
+from sceau.jose.response import compact_jws, lowlevel_jwe_encrypt
+from sceau.vocab import SigAlg
 
 __all__ = [
     "RESPONSE_TYP",
-    "UnknownServiceKey",
     "ClientIdentity",
+    "SignedRequest",
+    "UnknownServiceKey",
     "generate_app_keys",
     "open_response",
     "sign_request",
@@ -51,12 +52,11 @@ RESPONSE_TYP = "sceau-resp+jwt"
 class UnknownServiceKey(IntegrityFailure):
     """A response signed by a service key that is not pinned (the service may have rotated)."""
 _RSA_BITS = 3072
-_P256_COORD_BYTES = 32
-_SIGNING_KEY_TYPES: dict[str, type] = {
-    "PS256": rsa.RSAPrivateKey,
-    "RS256": rsa.RSAPrivateKey,
-    "ES256": ec.EllipticCurvePrivateKey,
-    "EdDSA": ed25519.Ed25519PrivateKey,
+# The private key type of each key type (``kty``) an application signs with.
+_PRIVATE_KEY_TYPES: dict[str, type] = {
+    "RSA": rsa.RSAPrivateKey,
+    "EC": ec.EllipticCurvePrivateKey,
+    "OKP": ed25519.Ed25519PrivateKey,
 }
 _RESPONSE_CLAIMS = ("iss", "aud", "iat", "jti", "req", "op", "result")
 
@@ -69,24 +69,6 @@ def _private_key(jwk: Mapping[str, Any]) -> Any:
         return key.get_op_key("sign")
     except Exception as exc:  # noqa: BLE001 - jwcrypto raises assorted types on bad input
         raise ValueError("private_jwk is not a usable private signing key") from exc
-
-
-def _sign(alg: str, key: Any, data: bytes) -> bytes:
-    """Raw JWS signature of ``data`` (ES256 as r||s, RFC 7518 §3.4)."""
-    if alg == "ES256":
-        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(_P256_COORD_BYTES, "big") + s.to_bytes(_P256_COORD_BYTES, "big")
-    if alg == "EdDSA":
-        signature: bytes = key.sign(data)
-        return signature
-    if alg == "PS256":
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-        signature = key.sign(data, pss, hashes.SHA256())
-        return signature
-    if alg == "RS256":
-        signature = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        return signature
-    raise ValueError(f"unsupported alg {alg}")
 
 
 @dataclass(frozen=True)
@@ -104,13 +86,25 @@ class ClientIdentity:
         if self.alg not in SIGNING_ALGS:
             raise ValueError(f"alg must be one of {sorted(SIGNING_ALGS)}")
         key = _private_key(self.private_jwk)
-        if not isinstance(key, _SIGNING_KEY_TYPES[self.alg]):
+        if not isinstance(key, _PRIVATE_KEY_TYPES[KEY_SHAPE[SigAlg(self.alg)][0]]):
             raise ValueError(f"private_jwk cannot sign with {self.alg}")
         object.__setattr__(self, "_signer", key)
 
     def sign(self, data: bytes) -> bytes:
         """Raw signature of ``data`` with this identity's key and algorithm."""
-        return _sign(self.alg, self._signer, data)
+        return jws_sign(self.alg, self._signer, data)
+
+
+class SignedRequest(str):
+    """A compact request JWS (a ``str``) that also carries its ``jti``."""
+
+    __slots__ = ("jti",)
+    jti: str
+
+    def __new__(cls, token: str, jti: str) -> SignedRequest:
+        signed = super().__new__(cls, token)
+        signed.jti = jti
+        return signed
 
 
 def sign_request(
@@ -123,11 +117,14 @@ def sign_request(
     now: int,
     jti: str | None = None,
     lifetime: int = 60,
-) -> str:
+) -> SignedRequest:
     """A compact request JWS: header exactly ``{alg, kid, typ}``, the SPEC §3 claims.
 
-    ``jti`` defaults to 16 fresh random bytes in base64url (22 characters).
+    ``jti`` defaults to 16 fresh random bytes in base64url (22 characters); the result's
+    ``.jti`` says which one was used (a response names it in its ``req`` claim).
     """
+    if jti is None:
+        jti = b64u_encode(secrets.token_bytes(16))
     header = {"alg": identity.alg, "kid": identity.kid, "typ": REQUEST_TYP}
     claims = {
         "iss": identity.app_id,
@@ -135,11 +132,11 @@ def sign_request(
         "aud": aud,
         "iat": now,
         "exp": now + lifetime,
-        "jti": jti if jti is not None else b64u_encode(secrets.token_bytes(16)),
+        "jti": jti,
         "op": str(op),
         "params": dict(params),
     }
-    return compact_jws(header, claims, identity.sign)
+    return SignedRequest(compact_jws(header, claims, identity.sign), jti)
 
 
 def wrap_for_service(jws: str, service_enc_jwk: Mapping[str, Any]) -> str:
@@ -148,7 +145,7 @@ def wrap_for_service(jws: str, service_enc_jwk: Mapping[str, Any]) -> str:
     ``RSA-OAEP-256`` for an RSA key, ``ECDH-ES+A256KW`` for EC P-256 / X25519; ``A256GCM``;
     ``cty`` ``JWT``; ``kid`` the service key's.
     """
-    return encrypt_to(jws, enc_key_from_jwk(service_enc_jwk))
+    return lowlevel_jwe_encrypt(jws, enc_key_from_jwk(service_enc_jwk))
 
 
 def _jwe_alg(jwk: Mapping[str, Any]) -> str:
@@ -160,7 +157,7 @@ def _open_jwe(raw: bytes, enc_private_jwk: Mapping[str, Any] | None) -> bytes:
         raise IntegrityFailure("response is a JWE but no encryption key is configured")
     try:
         alg = _jwe_alg(enc_private_jwk)
-        kid = enc_private_jwk.get("kid") or thumbprint(enc_private_jwk)
+        kid = enc_private_jwk.get("kid") or jwk_thumbprint(enc_private_jwk)
         parse_unverified_jwe(raw, keys={str(kid): alg})
         envelope = jwcrypto_jwe.JWE(algs=[alg, JWE_ENC])
         envelope.deserialize(raw.decode("ascii"), key=jwcrypto_jwk.JWK(**dict(enc_private_jwk)))
@@ -223,14 +220,14 @@ def _jwk_pair(key: Any, alg: str, use: str) -> tuple[dict[str, Any], dict[str, A
     jwk = jwcrypto_jwk.JWK.from_pyca(key)
     private: dict[str, Any] = jwk.export_private(as_dict=True)
     public: dict[str, Any] = jwk.export_public(as_dict=True)
-    kid = thumbprint(public)
+    kid = jwk_thumbprint(public)
     for part in (private, public):
         part.update(kid=kid, alg=alg, use=use)
     return private, public
 
 
 def generate_app_keys(
-    alg: str = "ES256",
+    alg: str = SigAlg.ES256,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Fresh keys for an application: ``(sign_private, sign_public, enc_private, enc_public)``.
 
@@ -238,19 +235,17 @@ def generate_app_keys(
     RSA-3072 ``RSA-OAEP-256`` alongside RSA signing keys, EC P-256 ``ECDH-ES+A256KW``
     otherwise. ``kid`` = RFC 7638 thumbprint; every JWK carries ``kid``, ``alg``, ``use``.
     """
+    if alg not in SIGNING_ALGS:
+        raise ValueError(f"alg must be one of {sorted(SIGNING_ALGS)}")
     sign_key: Any
     enc_key: Any
-    if alg == "ES256":
-        sign_key = ec.generate_private_key(ec.SECP256R1())
-    elif alg == "EdDSA":
-        sign_key = ed25519.Ed25519PrivateKey.generate()
-    elif alg in ("PS256", "RS256"):
+    kty = KEY_SHAPE[SigAlg(alg)][0]
+    if kty == "RSA":
         sign_key = rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS)
-    else:
-        raise ValueError(f"alg must be one of {sorted(SIGNING_ALGS)}")
-    if alg in ("PS256", "RS256"):
         enc_key, enc_alg = rsa.generate_private_key(65537, _RSA_BITS), "RSA-OAEP-256"
     else:
+        sign_key = (ec.generate_private_key(ec.SECP256R1()) if kty == "EC"
+                    else ed25519.Ed25519PrivateKey.generate())
         enc_key, enc_alg = ec.generate_private_key(ec.SECP256R1()), "ECDH-ES+A256KW"
     sign_private, sign_public = _jwk_pair(sign_key, alg, "sig")
     enc_private, enc_public = _jwk_pair(enc_key, enc_alg, "enc")

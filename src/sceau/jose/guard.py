@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NoReturn
 
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
-
 from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.jwk import JwkError, public_key_from_jwk
 from sceau.errors import InvalidToken
 
 __all__ = [
@@ -54,8 +53,6 @@ _GCM_IV_BYTES = 12
 _GCM_TAG_BYTES = 16
 # AES key wrap of a 256-bit CEK (RFC 3394): 32 bytes plus the 8-byte integrity block.
 _A256KW_WRAPPED_CEK_BYTES = 40
-_P256_COORD_BYTES = 32
-_X25519_BYTES = 32
 
 # A compact serialization is base64url parts and dots, nothing else: one C-level scan
 # refuses JSON serializations, whitespace, padding and non-ASCII before any splitting.
@@ -269,27 +266,25 @@ class UnverifiedJwe:
     token: bytes
 
 
+# The members of the only two shapes an ephemeral key may have.
+_EPK_SHAPES: dict[tuple[str, str], frozenset[str]] = {
+    ("EC", "P-256"): frozenset({"kty", "crv", "x", "y"}),
+    ("OKP", "X25519"): frozenset({"kty", "crv", "x"}),
+}
+
+
 def _check_epk(epk: object) -> None:
     """The ephemeral key must be a bare public P-256 or X25519 point, on its curve."""
     if not isinstance(epk, dict):
         raise InvalidToken("epk must be a JSON object")
-    kty = epk.get("kty")
+    members = _EPK_SHAPES.get((str(epk.get("kty")), str(epk.get("crv"))))
+    if members is None or set(epk) != members:
+        raise InvalidToken("epk must be a public EC P-256 or OKP X25519 key")
     try:
-        if kty == "EC" and set(epk) == {"kty", "crv", "x", "y"} and epk["crv"] == "P-256":
-            x, y = _b64(epk["x"], "epk x"), _b64(epk["y"], "epk y")
-            if len(x) != _P256_COORD_BYTES or len(y) != _P256_COORD_BYTES:
-                raise InvalidToken("epk coordinates must be 32 bytes")
-            # cryptography refuses a point that is not on the curve (invalid-curve attack).
-            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-        elif kty == "OKP" and set(epk) == {"kty", "crv", "x"} and epk["crv"] == "X25519":
-            x = _b64(epk["x"], "epk x")
-            if len(x) != _X25519_BYTES:
-                raise InvalidToken("epk x must be 32 bytes")
-            x25519.X25519PublicKey.from_public_bytes(x)
-        else:
-            raise InvalidToken("epk must be a public EC P-256 or OKP X25519 key")
-    except (ValueError, TypeError):
-        raise InvalidToken("epk is not a valid public key") from None
+        # A point off the curve is refused (invalid-curve attack).
+        public_key_from_jwk(epk)
+    except JwkError as exc:
+        raise InvalidToken(f"epk is not a valid public key: {exc.detail}") from None
 
 
 def parse_unverified_jwe(

@@ -40,6 +40,7 @@ from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
 from sceau.core.b64 import MalformedBase64, b64u_decode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import (
     InvalidToken,
     PayloadTooLarge,
@@ -47,7 +48,7 @@ from sceau.errors import (
     TokenExpired,
     UnknownApplication,
 )
-from sceau.jose.appkeys import SIGNING_ALGS, AppKey, thumbprint
+from sceau.jose.appkeys import SIGNING_ALGS, AppKey
 from sceau.jose.guard import (
     JWE_ENC,
     MAX_TOKEN_BYTES,
@@ -157,7 +158,7 @@ def _jwe_key(private_jwk: Mapping[str, Any]) -> _JweKey:
         alg = "ECDH-ES+A256KW"
     else:
         raise ValueError("a JWE key must be RSA, EC P-256 or OKP X25519")
-    kid = private_jwk.get("kid") or thumbprint(private_jwk)
+    kid = private_jwk.get("kid") or jwk_thumbprint(private_jwk)
     return _JweKey(kid=str(kid), alg=alg, jwk=key)
 
 

@@ -5,8 +5,9 @@ in a PKCS#11 token: the keystore only ever sees the signing input and returns th
 signature (Ed25519: 64 bytes; ES256: raw r||s, 64 bytes).
 
 The outbound JWE (to an application's registered, already validated encryption key) is
-composed here from ``cryptography``'s primitives (ECDH, Concat KDF, AES key wrap, RSA-OAEP,
-AES-GCM) for the two key-management algorithms of SPEC §8 and ``enc`` A256GCM only.
+composed low level, by :func:`lowlevel_jwe_encrypt`, from ``cryptography``'s primitives
+(ECDH, Concat KDF, AES key wrap, RSA-OAEP, AES-GCM) for the two key-management algorithms
+of SPEC §8 and ``enc`` A256GCM only.
 jwcrypto spends ~0.5 ms of Python per ECDH-ES JWE (a deep copy of its header registry, an
 ephemeral key built as a JWK object) against ~0.08 ms for the primitives themselves
 (docs/performance.md); producing is the safe side, since nothing untrusted is parsed.
@@ -22,17 +23,18 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from sceau.core.b64 import b64u_encode
+from sceau.core.jwk import public_jwk
 from sceau.jose.appkeys import EncKey
 from sceau.jose.guard import JWE_ENC
 
-__all__ = ["compact_json", "compact_jws", "concat_kdf", "encrypt_to"]
+__all__ = ["compact_json", "compact_jws", "concat_kdf", "lowlevel_jwe_encrypt"]
 
 _OAEP_SHA256 = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -40,10 +42,6 @@ _OAEP_SHA256 = padding.OAEP(
 _CEK_BYTES = 32  # A256GCM
 _IV_BYTES = 12
 _TAG_BYTES = 16
-_X962 = serialization.Encoding.X962
-_UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
-_RAW = serialization.Encoding.Raw
-_RAW_PUBLIC = serialization.PublicFormat.Raw
 
 
 def compact_json(value: Mapping[str, Any]) -> bytes:
@@ -96,20 +94,20 @@ def _ephemeral_agreement(public: Any) -> tuple[dict[str, str], bytes]:
     """A fresh ephemeral key on ``public``'s curve: (its public JWK, the shared secret)."""
     if isinstance(public, ec.EllipticCurvePublicKey):
         eph = ec.generate_private_key(ec.SECP256R1())
-        point = eph.public_key().public_bytes(encoding=_X962, format=_UNCOMPRESSED)
-        epk = {"kty": "EC", "crv": "P-256", "x": b64u_encode(point[1:33]),
-               "y": b64u_encode(point[33:65])}
-        return epk, eph.exchange(ec.ECDH(), public)
+        return public_jwk(eph), eph.exchange(ec.ECDH(), public)
     if isinstance(public, x25519.X25519PublicKey):
         eph_x = x25519.X25519PrivateKey.generate()
-        raw = eph_x.public_key().public_bytes(encoding=_RAW, format=_RAW_PUBLIC)
         # exchange() refuses a low-order peer key (all-zero shared secret).
-        return {"kty": "OKP", "crv": "X25519", "x": b64u_encode(raw)}, eph_x.exchange(public)
+        return public_jwk(eph_x), eph_x.exchange(public)
     raise ValueError("ECDH-ES needs an EC P-256 or X25519 public key")
 
 
-def encrypt_to(jws: str, enc_key: EncKey) -> str:
+def lowlevel_jwe_encrypt(jws: str, enc_key: EncKey) -> str:
     """Wrap a compact JWS in a compact JWE to ``enc_key`` (RFC 7516 compact serialization).
+
+    Low level: the JWE is composed by hand from ``cryptography``'s primitives, not by a JOSE
+    library (see the module's docstring for why). Only for what this service produces, to
+    an already validated key; never a model for parsing anything received.
 
     Protected header ``{alg: enc_key.alg, enc: A256GCM, cty: JWT, kid: enc_key.kid}``, plus
     the ephemeral ``epk`` for ECDH-ES+A256KW. A fresh 256-bit content key and 96-bit IV per

@@ -9,10 +9,7 @@ docs/hsm.md).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
@@ -22,37 +19,32 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from sceau.core import jwk
+from sceau.core.envelope import KEY_ID_LEN
 from sceau.core.rowseal import SealedRow, payload_of
-from sceau.errors import ConfigError, IntegrityFailure
+from sceau.errors import ConfigError, IntegrityFailure, InvalidRequest
+from sceau.vocab import SigAlg
 
 __all__ = [
     "ALG_ES256",
     "ALG_EDDSA",
     "DK_LABEL",
-    "KEY_ID_LEN",
     "SEED_LEN",
     "Keystore",
     "KeyPurpose",
     "KeystoreSettings",
     "SigningKeyInfo",
-    "b64u",
     "derivation_input",
-    "jwk_thumbprint",
     "verify_signature",
 ]
 
-ALG_EDDSA = "EdDSA"
-ALG_ES256 = "ES256"
-SIGNING_ALGS = (ALG_EDDSA, ALG_ES256)
+ALG_EDDSA = SigAlg.EDDSA
+ALG_ES256 = SigAlg.ES256
+SIGNING_ALGS = jwk.SERVICE_SIGNING_ALGS
 
 # Domain-separation prefix of the data-key derivation (SPEC §5).
 DK_LABEL = b"sceau/dk/v1"
-KEY_ID_LEN = 16
 SEED_LEN = 32
 MASTER_KEY_LEN = 32
 SEAL_KEY_LEN = 32
@@ -113,7 +105,9 @@ class KeystoreSettings:
         if self.backend == "pkcs11" and not (self.pkcs11_module and self.pkcs11_token):
             raise ConfigError("the pkcs11 keystore needs keystore.pkcs11_module and pkcs11_token")
         if self.signing_alg is not None and self.signing_alg not in SIGNING_ALGS:
-            raise ConfigError(f"keystore signing_alg must be one of {SIGNING_ALGS}")
+            raise ConfigError(
+                f"keystore signing_alg must be one of {', '.join(SIGNING_ALGS)}"
+            )
         if self.pool_size < 1:
             raise ConfigError("keystore pool_size must be at least 1")
 
@@ -125,16 +119,6 @@ class KeystoreSettings:
         if value is None or value == "":
             return None
         return value.encode("utf-8")
-
-
-def b64u(data: bytes) -> str:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64u_dec(text: str) -> bytes:
-    """Decode unpadded base64url (trusted local data: JWKs we wrote ourselves)."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def derivation_input(key_id: bytes, seed: bytes) -> bytes:
@@ -149,23 +133,6 @@ def derivation_input(key_id: bytes, seed: bytes) -> bytes:
     return DK_LABEL + bytes(key_id) + bytes(seed)
 
 
-_THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
-    "OKP": ("crv", "kty", "x"),
-    "EC": ("crv", "kty", "x", "y"),
-    "RSA": ("e", "kty", "n"),
-}
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint of a public JWK, base64url (used as ``kid``)."""
-    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
-    if members is None:
-        raise ValueError("unsupported JWK key type")
-    # RFC 7638 §3: required members only, lexicographic order, no whitespace.
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return b64u(hashlib.sha256(canonical.encode("ascii")).digest())
-
-
 def verify_signature(public_jwk: Mapping[str, Any], data: bytes, signature: bytes) -> None:
     """Verify a raw keystore signature against a public signing JWK; raise on failure.
 
@@ -173,27 +140,12 @@ def verify_signature(public_jwk: Mapping[str, Any], data: bytes, signature: byte
     ``r || s``. Raises :class:`IntegrityFailure` for any mismatch; returns None otherwise.
     """
     alg = public_jwk.get("alg")
+    if alg not in SIGNING_ALGS:
+        raise IntegrityFailure("unsupported signing key")
     try:
-        if alg == ALG_EDDSA and public_jwk.get("crv") == "Ed25519":
-            Ed25519PublicKey.from_public_bytes(b64u_dec(public_jwk["x"])).verify(signature, data)
-            return
-        if alg == ALG_ES256 and public_jwk.get("crv") == "P-256":
-            if len(signature) != 64:
-                raise IntegrityFailure("signature does not verify")
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            numbers = ec.EllipticCurvePublicNumbers(
-                int.from_bytes(b64u_dec(public_jwk["x"]), "big"),
-                int.from_bytes(b64u_dec(public_jwk["y"]), "big"),
-                ec.SECP256R1(),
-            )
-            numbers.public_key().verify(
-                encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256())
-            )
-            return
-    except (InvalidSignature, ValueError, KeyError):
+        jwk.jws_verify(alg, jwk.public_key_from_jwk(public_jwk), data, signature)
+    except (InvalidSignature, InvalidRequest):
         raise IntegrityFailure("signature does not verify") from None
-    raise IntegrityFailure("unsupported signing key")
 
 
 def constant_time_check(expected: bytes, given: bytes) -> None:

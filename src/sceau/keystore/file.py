@@ -36,12 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from jwcrypto import jwk as jwcrypto_jwk
 
+from sceau.core.b64 import b64u_decode, b64u_encode
+from sceau.core.jwk import jwk_thumbprint, jws_sign, public_jwk
 from sceau.errors import ConfigError, IntegrityFailure, KeystoreUnavailable
 from sceau.keystore.base import (
     ALG_EDDSA,
@@ -52,10 +53,7 @@ from sceau.keystore.base import (
     Keystore,
     KeystoreSettings,
     SigningKeyInfo,
-    b64u,
-    b64u_dec,
     derivation_input,
-    jwk_thumbprint,
 )
 
 __all__ = [
@@ -136,13 +134,13 @@ def write_secret_file(path: Path, data: Mapping[str, Any], passphrase: bytes | N
             "n": _SCRYPT_N,
             "r": _SCRYPT_R,
             "p": _SCRYPT_P,
-            "salt": b64u(salt),
+            "salt": b64u_encode(salt),
             "aead": "A256GCM",
-            "nonce": b64u(nonce),
+            "nonce": b64u_encode(nonce),
         }
         key = _scrypt_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
         ciphertext = AESGCM(key).encrypt(nonce, body, _header_aad(header))
-        doc = {**header, "ciphertext": b64u(ciphertext)}
+        doc = {**header, "ciphertext": b64u_encode(ciphertext)}
     text = json.dumps(doc, sort_keys=True, indent=1).encode("utf-8")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -203,10 +201,10 @@ def read_secret_file(path: Path, passphrase: bytes | None, passphrase_env: str |
         n, r, p = int(enc["n"]), int(enc["r"]), int(enc["p"])
         if not (2 <= n <= _SCRYPT_MAX_N and 1 <= r <= 32 and 1 <= p <= 16):
             raise ValueError("scrypt parameters out of range")
-        key = _scrypt_key(passphrase, b64u_dec(enc["salt"]), n, r, p)
+        key = _scrypt_key(passphrase, b64u_decode(enc["salt"]), n, r, p)
         header = {"format": doc["format"], "v": doc["v"], "enc": enc}
         body = AESGCM(key).decrypt(
-            b64u_dec(enc["nonce"]), b64u_dec(doc["ciphertext"]), _header_aad(header)
+            b64u_decode(enc["nonce"]), b64u_decode(doc["ciphertext"]), _header_aad(header)
         )
         return json.loads(body)
     except InvalidTag:
@@ -227,15 +225,9 @@ def generate_jwe_rsa_key() -> rsa.RSAPrivateKey:
 
 def _ec_jwe_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     """The private JWK of a P-256 inbound-JWE key, with kid (thumbprint), use and alg."""
-    numbers = key.private_numbers()
-    jwk: dict[str, Any] = {
-        "kty": "EC",
-        "crv": "P-256",
-        "x": b64u(numbers.public_numbers.x.to_bytes(32, "big")),
-        "y": b64u(numbers.public_numbers.y.to_bytes(32, "big")),
-    }
+    jwk: dict[str, Any] = public_jwk(key)
     jwk["kid"] = jwk_thumbprint(jwk)
-    jwk["d"] = b64u(numbers.private_value.to_bytes(32, "big"))
+    jwk["d"] = b64u_encode(key.private_numbers().private_value.to_bytes(32, "big"))
     jwk["use"] = "enc"
     jwk["alg"] = JWE_EC_ALG
     return jwk
@@ -252,7 +244,7 @@ def derive_ec_jwe_jwk(rsa_private_jwk: Mapping[str, Any]) -> dict[str, Any]:
     ``[1, n-1]`` (FIPS 186-4 B.4.1, bias below 2**-128). It adds no exposure: both keys live
     in the same file and protect the same thing. New keystores get a random EC key.
     """
-    secret = b64u_dec(str(rsa_private_jwk["d"]))
+    secret = b64u_decode(str(rsa_private_jwk["d"]))
     okm = HKDF(algorithm=hashes.SHA256(), length=48, salt=None, info=_EC_FROM_RSA_INFO).derive(
         secret
     )
@@ -273,7 +265,7 @@ def _checked_ec_jwk(jwk: Any) -> dict[str, Any]:
     """``jwk`` if it is a whole P-256 JWE key whose public half matches its private one."""
     if not isinstance(jwk, dict) or (jwk.get("kty"), jwk.get("crv")) != ("EC", "P-256"):
         raise ValueError("not an EC P-256 key")
-    key = ec.derive_private_key(int.from_bytes(b64u_dec(jwk["d"]), "big"), ec.SECP256R1())
+    key = ec.derive_private_key(int.from_bytes(b64u_decode(jwk["d"]), "big"), ec.SECP256R1())
     expected = _ec_jwe_jwk(key)
     if any(jwk.get(m) != expected[m] for m in ("x", "y", "kid", "use", "alg")):
         raise ValueError("EC JWE key does not match its own private value")
@@ -370,19 +362,7 @@ _SoftKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
 def _public_jwk(private: _SoftKey, alg: str) -> dict[str, Any]:
-    if isinstance(private, Ed25519PrivateKey):
-        raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        jwk: dict[str, Any] = {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
-    else:
-        numbers = private.public_key().public_numbers()
-        jwk = {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": b64u(numbers.x.to_bytes(32, "big")),
-            "y": b64u(numbers.y.to_bytes(32, "big")),
-        }
+    jwk: dict[str, Any] = public_jwk(private)
     jwk["kid"] = jwk_thumbprint(jwk)
     jwk["use"] = "sig"
     jwk["alg"] = alg
@@ -414,10 +394,7 @@ class _SoftSigner:
     key: _SoftKey
 
     def sign(self, data: bytes) -> bytes:
-        if isinstance(self.key, Ed25519PrivateKey):
-            return self.key.sign(data)
-        r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return jws_sign(self.info.alg, self.key, data)
 
 
 def _new_signing_entry(version: int, alg: str) -> dict[str, Any]:
@@ -429,11 +406,11 @@ def _new_signing_entry(version: int, alg: str) -> dict[str, Any]:
     pkcs8 = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return {"version": version, "alg": alg, "pkcs8": b64u(pkcs8)}
+    return {"version": version, "alg": alg, "pkcs8": b64u_encode(pkcs8)}
 
 
 def _load_signer(purpose: KeyPurpose, entry: Mapping[str, Any]) -> _SoftSigner:
-    key = serialization.load_der_private_key(b64u_dec(entry["pkcs8"]), password=None)
+    key = serialization.load_der_private_key(b64u_decode(entry["pkcs8"]), password=None)
     alg = entry["alg"]
     if alg == ALG_EDDSA and isinstance(key, Ed25519PrivateKey):
         pass
@@ -468,13 +445,14 @@ class _State:
 
 
 def _new_master_entry(version: int) -> dict[str, Any]:
-    return {"version": version, "key": b64u(secrets.token_bytes(MASTER_KEY_LEN)), "retired": False}
+    key = b64u_encode(secrets.token_bytes(MASTER_KEY_LEN))
+    return {"version": version, "key": key, "retired": False}
 
 
 def _initial_document(alg: str) -> dict[str, Any]:
     return {
         "masters": [_new_master_entry(1)],
-        "seal": {"version": 1, "key": b64u(secrets.token_bytes(SEAL_KEY_LEN))},
+        "seal": {"version": 1, "key": b64u_encode(secrets.token_bytes(SEAL_KEY_LEN))},
         "signing": {p.value: [_new_signing_entry(1, alg)] for p in KeyPurpose},
     }
 
@@ -529,7 +507,7 @@ class FileKeystore(JweFileKeys, Keystore):
                 if entry.get("retired"):
                     retired.add(version)
                 else:
-                    masters[version] = bytearray(b64u_dec(entry["key"]))
+                    masters[version] = bytearray(b64u_decode(entry["key"]))
             signers = {
                 p: sorted(
                     (_load_signer(p, e) for e in doc["signing"][p.value]),
@@ -537,7 +515,7 @@ class FileKeystore(JweFileKeys, Keystore):
                 )
                 for p in KeyPurpose
             }
-            seal = bytearray(b64u_dec(doc["seal"]["key"]))
+            seal = bytearray(b64u_decode(doc["seal"]["key"]))
         except FileNotFoundError:
             raise KeystoreUnavailable(f"keystore file {self._file} not found") from None
         except (KeyError, TypeError, ValueError):
@@ -646,7 +624,8 @@ class FileKeystore(JweFileKeys, Keystore):
         def change(doc: dict[str, Any]) -> None:
             if version in {int(e["version"]) for e in doc["masters"]}:
                 raise ConfigError(f"master version {version} already exists or was retired")
-            doc["masters"].append({"version": version, "key": b64u(bytes(raw)), "retired": False})
+            entry = {"version": version, "key": b64u_encode(bytes(raw)), "retired": False}
+            doc["masters"].append(entry)
             doc["masters"].sort(key=lambda e: int(e["version"]))
 
         self._mutate(change)
@@ -690,7 +669,7 @@ class FileKeystore(JweFileKeys, Keystore):
             keys = doc.setdefault("dke", {})
             if label in keys:
                 raise ConfigError(f"DKE key {label} already exists")
-            keys[label] = b64u(pkcs8)
+            keys[label] = b64u_encode(pkcs8)
 
         self._mutate(change)
         numbers = key.public_key().public_numbers()
@@ -706,7 +685,7 @@ class FileKeystore(JweFileKeys, Keystore):
             entry = self._read_document().get("dke", {}).get(label)
             if entry is None:
                 raise IntegrityFailure("unknown DKE key")
-            loaded = serialization.load_der_private_key(b64u_dec(entry), password=None)
+            loaded = serialization.load_der_private_key(b64u_decode(entry), password=None)
             if not isinstance(loaded, rsa.RSAPrivateKey):
                 raise KeystoreUnavailable("a DKE key is not an RSA key")
             found = cache[label] = loaded

@@ -5,6 +5,8 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from sceau.errors import BadCredentials
+
 # m = 19 MiB, t = 2, p = 1 is OWASP's floor; we go above it on memory.
 _HASHER = PasswordHasher(time_cost=2, memory_cost=32 * 1024, parallelism=1)
 # A hash of nothing in particular: verifying against it for unknown users keeps the timing of
@@ -16,9 +18,12 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def verify_password(stored: str | None, password: str) -> bool:
-    """True iff ``password`` matches ``stored``; always costs one argon2 verification."""
+def verify_password(stored: str | None, password: str) -> None:
+    """Raise :class:`BadCredentials` unless ``password`` matches ``stored`` (None: no
+    account). Always costs one argon2 verification, whichever the outcome."""
     try:
-        return _HASHER.verify(stored or _DUMMY, password) and stored is not None
+        _HASHER.verify(stored or _DUMMY, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+        raise BadCredentials("wrong password") from None
+    if stored is None:
+        raise BadCredentials("no such account")

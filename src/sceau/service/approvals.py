@@ -47,7 +47,7 @@ from sceau.store import approvals as store
 from sceau.store.applications import ANY_USER
 from sceau.store.approvals import ApprovalRow, encode_payload
 from sceau.store.writer import Tx, savepoint
-from sceau.vocab import Action, ApprovalStatus, Gated, Right, Role
+from sceau.vocab import Action, ApprovalStatus, ErrorCode, Gated, Right, Role
 
 if TYPE_CHECKING:
     from sceau.config import Config
@@ -74,7 +74,7 @@ _NO_PASSWORD = "!dry-run"  # noqa: S105
 class ApprovalRefused(AccessError):
     """A request or a decision the rules refuse (403); ``details.refused`` says which rule."""
 
-    code = "access_denied"
+    code = ErrorCode.ACCESS_DENIED
     title = "Refused"
 
 

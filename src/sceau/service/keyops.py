@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sceau.core.b64 import b64u_encode
+from sceau.core.envelope import KEY_ID_LEN
 from sceau.core.model import AUTHORIZATION_TIMES, KEY_TIMES, Authorization, KeyRecord, Rules
 from sceau.core.policy import (
     can_manage,
@@ -27,7 +28,6 @@ from sceau.service.params import RulesParam, rfc3339
 from sceau.store.keys import load_key, load_keys, save_key
 from sceau.vocab import AuthorizationStatus, KeyStatus, Right
 
-KEY_ID_LEN = 16
 SEED_LEN = 32
 _ABSENT_PAYLOAD = b"sceau/absent-key/v1" + bytes(480)
 

@@ -8,7 +8,7 @@ Pydantic models with ``extra="forbid"`` and strict types; their JSON schemas fee
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -25,7 +25,7 @@ from pydantic import (
 from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.core.model import KEY_TIMES, KEY_VIEW, Authorization, KeyRecord, Rules
 from sceau.errors import InvalidRequest
-from sceau.vocab import KeyStatus, ListRole, ListStatus, Op, Right
+from sceau.vocab import AuthorizationStatus, KeyStatus, ListRole, ListStatus, Op, Right
 
 MAX_NAME = 512
 MAX_TAG = 256
@@ -297,7 +297,7 @@ def parse_params(op: Op, raw: Any) -> Params:
 class AuthorizationOut(BaseModel):
     principal: str
     rights: list[Right]
-    status: Literal["active", "disabled"]
+    status: AuthorizationStatus
     not_before: str | None
     not_after: str | None
     added_by: str
@@ -351,7 +351,7 @@ class OwnAuthorizationOut(BaseModel):
 
     principal: str
     rights: list[Right]
-    status: Literal["active", "disabled"]
+    status: AuthorizationStatus
     not_before: str | None
     not_after: str | None
 

@@ -40,6 +40,7 @@ from sceau.keystore.base import KeyPurpose, Keystore
 from sceau.service.receipts import sign_service_jws
 from sceau.service.runtime import Runtime
 from sceau.store.nodes import valid_node_id
+from sceau.vocab import ErrorCode
 
 __all__ = ["COUNTERSIGN_TYP", "PATH", "PeerWitness", "load_peers", "mount"]
 
@@ -162,13 +163,13 @@ def mount(app: FastAPI, rt: Runtime) -> None:
     async def countersign(request: Request) -> Response:
         body = await _limited_body(request)
         if body is None:
-            return _refusal(413, "payload_too_large", f"at most {MAX_BODY_BYTES} bytes")
+            return _refusal(413, ErrorCode.PAYLOAD_TOO_LARGE, f"at most {MAX_BODY_BYTES} bytes")
         loop = asyncio.get_running_loop()
         try:
             # The keystore signs (a PKCS#11 call) and the file is fsynced: not on the loop.
             jws = await loop.run_in_executor(None, witness.countersign, body, int(time.time()))
         except InvalidRequest as exc:
-            return _refusal(400, "invalid_request", exc.detail)
+            return _refusal(400, ErrorCode.INVALID_REQUEST, exc.detail)
         except OSError as exc:
             log.error("peer witness file cannot be written (%s)", type(exc).__name__)
             return _refusal(503, "witness_unavailable", "the witness cannot keep it right now")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from sceau.errors import InternalError
 from sceau.store.rows import Rows, insert_or_ignore
 from sceau.store.schema import console_login_state, console_throttle, console_totp_used
 
@@ -68,7 +69,8 @@ def charge_throttle(conn: sa.Connection, scope: str, subject: str, now: int,
         failures=sa.case((stale, 1), else_=console_throttle.c.failures + 1),
         window_start=sa.case((stale, now), else_=console_throttle.c.window_start)))
     counter = get_throttle(conn, scope, subject)
-    assert counter is not None  # inserted above, in this transaction
+    if counter is None:  # inserted above, in this transaction: the store lost a write
+        raise InternalError("the sign-in throttle row vanished within its transaction")
     return counter
 
 

@@ -9,8 +9,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pkcs11 import Attribute, KeyType, ObjectClass
 
+from sceau.core.b64 import b64u_decode
 from sceau.errors import ConfigError
-from sceau.keystore.base import ALG_EDDSA, ALG_ES256, KeyPurpose, KeystoreSettings, b64u_dec
+from sceau.keystore.base import ALG_EDDSA, ALG_ES256, KeyPurpose, KeystoreSettings
 from sceau.keystore.file import JWE_FILE, FileKeystore, JweKeyFile, write_secret_file
 from sceau.keystore.pkcs11.objects import (
     ED25519_PARAMS,
@@ -86,16 +87,16 @@ def migrate_file_to_pkcs11(source: KeystoreSettings, target: KeystoreSettings) -
             if entry.get("retired"):
                 create_tombstone(session, version)
             else:
-                import_secret(session, master_label(version), b64u_dec(entry["key"]))
+                import_secret(session, master_label(version), b64u_decode(entry["key"]))
         import_secret(
             session, f"sceau-seal-v{int(doc['seal']['version'])}",
-            b64u_dec(doc["seal"]["key"]),
+            b64u_decode(doc["seal"]["key"]),
         )
         for purpose in KeyPurpose:
             for entry in doc["signing"][purpose.value]:
                 _import_pair(
                     session, f"sceau-{purpose.value}-v{int(entry['version'])}",
-                    entry["alg"], b64u_dec(entry["pkcs8"]),
+                    entry["alg"], b64u_decode(entry["pkcs8"]),
                 )
 
     with empty_token(target) as pool:

@@ -22,6 +22,8 @@ from typing import Any
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
+from sceau.core.b64 import b64u_encode
+from sceau.core.jwk import jwk_thumbprint
 from sceau.errors import ConfigError, KeystoreUnavailable
 from sceau.keystore.base import (
     ALG_EDDSA,
@@ -30,8 +32,6 @@ from sceau.keystore.base import (
     KeyPurpose,
     KeystoreSettings,
     SigningKeyInfo,
-    b64u,
-    jwk_thumbprint,
 )
 from sceau.keystore.file import JWE_FILE, ensure_private_dir
 from sceau.keystore.pkcs11.pool import Slot, TokenPool
@@ -104,7 +104,7 @@ def _public_jwk(key_type: Any, params: bytes, point: bytes) -> tuple[str, dict[s
     if key_type == KeyType.EC_EDWARDS:
         if params not in (ED25519_PARAMS, _ED25519_PARAMS_NAMED) or len(raw) != 32:
             raise KeystoreUnavailable("token signing key is not Ed25519")
-        alg, jwk = ALG_EDDSA, {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
+        alg, jwk = ALG_EDDSA, {"kty": "OKP", "crv": "Ed25519", "x": b64u_encode(raw)}
     elif key_type == KeyType.EC:
         if params != P256_PARAMS:
             raise KeystoreUnavailable("token signing key is not on P-256")
@@ -113,7 +113,8 @@ def _public_jwk(key_type: Any, params: bytes, point: bytes) -> tuple[str, dict[s
         if len(raw) != 65 or raw[0] != 0x04:
             raise KeystoreUnavailable("token P-256 public key is not an uncompressed point")
         alg = ALG_ES256
-        jwk = {"kty": "EC", "crv": "P-256", "x": b64u(raw[1:33]), "y": b64u(raw[33:])}
+        jwk = {"kty": "EC", "crv": "P-256", "x": b64u_encode(raw[1:33]),
+               "y": b64u_encode(raw[33:])}
     else:
         raise KeystoreUnavailable("token signing key has an unsupported type")
     jwk["kid"] = jwk_thumbprint(jwk)

@@ -15,6 +15,7 @@ from sceau.core.b64 import b64u_encode
 from sceau.core.envelope import (
     NONCE_LEN,
     TOKEN_LEN,
+    EnvelopeFormatError,
     EnvelopeHeader,
     Suite,
     open_gcm,
@@ -128,15 +129,15 @@ def encrypt(rt: Runtime, actor: Actor, params: EncryptParams, tx: Tx) -> dict[st
         _check_plaintext(rt, plaintext)
         record = shared if shared is not None else rt.lifecycle.create(actor, params, now)
         tx.ctx.key = keyops.key_id_text(record.key_id)
-        assert record.seed is not None
-        data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         envelope = seal_gcm(data_key, record.key_id, plaintext, aad)
         if shared is None:
             created.append(record)  # written last, once everything that can fail is done
         return {"key_id": tx.ctx.key, "ciphertext": b64u_encode(envelope)}
 
     if params.items is None:
-        assert params.plaintext is not None
+        if params.plaintext is None:
+            raise InvalidRequest("give either plaintext or items")
         result = seal_one(params.plaintext, params.aad)
     else:
         _check_batch(rt, params.items)
@@ -165,8 +166,7 @@ def _use_key(
     reason = decide_use(record, actor, tx.now)
     if reason is not None:
         raise AccessDenied(reason)
-    assert record.seed is not None
-    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     return record, data_key
 
 
@@ -178,7 +178,11 @@ def _count_use(rt: Runtime, tx: Tx, record: KeyRecord) -> None:
 
 
 def _header(ciphertext: bytes) -> EnvelopeHeader:
-    header = parse_unverified_header(ciphertext)
+    """The envelope's header; a refusal names the member at fault, as every API error does."""
+    try:
+        header = parse_unverified_header(ciphertext)
+    except EnvelopeFormatError as exc:
+        raise EnvelopeFormatError(f"ciphertext: {exc.detail}") from None
     if header.suite is not Suite.GCM:
         raise InvalidRequest("ciphertext: suite 2 (STREAM) is opened client-side with get-data-key")
     return header
@@ -199,7 +203,8 @@ def _open(
 
 def decrypt(rt: Runtime, actor: Actor, params: DecryptParams, tx: Tx) -> dict[str, Any]:
     if params.items is None:
-        assert params.ciphertext is not None
+        if params.ciphertext is None:
+            raise InvalidRequest("give either ciphertext or items")
         return _open(rt, actor, tx, _header(params.ciphertext), params.ciphertext, params.aad)
     _check_batch(rt, params.items)
     # Parse every item first, so that the keys they name load in one query; a malformed
@@ -234,8 +239,7 @@ def generate_data_key(rt: Runtime, actor: Actor, params: GenerateDataKeyParams,
     record = rt.lifecycle.create(actor, params, tx.now)
     tx.ctx.key = keyops.key_id_text(record.key_id)
     insert_keys(tx.conn, [record])
-    assert record.seed is not None
-    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     return {
         "key_id": tx.ctx.key,
         "key": b64u_encode(data_key),
@@ -249,7 +253,8 @@ def get_data_key(rt: Runtime, actor: Actor, params: GetDataKeyParams,
     if params.token is not None:
         key_id = key_id_of_token(params.token)
     else:
-        assert params.key_id is not None
+        if params.key_id is None:
+            raise InvalidRequest("give either key_id or token")
         key_id = params.key_id
     record, data_key = _use_key(rt, actor, tx, key_id)
     _count_use(rt, tx, record)

@@ -31,6 +31,7 @@ from typing import Any
 
 from sceau.core.b64 import b64u_encode
 from sceau.errors import (
+    InternalError,
     InvalidRequest,
     KeystoreUnavailable,
     NotFound,
@@ -39,7 +40,7 @@ from sceau.errors import (
 )
 from sceau.jose.guard import looks_like_jwe
 from sceau.jose.request import TokenRefused, VerifiedRequest
-from sceau.jose.response import encrypt_to
+from sceau.jose.response import lowlevel_jwe_encrypt
 from sceau.keystore.base import KeyPurpose
 from sceau.service.api.dispatch import KEY_MATERIAL_OPS, make_job
 from sceau.service.limits import JweBudget, JweBudgetExhausted, RateLimiter, RefusalTarpit
@@ -176,8 +177,9 @@ class ApiEndpoint:
         }
         token = sign_service_jws(rt.keystore, KeyPurpose.RESPONSE, RESPONSE_TYP, claims)
         if op in KEY_MATERIAL_OPS or verified.was_jwe:
-            assert enc_key is not None  # the job refused a JWE answer without one
-            token = encrypt_to(token, enc_key)
+            if enc_key is None:  # refused before the job ran (dispatch.make_job)
+                raise InternalError("no encryption key to answer with")
+            token = lowlevel_jwe_encrypt(token, enc_key)
         return token
 
     async def _verify(self, body: bytes, op: Op, ip: str | None) -> VerifiedRequest:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
+from sceau.core.envelope import KEY_ID_LEN
 from sceau.core.model import KeyRecord
 from sceau.core.policy import Actor
 from sceau.errors import InvalidRequest
@@ -52,7 +53,7 @@ def list_keys(rt: Runtime, actor: Actor, params: ListKeysParams, tx: Tx) -> dict
     after = None
     if params.cursor:
         raw = _cursor_bytes(params.cursor)
-        if len(raw) != 8 + keyops.KEY_ID_LEN:
+        if len(raw) != 8 + KEY_ID_LEN:
             raise InvalidRequest(_NOT_A_CURSOR)
         after = (struct.unpack(">q", raw[:8])[0], raw[8:])
     page = rt.lifecycle.list_keys(actor, params, tx, after=after)

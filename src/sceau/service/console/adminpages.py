@@ -32,7 +32,7 @@ from sceau.service.console.web import (
 )
 from sceau.store import accounts
 from sceau.store import approvals as approval_store
-from sceau.vocab import ApprovalStatus, AppStatus, Role
+from sceau.vocab import AccountStatus, ApprovalStatus, AppStatus, Role
 
 APP_ALGS = ("ES256", "EdDSA", "PS256", "RS256")
 QUORUM_NOTE = ("This action needs a second admin's approval, and this installation has fewer "
@@ -299,7 +299,8 @@ def router(console: Console, route_class: type) -> APIRouter:
                     console.rt.keystore, username, role=role))
             elif action in ("enable", "disable"):
                 admin.set_account_status(runner(session), username,
-                                         admin.DISABLED if action == "disable" else admin.ACTIVE)
+                                         AccountStatus.DISABLED if action == "disable"
+                                         else AccountStatus.ACTIVE)
             elif action in ("reset", "clear_totp"):
                 gate(approvals.gate_state(console.rt))
                 return ask_for(session, approvals.ask_account_reset(username)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sceau.core.model import normalize_identity
-from sceau.errors import IntegrityFailure, InvalidRequest, NotFound
+from sceau.errors import BadCredentials, IntegrityFailure, InvalidRequest, NotFound
 from sceau.service.accounts import hash_password, verify_password
 from sceau.service.console import security
 from sceau.service.console.security import ThrottleScope
@@ -45,7 +45,7 @@ from sceau.store.signin import (
     totp_last_step,
 )
 from sceau.store.writer import Tx
-from sceau.vocab import Action, Outcome
+from sceau.vocab import AccountStatus, Action, Outcome
 
 GENERIC_FAILURE = "Wrong account name, password or code."
 THROTTLED = "Too many failed sign-ins. Wait a few minutes and try again."
@@ -80,12 +80,16 @@ def attempt_login(console: Console, username: str, password: str, code: str,
     tampered = account is not None and not _seal_holds(console, account)
     # Only password accounts sign in here; an OpenID Connect account proves its identity at
     # its provider, never with a password an admin could have set.
-    usable = (account is not None and account.status == "active"
+    usable = (account is not None and account.status == AccountStatus.ACTIVE
               and account.auth == AUTH_PASSWORD and not tampered)
     # Always one argon2 verification, throttled or not, known account or not: timing says
     # nothing about which check failed.
-    password_ok = verify_password(account.password_hash if usable and account else None,
-                                  password[: security.MAX_PASSWORD])
+    try:
+        verify_password(account.password_hash if usable and account else None,
+                        password[: security.MAX_PASSWORD])
+        password_ok = True
+    except BadCredentials:
+        password_ok = False
     totp_step: int | None = None
     if account is not None and account.totp_secret:
         match = security.totp_match(account.totp_secret, code, console.clock())
@@ -105,8 +109,7 @@ def attempt_login(console: Console, username: str, password: str, code: str,
             last = totp_last_step(tx.conn, username)
             second_ok = totp_step is not None and (last is None or totp_step > last)
         granted = not throttled and usable and password_ok and second_ok
-        if granted:
-            assert account is not None
+        if granted and account is not None:
             if totp_step is not None:
                 set_totp_last_step(tx.conn, username, totp_step)
             clear_throttle(tx.conn, str(ThrottleScope.ACCOUNT), username)
@@ -172,11 +175,10 @@ def change_password(console: Console, session: Session, current: str, new: str,
                     confirm: str) -> str:
     """Set a new password, end every session of the account, open a fresh one."""
     username = session.account.username
-    with console.rt.engines.read.connect() as conn:
-        account = accounts.get_account(conn, username)
-    if account is None or not _seal_holds(console, account) or not verify_password(
-            account.password_hash, current[: security.MAX_PASSWORD]):
-        raise PageError(400, "The current password is wrong.")
+    try:
+        _confirm_password(console, username, current)
+    except BadCredentials:
+        raise PageError(400, "The current password is wrong.") from None
     if new != confirm:
         raise PageError(400, "The two new passwords differ.")
     try:
@@ -199,11 +201,20 @@ def change_password(console: Console, session: Session, current: str, new: str,
 
 def reauthenticate(console: Console, session: Session, password: str) -> None:
     """Ask for the password again before a grave action (destroy, app key registration)."""
+    try:
+        _confirm_password(console, session.account.username, password)
+    except BadCredentials:
+        raise PageError(403, "Re-authentication failed: wrong password.") from None
+
+
+def _confirm_password(console: Console, username: str, password: str) -> None:
+    """Raise :class:`BadCredentials` unless ``password`` is the signed-in account's own
+    (its row verifying: a hash written behind the service's back proves nothing)."""
     with console.rt.engines.read.connect() as conn:
-        account = accounts.get_account(conn, session.account.username)
-    if account is None or not _seal_holds(console, account) or not verify_password(
-            account.password_hash, password[: security.MAX_PASSWORD]):
-        raise PageError(403, "Re-authentication failed: wrong password.")
+        account = accounts.get_account(conn, username)
+    if account is None or not _seal_holds(console, account):
+        raise BadCredentials("no usable account")
+    verify_password(account.password_hash, password[: security.MAX_PASSWORD])
 
 
 def router(console: Console, route_class: type) -> APIRouter:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from sceau.core.b64 import MalformedBase64, b64u_decode, b64u_encode
+from sceau.core.envelope import KEY_ID_LEN
 from sceau.core.model import Authorization, KeyRecord, normalize_identity
 from sceau.core.policy import display_status, matching_authorizations
 from sceau.errors import IntegrityFailure, NotFound, SceauError
@@ -37,7 +38,7 @@ from sceau.service.receipts import DestroyedKey, receipt_result
 from sceau.store.audit import newest_audit_lines
 from sceau.store.keys import KEY_SORTS, KeyFilter, list_keys
 from sceau.store.writer import Tx
-from sceau.vocab import Action, KeyStatus, ListRole, ListStatus, Right, Role
+from sceau.vocab import Action, ErrorCode, KeyStatus, ListRole, ListStatus, Right, Role
 
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_BULK = 1000
@@ -57,7 +58,7 @@ def parse_key_id(text: str) -> bytes:
         raw = b64u_decode(text)
     except MalformedBase64:
         raise not_found() from None
-    if len(raw) != keyops.KEY_ID_LEN:
+    if len(raw) != KEY_ID_LEN:
         raise not_found()
     return raw
 
@@ -129,7 +130,7 @@ class KeyQuery:
                 raw = b64u_decode(cursor)
             except MalformedBase64:
                 raw = b""
-            if len(raw) != 8 + keyops.KEY_ID_LEN:
+            if len(raw) != 8 + KEY_ID_LEN:
                 raise PageError(400, "Not a cursor of this page.")
             after = (struct.unpack(">q", raw[:8])[0], raw[8:])
         return cls(values, flt, sort, values["order"] != "asc", limit, after)
@@ -203,7 +204,7 @@ def key_rows(
                     # see it in full cannot be told from a record that does not verify.
                     if hidden_filter:
                         continue
-                    row = _key_row(record, "integrity_failure", False, sees_all)
+                    row = _key_row(record, ErrorCode.INTEGRITY_FAILURE, False, sees_all)
                     picked.append((record, row, True))
                     continue
                 manageable = keyactions.may_manage(account, record, tx.now)

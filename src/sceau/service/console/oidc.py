@@ -66,7 +66,7 @@ from sceau.store.signin import (
     take_login_state,
 )
 from sceau.store.writer import Tx
-from sceau.vocab import Action, Outcome, Role
+from sceau.vocab import AccountStatus, Action, Outcome, Role
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers the httpx2 package and warns (always, on stderr) when it runs on
@@ -353,7 +353,8 @@ class Provider:
                 if not isinstance(fetched, dict) or not isinstance(fetched.get("keys"), list):
                     raise ValueError("the JWKS is not a key set")
                 self._jwks, self._jwks_at = fetched, now
-            assert self._jwks is not None
+            if self._jwks is None:  # unreachable: fetched when there was none
+                raise ValueError("no JWKS")
             return self._jwks
 
 
@@ -612,7 +613,7 @@ class OidcLogin:
                 raise OidcRefused(OidcReason.NO_ACCOUNT)
             accounts.insert_account(tx.conn, self.console.rt.keystore.seal_row(AccountRow(
                 username=identity.email, password_hash=NO_PASSWORD, role=str(Role.USER),
-                status="active", must_change_password=False, totp_secret=None,
+                status=AccountStatus.ACTIVE, must_change_password=False, totp_secret=None,
                 created_at=tx.now, updated_at=tx.now, auth=AUTH_OIDC)))
             return True
         # A row changed behind the service's back raises IntegrityFailure: the job is refused
@@ -622,7 +623,7 @@ class OidcLogin:
             # Never a take-over: an account an admin created with a password stays reachable
             # only by that password (docs/decisions.md).
             raise OidcRefused(OidcReason.PASSWORD_ACCOUNT)
-        if account.status != "active":
+        if account.status != AccountStatus.ACTIVE:
             raise OidcRefused(OidcReason.ACCOUNT_DISABLED)
         return False
 

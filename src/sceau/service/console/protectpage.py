@@ -28,7 +28,7 @@ from sceau.service.console import web
 from sceau.service.console.keyactions import session_actor
 from sceau.service.params import GenerateDataKeyParams, GetDataKeyParams, parse_model
 from sceau.store.writer import Tx
-from sceau.vocab import Action, Role
+from sceau.vocab import Action, ErrorCode, Role
 
 __all__ = ["router"]
 
@@ -46,7 +46,7 @@ def _refusal(error: SceauError) -> JSONResponse:
     if error.reason is not None:
         body["reason"] = str(error.reason)
         body["message"] = f"access denied ({error.reason})"
-    elif error.code == "not_found":
+    elif error.code == ErrorCode.NOT_FOUND:
         body["message"] = "key not found (unknown to this service)"
     elif error.status >= 500:
         body["message"] = "the service cannot do this now"

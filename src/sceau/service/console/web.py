@@ -28,12 +28,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from sceau.core.b64 import b64u_encode
-from sceau.errors import IntegrityFailure, SceauError
+from sceau.errors import IntegrityFailure, InternalError, SceauError
 from sceau.service.console import security
 from sceau.service.params import rfc3339
 from sceau.store import accounts
 from sceau.store.writer import AuditContext, Job, JobFn, JobOutcome, Tx
-from sceau.vocab import Action, Role
+from sceau.vocab import AccountStatus, Action, Role
 
 if TYPE_CHECKING:
     from sceau.service.runtime import Runtime
@@ -202,7 +202,7 @@ class Console:
             row.created_at, row.last_seen_at, now,
             idle=self.idle_timeout, absolute=self.absolute_timeout,
         )
-        if expired or account is None or account.status != "active":
+        if expired or account is None or account.status != AccountStatus.ACTIVE:
             with self.rt.engines.write.begin() as conn:
                 accounts.delete_console_session(conn, sid_hash)
             return None
@@ -370,7 +370,8 @@ class ConsoleRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
         console = self.console
-        assert console is not None
+        if console is None:
+            raise InternalError("a console route needs the mounted console")
 
         async def handler(request: Request) -> Response:
             try:

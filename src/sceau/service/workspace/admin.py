@@ -21,7 +21,7 @@ from sceau.keystore.base import Keystore
 from sceau.store import workspace as ws
 from sceau.store.db import Engines
 from sceau.store.writer import Tx
-from sceau.vocab import Action
+from sceau.vocab import Action, ErrorCode
 
 __all__ = [
     "add_cse_admin",
@@ -303,7 +303,7 @@ def list_dke_keys(engines: Engines, keystore: Keystore) -> list[dict[str, Any]]:
                 for version in versions:
                     keystore.verify_row(version)
             except IntegrityFailure:
-                entry["status"] = "integrity_failure"
+                entry["status"] = ErrorCode.INTEGRITY_FAILURE
                 out.append(entry)
                 continue
             entry.update(

@@ -69,7 +69,7 @@ from sceau.service.workspace.tokens import TrustedIssuer, VerifiedJwt, verify_jw
 from sceau.store import workspace as ws
 from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import AuditContext, Job, Tx
-from sceau.vocab import Action, Reason
+from sceau.vocab import Action, ErrorCode, Reason
 
 __all__ = ["CSE_APPLICATION", "CseService", "mount_cse"]
 
@@ -319,8 +319,7 @@ class CseService:
             reason = decide_use(record, Actor(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
             if reason is not None:
                 raise AccessDenied(reason)
-        assert record.seed is not None
-        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         envelope = seal_gcm(data_key, record.key_id, dek,
                             binding_aad(ident.resource_name, ident.perimeter_id))
         return _b64_out(pack_wrapped_key(ident.perimeter_id, envelope))
@@ -343,8 +342,7 @@ class CseService:
         reason = decide_use(record, Actor(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
         if reason is not None:
             raise AccessDenied(reason)
-        assert record.seed is not None
-        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.seed)
+        data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         try:
             dek = open_gcm(data_key, wrapped.envelope,
                            binding_aad(resource, wrapped.perimeter_id))
@@ -625,7 +623,7 @@ def _client_ssl(ca_file: str) -> Any:
 class KacslUnavailable(SceauError):
     """The original KACLS of a rewrap did not answer (503)."""
 
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
     title = "Original KACLS unavailable"
 
 

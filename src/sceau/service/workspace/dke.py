@@ -30,6 +30,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from sceau.config.workspace import DkeSettings
+from sceau.core.b64 import b64u_decode
 from sceau.core.model import KeyRecord
 from sceau.core.policy import Actor, decide_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
@@ -50,7 +51,7 @@ from sceau.service.workspace.tokens import TrustedIssuer, verify_jwt
 from sceau.store import workspace as ws
 from sceau.store.keys import save_key
 from sceau.store.writer import AuditContext, Job, Tx
-from sceau.vocab import Action, Reason
+from sceau.vocab import Action, AppKeyStatus, Reason
 
 __all__ = ["DKE_APPLICATION", "DkeService", "dke_label", "mount_dke", "valid_key_name"]
 
@@ -59,8 +60,8 @@ MAX_BODY_BYTES = 16 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEYID = re.compile(r"[0-9a-f]{32}")
 PUBLIC_KEY_CACHE_S = 86_400
-ACTIVE = "active"
-RETIRED = "retired"
+ACTIVE = AppKeyStatus.ACTIVE
+RETIRED = AppKeyStatus.RETIRED
 
 
 def valid_key_name(name: str) -> str:
@@ -147,7 +148,7 @@ class DkeService:
         if not versions:
             raise NotFound("no active version of this DKE key")
         current = versions[-1]
-        n = base64.urlsafe_b64decode(current.n + "=" * (-len(current.n) % 4))
+        n = b64u_decode(current.n)
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
             seconds=PUBLIC_KEY_CACHE_S)
         return {

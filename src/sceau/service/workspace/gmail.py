@@ -214,9 +214,10 @@ def _gmail_details(resource: str | None, perimeter: str | None, reason: str,
 def _describe(state: CallState, wrapped: WrappedPrivateKey) -> None:
     """What the audit record says of the key used, known from the clear fields already."""
     state.key = keyops.key_id_text(wrapped.header.key_id)
-    assert state.details is not None
-    state.details["mailbox"] = wrapped.email
-    state.details["spki_hash"] = _b64_out(wrapped.spki_hash)
+    details = state.details if state.details is not None else {}
+    details["mailbox"] = wrapped.email
+    details["spki_hash"] = _b64_out(wrapped.spki_hash)
+    state.details = details
 
 
 # --- the mailbox key ---------------------------------------------------------------------------
@@ -242,8 +243,7 @@ def new_mailbox_key(keystore: Keystore, tx: Tx, *, email: str, key: rsa.RSAPriva
     tx.ctx.key = keyops.key_id_text(record.key_id)
     tx.ctx.details.update({"mailbox": email, "spki_hash": _b64_out(spki),
                            "perimeter_id": perimeter_id})
-    assert record.seed is not None
-    data_key = keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = keystore.derive(record.master_version, record.key_id, record.live_seed())
     envelope = seal_gcm(data_key, record.key_id, pkcs8_der(key),
                         private_key_aad(email, spki, perimeter_id))
     wrapped = pack_wrapped_private_key(email, spki, perimeter_id, envelope)
@@ -275,8 +275,7 @@ def open_mailbox_key(service: CseService, tx: Tx, wrapped: WrappedPrivateKey, *,
     reason = decide_use(record, Actor(CSE_APPLICATION, subject, tx.ctx.ip), tx.now)
     if reason is not None:
         raise AccessDenied(reason)
-    assert record.seed is not None
-    data_key = rt.keystore.derive(record.master_version, record.key_id, record.seed)
+    data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     try:
         der = open_gcm(data_key, wrapped.envelope, wrapped.aad)
     except IntegrityFailure:

@@ -15,8 +15,6 @@ is skipped, not an error: providers publish encryption keys and other types besi
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -26,29 +24,29 @@ from typing import Any
 
 import httpx
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from sceau.core.b64 import b64u_decode
+from sceau.core.jwk import ISSUER_SIGNING_ALGS, KEY_SHAPE, ec_public_key, jws_verify, rsa_public_key
 from sceau.errors import InvalidToken, SceauError
 from sceau.jose.guard import MalformedJson, strict_json_loads
+from sceau.vocab import ErrorCode
 
 __all__ = ["JWT_ALGS", "JwksSource", "JwksUnavailable", "JwtKey", "parse_jwks"]
 
 # Sceau chooses the algorithms, never the token (STYLE 6). Google and Entra ID sign RS256.
-JWT_ALGS = frozenset({"RS256", "PS256", "ES256"})
+JWT_ALGS = ISSUER_SIGNING_ALGS
 MAX_JWKS_BYTES = 256 * 1024
 MAX_JWKS_KEYS = 100
 _MIN_RSA_BITS = 2048
 _MAX_RSA_BITS = 8192
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _BAD_SIGNATURE = "signature does not verify"
 
 
 class JwksUnavailable(SceauError):
     """A JWKS could not be obtained and none is cached: fail closed (503)."""
 
-    code = "keystore_unavailable"
+    code = ErrorCode.KEYSTORE_UNAVAILABLE
     title = "Token issuer keys unavailable"
 
 
@@ -56,11 +54,8 @@ def _b64_member(jwk: Mapping[str, Any], name: str) -> bytes:
     value = jwk.get(name)
     if not isinstance(value, str) or not value or len(value) > 2048:
         raise ValueError(f"member {name} missing or malformed")
-    try:
-        # Published sets come from a configured, trusted location; tolerate padding there.
-        return base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f"member {name} is not base64url") from None
+    # Published sets come from a configured, trusted location; tolerate padding there.
+    return b64u_decode(value.rstrip("="))  # MalformedBase64 is a ValueError
 
 
 @dataclass(frozen=True)
@@ -76,25 +71,13 @@ class JwtKey:
         if alg not in self.algs:
             raise InvalidToken("alg does not fit the issuer's key")
         try:
-            if isinstance(self.key, rsa.RSAPublicKey):
-                if len(signature) != (self.key.key_size + 7) // 8:
-                    raise InvalidToken(_BAD_SIGNATURE)
-                pad: padding.AsymmetricPadding = (
-                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
-                                salt_length=padding.PSS.DIGEST_LENGTH)
-                    if alg == "PS256" else padding.PKCS1v15()
-                )
-                self.key.verify(signature, signing_input, pad, hashes.SHA256())
-                return
-            if len(signature) != 64:
-                raise InvalidToken(_BAD_SIGNATURE)
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
-                raise InvalidToken(_BAD_SIGNATURE)
-            self.key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+            jws_verify(alg, self.key, signing_input, signature)
         except InvalidSignature:
             raise InvalidToken(_BAD_SIGNATURE) from None
+
+
+def _algs_of(kty: str) -> frozenset[str]:
+    return frozenset(alg for alg in JWT_ALGS if KEY_SHAPE[alg][0] == kty)
 
 
 def _parse_key(jwk: Mapping[str, Any]) -> JwtKey | None:
@@ -105,7 +88,6 @@ def _parse_key(jwk: Mapping[str, Any]) -> JwtKey | None:
     if not isinstance(kid, str) or not kid or (use is not None and use != "sig"):
         return None
     kty = jwk.get("kty")
-    algs: frozenset[str]
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     try:
         if kty == "RSA":
@@ -113,24 +95,18 @@ def _parse_key(jwk: Mapping[str, Any]) -> JwtKey | None:
             e = int.from_bytes(_b64_member(jwk, "e"), "big")
             if not _MIN_RSA_BITS <= n.bit_length() <= _MAX_RSA_BITS or e < 3 or e % 2 == 0:
                 return None
-            key = rsa.RSAPublicNumbers(e, n).public_key()
-            algs = frozenset({"RS256", "PS256"})
+            key = rsa_public_key(n, e)
         elif kty == "EC" and jwk.get("crv") == "P-256":
-            x, y = _b64_member(jwk, "x"), _b64_member(jwk, "y")
-            if len(x) != 32 or len(y) != 32:
-                return None
-            key = ec.EllipticCurvePublicNumbers(
-                int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
-            ).public_key()
-            algs = frozenset({"ES256"})
+            key = ec_public_key(_b64_member(jwk, "x"), _b64_member(jwk, "y"))
         else:
             return None
-    except ValueError:
+    except ValueError:  # JwkError included
         return None
+    algs = _algs_of(kty)
     if alg is not None:
         # A key published with its algorithm verifies that algorithm only.
         algs = algs & {alg} if isinstance(alg, str) else frozenset()
-    return JwtKey(kid=kid, algs=algs & JWT_ALGS, key=key) if algs & JWT_ALGS else None
+    return JwtKey(kid=kid, algs=algs, key=key) if algs else None
 
 
 def parse_jwks(raw: bytes) -> dict[str, JwtKey]:
@@ -189,7 +165,8 @@ class JwksSource:
         """The key named ``kid``, refreshing once if it is unknown; None if still unknown."""
         if self._keys is None or self._clock() - self._fetched_at >= self._cache_s:
             await self._refresh(stale_ok=True)
-        assert self._keys is not None
+        if self._keys is None:  # unreachable: _refresh either fills the set or raises
+            raise JwksUnavailable(f"no keys from {self.location}")
         found = self._keys.get(kid)
         if found is None and self._may_refresh():
             await self._refresh(stale_ok=True)

@@ -142,7 +142,8 @@ async def verify_jwt(
         raise InvalidToken(f"{what} token iat in the future")
     if nbf is not None and nbf > now + skew:
         raise InvalidToken(f"{what} token not yet valid")
-    assert exp is not None
+    if exp is None:  # unreachable: _date raised for the required exp
+        raise InvalidToken(f"{what} token exp missing")
     if now > exp + skew:
         raise TokenExpired(f"{what} token expired")
     return VerifiedJwt(issuer=entry.issuer, kid=kid, claims=claims)

@@ -30,7 +30,7 @@ from sceau.service.accounts import hash_password
 from sceau.service.runtime import keystore_settings
 from sceau.store import accounts
 from sceau.store.db import create_engines, upgrade
-from sceau.vocab import Role
+from sceau.vocab import AccountStatus, Role
 
 ADMIN_USER = "admin"
 
@@ -435,7 +435,7 @@ def initialize(
                         username=ADMIN_USER,
                         password_hash=hash_password(password),
                         role=str(Role.ADMIN),
-                        status="active",
+                        status=AccountStatus.ACTIVE,
                         must_change_password=True,
                         totp_secret=None,
                         created_at=now,
