@@ -30,6 +30,7 @@ from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 from auditlog import last_record, records
 from sceau import admin
 from sceau.core.b64 import b64u_decode
+from sceau.errors import BadCredentials
 from sceau.jose.client import generate_app_keys
 from sceau.keystore import open_keystore
 from sceau.service.accounts import verify_password
@@ -60,6 +61,14 @@ APPROVED = re.compile(r"/console/approvals\?done=requested&request=(apr_[A-Za-z0
 
 
 # --- what "widening" means (no server) ------------------------------------------------------
+
+
+def _password_matches(stored: str | None, password: str) -> bool:
+    try:
+        verify_password(stored, password)
+    except BadCredentials:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(("before", "after", "widens"), [
@@ -249,7 +258,7 @@ GATED = [
         _existing("{tag}-auditor", Role.AUDITOR),
         _account_post(action="reset"),
         lambda w, ctx: (row := account(w.server, ctx["username"])) is not None
-        and not verify_password(row.password_hash, PASSWORD) and row.must_change_password
+        and not _password_matches(row.password_hash, PASSWORD) and row.must_change_password
         and row.totp_secret is not None,
     ),
     Gated(
