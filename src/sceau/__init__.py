@@ -2,6 +2,11 @@
 
 Public surface: :mod:`sceau.client` (SDK) and :mod:`sceau.errors`. Everything else is
 internal to the service and may change.
+
+Layers (SPEC §1), dependencies pointing inwards: core → jose → keystore → store →
+service → SDK (:mod:`sceau.client`) → CLI, with the connectors on the SDK; ``vocab`` and
+``errors`` are shared by all. This package root holds only the version and imports nothing;
+``tests/core/test_layers.py`` checks every package's rule.
 """
 
 __version__ = "0.1.0"

@@ -7,6 +7,9 @@ is a :class:`~sceau.errors.ConfigError` naming the setting (and where it came fr
 typo fails at start rather than at the first request. The settings themselves are declared
 in :mod:`sceau.config.sections` (scalars) and :mod:`sceau.config.workspace` (``[cse]``,
 ``[dke]``); code reads them as typed attributes: ``config.audit.witness_dir``.
+
+May import: the standard library, pydantic (with pydantic-settings) and :mod:`sceau.errors`,
+nothing else: every layer may read the configuration, so it depends on none of them.
 """
 
 from __future__ import annotations

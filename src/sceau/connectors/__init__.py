@@ -8,4 +8,7 @@
 
 Contents never travel to the service: it only hands out data keys (``generate-data-key``,
 ``get-data-key``), and every access to them is authorized and audited there.
+
+May import: the SDK (:mod:`sceau.client`), core, jose, errors and vocab. Never the keystore,
+the store, the service, the configuration or the CLI (the CLI imports the connectors).
 """

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sceau.core.model import Authorization, KeyRecord, normalize_identity
-from sceau.errors import InvalidRequest
+from sceau.errors import AccessDenied, InvalidRequest
 from sceau.vocab import AuthorizationStatus, KeyStatus, ListStatus, Reason, Right
 
 __all__ = [
@@ -303,6 +303,13 @@ def decide_use(record: KeyRecord, caller: Actor, now: int) -> Reason | None:
     if rules.max_decryptions is not None and record.decryptions >= rules.max_decryptions:
         return Reason.MAX_DECRYPTIONS_REACHED
     return None
+
+
+def require_use(record: KeyRecord, caller: Actor, now: int) -> None:
+    """:func:`decide_use`, refusing with ``AccessDenied(reason)`` unless it grants."""
+    reason = decide_use(record, caller, now)
+    if reason is not None:
+        raise AccessDenied(reason)
 
 
 def can_manage(record: KeyRecord, user: str, now: int) -> bool:

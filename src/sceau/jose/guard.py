@@ -32,6 +32,7 @@ __all__ = [
     "UnverifiedJwe",
     "UnverifiedJws",
     "check_kid",
+    "token_part",
     "safe_name",
     "looks_like_jwe",
     "parse_unverified_jwe",
@@ -175,7 +176,8 @@ def _split_compact(token: bytes, parts: int, max_bytes: int) -> list[bytes]:
     return pieces
 
 
-def _b64(part: bytes, what: str) -> bytes:
+def token_part(part: bytes | str, what: str) -> bytes:
+    """One base64url part of a compact token, decoded; ``invalid_token`` naming ``what``."""
     try:
         return b64u_decode(part)
     except MalformedBase64:
@@ -225,7 +227,7 @@ def parse_unverified_jws(
     signature is only decoded, never checked.
     """
     header_b64, claims_b64, sig_b64 = _split_compact(token, 3, max_bytes)
-    header = _json_object(_b64(header_b64, "header"), "header")
+    header = _json_object(token_part(header_b64, "header"), "header")
     members = set(header)
     if members != _JWS_HEADER_MEMBERS:
         extra = sorted(members - _JWS_HEADER_MEMBERS)
@@ -241,10 +243,10 @@ def parse_unverified_jws(
         kid = check_kid(header["kid"])
     except ValueError as exc:
         raise InvalidToken(f"bad kid: {exc}") from None
-    signature = _b64(sig_b64, "signature")
+    signature = token_part(sig_b64, "signature")
     if not signature:
         raise InvalidToken("empty signature")
-    claims = _json_object(_b64(claims_b64, "payload"), "claims")
+    claims = _json_object(token_part(claims_b64, "payload"), "claims")
     return UnverifiedJws(
         header=header,
         claims=claims,
@@ -306,7 +308,7 @@ def parse_unverified_jwe(
     tag. Raises :class:`InvalidToken`.
     """
     header_b64, ek_b64, iv_b64, ct_b64, tag_b64 = _split_compact(token, 5, max_bytes)
-    header = _json_object(_b64(header_b64, "JWE header"), "JWE header")
+    header = _json_object(token_part(header_b64, "JWE header"), "JWE header")
     members = set(header)
     extra = sorted(members - _JWE_HEADER_MEMBERS)
     if extra:
@@ -324,7 +326,7 @@ def parse_unverified_jwe(
         raise InvalidToken("JWE kid is not one of the service's encryption keys")
     if alg != keys[kid]:
         raise InvalidToken("JWE alg not allowed for this kid")
-    encrypted_key = _b64(ek_b64, "JWE encrypted key")
+    encrypted_key = token_part(ek_b64, "JWE encrypted key")
     if alg == "ECDH-ES+A256KW":
         if "epk" not in header:
             raise InvalidToken("JWE epk missing")
@@ -336,9 +338,9 @@ def parse_unverified_jwe(
             raise InvalidToken("JWE header member not allowed: epk")
         if not encrypted_key:
             raise InvalidToken("JWE encrypted key missing")
-    if len(_b64(iv_b64, "JWE iv")) != _GCM_IV_BYTES:
+    if len(token_part(iv_b64, "JWE iv")) != _GCM_IV_BYTES:
         raise InvalidToken("JWE iv has the wrong length")
-    _b64(ct_b64, "JWE ciphertext")
-    if len(_b64(tag_b64, "JWE tag")) != _GCM_TAG_BYTES:
+    token_part(ct_b64, "JWE ciphertext")
+    if len(token_part(tag_b64, "JWE tag")) != _GCM_TAG_BYTES:
         raise InvalidToken("JWE tag has the wrong length")
     return UnverifiedJwe(header=header, alg=alg, enc=enc, kid=kid, token=bytes(token))

@@ -2,6 +2,9 @@
 
 :func:`open_keystore` gives the configured backend (``file`` or ``pkcs11``) behind the one
 :class:`Keystore` interface; :func:`init_keystore` creates the keys of a new installation.
+
+May import: core, jose, errors, vocab (its own ``KeystoreSettings``, not the configuration).
+Never the store, the service, config, the SDK, the CLI or the connectors.
 """
 
 from __future__ import annotations

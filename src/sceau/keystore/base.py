@@ -166,9 +166,9 @@ class Keystore(ABC):
 
     # --- master keys and derivation -----------------------------------------------------
 
-    @abstractmethod
     def current_master_version(self) -> int:
-        """The master version new keys use."""
+        """The master version new keys use: the highest usable one."""
+        return self.master_versions()[-1]
 
     @abstractmethod
     def master_versions(self) -> list[int]:

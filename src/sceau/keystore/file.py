@@ -575,9 +575,6 @@ class FileKeystore(JweFileKeys, Keystore):
 
     # --- master keys ------------------------------------------------------------------
 
-    def current_master_version(self) -> int:
-        return max(self._current().masters)
-
     def master_versions(self) -> list[int]:
         return sorted(self._current().masters)
 

@@ -16,4 +16,7 @@ them understands except behind an explicit dialect check.
 - ``writer``: every state change and its audit record, durably, in order.
 
 Every query function takes a live connection; transactions belong to the caller.
+
+May import: core, jose, keystore (seals), errors, vocab. Never the service, the
+configuration (settings come in as arguments), the SDK, the CLI or the connectors.
 """

@@ -6,6 +6,9 @@
   creation, inventory);
 - :mod:`~sceau.keystore.pkcs11.keystore`: :class:`Pkcs11Keystore`, the keystore itself;
 - :mod:`~sceau.keystore.pkcs11.migrate`: moving a file keystore into a token.
+
+May import: the keystore interface (:mod:`sceau.keystore.base`), core, errors, vocab.
+Never the store, the service, config, the SDK, the CLI or the connectors.
 """
 
 from sceau.keystore.pkcs11.keystore import Pkcs11Keystore

@@ -125,9 +125,6 @@ class Pkcs11Keystore(JweFileKeys, Keystore):
 
     # --- master keys ------------------------------------------------------------------
 
-    def current_master_version(self) -> int:
-        return max(self._inventory().masters)
-
     def master_versions(self) -> list[int]:
         return sorted(self._inventory().masters)
 

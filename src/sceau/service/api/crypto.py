@@ -24,7 +24,7 @@ from sceau.core.envelope import (
     token_for,
 )
 from sceau.core.model import KeyRecord
-from sceau.core.policy import Actor, can_manage, decide_use
+from sceau.core.policy import Actor, can_manage, require_use
 from sceau.errors import (
     AccessDenied,
     InvalidRequest,
@@ -163,9 +163,7 @@ def _use_key(
         record = batch.get(key_id)
     else:
         record = keyops.load_checked(tx.conn, rt.keystore, key_id, for_update=True)
-    reason = decide_use(record, actor, tx.now)
-    if reason is not None:
-        raise AccessDenied(reason)
+    require_use(record, actor, tx.now)
     data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     return record, data_key
 

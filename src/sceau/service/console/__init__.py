@@ -2,6 +2,9 @@
 
 Pages work without JavaScript (plain forms, POST then redirect); ``static/console.js`` only
 adds conveniences (select all). See docs/console.md for the security model.
+
+May import: the service and its API and workspace handlers, :mod:`sceau.admin`, core, jose,
+keystore, store, config, errors, vocab. Never the SDK, the CLI or the connectors.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :func:`mount` adds the enabled services to the FastAPI app. Their settings are the
 ``[cse]`` and ``[dke]`` sections of the configuration (:mod:`sceau.config.workspace`),
 validated when it is loaded.
+
+May import: the service (its API handlers included), :mod:`sceau.admin`, core, jose,
+keystore, store, config, errors, vocab. Never the SDK, the CLI or the connectors.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,7 +40,7 @@ import sceau
 from sceau.config.workspace import CseSettings, normalize_url
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
-from sceau.core.policy import Actor, decide_use
+from sceau.core.policy import Actor, require_use
 from sceau.core.workspace import (
     CSE_APPLICATION,
     MAILBOX_KEY_PREFIX,
@@ -78,6 +78,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_BYTES = 1024
 MAX_DEK_BYTES = 128
 _EMAIL_TYPE_DEFAULT = "google"
+T = TypeVar("T")
 
 
 # --- request bodies (Google's members; members Google may add later are ignored) -------------
@@ -316,9 +317,7 @@ class CseService:
         tx.ctx.key = keyops.key_id_text(record.key_id)
         _usable_for_encrypt(record, tx.now)
         if strict_member and self.settings.strict:
-            reason = decide_use(record, Actor(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
-            if reason is not None:
-                raise AccessDenied(reason)
+            require_use(record, Actor(CSE_APPLICATION, ident.email, tx.ctx.ip), tx.now)
         data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         envelope = seal_gcm(data_key, record.key_id, dek,
                             binding_aad(ident.resource_name, ident.perimeter_id))
@@ -339,9 +338,7 @@ class CseService:
         if perimeter is not None and wrapped.perimeter_id != perimeter:
             _refuse(tx, "perimeter_id", "the wrapped key belongs to another perimeter")
         who = subject if subject is not None else self._subject(record, email)
-        reason = decide_use(record, Actor(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
-        if reason is not None:
-            raise AccessDenied(reason)
+        require_use(record, Actor(CSE_APPLICATION, who, tx.ctx.ip), tx.now)
         data_key = self.rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
         try:
             dek = open_gcm(data_key, wrapped.envelope,
@@ -356,7 +353,7 @@ class CseService:
 
     # --- one call ----------------------------------------------------------------------------
 
-    async def run(self, state: CallState, job: Callable[[Tx], Any]) -> Any:
+    async def run(self, state: CallState, job: Callable[[Tx], T]) -> T:
         ctx = AuditContext(action=state.action, app=CSE_APPLICATION, user=state.email,
                            ip=state.ip, req=None, key=state.key, details=state.details or {})
         try:
@@ -365,7 +362,8 @@ class CseService:
             # The writer recorded it (or could not record anything: audit_unavailable).
             error.audited = True  # type: ignore[attr-defined]
             raise
-        return outcome.value
+        value: T = outcome.value
+        return value
 
     async def audit_refusal(self, state: CallState, error: SceauError) -> None:
         """Record a call refused before its job ran (parse, tokens, checks)."""
@@ -382,37 +380,37 @@ class CseService:
         with contextlib.suppress(SceauError):
             await self.rt.writer.submit_async(Job(fn=refuse, ctx=ctx))
 
+    async def _identify(self, body: WrapBody | UnwrapBody, state: CallState,
+                        operation: str) -> Identity:
+        """Both tokens of a Drive call verified and agreed; the audit record told who."""
+        email = await self.authenticate(body.authentication)
+        state.email = email
+        ident = self.check_authorization(await self.authorize(body.authorization),
+                                         ROLES[operation], email)
+        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+        return ident
+
     # --- endpoints -------------------------------------------------------------------------
 
     async def wrap(self, body: WrapBody, state: CallState) -> dict[str, Any]:
         dek = _dek(body.key)
-        email = await self.authenticate(body.authentication)
-        state.email = email
-        ident = self.check_authorization(await self.authorize(body.authorization),
-                                         ROLES["wrap"], email)
-        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+        ident = await self._identify(body, state, "wrap")
 
         def job(tx: Tx) -> dict[str, Any]:
             return {"wrapped_key": self.wrap_dek(tx, ident, dek, strict_member=True)}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     async def unwrap(self, body: UnwrapBody, state: CallState) -> dict[str, Any]:
-        email = await self.authenticate(body.authentication)
-        state.email = email
-        ident = self.check_authorization(await self.authorize(body.authorization),
-                                         ROLES["unwrap"], email)
-        state.details = _details(ident.resource_name, ident.perimeter_id, body.reason)
+        ident = await self._identify(body, state, "unwrap")
 
         def job(tx: Tx) -> dict[str, Any]:
-            dek, _ = self.open_dek(tx, body.wrapped_key, email=email,
+            dek, _ = self.open_dek(tx, body.wrapped_key, email=ident.email,
                                    resource=ident.resource_name,
                                    perimeter=ident.perimeter_id, count=True)
             return {"key": _b64_out(dek)}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     async def digest(self, body: DigestBody, state: CallState) -> dict[str, Any]:
         authz = await self.authorize(body.authorization)
@@ -427,8 +425,7 @@ class CseService:
             digest = resource_key_hash(dek, ident.resource_name, perimeter)
             return {"resource_key_hash": _b64_out(digest)}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     # --- privileged endpoints (cse_admin holders, no authorization token) ------------------
 
@@ -458,8 +455,7 @@ class CseService:
             # A key made here is owned by the admin (SPEC §11, CSE decisions).
             return {"wrapped_key": self.wrap_dek(tx, ident, dek, strict_member=False)}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     async def privilegedunwrap(self, body: PrivilegedUnwrapBody, state: CallState
                                ) -> dict[str, Any]:
@@ -478,8 +474,7 @@ class CseService:
             tx.ctx.details["perimeter_id"] = perimeter
             return {"key": _b64_out(dek)}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     def _owner_of(self, tx: Tx, wrapped_text: str) -> str:
         wrapped = parse_wrapped_key(_b64_std(wrapped_text, "wrapped_key"))
@@ -507,8 +502,7 @@ class CseService:
             digest = resource_key_hash(dek, ident.resource_name, ident.perimeter_id)
             return {"resource_key_hash": _b64_out(digest), "wrapped_key": wrapped}
 
-        result: dict[str, Any] = await self.run(state, job)
-        return result
+        return await self.run(state, job)
 
     async def _privileged_unwrap_at(self, original: str, resource: str, wrapped: str,
                                     reason: str) -> bytes:

@@ -29,20 +29,12 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from sceau import errors
 from sceau.config.workspace import DkeSettings
 from sceau.core.b64 import b64u_decode
 from sceau.core.model import KeyRecord
-from sceau.core.policy import Actor, decide_use, validate_principal
+from sceau.core.policy import Actor, require_use, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
-from sceau.errors import (
-    AccessDenied,
-    IntegrityFailure,
-    InvalidRequest,
-    InvalidToken,
-    NotFound,
-    SceauError,
-    TokenExpired,
-)
 from sceau.service import keyops
 from sceau.service.runtime import Runtime
 from sceau.service.workspace.body import read_json_object
@@ -67,7 +59,7 @@ RETIRED = AppKeyStatus.RETIRED
 def valid_key_name(name: str) -> str:
     """A DKE key name: 1-64 letters, digits, '.', '_', '-' (it is a URL path segment)."""
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
-        raise InvalidRequest("name: 1-64 letters, digits, '.', '_' or '-'")
+        raise errors.InvalidRequest("name: 1-64 letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -87,9 +79,9 @@ def caller_identity(claims: dict[str, Any]) -> str:
         if isinstance(value, str) and value:
             try:
                 return validate_principal(value).lower()
-            except InvalidRequest:
-                raise InvalidToken(f"bearer token {name} is not an identity") from None
-    raise InvalidToken("bearer token names no user (email, upn, preferred_username)")
+            except errors.InvalidRequest:
+                raise errors.InvalidToken(f"bearer token {name} is not an identity") from None
+    raise errors.InvalidToken("bearer token names no user (email, upn, preferred_username)")
 
 
 class DkeService:
@@ -119,11 +111,11 @@ class DkeService:
         """The DKE key row and its Sceau key record, both verified against their seals."""
         row = ws.get_dke_key(conn, name)
         if row is None:
-            raise NotFound("no such DKE key")
+            raise errors.NotFound("no such DKE key")
         self.rt.rows.check(row)
         record = keyops.load_checked(conn, self.rt.keystore, row.key_id)
         if record.application != DKE_APPLICATION or record.name != name:
-            raise IntegrityFailure("the DKE key row names another key")
+            raise errors.IntegrityFailure("the DKE key row names another key")
         return row, record
 
     def active_versions(self, conn: Any, name: str) -> list[ws.DkeVersionRow]:
@@ -140,13 +132,10 @@ class DkeService:
         valid_key_name(name)
         with self.rt.engines.read.connect() as conn:
             _row, record = self.key_of(conn, name)
-            reason = decide_use(record, Actor(DKE_APPLICATION, record.owner, None),
-                                int(time.time()))
-            if reason is not None:
-                raise AccessDenied(reason)
+            require_use(record, Actor(DKE_APPLICATION, record.owner, None), int(time.time()))
             versions = self.active_versions(conn, name)
         if not versions:
-            raise NotFound("no active version of this DKE key")
+            raise errors.NotFound("no active version of this DKE key")
         current = versions[-1]
         n = b64u_decode(current.n)
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
@@ -161,7 +150,7 @@ class DkeService:
                       ctx: AuditContext) -> dict[str, Any]:
         header = request.headers.get("authorization")
         if header is None or not header.startswith("Bearer "):
-            raise InvalidToken("a bearer token is required")
+            raise errors.InvalidToken("a bearer token is required")
         verified = await verify_jwt(header[len("Bearer "):].strip(), self.issuers,
                                     now=int(time.time()), skew=self.skew, what="bearer")
         caller = caller_identity(dict(verified.claims))
@@ -169,30 +158,28 @@ class DkeService:
         ctx.details = {"dke_key": name[:64], "keyid": keyid[:64]}
         valid_key_name(name)
         if _KEYID.fullmatch(keyid) is None:
-            raise NotFound("no such DKE key version")
+            raise errors.NotFound("no such DKE key version")
         body = await read_json_object(request, limit=MAX_BODY_BYTES, max_depth=4)
         if body.get("alg") != DKE_ALG:
-            raise InvalidRequest(f"alg: only {DKE_ALG} is supported")
+            raise errors.InvalidRequest(f"alg: only {DKE_ALG} is supported")
         value = body.get("value")
         try:
             ciphertext = base64.b64decode(str(value).encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError, ValueError):
-            raise InvalidRequest("value: not base64") from None
+            raise errors.InvalidRequest("value: not base64") from None
         if not isinstance(value, str) or len(ciphertext) != 256:
-            raise InvalidRequest("value: an RSA-2048 ciphertext (256 bytes) is expected")
+            raise errors.InvalidRequest("value: an RSA-2048 ciphertext (256 bytes) is expected")
 
         def job(tx: Tx) -> dict[str, Any]:
             _row, record = self.key_of(tx.conn, name)
             tx.ctx.key = keyops.key_id_text(record.key_id)
             version = ws.get_dke_version(tx.conn, name, keyid)
             if version is None:
-                raise NotFound("no such DKE key version")
+                raise errors.NotFound("no such DKE key version")
             self.rt.rows.check(version)
-            reason = decide_use(record, Actor(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
-            if reason is not None:
-                raise AccessDenied(reason)
+            require_use(record, Actor(DKE_APPLICATION, caller, tx.ctx.ip), tx.now)
             if version.status != ACTIVE:
-                raise AccessDenied(Reason.KEY_DISABLED, "this key version was retired")
+                raise errors.AccessDenied(Reason.KEY_DISABLED, "this key version was retired")
             plaintext = self.rt.keystore.dke_decrypt(dke_label(name, keyid), ciphertext)
             after = keyops.reseal(self.rt.keystore, record, bump=False,
                                   decryptions=record.decryptions + 1)
@@ -201,7 +188,7 @@ class DkeService:
 
         try:
             outcome = await self.rt.writer.submit_async(Job(fn=job, ctx=ctx))
-        except SceauError as error:
+        except errors.SceauError as error:
             error.audited = True  # type: ignore[attr-defined]  # the writer recorded it
             raise
         result: dict[str, Any] = outcome.value
@@ -211,7 +198,7 @@ class DkeService:
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
-def _problem(error: SceauError, headers: dict[str, str] | None = None) -> Response:
+def _problem(error: errors.SceauError, headers: dict[str, str] | None = None) -> Response:
     body = error.problem(None)
     return JSONResponse(body, status_code=error.status, media_type="application/problem+json",
                         headers={**_NO_STORE, **(headers or {})})
@@ -225,7 +212,7 @@ def mount_dke(app: FastAPI, rt: Runtime, settings: DkeSettings) -> DkeService:
     async def get_key(name: str) -> Response:
         try:
             return JSONResponse(service.public_key(name), headers=_NO_STORE)
-        except SceauError as error:
+        except errors.SceauError as error:
             return _problem(error)
 
     async def decrypt(name: str, keyid: str, request: Request) -> Response:
@@ -234,10 +221,10 @@ def mount_dke(app: FastAPI, rt: Runtime, settings: DkeSettings) -> DkeService:
                            ip=client.host if client else None, req=None)
         try:
             result = await service.decrypt(name, keyid, request, ctx)
-        except SceauError as error:
+        except errors.SceauError as error:
             if not getattr(error, "audited", False):
                 await _audit_refusal(rt, ctx, error)
-            challenge = isinstance(error, InvalidToken | TokenExpired)
+            challenge = isinstance(error, errors.InvalidToken | errors.TokenExpired)
             return _problem(error, {"WWW-Authenticate": service.challenge} if challenge
                             else None)
         return JSONResponse(result, headers=_NO_STORE)
@@ -248,13 +235,13 @@ def mount_dke(app: FastAPI, rt: Runtime, settings: DkeSettings) -> DkeService:
     return service
 
 
-async def _audit_refusal(rt: Runtime, ctx: AuditContext, error: SceauError) -> None:
+async def _audit_refusal(rt: Runtime, ctx: AuditContext, error: errors.SceauError) -> None:
     """Record a refusal decided before the writer job (no token, bad token, bad body)."""
 
     def refuse(_tx: Tx) -> None:
         raise error
 
-    with contextlib.suppress(SceauError):
+    with contextlib.suppress(errors.SceauError):
         await rt.writer.submit_async(Job(fn=refuse, ctx=AuditContext(
             action=ctx.action, app=ctx.app, user=ctx.user, ip=ctx.ip, req=None,
             details=dict(ctx.details))))

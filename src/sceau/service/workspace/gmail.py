@@ -39,7 +39,7 @@ from pydantic import StrictInt, StrictStr
 
 from sceau.core.envelope import open_gcm, seal_gcm
 from sceau.core.model import KeyRecord, Rules
-from sceau.core.policy import Actor, decide_use, validate_principal
+from sceau.core.policy import Actor, require_use, validate_principal
 from sceau.core.smime import (
     DECRYPT_ALGORITHMS,
     SIGN_ALGORITHMS,
@@ -58,7 +58,7 @@ from sceau.core.workspace import (
     parse_wrapped_private_key,
     private_key_aad,
 )
-from sceau.errors import AccessDenied, IntegrityFailure, InvalidRequest, InvalidToken
+from sceau.errors import IntegrityFailure, InvalidRequest, InvalidToken
 from sceau.keystore import Keystore
 from sceau.service import keyops
 from sceau.service.workspace.cse import (
@@ -272,9 +272,7 @@ def open_mailbox_key(service: CseService, tx: Tx, wrapped: WrappedPrivateKey, *,
     if perimeter is not None and perimeter != wrapped.perimeter_id:
         _refuse(tx, "perimeter_id", "the wrapped private key belongs to another perimeter")
     subject = caller if caller is not None else record.owner
-    reason = decide_use(record, Actor(CSE_APPLICATION, subject, tx.ctx.ip), tx.now)
-    if reason is not None:
-        raise AccessDenied(reason)
+    require_use(record, Actor(CSE_APPLICATION, subject, tx.ctx.ip), tx.now)
     data_key = rt.keystore.derive(record.master_version, record.key_id, record.live_seed())
     try:
         der = open_gcm(data_key, wrapped.envelope, wrapped.aad)
@@ -319,8 +317,7 @@ async def privatekeydecrypt(service: CseService, body: PrivateKeyDecryptBody,
                                perimeter=perimeter)
         return {"data_encryption_key": _b64_out(decrypt_key(key, algorithm, edek, label))}
 
-    result: dict[str, Any] = await service.run(state, job)
-    return result
+    return await service.run(state, job)
 
 
 async def privatekeysign(service: CseService, body: PrivateKeySignBody,
@@ -335,8 +332,7 @@ async def privatekeysign(service: CseService, body: PrivateKeySignBody,
         return {"signature": _b64_out(sign_digest(key, algorithm, digest,
                                                   body.rsa_pss_salt_length))}
 
-    result: dict[str, Any] = await service.run(state, job)
-    return result
+    return await service.run(state, job)
 
 
 async def privilegedprivatekeydecrypt(service: CseService,
@@ -360,8 +356,7 @@ async def privilegedprivatekeydecrypt(service: CseService,
         tx.ctx.details["perimeter_id"] = wrapped.perimeter_id
         return {"data_encryption_key": _b64_out(decrypt_key(key, algorithm, edek, label))}
 
-    result: dict[str, Any] = await service.run(state, job)
-    return result
+    return await service.run(state, job)
 
 
 async def wrapprivatekey(service: CseService, body: WrapPrivateKeyBody,
@@ -384,8 +379,7 @@ async def wrapprivatekey(service: CseService, body: WrapPrivateKeyBody,
                                            perimeter_id=body.perimeter_id)
         return {"wrapped_private_key": _b64_out(wrapped)}
 
-    result: dict[str, Any] = await service.run(state, job)
-    return result
+    return await service.run(state, job)
 
 
 GMAIL_POSTS: dict[str, tuple[Action, type[_Body], Handler]] = {

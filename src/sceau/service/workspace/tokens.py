@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sceau.core.b64 import MalformedBase64, b64u_decode
 from sceau.errors import InvalidToken, TokenExpired
-from sceau.jose.guard import MalformedJson, check_kid, strict_json_loads
+from sceau.jose.guard import MalformedJson, check_kid, strict_json_loads, token_part
 from sceau.service.workspace.jwks import JWT_ALGS, JwksSource
 
 __all__ = ["MAX_JWT_BYTES", "TrustedIssuer", "VerifiedJwt", "verify_jwt"]
@@ -51,13 +50,6 @@ class VerifiedJwt:
     issuer: str
     kid: str
     claims: Mapping[str, Any]
-
-
-def _part(raw: str, what: str) -> bytes:
-    try:
-        return b64u_decode(raw)
-    except MalformedBase64:
-        raise InvalidToken(f"{what}: not canonical base64url") from None
 
 
 def _object(raw: bytes, what: str) -> dict[str, Any]:
@@ -109,7 +101,7 @@ async def verify_jwt(
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidToken(f"{what} token is not a compact JWS")
-    header = _object(_part(parts[0], f"{what} token header"), f"{what} token header")
+    header = _object(token_part(parts[0], f"{what} token header"), f"{what} token header")
     extra = set(header) - _HEADER_MEMBERS
     if extra:
         raise InvalidToken(f"{what} token header has a member that is not allowed")
@@ -123,8 +115,8 @@ async def verify_jwt(
         kid = check_kid(header.get("kid"))
     except ValueError:
         raise InvalidToken(f"{what} token kid missing or malformed") from None
-    signature = _part(parts[2], f"{what} token signature")
-    claims = _object(_part(parts[1], f"{what} token claims"), f"{what} token claims")
+    signature = token_part(parts[2], f"{what} token signature")
+    claims = _object(token_part(parts[1], f"{what} token claims"), f"{what} token claims")
     issuer = claims.get("iss")
     entry = trusted.get(issuer) if isinstance(issuer, str) else None
     if entry is None:
