@@ -1,7 +1,7 @@
 """CSE and DKE keys in the console, on every backend (SPEC §11, issue 15 "Console").
 
 An administrator signs in to the real console of a real `sceau serve` and works its forms
-as a browser without JavaScript would (tests/console/consolekit.py): the key table shows
+as a browser without JavaScript would (tests/console_support.py): the key table shows
 the workspace keys with their application and resource name, its filters find them, and
 disabling one there refuses the very next unwrap or decryption. Destroying a DKE key's
 record there destroys its RSA private keys in the keystore as well.
@@ -24,10 +24,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from wskit import Kacls, Vendors
+from workspace_support import Kacls, Vendors
 
-from auditlog import records
-from console.consolekit import Console, put_account
+from audit_support import records
+from console_support import Console, put_account
 from sceau.core.b64 import b64u_encode
 from sceau.core.workspace import parse_wrapped_key
 from sceau.errors import IntegrityFailure

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from wskit import GOOGLE_DOC_DEK, Kacls, SigningKey, Vendors
+from workspace_support import GOOGLE_DOC_DEK, Kacls, SigningKey, Vendors
 
-from auditlog import records
+from audit_support import records
 from sceau.core.b64 import b64u_encode
 from sceau.core.workspace import parse_wrapped_key, resource_key_hash
 from support import Server
