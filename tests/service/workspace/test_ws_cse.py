@@ -27,7 +27,7 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 VECTORS = json.loads(
     # A copy of shared/vectors/cse-resource-key-hash.json (Google's published vectors).
-    (Path(__file__).resolve().parents[1] / "vectors" / "cse-resource-key-hash.json").read_text()
+    (Path(__file__).resolve().parents[2] / "vectors" / "cse-resource-key-hash.json").read_text()
 )["vectors"]
 
 

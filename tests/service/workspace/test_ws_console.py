@@ -286,7 +286,7 @@ def test_cse_admin_granted_in_the_console_once_a_second_admin_approves(
     dek = os.urandom(32)
     wrapped = kacls.wrap(ALICE, resource, dek).json()["wrapped_key"]
     page = "/console/workspace"
-    # (A lone admin is never offered the grant: tests/console/test_console_duty.py.)
+    # (A lone admin is never offered the grant: tests/service/console/test_console_duty.py.)
     # A second admin: the grant is a request, and it runs only once the other approves.
     put_account(ws_server, ADMIN2, ADMIN2_PASSWORD, Role.ADMIN)
     other = Console(ws_server).as_account(ADMIN2, ADMIN2_PASSWORD)
