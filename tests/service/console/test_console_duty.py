@@ -30,6 +30,7 @@ from audit_support import last_record, records
 from console_support import ADMIN_PASSWORD, PASSWORD, Console, put_account
 from sceau import admin
 from sceau.core.b64 import b64u_decode
+from sceau.errors import BadCredentials
 from sceau.jose.client import generate_app_keys
 from sceau.keystore import open_keystore
 from sceau.service.accounts import verify_password
@@ -161,6 +162,14 @@ def account(server: Server, username: str) -> AccountRow | None:
     return found
 
 
+def _password_is(stored: str | None, password: str) -> bool:
+    try:
+        verify_password(stored, password)
+    except BadCredentials:
+        return False
+    return True
+
+
 def app_named(server: Server, name: str) -> applications.AppRow | None:
     apps = _read(server, applications.list_applications)
     return next((a for a in apps if a.name == name), None)
@@ -249,7 +258,7 @@ GATED = [
         _existing("{tag}-auditor", Role.AUDITOR),
         _account_post(action="reset"),
         lambda w, ctx: (row := account(w.server, ctx["username"])) is not None
-        and not verify_password(row.password_hash, PASSWORD) and row.must_change_password
+        and not _password_is(row.password_hash, PASSWORD) and row.must_change_password
         and row.totp_secret is not None,
     ),
     Gated(
