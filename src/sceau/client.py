@@ -14,7 +14,7 @@ a generator that builds the requests, yields each step it needs (an HTTP exchang
 local work such as stream encryption, an item for an iterator) and checks the results. The
 two transports only perform those steps: :class:`Client` at once, :class:`AsyncClient` with
 ``await`` (blocking work in a thread). Both therefore have the same operations, with the
-same arguments and results; ``tests/service/test_sdk_async.py`` holds them to it.
+same arguments and results; ``tests/client/test_sdk.py`` holds them to it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from auditlog import records
+from audit_support import records
 from support import STORES, Server, databases_for, make_server, run_cli, store_env
 
 

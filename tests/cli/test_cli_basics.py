@@ -70,7 +70,7 @@ def test_sigterm_shuts_down_cleanly_and_chain_continues(tmp_path: Path) -> None:
     server.start()
     with server.client(app, "a@example.com") as c:
         c.encrypt(b"after restart")
-    from auditlog import records, verify_store
+    from audit_support import records, verify_store
 
     report = verify_store(server)
     assert report.ok, report.first_problem

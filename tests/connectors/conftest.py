@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
-from connector_support import PASSWORD, SENDER, Sink
+from connectors_support import PASSWORD, SENDER, Sink
 
 from sceau.client import Client
 from sceau.connectors.relay import (

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from connector_support import invoke
+from connectors_support import invoke
 
 from sceau.client import DataKey
 from sceau.connectors.files import (

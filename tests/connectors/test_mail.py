@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from connector_support import invoke
+from connectors_support import invoke
 
 from sceau.connectors.mail import open_message, protect_message
 from sceau.errors import IntegrityFailure, InvalidRequest

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from connector_support import (
+from connectors_support import (
     HIDDEN,
     SENDER,
     TO,

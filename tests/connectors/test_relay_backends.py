@@ -13,7 +13,7 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from connector_support import SENDER, VICTIM, Sink, owned, send
+from connectors_support import SENDER, VICTIM, Sink, owned, send
 
 from sceau.client import Client
 from sceau.connectors.relay import Relay

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sec_support import SQLITE
+from security_support import SQLITE
 
 from support import Server, TestApp, make_server
 

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from sec_support import TrailWatch, assert_problem, forge, post
+from security_support import TrailWatch, assert_problem, forge, post
 
 from sceau import admin
 from sceau.core.b64 import b64u_decode, b64u_encode

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sec_support import forge
+from security_support import forge
 
 from sceau.core.b64 import b64u_encode
 from sceau.errors import HTTP_STATUS

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sec_support import TrailWatch, assert_problem, post
+from security_support import TrailWatch, assert_problem, post
 
-from console.consolekit import Console, put_account
+from console_support import Console, put_account
 from sceau import admin
 from sceau.client import Client
 from sceau.core.b64 import b64u_encode

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 from cryptography.x509.oid import NameOID
 from jwcrypto import jwk as jwcrypto_jwk
-from sec_support import (
+from security_support import (
     JOSE,
     Forged,
     TrailWatch,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sec_support import (
+from security_support import (
     SQLITE,
     TrailWatch,
     assert_problem,

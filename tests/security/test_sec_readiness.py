@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sec_support import SQLITE, assert_problem, forge, post
+from security_support import SQLITE, assert_problem, forge, post
 
 from sceau.config import env_name
 from support import Server, TestApp, make_server

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sec_support import SQLITE, audit_records, forge, post
+from security_support import SQLITE, audit_records, forge, post
 
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.errors import SceauError

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sec_support import SQLITE, TrailWatch, forge, post
+from security_support import SQLITE, TrailWatch, forge, post
 
 from sceau.config import env_name, load_config
 from sceau.errors import ConfigError

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from auditlog import last_record, verify_store
+from audit_support import last_record, verify_store
 from sceau.client import AsyncClient
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.core.envelope import open_gcm, seal_gcm_with_token

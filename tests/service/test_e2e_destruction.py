@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from typer.testing import CliRunner
 
-from auditlog import records, verify_store
+from audit_support import records, verify_store
 from sceau.cli.main import cli
 from sceau.client import Client
 from sceau.errors import AccessDenied, InvalidRequest

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from auditlog import last_record
+from audit_support import last_record
 from sceau.cli.main import cli, main
 from sceau.client import Client
 from sceau.core.b64 import b64u_encode

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from auditlog import count_rows, last_record, verify_store
+from audit_support import count_rows, last_record, verify_store
 from hsm_support import SoftHsmToken, new_softhsm_token, register_app_via_cli, token_env_here
 from sceau.core.b64 import b64u_encode
 from sceau.errors import AccessDenied, KeystoreUnavailable, NotFound

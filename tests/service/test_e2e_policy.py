@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from auditlog import count_rows, records, verify_store
+from audit_support import count_rows, records, verify_store
 from sceau.client import Client
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.errors import AccessDenied, IntegrityFailure, NotFound, SceauError

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk as jwcrypto_jwk
 
-from auditlog import count_rows, records
+from audit_support import count_rows, records
 from sceau.core.b64 import b64u_encode
 from sceau.jose.client import sign_request, wrap_for_service
 from sceau.vocab import AppStatus

@@ -1,5 +1,7 @@
 """Helpers of the console tests: accounts written into a server's store, a form-posting client.
 
+Shared with the workspace and security tests that drive the console, so it lives in tests/.
+
 Roles that must use a second factor (``admin`` and ``auditor`` by default) get a TOTP secret
 when the test writes their account; :class:`Console` then signs in with the next unused
 code. A code is accepted once per 30-second step, and the server accepts the previous,
@@ -172,5 +174,5 @@ def shots_dir() -> Path:
     rewrites the ones docs/console.md shows, so `make test` leaves the tree clean.
     """
     if os.environ.get(SHOTS_ENV) == "1":
-        return Path(__file__).resolve().parents[2] / "docs" / "images"
+        return Path(__file__).resolve().parents[1] / "docs" / "images"
     return Path(tempfile.gettempdir()) / "sceau-console-shots"

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from audit_tools import db, independent_verify
+from auditlog_support import db, independent_verify
 
 from support import make_server, run_cli
 

@@ -8,8 +8,8 @@ accounts) keep everything (docs/policy.md).
 from __future__ import annotations
 
 import pytest
-from consolekit import PASSWORD, Console, put_account
 
+from console_support import PASSWORD, Console, put_account
 from sceau.vocab import Role
 from support import Server
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from consolekit import PASSWORD, Console, put_account
 
-from auditlog import last_record, records
+from audit_support import last_record, records
+from console_support import PASSWORD, Console, put_account
 from sceau.connectors.files import FileInfo, encode_file_header, open_file, protect_file
 from sceau.core.b64 import b64u_decode, b64u_encode
 from sceau.vocab import Role

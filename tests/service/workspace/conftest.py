@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from wskit import Kacls, Vendors, make_vendors
+from workspace_support import Kacls, Vendors, make_vendors
 
 from support import BACKENDS, Server, backend_server
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from audit_tools import (
+from auditlog_support import (
     canonical,
     checkpointed,
     copy_data_dir,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from audit_tools import parse_rfc5424
+from auditlog_support import parse_rfc5424
 
 from sceau.auditlog.export import ExportFormat, follow_export, iter_export, write_atomic
 from sceau.auditlog.syslog import SyslogOptions, escape_param_value, facility_code, syslog_line

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from audit_tools import parse_rfc5424
+from auditlog_support import parse_rfc5424
 
 from sceau.auditlog.export import ExportFormat, iter_export, write_atomic
 from sceau.errors import AuditUnavailable

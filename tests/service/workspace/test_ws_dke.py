@@ -16,9 +16,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from wskit import SigningKey, Vendors
+from workspace_support import SigningKey, Vendors
 
-from auditlog import records
+from audit_support import records
 from support import Server, run_cli
 
 ALLOWED = "*@contoso.example"

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from wskit import GOOGLE_DOC_DEK, Kacls, SigningKey, Vendors
+from workspace_support import GOOGLE_DOC_DEK, Kacls, SigningKey, Vendors
 
-from auditlog import records
+from audit_support import records
 from sceau.core.b64 import b64u_encode
 from sceau.core.workspace import parse_wrapped_key, resource_key_hash
 from support import Server
@@ -27,7 +27,7 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 VECTORS = json.loads(
     # A copy of shared/vectors/cse-resource-key-hash.json (Google's published vectors).
-    (Path(__file__).resolve().parents[1] / "vectors" / "cse-resource-key-hash.json").read_text()
+    (Path(__file__).resolve().parents[2] / "vectors" / "cse-resource-key-hash.json").read_text()
 )["vectors"]
 
 

@@ -22,11 +22,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account, shots_dir
 from joserfc import jws
 from joserfc.jwk import OctKey
 
-from auditlog import audit_lines, count_rows, last_record, records, verify_store
+from audit_support import audit_lines, count_rows, last_record, records, verify_store
+from console_support import ADMIN_PASSWORD, PASSWORD, Console, put_account, shots_dir
 from oidc_support import (
     CLIENT_ID,
     OTHER_CLIENT_ID,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consolekit import PASSWORD, next_code, put_account, remember_totp, shots_dir
 
+from console_support import PASSWORD, next_code, put_account, remember_totp, shots_dir
 from sceau.errors import AccessDenied
 from sceau.jose.client import generate_app_keys
 from sceau.service.console import security

@@ -1,7 +1,7 @@
 """CSE and DKE keys in the console, on every backend (SPEC §11, issue 15 "Console").
 
 An administrator signs in to the real console of a real `sceau serve` and works its forms
-as a browser without JavaScript would (tests/console/consolekit.py): the key table shows
+as a browser without JavaScript would (tests/console_support.py): the key table shows
 the workspace keys with their application and resource name, its filters find them, and
 disabling one there refuses the very next unwrap or decryption. Destroying a DKE key's
 record there destroys its RSA private keys in the keystore as well.
@@ -24,10 +24,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from wskit import Kacls, Vendors
+from workspace_support import Kacls, Vendors
 
-from auditlog import records
-from console.consolekit import Console, put_account
+from audit_support import records
+from console_support import Console, put_account
 from sceau.core.b64 import b64u_encode
 from sceau.core.workspace import parse_wrapped_key
 from sceau.errors import IntegrityFailure
@@ -286,7 +286,7 @@ def test_cse_admin_granted_in_the_console_once_a_second_admin_approves(
     dek = os.urandom(32)
     wrapped = kacls.wrap(ALICE, resource, dek).json()["wrapped_key"]
     page = "/console/workspace"
-    # (A lone admin is never offered the grant: tests/console/test_console_duty.py.)
+    # (A lone admin is never offered the grant: tests/service/console/test_console_duty.py.)
     # A second admin: the grant is a request, and it runs only once the other approves.
     put_account(ws_server, ADMIN2, ADMIN2_PASSWORD, Role.ADMIN)
     other = Console(ws_server).as_account(ADMIN2, ADMIN2_PASSWORD)

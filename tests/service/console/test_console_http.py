@@ -7,8 +7,8 @@ import re
 import time
 
 import pytest
-from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 
+from console_support import ADMIN_PASSWORD, PASSWORD, Console, put_account
 from sceau.service.console import security
 from sceau.store.db import create_engines
 from sceau.store.keys import load_key

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from wskit import Kacls, Vendors
+from workspace_support import Kacls, Vendors
 
-from auditlog import records
+from audit_support import records
 from sceau.core.b64 import b64u_decode
 from sceau.core.workspace import resource_key_hash
 from support import Server, run_cli

@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-from consolekit import ADMIN_PASSWORD, PASSWORD, Console, put_account
 
-from auditlog import last_record, records
+from audit_support import last_record, records
+from console_support import ADMIN_PASSWORD, PASSWORD, Console, put_account
 from sceau import admin
 from sceau.core.b64 import b64u_decode
 from sceau.errors import BadCredentials

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wskit import Issuer, JwksServer, SigningKey, b64u, compact_jwt
+from workspace_support import Issuer, JwksServer, SigningKey, b64u, compact_jwt
 
 from sceau.config import Config, load_config
 from sceau.errors import ConfigError, InvalidToken, TokenExpired

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-from audit_tools import db
+from auditlog_support import db
 
 from sceau.core.b64 import b64u_encode
 from sceau.jose.client import ClientIdentity, sign_request

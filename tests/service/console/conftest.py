@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from consolekit import ADMIN_PASSWORD, Console, put_account
 
+from console_support import ADMIN_PASSWORD, Console, put_account
 from sceau.vocab import Role
 from support import Server, make_server
 

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from wskit import Kacls, SigningKey
+from workspace_support import Kacls, SigningKey
 
-from auditlog import records
+from audit_support import records
 from sceau.core.workspace import parse_wrapped_private_key
 from support import Server, run_cli
 
