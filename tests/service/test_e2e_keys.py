@@ -347,6 +347,11 @@ def test_cli_key_commands(server: Server, app: TestApp, tmp_path: Path,
     runner = CliRunner()
     with server.client(app, OWNER) as c:
         key_id, envelope = c.encrypt(b"cli", name="cli doc")
+        # One key id in 64 begins with '-', which a command line reads as an option unless
+        # it follows `--` (test_cli_takes_a_key_id_beginning_with_a_dash); this test passes
+        # ids where options may follow them.
+        while key_id.startswith("-"):
+            key_id, envelope = c.encrypt(b"cli", name="cli doc")
 
     def invoke(*args: str, input: str | None = None) -> Any:
         return runner.invoke(cli, ["key", *args], env=env, input=input)
@@ -393,3 +398,17 @@ def test_cli_key_commands(server: Server, app: TestApp, tmp_path: Path,
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("sceau: error: access_denied") and "key_destroyed" in err
+
+
+def test_cli_takes_a_key_id_beginning_with_a_dash(server: Server, app: TestApp,
+                                                  tmp_path: Path) -> None:
+    """After `--`, an id such as `-Wx...` is an argument, as with any POSIX command."""
+    profile = server.profile(app, tmp_path / "profile.json", user=OWNER)
+    with server.client(app, OWNER) as c:
+        key_id, _ = c.encrypt(b"dash", name="dash doc")
+        while not key_id.startswith("-"):
+            key_id, _ = c.encrypt(b"dash", name="dash doc")
+    shown = CliRunner().invoke(cli, ["key", "show", "--json", "--", key_id],
+                               env={"SCEAU_PROFILE": str(profile)})
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["key_id"] == key_id
