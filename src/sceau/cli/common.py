@@ -81,6 +81,15 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *,
     Console().print(table)
 
 
+def print_listing(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str],
+                  cells: Callable[[dict[str, Any]], Sequence[object]]) -> None:
+    """A ``list`` command's answer: the rows as JSON for ``--json``, else as a table."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(columns, (cells(row) for row in rows))
+
+
 def sealed_status(row: dict[str, Any]) -> str:
     """A listed row's status, flagged when its seal fails (the service refuses such a row)."""
     return str(row["status"]) if row["sealed"] else f"{row['status']} (SEAL FAILS: refused)"

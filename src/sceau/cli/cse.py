@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, JsonFlag, config_from, fail_with, print_json, run_admin
+from sceau.cli.common import (
+    DataDir,
+    JsonFlag,
+    config_from,
+    fail_with,
+    print_json,
+    print_listing,
+    run_admin,
+)
 from sceau.errors import InvalidRequest, SceauError
 
 app = typer.Typer(help="Google Workspace CSE: cse_admin holders, S/MIME keys for Gmail.",
@@ -44,13 +52,10 @@ def admins_list(as_json: JsonFlag = False,
     """List cse_admin holders (a row that fails its seal grants nothing and is flagged)."""
     from sceau.service.workspace.admin import list_cse_admins
 
-    rows = run_admin(data_dir, lambda s: list_cse_admins(s.engines, s.keystore))
-    if as_json:
-        print_json(rows)
-        return
-    for row in rows:
-        flag = "" if row["sealed"] else "  (SEAL FAILS: grants nothing)"
-        typer.echo(f"{row['email']}  added by {row['added_by']}{flag}")
+    print_listing(run_admin(data_dir, lambda s: list_cse_admins(s.engines, s.keystore)),
+                  as_json, ("email", "added by", "seal"),
+                  lambda row: (row["email"], row["added_by"],
+                               "ok" if row["sealed"] else "FAILS: grants nothing"))
 
 
 @app.command("wrap-private-key")

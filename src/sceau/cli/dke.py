@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sceau.cli.common import DataDir, JsonFlag, print_json, run_admin
+from sceau.cli.common import DataDir, JsonFlag, print_json, print_listing, run_admin
 
 app = typer.Typer(help="Microsoft DKE: key pairs kept in the keystore.", no_args_is_help=True)
 key_app = typer.Typer(help="DKE keys: create, list, enable, disable, rotate, retire.",
@@ -34,14 +34,11 @@ def list_keys(as_json: JsonFlag = False,
     """List DKE keys, their status, allowed principals and versions."""
     from sceau.service.workspace.admin import list_dke_keys
 
-    keys = run_admin(data_dir, lambda s: list_dke_keys(s.engines, s.keystore))
-    if as_json:
-        print_json(keys)
-        return
-    for k in keys:
-        versions = " ".join(f"{v['keyid']}({v['status']})" for v in k.get("versions", []))
-        typer.echo(f"{k['name']}  {k['status']}  allow: {' '.join(k.get('allow', []))}  "
-                   f"versions: {versions}")
+    print_listing(
+        run_admin(data_dir, lambda s: list_dke_keys(s.engines, s.keystore)), as_json,
+        ("name", "status", "allow", "versions"),
+        lambda k: (k["name"], k["status"], " ".join(k.get("allow", [])),
+                   " ".join(f"{v['keyid']}({v['status']})" for v in k.get("versions", []))))
 
 
 @key_app.command("enable")

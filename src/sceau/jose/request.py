@@ -359,14 +359,5 @@ class RequestVerifier:
             raise InvalidToken("iat in the future")
         if now > exp + self._skew:
             raise TokenExpired("token expired")
-        return VerifiedRequest(
-            app_id=app_id,
-            kid=kid,
-            sub=sub,
-            jti=jti,
-            iat=iat,
-            exp=exp,
-            op=op,
-            params=params,
-            was_jwe=was_jwe,
-        )
+        return VerifiedRequest(app_id=app_id, kid=kid, sub=sub, jti=jti, iat=iat, exp=exp,
+                               op=op, params=params, was_jwe=was_jwe)

@@ -61,24 +61,11 @@ def new_key(
         if p != owner
     )
     record = KeyRecord(
-        key_id=os.urandom(KEY_ID_LEN),
-        seed=os.urandom(SEED_LEN),
-        master_version=keystore.current_master_version(),
-        owner=owner,
-        application=application,
-        name=name,
-        tag=tag,
-        created_at=now,
-        expires_at=expires_at,
-        not_before=not_before,
-        not_after=not_after,
-        status=KeyStatus.ACTIVE,
-        destroy_at=None,
-        destroyed_at=None,
-        authorizations=auths,
-        rules=rules,
-        decryptions=0,
-        revision=1,
+        key_id=os.urandom(KEY_ID_LEN), seed=os.urandom(SEED_LEN),
+        master_version=keystore.current_master_version(), owner=owner,
+        application=application, name=name, tag=tag, created_at=now, expires_at=expires_at,
+        not_before=not_before, not_after=not_after, status=KeyStatus.ACTIVE, destroy_at=None,
+        destroyed_at=None, authorizations=auths, rules=rules, decryptions=0, revision=1,
     )
     return dataclasses.replace(record, seal=keystore.seal(record.seal_payload()))
 

@@ -295,11 +295,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
         max_token_bytes=config.limits.max_body_bytes,
     )
     runtime = Runtime(
-        config=config,
-        engines=engines,
-        keystore=keystore,
-        writer=writer,
-        verifier=verifier,
+        config=config, engines=engines, keystore=keystore, writer=writer, verifier=verifier,
         app_keys=cache,
         lifecycle=KeyLifecycle(
             keystore, default_lifetime_days=config.keys.default_lifetime_days,

@@ -286,12 +286,9 @@ def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> N
         host=config.server.host,
         port=config.server.port,
         http=protocol_class(config),
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        # No uvicorn logging, Server header or proxy headers: Sceau logs and answers itself.
+        log_config=None, access_log=False, server_header=False, proxy_headers=False,
+        timeout_keep_alive=5, timeout_graceful_shutdown=10,
         # The cap is enforced by GuardedHttpProtocol with a problem+json answer.
         limit_concurrency=None,
         ssl_certfile=str(config.tls_cert),

@@ -29,7 +29,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from sceau.errors import ConfigError, StoreUnavailable
+from sceau.errors import ConfigError, InternalError, StoreUnavailable
 from sceau.store import driver
 
 log = logging.getLogger("sceau.store")
@@ -163,7 +163,8 @@ def head_revision() -> str:
     with sa.create_engine("sqlite://", hide_parameters=True).connect() as conn:
         script = ScriptDirectory.from_config(_alembic_config(conn))
         head = script.get_current_head()
-    assert head is not None
+    if head is None:  # the package ships its migrations: a broken install
+        raise InternalError("no database migration found in this installation")
     return head
 
 

@@ -8,6 +8,7 @@ runs them with the CLI). The others run at once, audited as the signed-in admin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,16 @@ def gate(state: GateState) -> None:
         raise PageError(403, QUORUM_NOTE)
 
 
+def admin_page(console: Console, r: APIRouter, path: str,
+               render: Callable[[Request, Session], Response]) -> None:
+    """``GET path``: the page ``render`` draws, for a signed-in admin only."""
+
+    def page(request: Request) -> Response:
+        return render(request, console.require(request, Role.ADMIN))
+
+    r.add_api_route(path, page, methods=["GET"], name=f"page:{path}")
+
+
 def router(console: Console, route_class: type) -> APIRouter:
     r = APIRouter(prefix=PREFIX, route_class=route_class)
     # Templates ask for it (the dashboard's standing warning); computed only when shown.
@@ -126,10 +137,7 @@ def router(console: Console, route_class: type) -> APIRouter:
                               notice={"added": "Application registered."}.get(
                                   request.query_params.get("done", "")))
 
-    @r.get("/apps")
-    def apps_page(request: Request) -> Response:
-        session = console.require(request, Role.ADMIN)
-        return render_apps(request, session)
+    admin_page(console, r, "/apps", render_apps)
 
     @r.post("/apps")
     def register(request: Request) -> Response:
@@ -253,10 +261,7 @@ def router(console: Console, route_class: type) -> APIRouter:
                               gated_roles=sorted(str(x) for x in approvals.GATED_ROLES),
                               notice=notice)
 
-    @r.get("/accounts")
-    def accounts_page(request: Request) -> Response:
-        session = console.require(request, Role.ADMIN)
-        return render_accounts(request, session)
+    admin_page(console, r, "/accounts", render_accounts)
 
     @r.post("/accounts")
     def create_account(request: Request) -> Response:

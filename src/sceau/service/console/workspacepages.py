@@ -24,7 +24,13 @@ from fastapi.responses import Response
 
 from sceau.errors import SceauError
 from sceau.service import approvals
-from sceau.service.console.adminpages import QUORUM_NOTE, ConsoleRunner, ask_approval, gate
+from sceau.service.console.adminpages import (
+    QUORUM_NOTE,
+    ConsoleRunner,
+    admin_page,
+    ask_approval,
+    gate,
+)
 from sceau.service.console.auth import reauthenticate
 from sceau.service.console.web import PREFIX, Console, PageError, Redirect, Session, form_of
 from sceau.service.workspace import admin as ws_admin
@@ -68,10 +74,7 @@ def router(console: Console, route_class: type) -> APIRouter:
             return render(request, session, status=error.status, error=error.detail, form=form)
         raise Redirect(f"{PREFIX}/workspace?done={done}")
 
-    @r.get("/workspace")
-    def page(request: Request) -> Response:
-        session = console.require(request, Role.ADMIN)
-        return render(request, session)
+    admin_page(console, r, "/workspace", render)
 
     @r.post("/workspace/cse-admins")
     def cse_admin_add(request: Request) -> Response:
