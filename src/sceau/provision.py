@@ -227,17 +227,6 @@ def renew_tls_certificate(
                               not_after=cert.not_valid_after_utc, previous=previous)
 
 
-# The keystore settings `sceau init` / `sceau keystore init` record in sceau.toml. The PIN is
-# never among them: only the name of the variable or the file that holds it.
-KEYSTORE_CONFIG_KEYS = (
-    "keystore.backend",
-    "keystore.pkcs11_module",
-    "keystore.pkcs11_token",
-    "keystore.pin_env",
-    "keystore.pin_file",
-)
-
-
 @dataclass(frozen=True)
 class KeystoreChoice:
     """Which keystore a data dir uses, as given on the command line (None: not given).
