@@ -16,7 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-from workspace_support import GOOGLE_DOC_DEK, Kacls, SigningKey, Vendors
+from workspace_support import (
+    GOOGLE_DOC_DEK,
+    Kacls,
+    SigningKey,
+    Vendors,
+    answered_ok,
+    google_error,
+)
 
 from audit_support import records
 from sceau.core.b64 import b64u_encode
@@ -39,19 +46,6 @@ def _key_id(wrapped: str) -> str:
     return b64u_encode(parse_wrapped_key(base64.b64decode(wrapped)).header.key_id)
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _refused(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"code", "message", "details"} and body["code"] == status
-    return body
-
-
 def test_status_lists_exactly_the_endpoints_that_work(ws_server: Server) -> None:
     status = httpx.get(f"{ws_server.url}/cse/status", verify=ws_server.cert).json()
     assert status["server_type"] == "KACLS"
@@ -63,11 +57,11 @@ def test_status_lists_exactly_the_endpoints_that_work(ws_server: Server) -> None
 def test_google_example_round_trips(kacls: Kacls, ws_server: Server) -> None:
     """The DEK and reason of Google's wrap example, wrapped by alice, unwrapped by bob."""
     resource = _resource("example")
-    wrapped = _ok(kacls.wrap(ALICE, resource, GOOGLE_DOC_DEK))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, GOOGLE_DOC_DEK))["wrapped_key"]
     assert len(base64.b64decode(wrapped)) <= 1024
-    assert _ok(kacls.unwrap(BOB, resource, wrapped))["key"] == base64.b64encode(
+    assert answered_ok(kacls.unwrap(BOB, resource, wrapped))["key"] == base64.b64encode(
         GOOGLE_DOC_DEK).decode()
-    assert _ok(kacls.unwrap(ALICE, resource, wrapped, role="writer"))["key"]
+    assert answered_ok(kacls.unwrap(ALICE, resource, wrapped, role="writer"))["key"]
     # The per-document key is a normal Sceau key: owner alice, application and name bound.
     rec = [r for r in records(ws_server)
            if r["action"] == "CSE_WRAP" and r["details"]["resource_name"] == resource][-1]
@@ -81,9 +75,9 @@ def test_google_example_round_trips(kacls: Kacls, ws_server: Server) -> None:
 
 def test_one_key_per_resource(kacls: Kacls) -> None:
     one, two = _resource("one"), _resource("two")
-    w1 = _ok(kacls.wrap(ALICE, one, os.urandom(32)))["wrapped_key"]
-    w1b = _ok(kacls.wrap(ALICE, one, os.urandom(32)))["wrapped_key"]
-    w2 = _ok(kacls.wrap(ALICE, two, os.urandom(32)))["wrapped_key"]
+    w1 = answered_ok(kacls.wrap(ALICE, one, os.urandom(32)))["wrapped_key"]
+    w1b = answered_ok(kacls.wrap(ALICE, one, os.urandom(32)))["wrapped_key"]
+    w2 = answered_ok(kacls.wrap(ALICE, two, os.urandom(32)))["wrapped_key"]
     assert _key_id(w1) == _key_id(w1b) != _key_id(w2)
 
 
@@ -94,8 +88,8 @@ def test_resource_key_hash_vectors(vector: dict[str, str], kacls: Kacls) -> None
     assert resource_key_hash(dek, vector["resource_name"], vector["perimeter_id"]) == expected
     # The same through /digest, with the vector's resource, perimeter and DEK.
     resource = vector["resource_name"] + os.urandom(4).hex()
-    wrapped = _ok(kacls.wrap(ALICE, resource, dek, perimeter=vector["perimeter_id"]))
-    digest = _ok(kacls.post("digest", {
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, dek, perimeter=vector["perimeter_id"]))
+    digest = answered_ok(kacls.post("digest", {
         "authorization": kacls.authz(BOB, "verifier", resource, vector["perimeter_id"]),
         "wrapped_key": wrapped["wrapped_key"], "reason": "check"}))
     assert base64.b64decode(digest["resource_key_hash"]) == resource_key_hash(
@@ -106,24 +100,24 @@ def test_per_document_revocation(kacls: Kacls, ws_server: Server) -> None:
     """Wrap as alice, unwrap as bob; alice disables the resource's key through the API;
     bob's next unwrap is refused (403, Google's body); enabled again, it works again."""
     resource = _resource("revoke")
-    wrapped = _ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
-    assert _ok(kacls.unwrap(BOB, resource, wrapped))
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
+    assert answered_ok(kacls.unwrap(BOB, resource, wrapped))
     app = ws_server.register_app("cse-admin-app", users=("*@example.com",))
     key_id = _key_id(wrapped)
     with ws_server.client(app, user=ALICE) as client:
         assert client.describe_key(key_id)["application"] == "google-workspace"
         client.disable_key(key_id)
-        body = _refused(kacls.unwrap(BOB, resource, wrapped), 403)
+        body = google_error(kacls.unwrap(BOB, resource, wrapped), 403)
         assert "key_disabled" in body["details"]
-        _refused(kacls.wrap(ALICE, resource, os.urandom(32)), 403)  # no new wraps either
+        google_error(kacls.wrap(ALICE, resource, os.urandom(32)), 403)  # no new wraps either
         accesses = client.list_accesses(key_id)["accesses"]
         assert any(a["action"] == "CSE_UNWRAP" and a["user"] == BOB
                    and a["outcome"] == "DENIED" for a in accesses)
         client.enable_key(key_id)
-        assert _ok(kacls.unwrap(BOB, resource, wrapped))
+        assert answered_ok(kacls.unwrap(BOB, resource, wrapped))
         # Crypto-shredding: destroyed, the document can never be opened again.
         client.destroy_key(key_id)
-    assert "key_destroyed" in _refused(kacls.unwrap(BOB, resource, wrapped), 403)["details"]
+    assert "key_destroyed" in google_error(kacls.unwrap(BOB, resource, wrapped), 403)["details"]
 
 
 # --- every check, performed and refused -------------------------------------------------------
@@ -197,14 +191,14 @@ CASE_NAMES = [
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_every_unwrap_check_refuses(case: str, kacls: Kacls, ws_server: Server) -> None:
     resource = _resource("checks")
-    wrapped = _ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
     good = {"wrapped_key": wrapped, "authentication": kacls.authn(BOB),
             "authorization": kacls.authz(BOB, "reader", resource), "reason": "read"}
-    assert _ok(kacls.post("unwrap", good))  # the control: the good request is served
+    assert answered_ok(kacls.post("unwrap", good))  # the control: the good request is served
     cases = _cases(kacls, resource)
     assert list(cases) == CASE_NAMES
     changes, status = cases[case]
-    body = _refused(kacls.post("unwrap", {**good, **changes}), status)
+    body = google_error(kacls.post("unwrap", {**good, **changes}), status)
     assert "key" not in body
     last = [r for r in records(ws_server) if r["action"] == "CSE_UNWRAP"][-1]
     assert last["outcome"] == "DENIED" and last["app"] == "google-workspace"
@@ -223,7 +217,7 @@ ACCEPTED = {
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_tokens_shaped_as_google_documents_are_accepted(case: str, kacls: Kacls) -> None:
     resource = _resource("accept")
-    wrapped = _ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
     authn_claims, authz_claims = ACCEPTED[case]
     authz_claims = dict(authz_claims)
     if authz_claims.get("kacls_url") == "/":
@@ -236,7 +230,7 @@ def test_tokens_shaped_as_google_documents_are_accepted(case: str, kacls: Kacls)
                                                    **authn_claims}),
         "authorization": kacls.authz(email, role, resource, **authz_claims),
     })
-    assert _ok(response)["key"]
+    assert answered_ok(response)["key"]
 
 
 ROLE_TABLE = [
@@ -252,7 +246,7 @@ ROLE_TABLE = [
 @pytest.mark.parametrize(("op", "role", "status"), ROLE_TABLE)
 def test_every_role_per_endpoint(op: str, role: str, status: int, kacls: Kacls) -> None:
     resource = _resource("roles")
-    wrapped = _ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
     authz = kacls.authz(ALICE, role, resource)
     body: dict[str, str] = {"authorization": authz, "reason": "roles"}
     if op == "wrap":
@@ -264,26 +258,26 @@ def test_every_role_per_endpoint(op: str, role: str, status: int, kacls: Kacls) 
             body["authentication"] = kacls.authn(ALICE)
     response = kacls.post(op, body)
     if status == 200:
-        _ok(response)
+        answered_ok(response)
     else:
-        _refused(response, status)
+        google_error(response, status)
 
 
 def test_unknown_kid_refreshes_the_issuer_keys_once(kacls: Kacls, vendors: Vendors) -> None:
     resource = _resource("rotate")
-    wrapped = _ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"]
     before = vendors.jwks.hits.get("idp-jwks", 0)
     import time
 
     time.sleep(1.1)  # past jwks_refresh_min_s
     vendors.idp.rotate()
     vendors.publish()
-    assert _ok(kacls.unwrap(BOB, resource, wrapped))  # signed with the new kid
+    assert answered_ok(kacls.unwrap(BOB, resource, wrapped))  # signed with the new kid
     assert vendors.jwks.hits["idp-jwks"] == before + 1
     # A kid the issuer never published: refused, after at most one more fetch.
     stranger = vendors.idp.token({"aud": vendors.audience, "email": BOB},
                                  key=SigningKey.rsa())
-    _refused(kacls.unwrap(BOB, resource, wrapped, authn=stranger), 401)
+    google_error(kacls.unwrap(BOB, resource, wrapped, authn=stranger), 401)
     assert vendors.jwks.hits["idp-jwks"] <= before + 2
 
 
@@ -292,12 +286,12 @@ def test_malformed_bodies_are_400(kacls: Kacls) -> None:
     good = {"key": base64.b64encode(os.urandom(32)).decode(),
             "authentication": kacls.authn(ALICE),
             "authorization": kacls.authz(ALICE, "writer", resource)}
-    assert _ok(kacls.post("wrap", good))
+    assert answered_ok(kacls.post("wrap", good))
     for body in ({**good, "key": "not base64!"}, {**good, "key": ""},
                  {**good, "key": base64.b64encode(os.urandom(129)).decode()},
                  {**good, "authentication": 5}, {"key": good["key"]},
                  {**good, "reason": "x" * 2000}):
-        _refused(kacls.post("wrap", body), 400)
+        google_error(kacls.post("wrap", body), 400)
     with httpx.Client(verify=kacls.cert) as client:
         assert client.post(f"{kacls.base}/cse/wrap", content=b"[1,").status_code == 400
         assert client.post(f"{kacls.base}/cse/wrap", content=b"{" * 10000).status_code == 400
@@ -306,17 +300,18 @@ def test_malformed_bodies_are_400(kacls: Kacls) -> None:
 
 def test_tampered_wrapped_key_is_refused(kacls: Kacls) -> None:
     resource = _resource("tamper")
-    wrapped = base64.b64decode(_ok(kacls.wrap(ALICE, resource, os.urandom(32)))["wrapped_key"])
+    made = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32)))
+    wrapped = base64.b64decode(made["wrapped_key"])
     flipped = bytearray(wrapped)
     flipped[-1] ^= 1
-    body = _refused(kacls.unwrap(BOB, resource, base64.b64encode(bytes(flipped)).decode()),
+    body = google_error(kacls.unwrap(BOB, resource, base64.b64encode(bytes(flipped)).decode()),
                     409)
     assert "key" not in body
     # The perimeter in the clear, edited: the envelope no longer authenticates either.
-    other = _ok(kacls.wrap(ALICE, resource, os.urandom(32), perimeter="p1"))["wrapped_key"]
+    other = answered_ok(kacls.wrap(ALICE, resource, os.urandom(32), perimeter="p1"))["wrapped_key"]
     raw = bytearray(base64.b64decode(other))
     raw[5:7] = b"p2"
-    _refused(kacls.unwrap(BOB, resource, base64.b64encode(bytes(raw)).decode(),
+    google_error(kacls.unwrap(BOB, resource, base64.b64encode(bytes(raw)).decode(),
                           perimeter="p2"), 409)
 
 
@@ -341,16 +336,16 @@ def test_cors_allows_google_only(kacls: Kacls) -> None:
     assert granted.headers["access-control-allow-origin"] == google
     refused = kacls.post("wrap", {**body, "authentication": kacls.authn(ALICE)},
                          origin="https://evil.example")
-    _refused(refused, 403)
+    google_error(refused, 403)
     assert "access-control-allow-origin" not in refused.headers
 
 
 def test_no_secret_in_errors_or_audit(kacls: Kacls, ws_server: Server) -> None:
     resource = _resource("secrets")
     dek = os.urandom(32)
-    wrapped = _ok(kacls.wrap(ALICE, resource, dek))["wrapped_key"]
+    wrapped = answered_ok(kacls.wrap(ALICE, resource, dek))["wrapped_key"]
     authn = kacls.authn(BOB)
-    _ok(kacls.unwrap(BOB, resource, wrapped, authn=authn))
+    answered_ok(kacls.unwrap(BOB, resource, wrapped, authn=authn))
     refused = kacls.unwrap(BOB, resource + "x", wrapped, authn=authn).text
     trail = json.dumps(records(ws_server))
     for secret in (base64.b64encode(dek).decode(), authn, authn.split(".")[2]):

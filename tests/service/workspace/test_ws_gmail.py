@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from workspace_support import Kacls, SigningKey
+from workspace_support import Kacls, SigningKey, answered_ok, google_error
 
 from audit_support import records
 from sceau.core.workspace import parse_wrapped_private_key
@@ -156,19 +156,6 @@ def _sign_body(kacls: Kacls, box: Mailbox, digest: bytes, *, email: str = ALICE,
     }
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _refused(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"code", "message", "details"} and body["code"] == status
-    return body
-
-
 def _last(server: Server, action: str) -> dict[str, Any]:
     return [r for r in records(server) if r["action"] == action][-1]
 
@@ -241,7 +228,7 @@ def test_privatekeysign_verifies_with_the_certificate(algorithm: str, alice: Mai
     hasher = hashes.Hash(h)
     hasher.update(signed_attributes)
     digest = hasher.finalize()
-    signature = base64.b64decode(_ok(kacls.post("privatekeysign", _sign_body(
+    signature = base64.b64decode(answered_ok(kacls.post("privatekeysign", _sign_body(
         kacls, alice, digest, algorithm=algorithm)))["signature"])
     scheme: Any = (padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
                    if algorithm.endswith("/PSS") else padding.PKCS1v15())
@@ -258,7 +245,7 @@ def test_privatekeysign_verifies_with_the_certificate(algorithm: str, alice: Mai
 def test_privatekeydecrypt_opens_what_was_encrypted_to_the_certificate(
         algorithm: str, alice: Mailbox, kacls: Kacls, ws_server: Server) -> None:
     cek = os.urandom(32)
-    response = _ok(kacls.post("privatekeydecrypt", _decrypt_body(
+    response = answered_ok(kacls.post("privatekeydecrypt", _decrypt_body(
         kacls, alice, _encrypt(alice.public, cek, algorithm), algorithm=algorithm)))
     assert base64.b64decode(response["data_encryption_key"]) == cek
     rec = _last(ws_server, "CSE_PRIVATE_KEY_DECRYPT")
@@ -271,10 +258,10 @@ def test_an_oaep_label_is_honoured(alice: Mailbox, kacls: Kacls) -> None:
     edek = _encrypt(alice.public, cek, OAEP256, label=b"smime")
     body = _decrypt_body(kacls, alice, edek)
     body["rsa_oaep_label"] = base64.b64encode(b"smime").decode()
-    assert base64.b64decode(_ok(kacls.post("privatekeydecrypt", body))
+    assert base64.b64decode(answered_ok(kacls.post("privatekeydecrypt", body))
                             ["data_encryption_key"]) == cek
     body = _decrypt_body(kacls, alice, edek)  # no label: does not decrypt
-    _refused(kacls.post("privatekeydecrypt", body), 409)
+    google_error(kacls.post("privatekeydecrypt", body), 409)
 
 
 # --- every check, performed and refused ---------------------------------------------------------
@@ -350,12 +337,12 @@ def test_every_privatekeydecrypt_check_refuses(case: str, alice: Mailbox, kacls:
     cek = os.urandom(32)
     edek = _encrypt(alice.public, cek, OAEP256)
     good = _decrypt_body(kacls, alice, edek)
-    assert base64.b64decode(_ok(kacls.post("privatekeydecrypt", good))
+    assert base64.b64decode(answered_ok(kacls.post("privatekeydecrypt", good))
                             ["data_encryption_key"]) == cek  # the control is served
     cases = _cases(kacls, alice)
     assert list(cases) == CASES
     changes, status = cases[case]
-    body = _refused(kacls.post("privatekeydecrypt", {**good, **changes}), status)
+    body = google_error(kacls.post("privatekeydecrypt", {**good, **changes}), status)
     assert base64.b64encode(cek).decode() not in json.dumps(body)
     rec = _last(ws_server, "CSE_PRIVATE_KEY_DECRYPT")
     assert rec["outcome"] in ("DENIED", "ERROR") and rec["app"] == "google-workspace"
@@ -369,23 +356,23 @@ def test_privatekeysign_role(role: str, status: int, alice: Mailbox, kacls: Kacl
     response = kacls.post("privatekeysign", _sign_body(kacls, alice, os.urandom(32),
                                                        role=role))
     if status == 200:
-        _ok(response)
+        answered_ok(response)
     else:
-        _refused(response, status)
+        google_error(response, status)
 
 
 def test_privatekeysign_refuses_malformed_requests(alice: Mailbox, kacls: Kacls) -> None:
     digest = os.urandom(32)
     for algorithm in ("SHA1withRSA", "MD5withRSA", "NONEwithRSA"):
-        _refused(kacls.post("privatekeysign", _sign_body(kacls, alice, digest,
+        google_error(kacls.post("privatekeysign", _sign_body(kacls, alice, digest,
                                                          algorithm=algorithm)), 400)
     # A digest of the wrong size for the algorithm.
-    _refused(kacls.post("privatekeysign", _sign_body(kacls, alice, os.urandom(20))), 400)
+    google_error(kacls.post("privatekeysign", _sign_body(kacls, alice, os.urandom(20))), 400)
     body = _sign_body(kacls, alice, digest, algorithm="SHA256withRSA/PSS")
     body["rsa_pss_salt_length"] = 4096
-    _refused(kacls.post("privatekeysign", body), 400)
+    google_error(kacls.post("privatekeysign", body), 400)
     # Someone else's tokens, both naming bob: the wrapped key is alice's.
-    _refused(kacls.post("privatekeysign", _sign_body(kacls, alice, digest, email=BOB)), 403)
+    google_error(kacls.post("privatekeysign", _sign_body(kacls, alice, digest, email=BOB)), 403)
 
 
 # --- the wrapped key is bound to its mailbox; the mailbox key decides ----------------------------
@@ -398,17 +385,17 @@ def test_the_wrapped_key_serves_its_mailbox_only(alice: Mailbox, kacls: Kacls,
     and he is served; she withdraws it and he is refused again."""
     cek = os.urandom(32)
     edek = _encrypt(alice.public, cek, OAEP256)
-    body = _refused(kacls.post("privatekeydecrypt",
+    body = google_error(kacls.post("privatekeydecrypt",
                                _decrypt_body(kacls, alice, edek, email=BOB)), 403)
     assert "not_authorized" in body["details"]
     assert _last(ws_server, "CSE_PRIVATE_KEY_DECRYPT")["user"] == BOB
     app = ws_server.register_app("gmail-delegation", users=(ALICE,))
     with ws_server.client(app, user=ALICE) as client:
         client.add_authorization(alice.key_id, BOB)
-        assert base64.b64decode(_ok(kacls.post("privatekeydecrypt", _decrypt_body(
+        assert base64.b64decode(answered_ok(kacls.post("privatekeydecrypt", _decrypt_body(
             kacls, alice, edek, email=BOB)))["data_encryption_key"]) == cek
         client.remove_authorization(alice.key_id, BOB)
-    _refused(kacls.post("privatekeydecrypt", _decrypt_body(kacls, alice, edek, email=BOB)),
+    google_error(kacls.post("privatekeydecrypt", _decrypt_body(kacls, alice, edek, email=BOB)),
              403)
 
 
@@ -427,21 +414,21 @@ def test_a_disabled_mailbox_key_refuses_the_next_call(ws_server: Server, kacls: 
     def sign() -> httpx.Response:
         return kacls.post("privatekeysign", _sign_body(kacls, box, digest, email=box.email))
 
-    assert _ok(decrypt()) and _ok(sign())
+    assert answered_ok(decrypt()) and answered_ok(sign())
     app = ws_server.register_app("gmail-revoke", users=(box.email,))
     with ws_server.client(app, user=box.email) as client:
         client.disable_key(box.key_id)
-        assert "key_disabled" in _refused(decrypt(), 403)["details"]
-        assert "key_disabled" in _refused(sign(), 403)["details"]
+        assert "key_disabled" in google_error(decrypt(), 403)["details"]
+        assert "key_disabled" in google_error(sign(), 403)["details"]
         accesses = client.list_accesses(box.key_id)["accesses"]
         assert {(a["action"], a["outcome"]) for a in accesses} >= {
             ("CSE_PRIVATE_KEY_DECRYPT", "GRANTED"), ("CSE_PRIVATE_KEY_SIGN", "GRANTED"),
             ("CSE_PRIVATE_KEY_DECRYPT", "DENIED"), ("CSE_PRIVATE_KEY_SIGN", "DENIED")}
         client.enable_key(box.key_id)
-        assert base64.b64decode(_ok(decrypt())["data_encryption_key"]) == cek
+        assert base64.b64decode(answered_ok(decrypt())["data_encryption_key"]) == cek
         client.destroy_key(box.key_id)  # crypto-shredding: the mailbox's mail is gone
-    assert "key_destroyed" in _refused(decrypt(), 403)["details"]
-    assert "key_destroyed" in _refused(sign(), 403)["details"]
+    assert "key_destroyed" in google_error(decrypt(), 403)["details"]
+    assert "key_destroyed" in google_error(sign(), 403)["details"]
 
 
 def test_drive_endpoints_never_use_a_mailbox_key(alice: Mailbox, kacls: Kacls,
@@ -451,11 +438,11 @@ def test_drive_endpoints_never_use_a_mailbox_key(alice: Mailbox, kacls: Kacls,
     app = ws_server.register_app("gmail-names", users=(ALICE,))
     with ws_server.client(app, user=ALICE) as client:
         name = client.describe_key(alice.key_id)["name"]
-    assert "reserved" in _refused(kacls.wrap(ALICE, name + "x", os.urandom(32)),
+    assert "reserved" in google_error(kacls.wrap(ALICE, name + "x", os.urandom(32)),
                                   403)["details"]
     envelope = parse_wrapped_private_key(base64.b64decode(alice.wrapped)).envelope
     forged = base64.b64encode(b"SCK1\x00" + envelope).decode()
-    body = _refused(kacls.unwrap(ALICE, name, forged, role="writer"), 403)
+    body = google_error(kacls.unwrap(ALICE, name, forged, role="writer"), 403)
     assert "key" not in body
     rec = _last(ws_server, "CSE_UNWRAP")
     assert rec["details"]["check"] == "resource_name" and rec["key"] == alice.key_id
@@ -485,23 +472,23 @@ def test_privileged_private_key_decrypt_needs_cse_admin(alice: Mailbox, kacls: K
                                                         cse_admin: str) -> None:
     cek = os.urandom(32)
     edek = _encrypt(alice.public, cek, "RSA/ECB/PKCS1Padding")
-    _refused(_privileged_decrypt(kacls, alice, edek, email=BOB), 403)
+    google_error(_privileged_decrypt(kacls, alice, edek, email=BOB), 403)
     rec = _last(ws_server, "CSE_PRIVILEGED_PRIVATE_KEY_DECRYPT")
     assert (rec["outcome"], rec["user"], rec["details"]["check"]) == ("DENIED", BOB,
                                                                       "cse_admin")
-    granted = _ok(_privileged_decrypt(kacls, alice, edek))
+    granted = answered_ok(_privileged_decrypt(kacls, alice, edek))
     assert base64.b64decode(granted["data_encryption_key"]) == cek
     rec = _last(ws_server, "CSE_PRIVILEGED_PRIVATE_KEY_DECRYPT")
     assert (rec["outcome"], rec["user"], rec["key"]) == ("GRANTED", ADMIN, alice.key_id)
     # The body's spki_hash must name the wrapped key; the admin token alone opens nothing
     # else.
     other = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
-    _refused(_privileged_decrypt(kacls, alice, edek, spki_hash=other), 403)
+    google_error(_privileged_decrypt(kacls, alice, edek, spki_hash=other), 403)
     bad = kacls.post("privilegedprivatekeydecrypt", {
         "authentication": kacls.authn(ADMIN), "algorithm": "RSA/ECB/PKCS1Padding",
         "encrypted_data_encryption_key": edek, "wrapped_private_key": alice.wrapped,
         "spki_hash": alice.spki_hash, "spki_hash_algorithm": "MD5", "reason": "x"})
-    _refused(bad, 400)
+    google_error(bad, 400)
 
 
 PEM_EXAMPLE = "-----BEGIN RSA PRIVATE KEY-----"
@@ -519,8 +506,8 @@ def test_wrapprivatekey_by_a_cse_admin(kacls: Kacls, ws_server: Server,
     as_google_shows = pem.replace("\n", "\\n")
     body = {"authentication": kacls.authn(BOB), "private_key": as_google_shows,
             "perimeter_id": "", "email": "dave@example.com"}
-    _refused(kacls.post("wrapprivatekey", body), 403)  # bob is no cse_admin
-    made = _ok(kacls.post("wrapprivatekey", {**body, "authentication": kacls.authn(ADMIN)}))
+    google_error(kacls.post("wrapprivatekey", body), 403)  # bob is no cse_admin
+    made = answered_ok(kacls.post("wrapprivatekey", {**body, "authentication": kacls.authn(ADMIN)}))
     rec = _last(ws_server, "CSE_WRAP_PRIVATE_KEY")
     assert (rec["outcome"], rec["user"], rec["details"]["mailbox"]) == (
         "GRANTED", ADMIN, "dave@example.com")
@@ -528,18 +515,18 @@ def test_wrapprivatekey_by_a_cse_admin(kacls: Kacls, ws_server: Server,
     dave = Mailbox("dave@example.com", key.public_key(), _spki_hash(key.public_key()),
                    made["wrapped_private_key"], rec["key"], Path("."))
     cek = os.urandom(16)
-    assert base64.b64decode(_ok(kacls.post("privatekeydecrypt", _decrypt_body(
+    assert base64.b64decode(answered_ok(kacls.post("privatekeydecrypt", _decrypt_body(
         kacls, dave, _encrypt(dave.public, cek, OAEP256), email=dave.email)))
         ["data_encryption_key"]) == cek
     # Without `email`: the admin's own key. base64 DER (PKCS#8) is accepted too.
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    own = _ok(kacls.post("wrapprivatekey", {"authentication": kacls.authn(ADMIN),
+    own = answered_ok(kacls.post("wrapprivatekey", {"authentication": kacls.authn(ADMIN),
                                              "private_key": base64.b64encode(der).decode()}))
     assert parse_wrapped_private_key(base64.b64decode(own["wrapped_private_key"])
                                      ).email == ADMIN
     for bad in ("not a key", base64.b64encode(b"\x30\x03\x02\x01\x00").decode()):
-        _refused(kacls.post("wrapprivatekey", {"authentication": kacls.authn(ADMIN),
+        google_error(kacls.post("wrapprivatekey", {"authentication": kacls.authn(ADMIN),
                                                "private_key": bad}), 400)
 
 
@@ -559,7 +546,7 @@ def test_no_secret_in_answers_logs_or_audit(alice: Mailbox, kacls: Kacls,
     cek = os.urandom(32)
     edek = _encrypt(alice.public, cek, OAEP256)
     body = _decrypt_body(kacls, alice, edek)
-    _ok(kacls.post("privatekeydecrypt", body))
+    answered_ok(kacls.post("privatekeydecrypt", body))
     refused = kacls.post("privatekeydecrypt", {**body, "algorithm": "RSA/ECB/PKCS1Padding"})
     trail = json.dumps(records(ws_server))
     log = ws_server.log()

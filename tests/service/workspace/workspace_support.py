@@ -35,6 +35,21 @@ from cryptography.x509.oid import NameOID
 GOOGLE_DOC_DEK = base64.b64decode("wHrlNOTI9mU6PBdqiq7EQA==")
 
 
+def answered_ok(response: Any) -> dict[str, Any]:
+    """The JSON body of a 200 answer (the test fails with the body otherwise)."""
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def google_error(response: Any, status: int) -> dict[str, Any]:
+    """A refusal with ``status`` in Google's error body: exactly code, message, details."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"code", "message", "details"} and body["code"] == status
+    return body
+
+
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
