@@ -76,8 +76,9 @@ def _pasted_enc(form: dict[str, str]) -> dict[str, Any] | None:
     return admin.load_jwk_file(text, "enc_key") if text else None
 
 
-def _users(text: str) -> list[str]:
-    return [u for u in text.replace(",", " ").split() if u]
+def identities(text: str) -> list[str]:
+    """A form field's list of identities or ``*@domain`` patterns: comma- or space-separated."""
+    return text.replace(",", " ").split()
 
 
 def duty(console: Console) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def router(console: Console, route_class: type) -> APIRouter:
             if not name or len(name) > 200:
                 raise InvalidRequest("name: 1 to 200 characters")
             ask = approvals.ask_app_add(name, signing_jwk(form), _pasted_enc(form),
-                                        admin.user_patterns(_users(form.get("users", ""))))
+                                        admin.user_patterns(identities(form.get("users", ""))))
             return ask_for(session, ask)
         except PageError as error:
             return render_apps(request, session, status=error.status, error=error.message,
@@ -214,7 +215,7 @@ def router(console: Console, route_class: type) -> APIRouter:
 
         def change() -> None:
             app = found_app(app_id)
-            users = admin.user_patterns(_users(form.get("users", "")))
+            users = admin.user_patterns(identities(form.get("users", "")))
             if not admin.widens(app["users"], users):
                 admin.set_application_users(runner(session), app_id, users)
                 return

@@ -30,6 +30,7 @@ from sceau.service.console.adminpages import (
     admin_page,
     ask_approval,
     gate,
+    identities,
 )
 from sceau.service.console.auth import reauthenticate
 from sceau.service.console.web import PREFIX, Console, PageError, Redirect, Session, form_of
@@ -44,10 +45,6 @@ NOTICES = {
     "dke_rotated": "DKE key rotated: a new version is published.",
     "dke_retired": "DKE key version retired: its private key is destroyed.",
 }
-
-
-def _principals(text: str) -> list[str]:
-    return [p for p in text.replace(",", " ").split() if p]
 
 
 def router(console: Console, route_class: type) -> APIRouter:
@@ -103,7 +100,7 @@ def router(console: Console, route_class: type) -> APIRouter:
         kept = {k: form.get(k, "") for k in ("name", "allow")}
         return change(request, session, lambda: ws_admin.create_dke_key(
             ConsoleRunner(console, session), form.get("name", "").strip(),
-            _principals(form.get("allow", ""))), "dke_created", kept)
+            identities(form.get("allow", ""))), "dke_created", kept)
 
     @r.post("/workspace/dke/{name}/status")
     def dke_status(request: Request, name: str) -> Response:
