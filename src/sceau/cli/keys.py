@@ -389,8 +389,7 @@ def purge_expired(session: admin.AdminSession, *, older_than_days: int,
     """
     keys = session.config.keys
     cutoff = now - older_than_days * keys.day_seconds
-    lifecycle = KeyLifecycle(session.keystore, default_lifetime_days=keys.default_lifetime_days,
-                             day_seconds=keys.day_seconds)
+    lifecycle = KeyLifecycle(session.keystore, keys)
     operator = Actor(app_id=admin.CLI_APP, user=session.actor)
     tried: set[bytes] = set()
     while True:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sceau.config.sections import KeysSection
 from sceau.core.model import Authorization, KeyRecord, Rules
 from sceau.core.policy import Actor, can_manage, management_refusal, validate_principal
 from sceau.core.workspace import DKE_APPLICATION
@@ -105,12 +106,11 @@ class KeyLifecycle:
     old seed, docs/erasure.md). A spurious set (the job rolled back) costs one checkpoint.
     """
 
-    def __init__(self, keystore: Keystore, *, default_lifetime_days: int,
-                 day_seconds: int = DAY) -> None:
+    def __init__(self, keystore: Keystore, keys: KeysSection) -> None:
         self.keystore = keystore
-        self.default_lifetime_days = default_lifetime_days
+        self.default_lifetime_days = keys.default_lifetime_days
         # The length of a "day" in ``pending_days`` (``keys.day_seconds``: tests shorten it).
-        self.day_seconds = day_seconds
+        self.day_seconds = keys.day_seconds
         self.shredded = threading.Event()
 
     # --- creation -----------------------------------------------------------------------

@@ -297,9 +297,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
     runtime = Runtime(
         config=config, engines=engines, keystore=keystore, writer=writer, verifier=verifier,
         app_keys=cache,
-        lifecycle=KeyLifecycle(
-            keystore, default_lifetime_days=config.keys.default_lifetime_days,
-            day_seconds=config.keys.day_seconds),
+        lifecycle=KeyLifecycle(keystore, config.keys),
         selftest_error=selftest_error,
     )
     if start_writer:
