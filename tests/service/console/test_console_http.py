@@ -163,12 +163,30 @@ def test_key_visibility_by_role(console: Console, keys: dict[str, str], who: str
         ("alice@example.com", "/console/audit/export", 403),
         ("audrey@example.com", "/console/audit", 200),
         ("audrey@example.com", "/console/accounts", 403),
+        ("alice@example.com", "/console/workspace", 403),
+        ("audrey@example.com", "/console/workspace", 403),
     ],
 )
 def test_pages_by_role(console: Console, keys: dict[str, str], who: str, path: str,
                        status: int) -> None:
     console.as_account(who, PASSWORD)
     assert console.http.get(path).status_code == status
+
+
+def test_only_an_admin_manages_workspace_keys(console: Console) -> None:
+    """A user or an auditor who crafts the Workspace page's POSTs changes nothing."""
+    for who in ("alice@example.com", "audrey@example.com"):
+        console.as_account(who, PASSWORD)
+        made = console.post("/console/workspace/dke", {"name": f"by-{who[:5]}",
+                                                       "allow": "*@example.com"})
+        assert made.status_code == 403
+        granted = console.post("/console/workspace/cse-admins",
+                               {"email": who, "password": PASSWORD})
+        assert granted.status_code == 403
+    console.as_account("admin", ADMIN_PASSWORD)
+    page = console.http.get("/console/workspace").text
+    assert "by-alice" not in page and "by-audre" not in page
+    assert "alice@example.com" not in page and "audrey@example.com" not in page
 
 
 def test_user_key_table_shows_only_their_keys(console: Console, keys: dict[str, str]) -> None:
