@@ -10,6 +10,7 @@ Output: Rich tables for people, ``--json`` for scripts (the API result, unchange
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from sceau import admin
 from sceau.cli.common import DataDir, JsonFlag, config_from, print_json, print_table
@@ -30,8 +32,35 @@ from sceau.store.keys import keys_expired_before
 from sceau.store.writer import Job, Tx
 from sceau.vocab import Action, ListRole, ListStatus, Right
 
+# A key id is 16 random bytes in base64url: one in 64 starts with "-", which Click would read
+# as an option ("No such option: -3"). Such a word, standing where no option takes a value,
+# is marked before parsing with a NUL (which no real argument can hold) and unmarked by the
+# key id's own check, so ``sceau key show -32IZJ9jjFCI2uX67hUQag`` works as pasted.
+_DASHED_KEY_ID = re.compile(r"-[A-Za-z0-9_-]{20}[AQgw]")
+_MARK = "\0"
+
+
+class _KeyIdGroup(TyperGroup):
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is None:
+            return name, cmd, rest
+        takes_value = {opt for param in cmd.params if param.param_type_name == "option"
+                       and not getattr(param, "is_flag", False)
+                       and not getattr(param, "count", False) for opt in param.opts}
+        marked: list[str] = []
+        for i, word in enumerate(rest):
+            if word == "--":
+                marked.extend(rest[i:])
+                break
+            after_option = bool(marked) and marked[-1] in takes_value
+            marked.append(_MARK + word if _DASHED_KEY_ID.fullmatch(word) and not after_option
+                          else word)
+        return name, cmd, marked
+
+
 app = typer.Typer(help="Keys: show, list, enable, disable, destroy, update, grants, accesses.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, cls=_KeyIdGroup)
 
 ProfileOpt = Annotated[
     Path, typer.Option("--profile", "-p", envvar="SCEAU_PROFILE", help="client profile file")
@@ -39,6 +68,7 @@ ProfileOpt = Annotated[
 UserOpt = Annotated[str | None, typer.Option("--user", "-u", help="act for this user (sub)")]
 def _check_key_id(value: str) -> str:
     """Fail early, before any network call, on something that is not a key id."""
+    value = value.removeprefix(_MARK)
     try:
         if len(b64u_decode(value)) == 16:
             return value
