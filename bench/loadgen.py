@@ -38,6 +38,7 @@ from bench.procstat import (
     cpu_line,
     cpu_seconds,
     cpu_times,
+    descendants,
     loadavg,
     status_kib,
     total_cpu_seconds,
@@ -407,7 +408,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         def raws(i: int) -> bytes | None:
             return source.sign()[0]
     presign_s = time.perf_counter() - presign_started
-    pids = [spec["server_pid"]]
+    # The server and its worker processes (``--workers N``), found when the window opens.
+    pids = [spec["server_pid"], *descendants(spec["server_pid"])]
     db_pids = db_backend_pids(spec.get("db"))
     result = await timed(spec, raws, context, pids, db_pids)
     result.update(

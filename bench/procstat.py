@@ -46,6 +46,29 @@ def status_kib(pid: int, name: str) -> int | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from /proc's children lists.
+
+    ``sceau serve --workers N`` serves from N child processes: their CPU is the server's.
+    """
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
 def total_cpu_seconds(pids: list[int]) -> float:
     """Sum of :func:`cpu_seconds` over ``pids``."""
     return sum(cpu_seconds(pid) for pid in pids)

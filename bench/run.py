@@ -21,6 +21,10 @@ Environment (all optional):
 - ``BENCH_BASELINE=DIR``  also run the Sceau of another checkout (its ``DIR/.venv``), as
                          ``sceau-<store>-base``, for a before/after comparison in one run
 - ``BENCH_OUT``          results directory (default bench/results)
+- ``BENCH_SCALING=0``    skip the worker scaling runs: ``sceau serve --workers 1`` and
+                         ``--workers 2`` (``BENCH_SCALING_WORKERS``), nothing pinned, the load
+                         generator on the same cores, ``BENCH_SCALING_WORKLOADS`` (encrypt) at
+                         concurrency ``BENCH_SCALING_C`` (64), on each store
 
 ``python -m bench.run --profile [WORKLOAD]`` instead runs one Sceau (SQLite) server under
 WORKLOAD (default encrypt) at c=32 with py-spy sampling it, and writes the collapsed
@@ -92,8 +96,12 @@ class Settings:
         self.out = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "results"))
         # Runs that would start after this point are skipped (and listed), so `make bench`
         # ends in under 10 minutes even on a slow or busy machine.
-        self.deadline = time.monotonic() + float(os.environ.get("BENCH_BUDGET_S", "540"))
+        self.deadline = time.monotonic() + float(os.environ.get("BENCH_BUDGET_S", "660"))
         self.skipped: list[str] = []
+        self.scaling = os.environ.get("BENCH_SCALING", "1") != "0"
+        self.scaling_workers = [int(w) for w in env_list("BENCH_SCALING_WORKERS", "1,2")]
+        self.scaling_workloads = env_list("BENCH_SCALING_WORKLOADS", "encrypt")
+        self.scaling_c = int(os.environ.get("BENCH_SCALING_C", "64"))
 
 
 def ensure_tools(notes: list[str]) -> str | None:
@@ -109,8 +117,9 @@ def ensure_tools(notes: list[str]) -> str | None:
     return openbao_binary()
 
 
-def run_generator(spec: dict[str, Any], workdir: Path, settings: Settings) -> dict[str, Any]:
-    """Run one load-generator process pinned to CPU 1; its result dict."""
+def run_generator(spec: dict[str, Any], workdir: Path, settings: Settings,
+                  pin: bool = True) -> dict[str, Any]:
+    """Run one load-generator process (pinned to CPU 1 unless ``pin`` is False); its result."""
     spec = {**spec, "seconds": settings.seconds, "warmup_s": settings.warmup_s,
             "max_requests": 400_000}
     name = f"{spec['label']}-{spec['workload']}-c{spec['concurrency']}"
@@ -118,9 +127,9 @@ def run_generator(spec: dict[str, Any], workdir: Path, settings: Settings) -> di
     out_path = workdir / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
     spec_path.chmod(0o600)
+    cmd = [sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)]
     proc = subprocess.run(
-        ["taskset", "-c", GENERATOR_CPU, sys.executable, "-m", "bench.loadgen",
-         str(spec_path), str(out_path)],
+        ["taskset", "-c", GENERATOR_CPU, *cmd] if pin else cmd,
         cwd=REPO, capture_output=True, text=True, timeout=settings.seconds * 6 + 180,
     )
     if proc.returncode != 0:
@@ -173,6 +182,44 @@ def run_matrix(targets: list[tuple[str, str, Any]], settings: Settings, workdir:
                     f"gen {result['generator_cpu_frac'] * 100:3.0f}% "
                     f"cpu0-others {result['cpu0_others_frac'] * 100:3.0f}% "
                     f"err {result['errors']}")
+
+
+def run_scaling(settings: Settings, stores: list[str], workdir: Path) -> list[dict[str, Any]]:
+    """Requests/s of one machine with 1 and 2 workers: nothing pinned, generator included.
+
+    All servers of a store start first; each workload then runs on one worker count after
+    the other. Server CPU sums the supervisor and its workers (``procstat.descendants``).
+    """
+    runs: list[dict[str, Any]] = []
+    for store in stores:
+        targets = [(w, SceauTarget(workdir / f"scaling-{store}-w{w}", store, "file", pool=32,
+                                   label=f"sceau-{store}-w{w}", workers=w, pin=False))
+                   for w in settings.scaling_workers]
+        try:
+            say(f"scaling: starting {store} with " + ", ".join(
+                f"{w} worker(s)" for w, _t in targets))
+            for _w, target in targets:
+                target.start()
+            for name in settings.scaling_workloads:
+                workload = WORKLOADS[name]
+                for workers, target in targets:
+                    if time.monotonic() > settings.deadline:
+                        settings.skipped.append(f"scaling {store} {name} w{workers}")
+                        continue
+                    spec = target.spec(workload)
+                    spec.update(label=target.label, workload=name,
+                                concurrency=settings.scaling_c)
+                    result = run_generator(spec, workdir, settings, pin=False)
+                    runs.append({"store": store, "workers": workers, "workload": name,
+                                 "concurrency": settings.scaling_c, "result": result})
+                    say(f"scaling {store:>8} {name} workers={workers} "
+                        f"{result['rps']:8.0f} req/s p50 {result['lat_ms']['p50']:6.2f} ms "
+                        f"cpu {result['server_cpu_ms_per_req']:.3f} ms/req "
+                        f"err {result['errors']}")
+        finally:
+            for _w, target in targets:
+                target.stop()
+    return runs
 
 
 def openssl_speed(seconds: int) -> dict[str, Any]:
@@ -350,6 +397,8 @@ def main(argv: Sequence[str]) -> int:
             doc["meta"]["rounds"] = settings.rounds
         for _label, _system, target in targets:
             target.stop()
+        if settings.scaling:
+            doc["scaling"] = run_scaling(settings, stores, workdir)
         say("client-side reference: openssl speed, file throughput")
         reference["openssl"] = openssl_speed(1 if settings.quick else 2)
         if settings.quick:

@@ -133,6 +133,10 @@ class SceauTarget:
     # The interpreter that runs `sceau`: this checkout's, or another checkout's venv for a
     # before/after comparison in one run (``BENCH_BASELINE``).
     python: str = sys.executable
+    # ``sceau serve --workers`` (SCEAU_WORKERS, which older checkouts read too). The matrix
+    # runs one worker pinned to CPU 0; the scaling runs leave every process unpinned.
+    workers: int = 1
+    pin: bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -156,7 +160,7 @@ class SceauTarget:
         # The benchmark drives one application at a node's full capacity, which the default
         # per-application rate limit exists to prevent: turn it off here, and only here.
         self.env = {"SCEAU_PORT": str(self.port), "SCEAU_DATABASE_URL": "",
-                    "SCEAU_RATE_LIMIT_PER_APP": "0"}
+                    "SCEAU_RATE_LIMIT_PER_APP": "0", "SCEAU_WORKERS": str(self.workers)}
         if self.store == "postgres":
             self.db = create_database()
             self.env["SCEAU_DATABASE_URL"] = self.db["url"]
@@ -170,9 +174,10 @@ class SceauTarget:
             env=env, check=True, capture_output=True, timeout=120,
         )
         with self.log.open("ab") as log:
+            cmd = [self.python, "-m", "sceau.cli", "serve", "--data-dir", str(self.data_dir),
+                   "--port", str(self.port)]
             self.proc = subprocess.Popen(
-                pinned([self.python, "-m", "sceau.cli", "serve", "--data-dir",
-                        str(self.data_dir), "--port", str(self.port)]),
+                pinned(cmd) if self.pin else cmd,
                 env=env, stdout=log, stderr=log, cwd=self.base,
             )
         wait_http_ok(f"{self.url}/readyz", self.cafile, self.proc, self.log)

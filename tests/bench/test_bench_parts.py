@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +137,56 @@ def test_ratios_and_verdicts() -> None:
     assert enc["p50_c1"] == pytest.approx(2.0)
     assert enc["p99_high"] == pytest.approx(2.5)
     assert enc["high_c"] == 32
-    assert enc["verdict"] == "✔ req/CPU-s, ✔ p50≤1ms, ✘ p99≤2×"
+    assert enc["verdict"] == "✔ ≥0.8× per CPU, ✔ p50≤1.0ms"
     batch = rows["batch-encrypt"]
     assert batch["rps_high"] == pytest.approx(10000 / 14500)
     assert batch["high_c"] == 8
-    assert batch["verdict"].startswith("✘ items/s")
+    assert batch["verdict"] == "✔ ≥0.5× per CPU"  # 10000 / 14500 items per CPU-second
     md = report.markdown({"meta": {"started": "t", "cpus": 2, "cpu_model": "x",
                                    "python": "p", "seconds": 1, "openbao": "b"},
                           "runs": runs, "ratios": report.ratios(runs), "reference": {}})
     assert "| sceau-sqlite | encrypt | 32 | 0.50× | 1.10× | 1.10× |" in md
+    assert "| sceau-sqlite | encrypt | 1.10× | 0.75× | 0.80 vs 0.40 ms | ✔" in md
+
+
+def test_verdicts_follow_issue_17_targets() -> None:
+    """Data keys need 0.6× per CPU, encrypt 0.8×; the p50 limit is judged on SQLite only."""
+    runs = [
+        _run("openbao", "generate-data-key", 1, 2000, 2000, 0.4, 1.0),
+        _run("openbao", "generate-data-key", 32, 3000, 3000, 10, 20),
+        _run("sceau-sqlite", "generate-data-key", 1, 1000, 1000, 1.1, 2.0),
+        _run("sceau-sqlite", "generate-data-key", 32, 1900, 1900, 9, 50),
+        _run("sceau-postgres", "generate-data-key", 1, 900, 900, 3.0, 2.0),
+        _run("sceau-postgres", "generate-data-key", 32, 1700, 1700, 9, 50),
+        _run("openbao", "decrypt", 32, 3000, 3000, 10, 20),
+        _run("sceau-sqlite", "decrypt", 32, 2300, 2300, 10, 20),
+    ]
+    rows = {(r["label"], r["workload"]): r["verdict"] for r in report.ratios(runs)}
+    assert rows[("sceau-sqlite", "generate-data-key")] == "✔ ≥0.6× per CPU, ✔ p50≤1.2ms"
+    assert rows[("sceau-postgres", "generate-data-key")] == "✘ ≥0.6× per CPU"
+    assert rows[("sceau-sqlite", "decrypt")] == "✘ ≥0.8× per CPU"  # 2300 / 3000 = 0.77
+
+
+def test_postgres_cpu_counts_its_backends() -> None:
+    lite = _run("sceau-sqlite", "encrypt", 32, 1000, 1000, 1, 2)
+    lite["result"].update(server_cpu_s=1.0, requests=1000)  # 1 ms per call
+    pg = _run("sceau-postgres", "encrypt", 32, 1000, 1000, 1, 2)
+    pg["result"].update(server_cpu_s=1.2, db_cpu_s=0.3, server_cpu_ms_per_req=1.2, requests=1000)
+    [row] = report.store_rows([lite, pg])
+    assert row["server_ratio"] == pytest.approx(1.2)
+    assert row["ratio"] == pytest.approx(1.5)
+    assert "| 1.20× | 1.50× ✘ |" in report.store_table([row])
+
+
+def test_scaling_table_compares_with_one_worker() -> None:
+    def run(workers: int, rps: float) -> dict[str, object]:
+        return {"store": "sqlite", "workers": workers, "workload": "encrypt",
+                "concurrency": 64, "result": {"rps": rps, "errors": 0,
+                                              "lat_ms": {"p50": 1.0, "p99": 5.0},
+                                              "server_cpu_ms_per_req": 0.8}}
+    table = report.scaling_table([run(1, 1000), run(2, 1600)])
+    assert "| sqlite | encrypt | 64 | 2 | 1,600 | 1.60× ✔ |" in table
+    assert "| 1.40× ✘ |" in report.scaling_table([run(1, 1000), run(2, 1400)])
 
 
 @pytest.mark.parametrize(
@@ -210,3 +253,23 @@ def test_parse_file_throughput() -> None:
         "file open MB/s": 790.0,
         "peak RSS MiB": 40.5,
     }
+
+
+def test_descendants_finds_grandchildren() -> None:
+    """The CPU of `sceau serve --workers N` is in its workers: the loader finds them all."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+         "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while not procstat.descendants(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = procstat.descendants(parent.pid)
+        assert len(found) == 1 and parent.pid not in found
+        assert procstat.descendants(found[0]) == []
+    finally:
+        for pid in procstat.descendants(parent.pid):
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.kill()
+        parent.wait()
