@@ -221,12 +221,17 @@ class Server:
 
 
 def make_server(base: Path, *, env: Mapping[str, str] | None = None, start: bool = True,
-                init_args: tuple[str, ...] = ()) -> Server:
-    """`sceau init` a data dir under ``base`` and start `sceau serve` on a free port."""
+                init_args: tuple[str, ...] = (), workers: int = 1) -> Server:
+    """`sceau init` a data dir under ``base`` and start `sceau serve` on a free port.
+
+    One worker process unless asked (the default, one per core, would multiply the suite's
+    processes); ``env`` may still set ``SCEAU_WORKERS``.
+    """
     data_dir = base / "data"
     port = free_port()
     server_env = {
         "SCEAU_PORT": str(port),
+        "SCEAU_WORKERS": str(workers),
         "SCEAU_CHECKPOINT_INTERVAL_S": "2",
         # The suites send hundreds of hostile calls on purpose; the refusal tarpit has its
         # own tests (tests/security/test_sec_tarpit.py).
@@ -318,7 +323,8 @@ def store_env(store: str, databases: PostgresDatabases | None) -> dict[str, str]
 
 
 def new_backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
-                       env: Mapping[str, str] | None = None, start: bool = True) -> Server:
+                       env: Mapping[str, str] | None = None, start: bool = True,
+                       workers: int = 1) -> Server:
     """A `sceau serve` on one of :data:`BACKENDS`: a fresh PostgreSQL database (dropped with
     the session's), a fresh SoftHSM2 token for ``sqlite-pkcs11``."""
     store, _, keystore = backend.partition("-")
@@ -330,15 +336,15 @@ def new_backend_server(request: pytest.FixtureRequest, base: Path, backend: str,
         need_softhsm()
         token_env, init_args = pkcs11_server_args(base)
         server_env.update(token_env)
-    return make_server(base, env=server_env, init_args=init_args, start=start)
+    return make_server(base, env=server_env, init_args=init_args, start=start, workers=workers)
 
 
 @contextlib.contextmanager
 def backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
-                   env: Mapping[str, str] | None = None, start: bool = True
-                   ) -> Iterator[Server]:
+                   env: Mapping[str, str] | None = None, start: bool = True,
+                   workers: int = 1) -> Iterator[Server]:
     """:func:`new_backend_server`, stopped (and its database dropped) when the block ends."""
-    srv = new_backend_server(request, base, backend, env=env, start=start)
+    srv = new_backend_server(request, base, backend, env=env, start=start, workers=workers)
     try:
         yield srv
     finally:
