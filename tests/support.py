@@ -88,6 +88,8 @@ class Server:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     apps: list[TestApp] = field(default_factory=list)
+    # Where the current process's lines begin in the log (it is appended to on restarts).
+    _log_start: int = field(default=0, repr=False)
 
     @property
     def url(self) -> str:
@@ -112,6 +114,7 @@ class Server:
     # --- process ------------------------------------------------------------------------
 
     def start(self, *, wait: bool = True) -> None:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*SCEAU, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
@@ -129,12 +132,22 @@ class Server:
             try:
                 r = httpx.get(f"{self.url}/readyz", verify=self.cert, timeout=2)
                 last = r.text
-                if (r.status_code == 200) == expect_ready:
+                # Ready: /readyz says so and, with several workers, every one of them is
+                # (the parent announces the service only then).
+                if (r.status_code == 200) == expect_ready and (
+                        not expect_ready or self._announced()):
                     return
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
         raise AssertionError(f"server not ready: {last}\n{self.log()[-3000:]}")
+
+    def _announced(self) -> bool:
+        if not self.log_path.exists():
+            return False
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return b"Sceau serving at " in log.read()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None

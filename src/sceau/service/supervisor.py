@@ -163,7 +163,7 @@ class Supervisor:
         self._workers[pid] = _Worker(slot=slot, pid=pid, ready_fd=ready_r,
                                      started=time.monotonic())
         self._selector.register(ready_r, selectors.EVENT_READ)
-        log.info("worker %d started (pid %d)", slot + 1, pid)
+        log.info("worker started", extra={"fields": {"worker": slot + 1, "pid": pid}})
 
     def _read_ready(self, fd: int) -> None:
         worker = next((w for w in self._workers.values() if w.ready_fd == fd), None)
@@ -177,8 +177,8 @@ class Supervisor:
             return
         worker.ready = True
         worker.node = data.decode("ascii", "replace").strip()
-        log.info("worker %d ready (pid %d, audit node %s)", worker.slot + 1, worker.pid,
-                 worker.node)
+        log.info("worker ready", extra={"fields": {"worker": worker.slot + 1, "pid": worker.pid,
+                                                   "node": worker.node}})
 
     def _announce_when_ready(self) -> None:
         if self._announced:
@@ -202,14 +202,14 @@ class Supervisor:
                 continue
             self._forget(worker)
             code = os.waitstatus_to_exitcode(status)
-            what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            fields = {"worker": worker.slot + 1, "pid": pid, "node": worker.node,
+                      "status": code}  # negative: the signal that killed it
             if self._stopping:
                 if code != 0:
                     self._clean = False
-                    log.error("worker %d (pid %d) %s while stopping", worker.slot + 1, pid, what)
+                    log.error("worker failed to stop cleanly", extra={"fields": fields})
                 continue
-            log.error("worker %d (pid %d, audit node %s) %s unexpectedly", worker.slot + 1,
-                      pid, worker.node or "none yet", what)
+            log.error("worker exited unexpectedly", extra={"fields": fields})
             if not self._announced:
                 # Fail the start as one process would: the error is in the log above.
                 self._start_failed = True
@@ -228,7 +228,8 @@ class Supervisor:
         delay = 0.0 if failures == 0 else min(BACKOFF_MAX_S,
                                               BACKOFF_FIRST_S * 2 ** (failures - 1))
         self._respawn_at[slot] = time.monotonic() + delay
-        log.warning("worker %d is replaced in %.1f s", slot + 1, delay)
+        log.warning("worker replaced after a delay",
+                    extra={"fields": {"worker": slot + 1, "delay_s": delay}})
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
