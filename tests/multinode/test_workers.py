@@ -26,7 +26,7 @@ from audit_support import records
 from sceau.core.b64 import b64u_encode
 from sceau.errors import AccessDenied, ReplayedRequest
 from sceau.vocab import Op, Reason
-from support import STORES, Server, TestApp, backend_server, run_cli
+from support import STORES, Server, TestApp, backend_server, make_server, run_cli
 
 OWNER = "alice@example.com"
 NODES = {"n1", "n2"}
@@ -310,3 +310,22 @@ def test_a_worker_count_below_one_is_refused(tmp_path: Path, args: tuple[str, ..
     assert proc.returncode != 0
     assert err.startswith("sceau: error: configuration: server.workers"), err
     assert 'expected an integer of at least 1, or "auto"' in err and "Traceback" not in err
+
+
+def test_a_pinned_node_id_goes_on_in_worker_one(tmp_path: Path) -> None:
+    """audit.node_id with 2 workers: worker 1 writes the pinned chain, worker 2 ``ID.2``."""
+    server = make_server(tmp_path, env={"SCEAU_DATABASE_URL": "", "SCEAU_NODE_ID": "eu-1"},
+                         workers=2)
+    try:
+        assert sorted(live_workers(server).values()) == ["eu-1", "eu-1.2"]
+        app = server.register_app()
+        for _ in range(4):
+            with server.client(app, OWNER) as c:
+                c.encrypt(b"pinned")
+    finally:
+        assert server.stop() == 0
+    too_long = {"SCEAU_DATABASE_URL": "", "SCEAU_NODE_ID": "x" * 63}
+    proc = run_cli("serve", "--data-dir", str(server.data_dir), "--workers", "2",
+                   env={**server.env, **too_long}, check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "audit.node_id: with 2 workers" in proc.stderr.decode()

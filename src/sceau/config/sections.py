@@ -132,10 +132,12 @@ class ServerSection(_Section):
     port: Integer = setting(8443, "SCEAU_PORT", ge=1, le=65535)
     workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = setting(
         "auto", "SCEAU_WORKERS",
-        "worker processes on the one port (sceau serve --workers); auto: one per usable core. "
-        "Connection cap, rate and refusal limits apply per worker")
+        "worker processes on the one port (sceau serve --workers); auto = one per usable "
+        "core; each is a node: its own audit chain, and the connection cap and the rate "
+        "limits apply per worker")
     request_timeout_s: Integer = setting(30, "SCEAU_REQUEST_TIMEOUT_S", gt=0)
-    max_connections: Integer = setting(1024, "SCEAU_MAX_CONNECTIONS", gt=0)
+    max_connections: Integer = setting(1024, "SCEAU_MAX_CONNECTIONS",
+                                       "open connections per worker process", gt=0)
     client_ca: str = setting(
         "", "SCEAU_TLS_CLIENT_CA",
         "PEM bundle of CAs for application client certificates (mutual TLS)")
@@ -182,7 +184,8 @@ class LimitsSection(_Section):
     # (docs/deploy.md, "Rate limit"), which a normal one never reaches.
     rate_limit_per_app: Integer = setting(
         DEFAULT_RATE_LIMIT_PER_APP, "SCEAU_RATE_LIMIT_PER_APP",
-        "requests per second per application and node (bursts of one second); 0 = unlimited",
+        "requests per second per application and node, that is per worker process (bursts "
+        "of one second); 0 = unlimited",
         ge=0)
 
 
