@@ -397,6 +397,12 @@ class _ReadyServer(uvicorn.Server):
         if not self.should_exit:
             self._on_started()
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A Ctrl-C reaches the parent and every worker, and the parent then sends SIGTERM:
+        # uvicorn would read SIGINT after SIGTERM as "force", which skips the application's
+        # shutdown (the audit writer's final flush). In a worker every stop is graceful.
+        super().handle_exit(signal.SIGTERM if sig == signal.SIGINT else sig, frame)
+
 
 def _serve_in_process(config: Config, context: ssl.SSLContext,
                       on_ready: Callable[[str], None] | None) -> None:
