@@ -88,6 +88,8 @@ class Server:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     apps: list[TestApp] = field(default_factory=list)
+    # Where the current process's lines begin in the log (it is appended to on restarts).
+    _log_start: int = field(default=0, repr=False)
 
     @property
     def url(self) -> str:
@@ -112,6 +114,7 @@ class Server:
     # --- process ------------------------------------------------------------------------
 
     def start(self, *, wait: bool = True) -> None:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*SCEAU, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
@@ -129,12 +132,22 @@ class Server:
             try:
                 r = httpx.get(f"{self.url}/readyz", verify=self.cert, timeout=2)
                 last = r.text
-                if (r.status_code == 200) == expect_ready:
+                # Ready: /readyz says so and, with several workers, every one of them is
+                # (the parent announces the service only then).
+                if (r.status_code == 200) == expect_ready and (
+                        not expect_ready or self._announced()):
                     return
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
         raise AssertionError(f"server not ready: {last}\n{self.log()[-3000:]}")
+
+    def _announced(self) -> bool:
+        if not self.log_path.exists():
+            return False
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return b"Sceau serving at " in log.read()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
@@ -221,12 +234,17 @@ class Server:
 
 
 def make_server(base: Path, *, env: Mapping[str, str] | None = None, start: bool = True,
-                init_args: tuple[str, ...] = ()) -> Server:
-    """`sceau init` a data dir under ``base`` and start `sceau serve` on a free port."""
+                init_args: tuple[str, ...] = (), workers: int = 1) -> Server:
+    """`sceau init` a data dir under ``base`` and start `sceau serve` on a free port.
+
+    One worker process unless asked (the default, one per core, would multiply the suite's
+    processes); ``env`` may still set ``SCEAU_WORKERS``.
+    """
     data_dir = base / "data"
     port = free_port()
     server_env = {
         "SCEAU_PORT": str(port),
+        "SCEAU_WORKERS": str(workers),
         "SCEAU_CHECKPOINT_INTERVAL_S": "2",
         # The suites send hundreds of hostile calls on purpose; the refusal tarpit has its
         # own tests (tests/security/test_sec_tarpit.py).
@@ -318,7 +336,8 @@ def store_env(store: str, databases: PostgresDatabases | None) -> dict[str, str]
 
 
 def new_backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
-                       env: Mapping[str, str] | None = None, start: bool = True) -> Server:
+                       env: Mapping[str, str] | None = None, start: bool = True,
+                       workers: int = 1) -> Server:
     """A `sceau serve` on one of :data:`BACKENDS`: a fresh PostgreSQL database (dropped with
     the session's), a fresh SoftHSM2 token for ``sqlite-pkcs11``."""
     store, _, keystore = backend.partition("-")
@@ -330,15 +349,15 @@ def new_backend_server(request: pytest.FixtureRequest, base: Path, backend: str,
         need_softhsm()
         token_env, init_args = pkcs11_server_args(base)
         server_env.update(token_env)
-    return make_server(base, env=server_env, init_args=init_args, start=start)
+    return make_server(base, env=server_env, init_args=init_args, start=start, workers=workers)
 
 
 @contextlib.contextmanager
 def backend_server(request: pytest.FixtureRequest, base: Path, backend: str, *,
-                   env: Mapping[str, str] | None = None, start: bool = True
-                   ) -> Iterator[Server]:
+                   env: Mapping[str, str] | None = None, start: bool = True,
+                   workers: int = 1) -> Iterator[Server]:
     """:func:`new_backend_server`, stopped (and its database dropped) when the block ends."""
-    srv = new_backend_server(request, base, backend, env=env, start=start)
+    srv = new_backend_server(request, base, backend, env=env, start=start, workers=workers)
     try:
         yield srv
     finally:

@@ -76,6 +76,10 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="listen address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="listen port (default 8443)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="worker processes on the one port (default server.workers: one per usable "
+             "core); limits such as the connection cap and rate limits apply per worker",
+    )] = None,
 ) -> None:
     """Serve the API and console over HTTPS until SIGTERM."""
     from sceau.service.server import serve as run
@@ -85,6 +89,8 @@ def serve(
         overrides["server.host"] = host
     if port is not None:
         overrides["server.port"] = port
+    if workers is not None:
+        overrides["server.workers"] = workers
     config = config_from(data_dir, overrides)
 
     def ready(service_id: str) -> None:

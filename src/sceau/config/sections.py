@@ -65,6 +65,22 @@ def _integer(value: Any) -> Any:
 Integer = Annotated[int, BeforeValidator(_integer)]
 
 
+def _workers(value: Any) -> Any:
+    """``"auto"`` or a whole number of at least 1 (text from the environment or an option)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    if isinstance(value, bool | float):
+        raise ValueError('expected an integer of at least 1, or "auto"')
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError:
+            raise ValueError('expected an integer of at least 1, or "auto"') from None
+    if not isinstance(value, int) or value < 1:
+        raise ValueError('expected an integer of at least 1, or "auto"')
+    return value
+
+
 def _node_id(value: str) -> str:
     if value and not (len(value) <= 64 and all(c.isalnum() or c in "-_." for c in value)):
         raise ValueError("must be 1-64 letters, digits, '-', '_' or '.'")
@@ -114,9 +130,14 @@ class ServiceSection(_Section):
 class ServerSection(_Section):
     host: str = setting("127.0.0.1", "SCEAU_HOST")
     port: Integer = setting(8443, "SCEAU_PORT", ge=1, le=65535)
-    workers: Integer = setting(1, "SCEAU_WORKERS", gt=0)
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = setting(
+        "auto", "SCEAU_WORKERS",
+        "worker processes on the one port (sceau serve --workers); auto = one per usable "
+        "core; each is a node: its own audit chain, and the connection cap and the rate "
+        "limits apply per worker")
     request_timeout_s: Integer = setting(30, "SCEAU_REQUEST_TIMEOUT_S", gt=0)
-    max_connections: Integer = setting(1024, "SCEAU_MAX_CONNECTIONS", gt=0)
+    max_connections: Integer = setting(1024, "SCEAU_MAX_CONNECTIONS",
+                                       "open connections per worker process", gt=0)
     client_ca: str = setting(
         "", "SCEAU_TLS_CLIENT_CA",
         "PEM bundle of CAs for application client certificates (mutual TLS)")
@@ -163,7 +184,8 @@ class LimitsSection(_Section):
     # (docs/deploy.md, "Rate limit"), which a normal one never reaches.
     rate_limit_per_app: Integer = setting(
         DEFAULT_RATE_LIMIT_PER_APP, "SCEAU_RATE_LIMIT_PER_APP",
-        "requests per second per application and node (bursts of one second); 0 = unlimited",
+        "requests per second per application and node, that is per worker process (bursts "
+        "of one second); 0 = unlimited",
         ge=0)
 
 

@@ -262,8 +262,13 @@ def open_store(config: Config) -> Engines:
     return engines
 
 
-def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str = "n") -> Runtime:
-    """Open store and keystore, run the keystore self-tests, lease a node id, start the writer."""
+def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str = "n",
+                 node_id: str | None = None) -> Runtime:
+    """Open store and keystore, run the keystore self-tests, lease a node id, start the writer.
+
+    ``node_id`` (a worker's own id, ``sceau serve --workers``) replaces ``audit.node_id``;
+    empty leases a free one.
+    """
     if not config.data_dir.is_dir():
         raise ConfigError(f"data dir {config.data_dir} does not exist: run `sceau init` first")
     engines = open_store(config)
@@ -278,7 +283,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
         engines,
         keystore,
         witness=open_witness(config),
-        node_id=config.audit.node_id,
+        node_id=config.audit.node_id if node_id is None else node_id,
         node_prefix=node_prefix,
         max_batch=config.audit.max_batch,
         checkpoint_every=config.audit.checkpoint_every,

@@ -24,6 +24,11 @@ uvicorn does not have):
   ``rate_limited`` with ``Retry-After`` and the connection is closed;
 * malformed HTTP gets a 400 ``invalid_request`` problem instead of uvicorn's text/plain.
 
+Workers (``server.workers``, ``sceau serve --workers``): one serves in this process; more
+are forked by :class:`~sceau.service.supervisor.Supervisor` onto one listening socket, each
+with its own runtime and audit node. The limits above (connection cap, rate limits) hold
+per worker.
+
 Known limit: the TLS handshake itself is bounded by asyncio's default (60 s), which uvicorn
 does not expose.
 """
@@ -34,7 +39,9 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -48,6 +55,7 @@ from sceau.errors import ConfigError, InvalidRequest, PayloadTooLarge, RateLimit
 from sceau.service.app import create_app
 from sceau.service.observability import setup_logging
 from sceau.service.runtime import open_runtime
+from sceau.service.supervisor import Supervisor, usable_cores
 
 log = logging.getLogger("sceau.server")
 
@@ -58,6 +66,10 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!DSS"
 MAX_HEAD_BYTES = 8 * 1024
 #: Upper bound on the time to receive a request head (lower when request_timeout_s is).
 HEADER_TIMEOUT_S = 10.0
+#: Pending connections the shared socket queues while every worker is busy (or starting).
+LISTEN_BACKLOG = 2048
+#: The audit node id column's width (store.schema.NODE).
+MAX_NODE_ID = 64
 _CLIENT_AUTH_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 429: b"Too Many Requests"}
 
@@ -275,13 +287,9 @@ def server_tls_context(config: Config) -> ssl.SSLContext:
                        client_auth=config.server.client_auth)
 
 
-def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Open the runtime and serve until SIGTERM/SIGINT; then flush the audit writer."""
-    setup_logging(config.log.level)
-    context = server_tls_context(config)
-    runtime = open_runtime(config)
-    app = create_app(runtime)
-    uv_config = uvicorn.Config(
+def uvicorn_config(config: Config, app: Any, context: ssl.SSLContext) -> uvicorn.Config:
+    """uvicorn's settings for one serving process (the same for each worker)."""
+    return uvicorn.Config(
         app,
         host=config.server.host,
         port=config.server.port,
@@ -295,7 +303,113 @@ def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> N
         ssl_keyfile=str(config.tls_key),
         ssl_context_factory=lambda _cfg, _default: context,
     )
-    server = uvicorn.Server(uv_config)
+
+
+def worker_count(config: Config) -> int:
+    """``server.workers``, with ``auto`` read as the number of usable cores."""
+    workers = config.server.workers
+    return usable_cores() if workers == "auto" else workers
+
+
+def worker_node_ids(node_id: str, count: int) -> list[str]:
+    """The audit node id each worker asks for: all empty (each leases a free ``nN``) when
+    ``audit.node_id`` is empty; otherwise ``node_id`` for the first worker, so that a pinned
+    chain goes on in it, and ``node_id.K`` for worker K (every chain keeps one writer)."""
+    if not node_id:
+        return [""] * count
+    ids = [node_id] + [f"{node_id}.{k}" for k in range(2, count + 1)]
+    if len(ids[-1]) > MAX_NODE_ID:
+        raise ConfigError(
+            f"audit.node_id: with {count} workers the last one's audit node id {ids[-1]!r} "
+            f"would be over {MAX_NODE_ID} characters: choose a shorter audit.node_id"
+        )
+    return ids
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The listening TCP socket the workers share, bound and listening (like uvicorn's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"server.host/server.port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT with ``server.workers`` processes; then flush the audit
+    writers. One worker serves in this process; more are forked (:mod:`.supervisor`)."""
+    setup_logging(config.log.level)
+    # Made (and so checked) before any fork: the workers share it, and with it the TLS
+    # session ticket keys, so a client resumes its session on whichever worker it reaches.
+    context = server_tls_context(config)
+    count = worker_count(config)
+    if count == 1:
+        _serve_in_process(config, context, on_ready)
+        return
+    node_ids = worker_node_ids(config.audit.node_id, count)
+    sock = listen_socket(config.server.host, config.server.port)
+
+    def worker(slot: int, ready: Callable[[str], None]) -> int:
+        # After the fork: everything that holds a session, a connection or a thread is
+        # opened here, in the worker, never in the parent.
+        try:
+            runtime = open_runtime(config, node_id=node_ids[slot])
+            server = _ReadyServer(uvicorn_config(config, create_app(runtime), context),
+                                  lambda: ready(runtime.writer.node))
+            # As in one process: a stop is a clean exit once uvicorn has shut down.
+            signal.signal(signal.SIGTERM, _exit_cleanly)
+            signal.signal(signal.SIGINT, _exit_cleanly)
+            server.run(sockets=[sock])
+        except SceauError as error:
+            sys.stderr.write(f"sceau: error: {error.diagnostics()}\n")
+            return 1
+        return 0
+
+    def announce() -> None:
+        log.info("serving with %d workers", count)
+        if on_ready is not None:
+            on_ready(config.service_id)
+
+    try:
+        code = Supervisor(count, worker, announce).run()
+    finally:
+        sock.close()
+    if code != 0:
+        raise SystemExit(code)
+
+
+class _ReadyServer(uvicorn.Server):
+    """uvicorn's server that reports once it accepts connections (a worker's readiness)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            self._on_started()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A Ctrl-C reaches the parent and every worker, and the parent then sends SIGTERM:
+        # uvicorn would read SIGINT after SIGTERM as "force", which skips the application's
+        # shutdown (the audit writer's final flush). In a worker every stop is graceful.
+        super().handle_exit(signal.SIGTERM if sig == signal.SIGINT else sig, frame)
+
+
+def _serve_in_process(config: Config, context: ssl.SSLContext,
+                      on_ready: Callable[[str], None] | None) -> None:
+    """One worker: open the runtime and serve in this process (no supervisor)."""
+    runtime = open_runtime(config)
+    app = create_app(runtime)
+    server = uvicorn.Server(uvicorn_config(config, app, context))
     if on_ready is not None:
         on_ready(config.service_id)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler
