@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,3 +103,27 @@ def test_an_edited_source_runs_pure_until_rebuilt(tmp_path: Path) -> None:
     assert child["file"] == str(source)
     for other in LISTED:  # all or none: compiled modules call each other inside one library
         assert loaded_from(other, {}, tmp_path)["file"].endswith(".py")
+
+
+
+def annotation_readers() -> set[str]:
+    """Names of the classes whose annotations Sceau reads: ``get_type_hints(X)`` and the
+    models of ``Rows(table, X)`` (store/rows.py derives each column's codec from them)."""
+    names: set[str] = set()
+    for path in (SRC / "sceau").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        names |= set(re.findall(r"get_type_hints\((\w+)\)", text))
+        names |= set(re.findall(r"\bRows\(\s*\w+,\s*(\w+)", text))
+    return names
+
+
+def test_no_compiled_class_has_its_annotations_read() -> None:
+    """mypyc erases generic annotations (``frozenset[Right]`` becomes ``frozenset``, ``int |
+    None`` becomes ``type``), so a class whose annotations are read must stay pure."""
+    readers = annotation_readers()
+    assert {"KeyRecord", "Authorization"} <= readers  # the scan itself finds them
+    for name in LISTED:
+        module = importlib.import_module(name)
+        defined = {n for n, v in vars(module).items()
+                   if isinstance(v, type) and v.__module__ == name}  # fmt: skip
+        assert not defined & readers, f"{name} defines {sorted(defined & readers)}"
