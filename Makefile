@@ -9,7 +9,11 @@ DATA_DIR ?= ./sceau-data
 # module-scoped). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
 
-.PHONY: run test lint bench fuzz supply-chain system test-provider clean
+# The unit tests of the modules compiled with mypyc (pyproject.toml [tool.sceau.compiled]),
+# run once more on the pure Python sources by `make test` (`make test-pure` alone).
+PURE_TESTS ?= tests/core
+
+.PHONY: run test test-pure compile lint bench fuzz supply-chain system test-provider clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +31,18 @@ run: $(STAMP)
 	@test -d $(DATA_DIR) || $(VENV)/bin/sceau init --data-dir $(DATA_DIR)
 	$(VENV)/bin/sceau serve --data-dir $(DATA_DIR)
 
-test: $(STAMP) system test-provider
+# mypyc-compiled modules: built in place when a C compiler exists (skipped with a message
+# when not; SCEAU_REQUIRE_COMPILED=1 makes that an error), rebuilt when a source changed.
+compile: $(STAMP)
+	$(PY) scripts/compile.py $(if $(SCEAU_REQUIRE_COMPILED),--require)
+
+# The whole suite on the compiled modules (when built), then their unit tests pure.
+test: $(STAMP) system test-provider compile
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-pure
+
+test-pure: $(STAMP)
+	SCEAU_PURE_PYTHON=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PURE_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -46,4 +60,6 @@ supply-chain: $(STAMP)
 	bash scripts/supply-chain.sh check
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info tests/oidc/node_modules
+	@test ! -x $(PY) || $(PY) scripts/compile.py --clean
+	find src -name '*.so' -delete
+	rm -rf $(VENV) build dist src/*.egg-info src/sceau/_compiled.json tests/oidc/node_modules

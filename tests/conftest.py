@@ -27,6 +27,14 @@ from support import (
 )
 
 
+def pytest_report_header() -> str:
+    """Say which code of the mypyc-compiled modules this run tests (tests/core/
+    test_compiled_modules.py asserts it module by module)."""
+    import sceau._native
+
+    return f"sceau modules: {sceau._native.MODE} ({sceau._native.REASON})"
+
+
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
     """Creates fresh PostgreSQL databases; drops them all at the end of the session."""

@@ -32,7 +32,9 @@ _SERVICE_MAY = (_SHARED | {"config"} | set(_BELOW_SERVICE)) | _SERVICE_TIER
 
 #: unit -> the sceau units it may import (its own unit is always allowed).
 ALLOWED: dict[str, set[str] | None] = {
-    "sceau": set(),
+    # The package root imports only _native, which picks compiled or pure modules (stdlib only).
+    "sceau": {"_native"},
+    "_native": set(),
     "vocab": set(),
     "errors": {"vocab"},
     "config": {"errors"},

@@ -115,8 +115,12 @@ def head_of(record: Mapping[str, Any]) -> ChainHead:
     return ChainHead(node=record["node"], node_seq=record["node_seq"], hash=record["hash"])
 
 
-def format_time_ms(time_ms: int) -> str:
-    """RFC 3339 UTC with milliseconds and ``Z``: ``2026-11-28T12:00:00.123Z``."""
+def format_time_ms(time_ms: object) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``: ``2026-11-28T12:00:00.123Z``.
+
+    Arguments checked at run time are typed ``object`` in this module: compiled (mypyc),
+    an ``int`` parameter would accept ``True`` as 1 and refuse ``1.5`` with a TypeError.
+    """
     if type(time_ms) is not int or time_ms < 0:
         raise AuditEncodingError("audit time: a non-negative integer of milliseconds")
     global _last_second
@@ -210,8 +214,8 @@ def _check_text(value: Any, what: str, *, nullable: bool) -> None:
         raise AuditEncodingError(f"audit {what}: a string" + (" or null" if nullable else ""))
 
 
-def _signature(sign: Callable[[bytes], bytes], digest: bytes) -> str:
-    sig = sign(digest)
+def _signature(sign: Callable[[bytes], object], digest: bytes) -> str:
+    sig: object = sign(digest)
     if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
         raise AuditEncodingError("audit signature: the signer returned no raw 64-byte signature")
     return b64u_encode(sig)
@@ -220,7 +224,7 @@ def _signature(sign: Callable[[bytes], bytes], digest: bytes) -> str:
 def build_record(
     event: AuditEvent,
     *,
-    seq: int,
+    seq: object,
     head: ChainHead,
     kid: str,
     sign: Callable[[bytes], bytes],
@@ -276,7 +280,7 @@ def record_line(record: Mapping[str, Any]) -> str:
 def build_checkpoint(
     *,
     node: str,
-    node_seq: int,
+    node_seq: object,
     hash: str,  # shadows the builtin on purpose: it is the SPEC member name
     time_ms: int,
     kid: str,

@@ -124,7 +124,7 @@ def matching_authorizations(record: KeyRecord, identity: str) -> list[Authorizat
     return exact or patterns
 
 
-def validate_principal(p: str) -> str:
+def validate_principal(p: object) -> str:
     """Check a principal's syntax and return its normalized form.
 
     Accepted: an exact identity (any printable ASCII without spaces or ``*``; when it has an
@@ -169,7 +169,7 @@ def _unmap_address(addr: _AddressT) -> _AddressT:
     return addr
 
 
-def _parse_network(text: str) -> _NetworkT | None:
+def _parse_network(text: object) -> _NetworkT | None:
     if not isinstance(text, str) or "%" in text:
         return None
     try:
@@ -178,13 +178,15 @@ def _parse_network(text: str) -> _NetworkT | None:
         return None
 
 
-def validate_networks(nets: Sequence[str]) -> tuple[str, ...]:
+def validate_networks(nets: object) -> tuple[str, ...]:
     """Normalized CIDR strings for ``rules.allowed_networks``.
 
     Host bits must be zero (``10.0.0.1/8`` is refused: the writer probably meant something
     else); a bare address is a /32 or /128; IPv4-mapped IPv6 networks become IPv4; scope ids
     are refused; duplicates are dropped. An empty list is refused: it would lock every
-    caller, the owner included — ``disable-key`` says that more clearly.
+    caller, the owner included — ``disable-key`` says that more clearly. ``nets`` is typed
+    ``object`` (as ``p`` above): the checks below, not a compiled type check, refuse a
+    value of the wrong type, with an error that names it.
     """
     if isinstance(nets, str | bytes) or not isinstance(nets, Sequence):
         raise InvalidRequest("allowed_networks: must be an array of CIDR strings")
