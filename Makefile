@@ -27,7 +27,7 @@ system:
 test-provider: system
 	@bash scripts/setup-test-provider.sh
 
-run: $(STAMP)
+run: $(STAMP) compile
 	@test -d $(DATA_DIR) || $(VENV)/bin/sceau init --data-dir $(DATA_DIR)
 	$(VENV)/bin/sceau serve --data-dir $(DATA_DIR)
 
@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
-bench: $(STAMP) system
+bench: $(STAMP) system compile
 	@bash scripts/bench-setup.sh
 	$(PY) -m bench.run
 
