@@ -12,6 +12,7 @@ the request could no longer be accepted anyway.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "list_applications",
     "purge_replay",
     "remember_jti",
+    "remember_jtis",
     "save_app_key",
     "save_application",
     "touch_application",
@@ -105,6 +107,16 @@ _REMEMBER_JTI = driver.Statement(
     "INSERT INTO replay (iss, jti, expires_at) VALUES (:iss, :jti, :expires_at) "
     "ON CONFLICT DO NOTHING RETURNING jti",
 )
+
+# The same for a whole group commit: one statement, the ids it did remember returned.
+_REMEMBER_JTIS = driver.Statement(
+    "remember_jtis",
+    "INSERT INTO replay (iss, jti, expires_at) VALUES {rows} "
+    "ON CONFLICT DO NOTHING RETURNING iss, jti",
+    columns=("iss", "jti", "expires_at"),
+)
+# Rows per statement: far below SQLite's 32766 bound parameters (3 per row).
+JTI_CHUNK = 1000
 
 
 def insert_application(conn: sa.Connection, app: AppRow) -> None:
@@ -177,6 +189,33 @@ def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bo
     """Record a request id; False when this application already used it."""
     params = {"iss": iss, "jti": jti, "expires_at": expires_at}
     return driver.run(conn, _REMEMBER_JTI, params).first() is not None
+
+
+def remember_jtis(
+    conn: sa.Connection, entries: Sequence[tuple[str, str, int]]
+) -> list[bool]:
+    """Record many request ids ``(iss, jti, expires_at)`` at once, in the order given.
+
+    Answers, per entry, whether it was new: False for an id already stored, and for every
+    repetition of an id after its first entry in ``entries`` (the earlier one used it). One
+    statement per :data:`JTI_CHUNK` distinct ids, inserted sorted, so that nodes inserting
+    overlapping ids lock them in one order (no deadlock between two group commits).
+    """
+    first: dict[tuple[str, str], int] = {}
+    answers = [False] * len(entries)
+    for index, (iss, jti, _expires) in enumerate(entries):
+        first.setdefault((iss, jti), index)
+    ordered = sorted(first)
+    remembered: set[tuple[str, str]] = set()
+    for start in range(0, len(ordered), JTI_CHUNK):
+        chunk = ordered[start:start + JTI_CHUNK]
+        rows = [{"iss": iss, "jti": jti, "expires_at": entries[first[(iss, jti)]][2]}
+                for iss, jti in chunk]
+        result = driver.run_rows(conn, _REMEMBER_JTIS, rows)
+        remembered.update((row[0], row[1]) for row in result.rows)
+    for pair, index in first.items():
+        answers[index] = pair in remembered
+    return answers
 
 
 def purge_replay(conn: sa.Connection, before: int) -> int:

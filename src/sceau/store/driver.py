@@ -41,14 +41,19 @@ class Statement:
 
     ``sqlite`` is the text SQLite runs where it differs (SQLite locks the whole database
     for its single writer, so it has no ``FOR UPDATE``). A text with an ``IN ({ids})`` list
-    takes parameters ``:id0`` .. ``:idN``, as many as the ids given (:func:`run_in`).
+    takes parameters ``:id0`` .. ``:idN``, as many as the ids given (:func:`run_in`); a
+    text with ``VALUES {rows}`` takes one ``(:col0, ...)`` tuple per row, parameters
+    ``:<col><i>`` for the ``columns`` given (:func:`run_rows`).
     Statements are built at import from constant text; no value ever enters it.
     """
 
-    __slots__ = ("_by_count", "_texts", "name", "writes")
+    __slots__ = ("_by_count", "_texts", "columns", "name", "writes")
 
-    def __init__(self, name: str, text: str, *, sqlite: str | None = None) -> None:
+    def __init__(
+        self, name: str, text: str, *, sqlite: str | None = None, columns: Sequence[str] = ()
+    ) -> None:
         self.name = name
+        self.columns = tuple(columns)
         self.writes = is_write(text)
         self._texts = {"sqlite": sqlite or text, "postgresql": text}
         self._by_count: dict[tuple[str, int], str] = {}
@@ -69,6 +74,12 @@ class Statement:
             if count < 1:
                 raise ValueError(f"{self.name} needs at least one id")
             text = text.format(ids=", ".join(f":id{i}" for i in range(count)))
+        elif "{rows}" in text:
+            if count < 1 or not self.columns:
+                raise ValueError(f"{self.name} needs at least one row and its columns")
+            text = text.format(rows=", ".join(
+                "(" + ", ".join(f":{c}{i}" for c in self.columns) + ")" for i in range(count)
+            ))
         if dialect == "postgresql":
             return _PLACEHOLDER.sub(r"%(\1)s", text)
         return text
@@ -139,6 +150,19 @@ def run_in(conn: sa.Connection, statement: Statement, ids: Sequence[Any]) -> Res
     """Execute an ``IN ({ids})`` statement for ``ids`` (at least one)."""
     sql = statement.text(conn.dialect.name, len(ids))
     return _execute(conn, statement, sql, {f"id{i}": value for i, value in enumerate(ids)})
+
+
+def run_rows(
+    conn: sa.Connection, statement: Statement, rows: Sequence[Mapping[str, Any]]
+) -> Result:
+    """Execute a ``VALUES {rows}`` statement once for all ``rows`` (at least one).
+
+    One statement instead of one per row; unlike an executemany, it can return rows on
+    both engines (``RETURNING``).
+    """
+    sql = statement.text(conn.dialect.name, len(rows))
+    params = {f"{c}{i}": row[c] for i, row in enumerate(rows) for c in statement.columns}
+    return _execute(conn, statement, sql, params)
 
 
 def run_many(
