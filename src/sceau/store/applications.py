@@ -6,6 +6,11 @@ status. A row inserted or edited with SQL alone does not verify, so it opens not
 (SECURITY-CASES 45). Changes go through :func:`save_application` / :func:`save_app_key`,
 which write only when the stored revision is the one read (optimistic concurrency).
 
+Every change of either table bumps the ``applications`` counter of ``store_revisions`` in
+the same transaction (:func:`apps_revision`), so that a node may keep both tables in
+memory and reload them when the counter moved; the seals stay the guard against edits made
+with SQL alone, counter bumped or not.
+
 The replay cache (``replay``) remembers each request id (``jti``) per application until
 the request could no longer be accepted anyway.
 """
@@ -30,6 +35,8 @@ __all__ = [
     "AppRow",
     "app_check",
     "app_key_exists",
+    "apps_changed_here",
+    "apps_revision",
     "get_app_key",
     "get_application",
     "insert_app_key",
@@ -118,23 +125,61 @@ _REMEMBER_JTIS = driver.Statement(
 # Rows per statement: far below SQLite's 32766 bound parameters (3 per row).
 JTI_CHUNK = 1000
 
+_REVISION_NAME = "applications"
+_BUMP_REVISION = driver.Statement(
+    "bump_apps_revision",
+    "INSERT INTO store_revisions (name, revision) VALUES (:name, 1) ON CONFLICT (name) "
+    "DO UPDATE SET revision = store_revisions.revision + 1",
+)
+_READ_REVISION = driver.Statement(
+    "apps_revision", "SELECT revision FROM store_revisions WHERE name = :name"
+)
+# conn.info flag: this connection's open transaction changed an application or a key.
+_CHANGED_KEY = "sceau_apps_changed"
+
+
+def apps_revision(conn: sa.Connection) -> int:
+    """The applications' revision counter (0 when it has no row yet)."""
+    row = driver.run(conn, _READ_REVISION, {"name": _REVISION_NAME}).first()
+    return int(row[0]) if row is not None else 0
+
+
+def apps_changed_here(conn: sa.Connection, *, reset: bool = False) -> bool:
+    """True when ``conn`` changed an application or a signing key since the last reset.
+
+    What such a transaction reads is not committed yet (it may still roll back), so an
+    in-memory copy must not keep it; ``reset`` clears the flag (at a transaction's start).
+    """
+    if reset:
+        return bool(conn.info.pop(_CHANGED_KEY, False))
+    return bool(conn.info.get(_CHANGED_KEY, False))
+
+
+def _bump(conn: sa.Connection) -> None:
+    conn.info[_CHANGED_KEY] = True
+    driver.run(conn, _BUMP_REVISION, {"name": _REVISION_NAME})
+
 
 def insert_application(conn: sa.Connection, app: AppRow) -> None:
     _APPS.insert(conn, app)
+    _bump(conn)
 
 
 def insert_app_key(conn: sa.Connection, key: AppKeyRow, thumbprint: str) -> None:
     _KEYS.insert(conn, key, thumbprint=thumbprint)
+    _bump(conn)
 
 
 def save_application(conn: sa.Connection, before: AppRow, after: AppRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
     _APPS.save(conn, before, after)
+    _bump(conn)
 
 
 def save_app_key(conn: sa.Connection, before: AppKeyRow, after: AppKeyRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
     _KEYS.save(conn, before, after)
+    _bump(conn)
 
 
 def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
