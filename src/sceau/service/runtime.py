@@ -125,10 +125,11 @@ class AppTable:
         self._revision: int | None = None
         self._entries: dict[str, tuple[AppKeyRow, AppRow]] = {}
 
-    def sync(self, conn: sa.Connection) -> None:
-        """Follow the store's revision (once per group commit, in its transaction)."""
+    def sync(self, conn: sa.Connection, revisions: Mapping[str, int]) -> None:
+        """Follow the store's revision (a writer hook: once per group commit, with the
+        counters read in its transaction)."""
         applications.apps_changed_here(conn, reset=True)
-        revision = applications.apps_revision(conn)
+        revision = revisions.get(applications.REVISION, 0)
         if revision != self._revision:
             self._entries.clear()
             self._revision = revision

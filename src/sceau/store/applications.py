@@ -31,6 +31,7 @@ from sceau.vocab import AppKeyStatus, AppStatus
 
 __all__ = [
     "ANY_USER",
+    "REVISION",
     "AppKeyRow",
     "AppRow",
     "app_check",
@@ -46,6 +47,9 @@ __all__ = [
     "purge_replay",
     "remember_jti",
     "remember_jtis",
+    "remember_jtis_and",
+    "revisions_call",
+    "revisions_of",
     "save_app_key",
     "save_application",
     "touch_application",
@@ -134,6 +138,11 @@ _BUMP_REVISION = driver.Statement(
 _READ_REVISION = driver.Statement(
     "apps_revision", "SELECT revision FROM store_revisions WHERE name = :name"
 )
+_READ_REVISIONS = driver.Statement(
+    "store_revisions", "SELECT name, revision FROM store_revisions"
+)
+# The counter of this module's two tables in store_revisions.
+REVISION = _REVISION_NAME
 # conn.info flag: this connection's open transaction changed an application or a key.
 _CHANGED_KEY = "sceau_apps_changed"
 
@@ -246,21 +255,40 @@ def remember_jtis(
     statement per :data:`JTI_CHUNK` distinct ids, inserted sorted, so that nodes inserting
     overlapping ids lock them in one order (no deadlock between two group commits).
     """
+    return remember_jtis_and(conn, entries)[0]
+
+
+def remember_jtis_and(
+    conn: sa.Connection, entries: Sequence[tuple[str, str, int]],
+    more: Sequence[driver.Call] = (),
+) -> tuple[list[bool], list[driver.Result]]:
+    """:func:`remember_jtis`, and ``more`` statements run with it (on PostgreSQL in one
+    pipeline: one round trip for all); also the results of ``more``."""
     first: dict[tuple[str, str], int] = {}
     answers = [False] * len(entries)
     for index, (iss, jti, _expires) in enumerate(entries):
         first.setdefault((iss, jti), index)
     ordered = sorted(first)
-    remembered: set[tuple[str, str]] = set()
+    calls: list[driver.Call] = []
     for start in range(0, len(ordered), JTI_CHUNK):
         chunk = ordered[start:start + JTI_CHUNK]
         rows = [{"iss": iss, "jti": jti, "expires_at": entries[first[(iss, jti)]][2]}
                 for iss, jti in chunk]
-        result = driver.run_rows(conn, _REMEMBER_JTIS, rows)
-        remembered.update((row[0], row[1]) for row in result.rows)
+        calls.append(driver.rows_call(conn, _REMEMBER_JTIS, rows))
+    results = driver.run_all(conn, [*calls, *more])
+    remembered = {(row[0], row[1]) for result in results[:len(calls)] for row in result.rows}
     for pair, index in first.items():
         answers[index] = pair in remembered
-    return answers
+    return answers, results[len(calls):]
+
+
+def revisions_call(conn: sa.Connection) -> driver.Call:
+    """The statement reading every revision counter (:func:`revisions_of` its result)."""
+    return driver.call(conn, _READ_REVISIONS, {})
+
+
+def revisions_of(result: driver.Result) -> dict[str, int]:
+    return {str(row[0]): int(row[1]) for row in result.rows}
 
 
 def purge_replay(conn: sa.Connection, before: int) -> int:

@@ -229,7 +229,9 @@ class Writer:
         self.maintenance: list[Callable[[sa.Connection, int], None]] = []
         # Run in each transaction that has jobs, before the first job (caches that follow
         # the store read their revision here, once per group commit).
-        self.before_jobs: list[Callable[[sa.Connection], None]] = []
+        self.before_jobs: list[Callable[[sa.Connection, Mapping[str, int]], None]] = []
+        # Inserts whose result nobody reads, sent with the COMMIT (see _transaction).
+        self._deferred: list[tuple[driver.Statement, Sequence[Mapping[str, Any]]]] = []
         # The writer's own connection, kept from batch to batch (see _transaction).
         self._conn: sa.Connection | None = None
         self._conn_used = 0.0
@@ -567,9 +569,7 @@ class Writer:
                 for task in self.maintenance:
                     with conn.begin_nested():
                         task(conn, now_s)
-            used = self._remember_jtis(conn, jobs)
-            for hook in self.before_jobs if jobs else ():
-                hook(conn)
+            used = self._prologue(conn, jobs)
             for job, replayed in zip(jobs, used, strict=True):
                 tx = Tx(conn, job.ctx, int(self._clock() * 1000))
                 value, err = self._run_job(conn, job, tx, isolate, replayed)
@@ -606,7 +606,7 @@ class Writer:
                         node=self.node, node_seq=record["node_seq"], hash=record["hash"]
                     )
                     last_seq = seq
-                audit.insert_audit_records(conn, rows)
+                self._deferred.append(audit.insert_audit_records_later(rows))
                 if not self._registered:
                     self._register(conn, now_s)
             uncovered = self._uncovered + len(rows)
@@ -618,7 +618,9 @@ class Writer:
                                       sign=self._sign_audit)
                 after = last_seq if rows else self._head_seq(conn, head)
                 cp_line = record_line(cp)
-                audit.insert_checkpoint(conn, self.node, head.node_seq, after, cp_line)
+                self._deferred.append(
+                    audit.insert_checkpoint_later(self.node, head.node_seq, after, cp_line)
+                )
         # Committed: only now does the in-memory chain advance.
         self._head = head
         self._last_seq = last_seq
@@ -651,11 +653,18 @@ class Writer:
         pool's pre-ping finds a live server). A PostgreSQL connection idle for more than
         :data:`IDLE_PING_S` is pinged first: a server restarted meanwhile costs a reconnect,
         not a failed batch.
+
+        What the batch appends at its end (audit records, a checkpoint) is deferred to the
+        commit (:meth:`_defer`): on PostgreSQL those inserts and the ``COMMIT`` travel in
+        one pipeline. A failing insert fails the commit, hence the whole batch, as before.
         """
         conn = self._connection()
+        self._deferred = []
         try:
-            with conn.begin():
+            with conn.begin() as transaction:
                 yield conn
+                deferred, self._deferred = self._deferred, []
+                driver.run_many_and_commit(conn, deferred, transaction.commit)
         except (_PartialWrite, SceauError):
             raise
         except sa.exc.DBAPIError as exc:
@@ -764,21 +773,31 @@ class Writer:
                           action=ctx.action, outcome=outcome, reason=reason, key=key,
                           req=ctx.req, details=dict(details))
 
-    def _remember_jtis(self, conn: sa.Connection, jobs: Sequence[Job]) -> list[bool]:
-        """Per job: True when its request id was used before (in the store, or by an
-        earlier job of this batch). One statement for the whole batch; the ids are
-        remembered whatever their jobs' outcome, as a refused request's id is used too."""
+    def _prologue(self, conn: sa.Connection, jobs: Sequence[Job]) -> list[bool]:
+        """Before the jobs: remember their request ids and hand the store's revision
+        counters to :attr:`before_jobs`; on PostgreSQL both in one round trip.
+
+        Returns, per job, True when its request id was used before (in the store, or by an
+        earlier job of this batch). The ids are remembered whatever their jobs' outcome,
+        as a refused request's id is used too.
+        """
         replayed = [False] * len(jobs)
+        if not jobs:
+            return replayed
         entries: list[tuple[str, str, int]] = []
         owners: list[int] = []
         for index, job in enumerate(jobs):
             if job.jti is not None:
                 entries.append(job.jti)
                 owners.append(index)
-        if entries:
-            fresh = applications.remember_jtis(conn, entries)
-            for index, is_new in zip(owners, fresh, strict=True):
-                replayed[index] = not is_new
+        more = [applications.revisions_call(conn)] if self.before_jobs else []
+        fresh, results = applications.remember_jtis_and(conn, entries, more)
+        for index, is_new in zip(owners, fresh, strict=True):
+            replayed[index] = not is_new
+        if self.before_jobs:
+            revisions = applications.revisions_of(results[0])
+            for hook in self.before_jobs:
+                hook(conn, revisions)
         return replayed
 
     def _run_job(
