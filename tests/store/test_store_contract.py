@@ -20,7 +20,8 @@ from alembic.runtime.migration import MigrationContext
 
 from sceau.core.model import KEY_FIELDS, Authorization, KeyRecord, Rules
 from sceau.errors import ConcurrentUpdate, ConfigError
-from sceau.store.applications import purge_replay, remember_jti
+from sceau.store import applications
+from sceau.store.applications import purge_replay, remember_jti, remember_jtis
 from sceau.store.audit import (
     chain_head,
     insert_audit_records,
@@ -285,6 +286,31 @@ def test_replay_remember_duplicate_and_purge(engines: Engines) -> None:
         assert remember_jti(conn, "app-1", "jti-1", NOW) is False  # after commit too
         assert purge_replay(conn, NOW + 1) == 2
         assert remember_jti(conn, "app-1", "jti-1", NOW) is True
+
+
+def test_replay_remember_many_in_one_statement(engines: Engines) -> None:
+    """A group commit's ids at once: an id stored before, or repeated later in the same
+    list, is refused for the later entry only; each new id is kept with its expiry."""
+    with engines.write.begin() as conn:
+        assert remember_jti(conn, "app-1", "old", NOW) is True
+    entries = [("app-1", "a", NOW + 1), ("app-1", "old", NOW), ("app-2", "a", NOW + 2),
+               ("app-1", "a", NOW + 3), ("app-1", "b", NOW + 4), ("app-1", "b", NOW + 4)]
+    with engines.write.begin() as conn:
+        assert remember_jtis(conn, entries) == [True, False, True, False, True, False]
+        assert remember_jtis(conn, []) == []
+    with engines.write.begin() as conn:
+        # The first entry's expiry is the one kept: purging before NOW + 2 forgets "old"
+        # and ("app-1", "a"), not ("app-2", "a") nor "b".
+        assert purge_replay(conn, NOW + 2) == 2
+        assert remember_jtis(conn, [("app-1", "a", NOW), ("app-2", "a", NOW)]) == [True, False]
+
+
+def test_replay_remember_many_spans_statements(engines: Engines, monkeypatch: Any) -> None:
+    """More ids than one statement takes: every chunk answers, duplicates across chunks too."""
+    monkeypatch.setattr(applications, "JTI_CHUNK", 3)
+    entries = [("app-1", f"j{i % 5}", NOW) for i in range(8)]
+    with engines.write.begin() as conn:
+        assert remember_jtis(conn, entries) == [True] * 5 + [False] * 3
 
 
 # --- leases -------------------------------------------------------------------------------------

@@ -419,6 +419,40 @@ def test_a_job_refused_before_writing_does_not_rerun_the_batch(
         jobs[1].future.result(0)
 
 
+def test_a_jti_twice_in_one_batch_is_refused_for_the_later_job_only(
+    engines: Engines, keystore: Keystore, writers: list[Writer]
+) -> None:
+    """One group commit with a jti seen before, and one used twice: the earlier use wins,
+    each later job is refused as a replay without running, and every job has one record
+    that says what happened to it."""
+    writer = new_writer(engines, keystore, writers, "n1")
+    writer.run_now(job(jti="seen"))
+    ran: list[str] = []
+
+    def mark(name: str) -> Any:
+        def fn(tx: Tx) -> str:
+            ran.append(name)
+            return name
+        return fn
+
+    jobs = [job(mark("first"), jti="twice"), job(mark("replayed"), jti="seen"),
+            job(mark("second"), jti="twice"), job(mark("plain")), job(mark("other"), jti="o")]
+    writer._run_batch(jobs)
+    assert ran == ["first", "plain", "other"]
+    assert [jobs[i].future.result(0).value for i in (0, 3, 4)] == ["first", "plain", "other"]
+    for refused in (jobs[1], jobs[2]):
+        with pytest.raises(ReplayedRequest):
+            refused.future.result(0)
+    with engines.read.connect() as conn:
+        lines = [json.loads(line) for _s, _k, line in iter_audit_lines(conn)]
+    assert [line["outcome"] for line in lines] == [
+        "GRANTED", "GRANTED", "DENIED", "DENIED", "GRANTED", "GRANTED"
+    ]
+    assert [line.get("reason") for line in lines[2:4]] == ["replayed_request"] * 2
+    report = verify_store(engines, keystore)
+    assert report.ok and report.records == 6
+
+
 def test_sqlalchemy_writes_are_counted(engines: Engines) -> None:
     """Both write paths move the counter the writer relies on; reads do not."""
     with engines.write.begin() as conn:

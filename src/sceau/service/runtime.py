@@ -35,7 +35,7 @@ from sceau.keystore import open_keystore
 from sceau.keystore.base import Keystore, KeystoreSettings, Row
 from sceau.service.lifecycle import KeyLifecycle
 from sceau.store import applications
-from sceau.store.applications import ANY_USER
+from sceau.store.applications import ANY_USER, AppKeyRow, AppRow
 from sceau.store.db import Engines, check_durability, check_schema, create_engines
 from sceau.store.writer import Writer
 from sceau.vocab import AppKeyStatus, AppStatus
@@ -103,6 +103,60 @@ class VerifiedRows:
         return row
 
 
+class AppTable:
+    """The applications and their signing keys in memory, as of one store revision.
+
+    Each group commit reads the store's ``applications`` revision once, before its first
+    job (:meth:`sync`, a writer hook); every change of an application or a signing key
+    bumps it in its own transaction, so a change committed by any node or admin command
+    is seen by the next group commit of every node. Rows enter the table only once their
+    seals verified (:class:`VerifiedRows`): a row edited with SQL alone never does,
+    whether or not the revision was bumped with it, and an edit without a bump leaves the
+    verified copy in use, which grants nothing the sealed row did not.
+
+    A transaction that changed an application itself reads rows that may still roll
+    back: it reads the store directly and keeps nothing, and the next group commit
+    reloads. Used by the writer's thread only.
+    """
+
+    def __init__(self, rows: VerifiedRows, limit: int = 10_000) -> None:
+        self._rows = rows
+        self._limit = limit
+        self._revision: int | None = None
+        self._entries: dict[str, tuple[AppKeyRow, AppRow]] = {}
+
+    def sync(self, conn: sa.Connection, revisions: Mapping[str, int]) -> None:
+        """Follow the store's revision (a writer hook: once per group commit, with the
+        counters read in its transaction)."""
+        applications.apps_changed_here(conn, reset=True)
+        revision = revisions.get(applications.REVISION, 0)
+        if revision != self._revision:
+            self._entries.clear()
+            self._revision = revision
+
+    def find(self, conn: sa.Connection, kid: str) -> tuple[AppKeyRow, AppRow] | None:
+        """The signing key ``kid`` and its application, both verified; None if unknown."""
+        if self._revision is None or applications.apps_changed_here(conn):
+            self._revision = None
+            self._entries.clear()
+            return self._load(conn, kid)
+        found = self._entries.get(kid)
+        if found is None:
+            found = self._load(conn, kid)
+            if found is not None:
+                if len(self._entries) >= self._limit:
+                    self._entries.clear()
+                self._entries[kid] = found
+        return found
+
+    def _load(self, conn: sa.Connection, kid: str) -> tuple[AppKeyRow, AppRow] | None:
+        found = applications.app_check(conn, kid)
+        if found is not None:
+            self._rows.check(found[0])
+            self._rows.check(found[1])
+        return found
+
+
 class AppKeyCache:
     """kid -> (app_id, parsed key). Parsing is cached; status is re-read inside every job.
 
@@ -113,6 +167,7 @@ class AppKeyCache:
     def __init__(self, engines: Engines, rows: VerifiedRows) -> None:
         self._engines = engines
         self.rows = rows
+        self.table = AppTable(rows)
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, str, AppKey]] = {}
         self._enc: dict[str, EncKey] = {}
@@ -170,16 +225,15 @@ def check_application(
 
     Returns the application's encryption key (None when it registered none).
 
-    Read inside the job's transaction, so a disable or a key retirement committed by any
-    node refuses the very next call. Both rows are verified against their seals first: an
+    Read from the :class:`AppTable` of the job's group commit, which follows the store's
+    revision, so a disable or a key retirement committed by any node refuses the next
+    group commit's calls. Both rows are verified against their seals when loaded: an
     application or key row written with SQL alone fails closed with ``integrity_failure``.
     """
-    found = applications.app_check(conn, kid)
+    found = keys.table.find(conn, kid)
     if found is None:
         raise UnknownApplication("the signing key is not registered or was retired")
     key, app = found
-    keys.rows.check(key)
-    keys.rows.check(app)
     if key.app_id != app_id or key.status != AppKeyStatus.ACTIVE:
         raise UnknownApplication("the signing key is not registered or was retired")
     if app.status != AppStatus.ENABLED:
@@ -291,6 +345,7 @@ def open_runtime(config: Config, *, start_writer: bool = True, node_prefix: str 
     )
     rows = VerifiedRows(keystore)
     cache = AppKeyCache(engines, rows)
+    writer.before_jobs.append(cache.table.sync)
     verifier = RequestVerifier(
         service_id=config.service_id,
         lookup_key=cache.lookup,

@@ -6,12 +6,18 @@ status. A row inserted or edited with SQL alone does not verify, so it opens not
 (SECURITY-CASES 45). Changes go through :func:`save_application` / :func:`save_app_key`,
 which write only when the stored revision is the one read (optimistic concurrency).
 
+Every change of either table bumps the ``applications`` counter of ``store_revisions`` in
+the same transaction (:func:`apps_revision`), so that a node may keep both tables in
+memory and reload them when the counter moved; the seals stay the guard against edits made
+with SQL alone, counter bumped or not.
+
 The replay cache (``replay``) remembers each request id (``jti``) per application until
 the request could no longer be accepted anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +31,13 @@ from sceau.vocab import AppKeyStatus, AppStatus
 
 __all__ = [
     "ANY_USER",
+    "REVISION",
     "AppKeyRow",
     "AppRow",
     "app_check",
     "app_key_exists",
+    "apps_changed_here",
+    "apps_revision",
     "get_app_key",
     "get_application",
     "insert_app_key",
@@ -37,6 +46,10 @@ __all__ = [
     "list_applications",
     "purge_replay",
     "remember_jti",
+    "remember_jtis",
+    "remember_jtis_and",
+    "revisions_call",
+    "revisions_of",
     "save_app_key",
     "save_application",
     "touch_application",
@@ -106,23 +119,76 @@ _REMEMBER_JTI = driver.Statement(
     "ON CONFLICT DO NOTHING RETURNING jti",
 )
 
+# The same for a whole group commit: one statement, the ids it did remember returned.
+_REMEMBER_JTIS = driver.Statement(
+    "remember_jtis",
+    "INSERT INTO replay (iss, jti, expires_at) VALUES {rows} "
+    "ON CONFLICT DO NOTHING RETURNING iss, jti",
+    columns=("iss", "jti", "expires_at"),
+)
+# Rows per statement: far below SQLite's 32766 bound parameters (3 per row).
+JTI_CHUNK = 1000
+
+_REVISION_NAME = "applications"
+_BUMP_REVISION = driver.Statement(
+    "bump_apps_revision",
+    "INSERT INTO store_revisions (name, revision) VALUES (:name, 1) ON CONFLICT (name) "
+    "DO UPDATE SET revision = store_revisions.revision + 1",
+)
+_READ_REVISION = driver.Statement(
+    "apps_revision", "SELECT revision FROM store_revisions WHERE name = :name"
+)
+_READ_REVISIONS = driver.Statement(
+    "store_revisions", "SELECT name, revision FROM store_revisions"
+)
+# The counter of this module's two tables in store_revisions.
+REVISION = _REVISION_NAME
+# conn.info flag: this connection's open transaction changed an application or a key.
+_CHANGED_KEY = "sceau_apps_changed"
+
+
+def apps_revision(conn: sa.Connection) -> int:
+    """The applications' revision counter (0 when it has no row yet)."""
+    row = driver.run(conn, _READ_REVISION, {"name": _REVISION_NAME}).first()
+    return int(row[0]) if row is not None else 0
+
+
+def apps_changed_here(conn: sa.Connection, *, reset: bool = False) -> bool:
+    """True when ``conn`` changed an application or a signing key since the last reset.
+
+    What such a transaction reads is not committed yet (it may still roll back), so an
+    in-memory copy must not keep it; ``reset`` clears the flag (at a transaction's start).
+    """
+    if reset:
+        return bool(conn.info.pop(_CHANGED_KEY, False))
+    return bool(conn.info.get(_CHANGED_KEY, False))
+
+
+def _bump(conn: sa.Connection) -> None:
+    conn.info[_CHANGED_KEY] = True
+    driver.run(conn, _BUMP_REVISION, {"name": _REVISION_NAME})
+
 
 def insert_application(conn: sa.Connection, app: AppRow) -> None:
     _APPS.insert(conn, app)
+    _bump(conn)
 
 
 def insert_app_key(conn: sa.Connection, key: AppKeyRow, thumbprint: str) -> None:
     _KEYS.insert(conn, key, thumbprint=thumbprint)
+    _bump(conn)
 
 
 def save_application(conn: sa.Connection, before: AppRow, after: AppRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
     _APPS.save(conn, before, after)
+    _bump(conn)
 
 
 def save_app_key(conn: sa.Connection, before: AppKeyRow, after: AppKeyRow) -> None:
     """Write ``after`` over ``before``; :class:`ConcurrentChange` if the row moved since."""
     _KEYS.save(conn, before, after)
+    _bump(conn)
 
 
 def app_key_exists(conn: sa.Connection, kid: str, thumbprint: str) -> bool:
@@ -177,6 +243,52 @@ def remember_jti(conn: sa.Connection, iss: str, jti: str, expires_at: int) -> bo
     """Record a request id; False when this application already used it."""
     params = {"iss": iss, "jti": jti, "expires_at": expires_at}
     return driver.run(conn, _REMEMBER_JTI, params).first() is not None
+
+
+def remember_jtis(
+    conn: sa.Connection, entries: Sequence[tuple[str, str, int]]
+) -> list[bool]:
+    """Record many request ids ``(iss, jti, expires_at)`` at once, in the order given.
+
+    Answers, per entry, whether it was new: False for an id already stored, and for every
+    repetition of an id after its first entry in ``entries`` (the earlier one used it). One
+    statement per :data:`JTI_CHUNK` distinct ids, inserted sorted, so that nodes inserting
+    overlapping ids lock them in one order (no deadlock between two group commits).
+    """
+    return remember_jtis_and(conn, entries)[0]
+
+
+def remember_jtis_and(
+    conn: sa.Connection, entries: Sequence[tuple[str, str, int]],
+    more: Sequence[driver.Call] = (),
+) -> tuple[list[bool], list[driver.Result]]:
+    """:func:`remember_jtis`, and ``more`` statements run with it (on PostgreSQL in one
+    pipeline: one round trip for all); also the results of ``more``."""
+    first: dict[tuple[str, str], int] = {}
+    answers = [False] * len(entries)
+    for index, (iss, jti, _expires) in enumerate(entries):
+        first.setdefault((iss, jti), index)
+    ordered = sorted(first)
+    calls: list[driver.Call] = []
+    for start in range(0, len(ordered), JTI_CHUNK):
+        chunk = ordered[start:start + JTI_CHUNK]
+        rows = [{"iss": iss, "jti": jti, "expires_at": entries[first[(iss, jti)]][2]}
+                for iss, jti in chunk]
+        calls.append(driver.rows_call(conn, _REMEMBER_JTIS, rows))
+    results = driver.run_all(conn, [*calls, *more])
+    remembered = {(row[0], row[1]) for result in results[:len(calls)] for row in result.rows}
+    for pair, index in first.items():
+        answers[index] = pair in remembered
+    return answers, results[len(calls):]
+
+
+def revisions_call(conn: sa.Connection) -> driver.Call:
+    """The statement reading every revision counter (:func:`revisions_of` its result)."""
+    return driver.call(conn, _READ_REVISIONS, {})
+
+
+def revisions_of(result: driver.Result) -> dict[str, int]:
+    return {str(row[0]): int(row[1]) for row in result.rows}
 
 
 def purge_replay(conn: sa.Connection, before: int) -> int:

@@ -53,6 +53,13 @@ _RECORD_COLUMNS = ("seq", "node", "node_seq", "key", "hash", "line")
 _INSERT_RECORD = driver.Statement(
     "insert_audit", driver.insert_text("audit_records", _RECORD_COLUMNS)
 )
+_INSERT_CHECKPOINT = driver.Statement(
+    "insert_checkpoint",
+    driver.insert_text("audit_checkpoints", ("node", "node_seq", "after_seq", "line")),
+)
+_NEXT_SEQS = driver.Statement(
+    "next_seqs", "SELECT nextval('audit_seq') FROM generate_series(1, :n)"
+)
 _MAX_SEQ = driver.Statement("max_seq", "SELECT COALESCE(MAX(seq), 0) FROM audit_records")
 
 _records = audit_records.c
@@ -109,9 +116,7 @@ def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
     writer at a time (BEGIN IMMEDIATE), so the next numbers follow the current maximum.
     """
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(
-            sa.text("SELECT nextval('audit_seq') FROM generate_series(1, :n)"), {"n": count}
-        ).all()
+        rows = driver.run(conn, _NEXT_SEQS, {"n": count}).rows
         # Sorted: the records of a batch are chained in this order and seq must increase.
         return sorted(int(r[0]) for r in rows)
     start = max(max_seq(conn), last)
@@ -120,6 +125,22 @@ def next_seqs(conn: sa.Connection, count: int, last: int) -> list[int]:
 
 def insert_audit_records(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     driver.run_many(conn, _INSERT_RECORD, rows)
+
+
+def insert_audit_records_later(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[driver.Statement, Sequence[dict[str, Any]]]:
+    """The executemany :func:`insert_audit_records` runs, for the caller to run later."""
+    return _INSERT_RECORD, rows
+
+
+def insert_checkpoint_later(
+    node: str, node_seq: int, after_seq: int, line: str
+) -> tuple[driver.Statement, Sequence[dict[str, Any]]]:
+    """The insert :func:`insert_checkpoint` runs, for the caller to run later."""
+    return _INSERT_CHECKPOINT, [
+        {"node": node, "node_seq": node_seq, "after_seq": after_seq, "line": line}
+    ]
 
 
 def insert_checkpoint(

@@ -95,7 +95,9 @@ def _sqlite_engine(url: str, *, immediate: bool, synchronous: str) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql(begin_sql)
+        # On the driver: exec_driver_sql builds an execution context and a result per call,
+        # which the writer would pay once per group commit.
+        driver.sql(conn, begin_sql)
 
     return engine
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import Any, NamedTuple
@@ -41,14 +41,19 @@ class Statement:
 
     ``sqlite`` is the text SQLite runs where it differs (SQLite locks the whole database
     for its single writer, so it has no ``FOR UPDATE``). A text with an ``IN ({ids})`` list
-    takes parameters ``:id0`` .. ``:idN``, as many as the ids given (:func:`run_in`).
+    takes parameters ``:id0`` .. ``:idN``, as many as the ids given (:func:`run_in`); a
+    text with ``VALUES {rows}`` takes one ``(:col0, ...)`` tuple per row, parameters
+    ``:<col><i>`` for the ``columns`` given (:func:`run_rows`).
     Statements are built at import from constant text; no value ever enters it.
     """
 
-    __slots__ = ("_by_count", "_texts", "name", "writes")
+    __slots__ = ("_by_count", "_texts", "columns", "name", "writes")
 
-    def __init__(self, name: str, text: str, *, sqlite: str | None = None) -> None:
+    def __init__(
+        self, name: str, text: str, *, sqlite: str | None = None, columns: Sequence[str] = ()
+    ) -> None:
         self.name = name
+        self.columns = tuple(columns)
         self.writes = is_write(text)
         self._texts = {"sqlite": sqlite or text, "postgresql": text}
         self._by_count: dict[tuple[str, int], str] = {}
@@ -69,6 +74,12 @@ class Statement:
             if count < 1:
                 raise ValueError(f"{self.name} needs at least one id")
             text = text.format(ids=", ".join(f":id{i}" for i in range(count)))
+        elif "{rows}" in text:
+            if count < 1 or not self.columns:
+                raise ValueError(f"{self.name} needs at least one row and its columns")
+            text = text.format(rows=", ".join(
+                "(" + ", ".join(f":{c}{i}" for c in self.columns) + ")" for i in range(count)
+            ))
         if dialect == "postgresql":
             return _PLACEHOLDER.sub(r"%(\1)s", text)
         return text
@@ -141,6 +152,88 @@ def run_in(conn: sa.Connection, statement: Statement, ids: Sequence[Any]) -> Res
     return _execute(conn, statement, sql, {f"id{i}": value for i, value in enumerate(ids)})
 
 
+class Call(NamedTuple):
+    """One statement ready to run: its text in the connection's dialect and parameters."""
+
+    statement: Statement
+    sql: str
+    params: Mapping[str, Any]
+
+
+def call(conn: sa.Connection, statement: Statement, params: Mapping[str, Any]) -> Call:
+    return Call(statement, statement.text(conn.dialect.name), params)
+
+
+def rows_call(
+    conn: sa.Connection, statement: Statement, rows: Sequence[Mapping[str, Any]]
+) -> Call:
+    """A ``VALUES {rows}`` statement for all ``rows`` (at least one): one statement instead
+    of one per row, which unlike an executemany can return rows on both engines."""
+    sql = statement.text(conn.dialect.name, len(rows))
+    params = {f"{c}{i}": row[c] for i, row in enumerate(rows) for c in statement.columns}
+    return Call(statement, sql, params)
+
+
+def run_rows(
+    conn: sa.Connection, statement: Statement, rows: Sequence[Mapping[str, Any]]
+) -> Result:
+    """Execute a ``VALUES {rows}`` statement once for all ``rows`` (:func:`rows_call`)."""
+    found = rows_call(conn, statement, rows)
+    return _execute(conn, statement, found.sql, found.params)
+
+
+def run_all(conn: sa.Connection, calls: Sequence[Call]) -> list[Result]:
+    """Execute ``calls`` in order and return their results.
+
+    On PostgreSQL they are sent in one pipeline (psycopg pipeline mode): one round trip
+    for all of them (and for the ``BEGIN`` of a transaction that starts here) instead of
+    one each. The first failing statement raises, and the ones after it did not run.
+    """
+    if not calls:
+        return []
+    if conn.dialect.name != "postgresql":
+        return [_execute(conn, c.statement, c.sql, c.params) for c in calls]
+    driver_conn: Any = conn.connection.driver_connection
+    cursors: list[tuple[Statement, Any]] = []
+    try:
+        with _driver_errors(conn, calls[0].sql, None):
+            with driver_conn.pipeline():
+                for c in calls:
+                    if c.statement.writes:
+                        count_write(conn)
+                    cursor = driver_conn.cursor()
+                    cursors.append((c.statement, cursor))
+                    cursor.execute(c.sql, c.params)
+            # Leaving the pipeline synced it: every result has arrived.
+            return [_result(statement, cursor) for statement, cursor in cursors]
+    finally:
+        for _statement, cursor in cursors:
+            cursor.close()
+
+
+def run_many_and_commit(
+    conn: sa.Connection,
+    writes: Sequence[tuple[Statement, Sequence[Mapping[str, Any]]]],
+    commit: Callable[[], None],
+) -> None:
+    """Execute each ``(statement, rows)`` as an executemany, then ``commit()``.
+
+    On PostgreSQL the inserts and the ``COMMIT`` go in one pipeline: the last statements
+    of a transaction and its commit cost one round trip. A failing insert raises (at the
+    latest from the commit, which then does not happen).
+    """
+    if conn.dialect.name != "postgresql":
+        for statement, rows in writes:
+            run_many(conn, statement, rows)
+        commit()
+        return
+    driver_conn: Any = conn.connection.driver_connection
+    with _driver_errors(conn, "COMMIT", None), driver_conn.pipeline():
+        for statement, rows in writes:
+            run_many(conn, statement, rows)
+        commit()
+
+
 def run_many(
     conn: sa.Connection, statement: Statement, rows: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -163,10 +256,14 @@ def _execute(
 ) -> Result:
     with _cursor(conn, sql, params, writes=statement.writes) as cursor:
         cursor.execute(sql, params)
-        description = cursor.description
-        if description is None:
-            return Result([], cursor.rowcount)
-        fetched, rowcount = cursor.fetchall(), cursor.rowcount
+        return _result(statement, cursor)
+
+
+def _result(statement: Statement, cursor: Any) -> Result:
+    description = cursor.description
+    if description is None:
+        return Result([], cursor.rowcount)
+    fetched, rowcount = cursor.fetchall(), cursor.rowcount
     row_type = _row_type(statement.name, tuple(column[0] for column in description))
     return Result([row_type._make(row) for row in fetched], rowcount)
 

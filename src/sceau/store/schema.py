@@ -144,6 +144,14 @@ replay = _table(
     sa.Index("ix_replay_expires", "expires_at"),
 )
 
+# What a node keeps in memory follows these counters: each change of a table so kept bumps
+# its row in the change's transaction (row ``applications``: applications and app_keys).
+store_revisions = _table(
+    "store_revisions",
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
 # --- console accounts and sign-in -------------------------------------------------------------
 
 accounts = _table(

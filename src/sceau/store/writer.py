@@ -75,6 +75,8 @@ MAX_JOB_RETRIES = 5
 # After a failed batch the idle loop waits this long before trying the store again, so an
 # outage is not hammered (and logged) a hundred times a second.
 FAILURE_BACKOFF_S = 1.0
+# A kept PostgreSQL connection idle longer than this is pinged before its next batch.
+IDLE_PING_S = 2.0
 
 
 @dataclass
@@ -225,6 +227,14 @@ class Writer:
         self._store_error: str | None = None
         self.on_batch: Callable[[int, float], None] | None = None
         self.maintenance: list[Callable[[sa.Connection, int], None]] = []
+        # Run in each transaction that has jobs, before the first job (caches that follow
+        # the store read their revision here, once per group commit).
+        self.before_jobs: list[Callable[[sa.Connection, Mapping[str, int]], None]] = []
+        # Inserts whose result nobody reads, sent with the COMMIT (see _transaction).
+        self._deferred: list[tuple[driver.Statement, Sequence[Mapping[str, Any]]]] = []
+        # The writer's own connection, kept from batch to batch (see _transaction).
+        self._conn: sa.Connection | None = None
+        self._conn_used = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -388,6 +398,10 @@ class Writer:
         except (sa.exc.SQLAlchemyError, SceauError):
             log.warning("could not release the audit node lease cleanly")
         finally:
+            if self._conn is not None:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):
+                    self._conn.close()
+                self._conn = None
             if self._witness is not None:
                 self._witness.close()
 
@@ -543,7 +557,7 @@ class Writer:
         keys_of_events: list[str | None] = []
         owners: list[int] = []
         renewed: float | None = None
-        with self._engines.write.begin() as conn:
+        with self._transaction() as conn:
             now = self._clock()
             now_s = int(now)
             if now - self._last_lease >= LEASE_RENEW_S or not jobs or self._resync:
@@ -555,9 +569,10 @@ class Writer:
                 for task in self.maintenance:
                     with conn.begin_nested():
                         task(conn, now_s)
-            for job in jobs:
+            used = self._prologue(conn, jobs)
+            for job, replayed in zip(jobs, used, strict=True):
                 tx = Tx(conn, job.ctx, int(self._clock() * 1000))
-                value, err = self._run_job(conn, job, tx, isolate)
+                value, err = self._run_job(conn, job, tx, isolate, replayed)
                 results.append((value, err, []))
                 if tx.items:
                     for item in tx.items:
@@ -591,7 +606,7 @@ class Writer:
                         node=self.node, node_seq=record["node_seq"], hash=record["hash"]
                     )
                     last_seq = seq
-                audit.insert_audit_records(conn, rows)
+                self._deferred.append(audit.insert_audit_records_later(rows))
                 if not self._registered:
                     self._register(conn, now_s)
             uncovered = self._uncovered + len(rows)
@@ -603,7 +618,9 @@ class Writer:
                                       sign=self._sign_audit)
                 after = last_seq if rows else self._head_seq(conn, head)
                 cp_line = record_line(cp)
-                audit.insert_checkpoint(conn, self.node, head.node_seq, after, cp_line)
+                self._deferred.append(
+                    audit.insert_checkpoint_later(self.node, head.node_seq, after, cp_line)
+                )
         # Committed: only now does the in-memory chain advance.
         self._head = head
         self._last_seq = last_seq
@@ -624,6 +641,64 @@ class Writer:
                 self._uncovered_since = self._clock()
             self._uncovered = uncovered
         return results
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """One write transaction on the writer's own connection.
+
+        The connection is kept for the writer's lifetime: checking one out of the pool for
+        each batch (with PostgreSQL's pre-ping, a round trip) cost more than SQLite's
+        COMMIT. It is dropped after any failure other than a job's own refusal or a
+        deadlock, so that the next batch starts on a fresh connection (after an outage the
+        pool's pre-ping finds a live server). A PostgreSQL connection idle for more than
+        :data:`IDLE_PING_S` is pinged first: a server restarted meanwhile costs a reconnect,
+        not a failed batch.
+
+        What the batch appends at its end (audit records, a checkpoint) is deferred to the
+        commit (:meth:`_defer`): on PostgreSQL those inserts and the ``COMMIT`` travel in
+        one pipeline. A failing insert fails the commit, hence the whole batch, as before.
+        """
+        conn = self._connection()
+        self._deferred = []
+        try:
+            with conn.begin() as transaction:
+                yield conn
+                deferred, self._deferred = self._deferred, []
+                driver.run_many_and_commit(conn, deferred, transaction.commit)
+        except (_PartialWrite, SceauError):
+            raise
+        except sa.exc.DBAPIError as exc:
+            if not _is_retryable(exc):
+                self._drop_connection()
+            raise
+        except BaseException:
+            self._drop_connection()
+            raise
+        finally:
+            self._conn_used = time.monotonic()
+
+    def _connection(self) -> sa.Connection:
+        conn = self._conn
+        if conn is not None and not self._engines.is_sqlite and (
+            time.monotonic() - self._conn_used > IDLE_PING_S
+        ):
+            try:
+                with conn.begin():
+                    driver.sql(conn, "SELECT 1")
+            except sa.exc.SQLAlchemyError:
+                self._drop_connection()
+                conn = None
+        if conn is None:
+            conn = self._conn = self._engines.write.connect()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.invalidate()
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.close()
 
     def _resync_head(self, conn: sa.Connection) -> None:
         """Re-read the head after a failure; refuse to go on from a store that lost records
@@ -698,14 +773,39 @@ class Writer:
                           action=ctx.action, outcome=outcome, reason=reason, key=key,
                           req=ctx.req, details=dict(details))
 
+    def _prologue(self, conn: sa.Connection, jobs: Sequence[Job]) -> list[bool]:
+        """Before the jobs: remember their request ids and hand the store's revision
+        counters to :attr:`before_jobs`; on PostgreSQL both in one round trip.
+
+        Returns, per job, True when its request id was used before (in the store, or by an
+        earlier job of this batch). The ids are remembered whatever their jobs' outcome,
+        as a refused request's id is used too.
+        """
+        replayed = [False] * len(jobs)
+        if not jobs:
+            return replayed
+        entries: list[tuple[str, str, int]] = []
+        owners: list[int] = []
+        for index, job in enumerate(jobs):
+            if job.jti is not None:
+                entries.append(job.jti)
+                owners.append(index)
+        more = [applications.revisions_call(conn)] if self.before_jobs else []
+        fresh, results = applications.remember_jtis_and(conn, entries, more)
+        for index, is_new in zip(owners, fresh, strict=True):
+            replayed[index] = not is_new
+        if self.before_jobs:
+            revisions = applications.revisions_of(results[0])
+            for hook in self.before_jobs:
+                hook(conn, revisions)
+        return replayed
+
     def _run_job(
-        self, conn: sa.Connection, job: Job, tx: Tx, isolate: bool
+        self, conn: sa.Connection, job: Job, tx: Tx, isolate: bool, replayed: bool
     ) -> tuple[Any, SceauError | None]:
         try:
-            if job.jti is not None:
-                iss, jti, expires = job.jti
-                if not applications.remember_jti(conn, iss, jti, expires):
-                    raise ReplayedRequest("this request id was already used")
+            if replayed:
+                raise ReplayedRequest("this request id was already used")
             if job.fn is None:
                 return None, None
             return _run_retrying(conn, job.fn, tx, isolate), None
