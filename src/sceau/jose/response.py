@@ -44,11 +44,12 @@ _IV_BYTES = 12
 _TAG_BYTES = 16
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def compact_json(value: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (no whitespace, no NaN) as used for JOSE headers and claims."""
-    return json.dumps(
-        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def compact_jws(
