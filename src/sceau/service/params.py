@@ -287,35 +287,6 @@ def parse_model(model: type[M], raw: Any, *, where: str = "params") -> M:
         raise InvalidRequest(_describe(exc)) from None
 
 
-def parse_item(model: type[EncryptItem] | type[DecryptItem], raw: Any, *,
-               where: str) -> tuple[bytes, bytes | None]:
-    """One item of a batch, as ``(data, aad)``: ``plaintext`` of an :class:`EncryptItem`,
-    ``ciphertext`` of a :class:`DecryptItem`.
-
-    The common shape (the member as a canonical base64url string, an optional ``aad`` string
-    or null, nothing else) is read directly, without building the model (a batch has up to
-    its limit of items); anything else, valid or not, goes through :func:`parse_model`, so
-    every refusal is the model's own, word for word.
-    """
-    name = "plaintext" if model is EncryptItem else "ciphertext"
-    if type(raw) is dict and 0 < len(raw) <= 2:
-        data = raw.get(name)
-        aad = raw.get("aad")
-        if (
-            type(data) is str
-            and (len(raw) == 1 or "aad" in raw)
-            and (aad is None or type(aad) is str)
-        ):
-            try:
-                return b64u_decode(data), (None if aad is None else b64u_decode(aad))
-            except MalformedBase64:
-                pass  # the model gives the refusal
-    item = parse_model(model, raw, where=where)
-    if isinstance(item, EncryptItem):
-        return item.plaintext, item.aad
-    return item.ciphertext, item.aad
-
-
 def parse_params(op: Op, raw: Any) -> Params:
     return parse_model(PARAMS[op], raw)
 

@@ -40,7 +40,7 @@ from sceau.service.params import (
     EncryptParams,
     GenerateDataKeyParams,
     GetDataKeyParams,
-    parse_item,
+    parse_model,
 )
 from sceau.store.keys import insert_keys, save_key
 from sceau.store.writer import Tx
@@ -143,8 +143,8 @@ def encrypt(rt: Runtime, actor: Actor, params: EncryptParams, tx: Tx) -> dict[st
         _check_batch(rt, params.items)
 
         def one(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-            plaintext, aad = parse_item(EncryptItem, raw, where=f"items.{index}")
-            return seal_one(plaintext, aad)
+            item = parse_model(EncryptItem, raw, where=f"items.{index}")
+            return seal_one(item.plaintext, item.aad)
 
         result = {"items": _run_items(tx, params.items, one)}
     insert_keys(tx.conn, created)
@@ -207,16 +207,16 @@ def decrypt(rt: Runtime, actor: Actor, params: DecryptParams, tx: Tx) -> dict[st
     _check_batch(rt, params.items)
     # Parse every item first, so that the keys they name load in one query; a malformed
     # item keeps its error for its own turn.
-    parsed: list[tuple[bytes, bytes | None, EnvelopeHeader] | SceauError] = []
+    parsed: list[tuple[DecryptItem, EnvelopeHeader] | SceauError] = []
     for index, raw in enumerate(params.items):
         try:
-            ciphertext, aad = parse_item(DecryptItem, raw, where=f"items.{index}")
-            parsed.append((ciphertext, aad, _header(ciphertext)))
+            item = parse_model(DecryptItem, raw, where=f"items.{index}")
+            parsed.append((item, _header(item.ciphertext)))
         except SceauError as exc:
             parsed.append(exc)
     batch = keyops.CheckedKeys(
         tx.conn, rt.keystore,
-        [p[2].key_id for p in parsed if not isinstance(p, SceauError)],
+        [p[1].key_id for p in parsed if not isinstance(p, SceauError)],
         for_update=True,
     )
 
@@ -224,8 +224,8 @@ def decrypt(rt: Runtime, actor: Actor, params: DecryptParams, tx: Tx) -> dict[st
         entry = parsed[index]
         if isinstance(entry, SceauError):
             raise entry
-        ciphertext, aad, header = entry
-        return _open(rt, actor, tx, header, ciphertext, aad, batch)
+        item, header = entry
+        return _open(rt, actor, tx, header, item.ciphertext, item.aad, batch)
 
     result = {"items": _run_items(tx, params.items, one)}
     batch.flush(tx.conn)
