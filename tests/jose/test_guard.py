@@ -199,6 +199,50 @@ def test_refusal_detail_never_echoes_hostile_names() -> None:
     assert info.value.detail == "header member not allowed: (unprintable name)"
 
 
+def test_jws_header_is_checked_against_each_callers_typ_and_algs() -> None:
+    """A header parsed once (and remembered) is still judged by every caller's own rules."""
+    token = jws()
+    assert parse_unverified_jws(token, expected_typ=TYP, allowed_algs=ALGS).kid == "k-1"
+    with pytest.raises(InvalidToken, match="typ"):
+        parse_unverified_jws(token, expected_typ="sceau-resp+jwt", allowed_algs=ALGS)
+    with pytest.raises(InvalidToken, match="alg"):
+        parse_unverified_jws(token, expected_typ=TYP, allowed_algs=frozenset({"EdDSA"}))
+    assert parse_unverified_jws(token, expected_typ=TYP, allowed_algs=ALGS).alg == "ES256"
+
+
+def test_jws_refused_header_is_refused_every_time() -> None:
+    token = jws({**GOOD_HEADER, "jku": "https://evil.example/k"})
+    for _ in range(3):
+        with pytest.raises(InvalidToken, match="header member not allowed: jku"):
+            parse_unverified_jws(token, expected_typ=TYP, allowed_algs=ALGS)
+
+
+def test_jws_header_mapping_is_read_only() -> None:
+    first = parse_unverified_jws(jws(), expected_typ=TYP, allowed_algs=ALGS)
+    with pytest.raises(TypeError):
+        first.header["alg"] = "none"  # type: ignore[index]
+    again = parse_unverified_jws(jws(claims={"n": 2}), expected_typ=TYP, allowed_algs=ALGS)
+    assert dict(again.header) == GOOD_HEADER and again.claims == {"n": 2}
+
+
+def test_jws_long_header_takes_the_uncached_path_with_the_same_refusal() -> None:
+    # Over 1024 characters of base64url: checked each time, never remembered.
+    long_kid = {**GOOD_HEADER, "kid": "k" * 900}
+    with pytest.raises(InvalidToken, match="bad kid: kid longer than 256"):
+        parse_unverified_jws(jws(long_kid), expected_typ=TYP, allowed_algs=ALGS)
+    padded = {**GOOD_HEADER, "x": "y" * 900}
+    with pytest.raises(InvalidToken, match="header member not allowed: x"):
+        parse_unverified_jws(jws(padded), expected_typ=TYP, allowed_algs=ALGS)
+
+
+@pytest.mark.parametrize("byte", [b"=", b"+", b"/", b" ", b"\t", b"\x00", b"\x80", b"\xff", b"~"])
+def test_jws_any_byte_outside_base64url_and_dot_is_refused(byte: bytes) -> None:
+    header, claims, sig = jws().split(b".")
+    for token in (byte + jws(), jws() + byte, header + b"." + claims + byte + b"." + sig):
+        with pytest.raises(InvalidToken, match="characters outside base64url"):
+            parse_unverified_jws(token, expected_typ=TYP, allowed_algs=ALGS)
+
+
 def test_jws_size_cap() -> None:
     with pytest.raises(InvalidToken, match="too large"):
         parse_unverified_jws(jws(), expected_typ=TYP, allowed_algs=ALGS, max_bytes=10)

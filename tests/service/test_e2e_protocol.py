@@ -166,6 +166,33 @@ def test_wrong_content_type_and_oversize(server: Server, app: TestApp) -> None:
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
 
 
+@pytest.mark.parametrize("ctype", ["application/jose; charset=utf-8", "Application/JOSE",
+                                   "application/jose ;x=y"])
+def test_content_type_with_parameters_or_case_is_accepted(server: Server, app: TestApp,
+                                                           ctype: str) -> None:
+    token, _ = forge(app, server.url)
+    r = httpx.post(f"{server.url}/v1/encrypt", content=token, headers={"Content-Type": ctype},
+                   verify=server.cert)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/jose"
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert int(r.headers["content-length"]) == len(r.content) and r.content.count(b".") == 2
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "application/jose-x"},
+                                     {"Content-Type": "text/plain, application/jose"}])
+def test_missing_or_other_content_type_is_refused(server: Server, app: TestApp,
+                                                  headers: dict[str, str]) -> None:
+    token, jti = forge(app, server.url)
+    r = httpx.post(f"{server.url}/v1/encrypt", content=token, headers=headers,
+                   verify=server.cert)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert r.json()["detail"] == "Content-Type must be application/jose"
+    assert r.json()["request_id"] and r.headers["cache-control"] == "no-store"
+    assert not [rec for rec in records(server) if rec["req"] == jti]
+
+
 def test_unknown_operation(server: Server) -> None:
     r = httpx.post(f"{server.url}/v1/steal-keys", content=b"x",
                    headers={"Content-Type": "application/jose"}, verify=server.cert)

@@ -11,6 +11,7 @@ takes a ``sign(message) -> raw signature`` callable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sceau.core.b64 import b64u_encode
-from sceau.core.canonical import canonical_json
+from sceau.core.canonical import canonical_json, in_jcs_subset, simple_canonical_json
 from sceau.errors import SceauError
 from sceau.vocab import Action, Outcome
 
@@ -74,6 +75,7 @@ _SECRET_NAMES = frozenset(
 _SECRET_SUBSTRINGS = ("password", "passphrase", "secret", "private_key")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_SAFE_INT = 2**53 - 1
 
 
 class AuditEncodingError(SceauError):
@@ -160,6 +162,7 @@ def checkpoint_digest(checkpoint: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(_canonical(body, "audit checkpoint")).digest()
 
 
+@functools.lru_cache(maxsize=1024)  # details use a handful of names, over and over
 def _secret_looking(name: str) -> bool:
     folded = name.lower().replace("-", "_")
     return folded in _SECRET_NAMES or any(s in folded for s in _SECRET_SUBSTRINGS)
@@ -246,7 +249,8 @@ def build_record(
         raise AuditEncodingError("audit action/outcome: use the vocab enums")
     for name in ("app", "user", "ip", "reason", "key", "req"):
         _check_text(getattr(event, name), name, nullable=True)
-    check_details(event.details)
+    details = dict(event.details)
+    check_details(details)
     record: dict[str, Any] = {
         "type": RECORD_TYPE,
         "v": AUDIT_VERSION,
@@ -262,13 +266,20 @@ def build_record(
         "reason": None if event.reason is None else str(event.reason),
         "key": event.key,
         "req": event.req,
-        "details": dict(event.details),
+        "details": details,
         "prev": head.hash,
         "kid": kid,
     }
-    digest_hex = record_hash(record)
-    record["hash"] = digest_hex
-    record["sig"] = _signature(sign, bytes.fromhex(digest_hex))
+    # Every other member was just checked to be a string, null or an integer, so the
+    # record is in the subset where canonical JSON is a sorted json.dumps when its
+    # integers and details are (record_hash, which walks every member, says the same).
+    if seq <= _MAX_SAFE_INT and head.node_seq < _MAX_SAFE_INT and in_jcs_subset(details):
+        body = simple_canonical_json(record)
+    else:
+        body = _canonical(record, "audit record")
+    digest = hashlib.sha256(body).digest()
+    record["hash"] = digest.hex()
+    record["sig"] = _signature(sign, digest)
     return record
 
 

@@ -67,7 +67,15 @@ def new_key(
         not_before=not_before, not_after=not_after, status=KeyStatus.ACTIVE, destroy_at=None,
         destroyed_at=None, authorizations=auths, rules=rules, decryptions=0, revision=1,
     )
-    return dataclasses.replace(record, seal=keystore.seal(record.seal_payload()))
+    return _sealed(keystore, record)
+
+
+def _sealed(keystore: Keystore, fresh: KeyRecord) -> KeyRecord:
+    """``fresh`` with its seal set. ``fresh`` must be a record this module just built and
+    nothing else holds yet: the seal is written into it rather than into a copy (a copy of
+    the 19 fields costs as much as the rest of a new key's Python work)."""
+    object.__setattr__(fresh, "seal", keystore.seal(fresh.seal_payload()))
+    return fresh
 
 
 def rules_from(param: RulesParam | None) -> Rules:
@@ -85,10 +93,9 @@ def reseal(
     keystore: Keystore, record: KeyRecord, *, bump: bool = True, **changes: Any
 ) -> KeyRecord:
     """``record`` with ``changes`` applied, revision bumped (when ``bump``) and sealed anew."""
-    changed = dataclasses.replace(record, **changes)
     if bump:
-        changed = dataclasses.replace(changed, revision=record.revision + 1)
-    return dataclasses.replace(changed, seal=keystore.seal(changed.seal_payload()))
+        changes["revision"] = record.revision + 1
+    return _sealed(keystore, dataclasses.replace(record, **changes))
 
 
 def load_checked(

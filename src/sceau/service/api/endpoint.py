@@ -61,6 +61,9 @@ PROBLEM = "application/problem+json"
 RESPONSE_TYP = "sceau-resp+jwt"
 PREFIX = "/v1/"
 _COMMON = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+_JOSE_BYTES = JOSE.encode()
+# The fixed headers of every 200 answer (Content-Length is added per answer).
+_JOSE_HEADERS = ((b"content-type", _JOSE_BYTES), *_COMMON)
 _OPS = {op.value: op for op in Op}
 # Refusals before any authorization (malformed, bad or unknown token, oversized): the ones a
 # flood is made of. Policy refusals of an identified caller are the rate limiter's business.
@@ -94,15 +97,19 @@ class ApiEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = b64u_encode(os.urandom(12))
+        request_id: str | None = None  # drawn only when an answer or a log line names it
         op_name = scope["path"][len(PREFIX):]
         op_label = op_name if op_name in _OPS else "unknown"
         code = "ok"
         try:
             token = await self._handle(op_name, scope, receive)
-            await _send(send, 200, JOSE, token.encode("ascii"))
+            body = token.encode("ascii")
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*_JOSE_HEADERS, (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
         except SceauError as error:
             code = error.code
+            request_id = _request_id()
             if error.status >= 500:  # the caller is told the title only (public_detail)
                 log.warning("call failed", extra={"fields": {
                     "op": op_label, "code": code, "detail": error.detail,
@@ -129,7 +136,8 @@ class ApiEndpoint:
             if log.isEnabledFor(level):
                 log.log(level, "call", extra={"fields": {"op": op_label, "code": code,
                                                          "ms": round(elapsed * 1000, 3),
-                                                         "request_id": request_id}})
+                                                         "request_id": request_id
+                                                         or _request_id()}})
 
     def _count(self, op_label: str, code: str, elapsed: float) -> None:
         """Prometheus counters, with the labelled children looked up once per label set."""
@@ -149,11 +157,10 @@ class ApiEndpoint:
             raise NotFound("no such operation")
         if rt.selftest_error is not None:
             raise KeystoreUnavailable("start-up self-tests failed; see /readyz")
-        headers = _headers(scope)
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if ctype != JOSE.encode():
+        ctype, declared = _content_headers(scope)
+        if ctype is None or ctype.split(b";")[0].strip().lower() != _JOSE_BYTES:
             raise InvalidRequest(f"Content-Type must be {JOSE}")
-        body = await _read_body(receive, headers.get(b"content-length"), self.max_body)
+        body = await _read_body(receive, declared, self.max_body)
         client = scope.get("client")
         ip = client[0] if client else None
         try:
@@ -236,8 +243,21 @@ class ApiEndpoint:
             await self._submit(Job(fn=refuse, ctx=ctx))
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return {name: value for name, value in scope.get("headers", ())}
+def _request_id() -> str:
+    """A fresh id that a problem answer and the log line of its call share."""
+    return b64u_encode(os.urandom(12))
+
+
+def _content_headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """``Content-Type`` and ``Content-Length`` of the request (the last of each, as a dict
+    of the headers would keep), without building that dict."""
+    ctype = length = None
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            ctype = value
+        elif name == b"content-length":
+            length = value
+    return ctype, length
 
 
 async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
