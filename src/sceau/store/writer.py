@@ -208,7 +208,8 @@ class Writer:
         self._clock = clock
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lease = NodeLease(LEASE_TTL_S)
-        self._thread: threading.Thread | None = None
+        # Not `_thread`: mypyc would name its C field `__thread`, a C keyword.
+        self._loop_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.node = ""
         self._head = ChainHead(node="", node_seq=0, hash="0" * 64)
@@ -376,17 +377,17 @@ class Writer:
         """Run the writer loop in a background thread."""
         if not self.node:
             self.open()
-        self._thread = threading.Thread(
+        self._loop_thread = threading.Thread(
             target=self._loop, name=f"sceau-writer-{self.node}", daemon=True
         )
-        self._thread.start()
+        self._loop_thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish queued jobs, write a final checkpoint and release the lease."""
         self._stopping.set()
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout)
         try:
             if self._uncovered:
                 self._run_batch([], force_checkpoint=True)
