@@ -121,6 +121,20 @@ class Authorization:
         return _AUTHORIZATION_VIEW.of(self)
 
 
+#: The type of each field of :class:`Authorization`, for the views derived at run time
+#: (``sceau.store.rows``): when this module is compiled, mypyc erases generic annotations
+#: (``frozenset[Right]`` reads as ``frozenset``). tests/core/test_model.py checks that this
+#: table says what the annotations say.
+AUTHORIZATION_TYPES: dict[str, Any] = {
+    "principal": str,
+    "rights": frozenset[Right],
+    "status": AuthorizationStatus,
+    "not_before": int | None,
+    "not_after": int | None,
+    "added_by": str,
+    "added_at": int,
+}
+
 _AUTHORIZATION_VIEW = _View(Authorization)
 #: The members of an authorization entry that are times (RFC 3339 at the API).
 AUTHORIZATION_TIMES = _AUTHORIZATION_VIEW.times
@@ -195,6 +209,29 @@ class KeyRecord:
         )
         return canonical_json(body)
 
+
+#: The type of each field of :class:`KeyRecord` (see :data:`AUTHORIZATION_TYPES`).
+KEY_TYPES: dict[str, Any] = {
+    "key_id": bytes,
+    "seed": bytes | None,
+    "owner": str,
+    "application": str,
+    "name": str | None,
+    "tag": str | None,
+    "status": KeyStatus,
+    "created_at": int,
+    "expires_at": int,
+    "not_before": int | None,
+    "not_after": int | None,
+    "destroy_at": int | None,
+    "destroyed_at": int | None,
+    "master_version": int,
+    "authorizations": tuple[Authorization, ...],
+    "rules": Rules,
+    "decryptions": int,
+    "revision": int,
+    "seal": bytes,
+}
 
 _KEY_VIEW = _View(KeyRecord)
 #: Every field of a key record, in declaration order.

@@ -8,7 +8,7 @@ Pydantic models with ``extra="forbid"`` and strict types; their JSON schemas fee
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from sceau.core.b64 import MalformedBase64, b64u_decode
-from sceau.core.model import KEY_TIMES, KEY_VIEW, Authorization, KeyRecord, Rules
+from sceau.core.model import KEY_TIMES, KEY_TYPES, KEY_VIEW, Authorization, Rules
 from sceau.errors import InvalidRequest
 from sceau.vocab import AuthorizationStatus, KeyStatus, ListRole, ListStatus, Op, Right
 
@@ -313,7 +313,7 @@ def _key_metadata_fields() -> type[BaseModel]:
         Rules: dict[str, Any],
         tuple[Authorization, ...]: list[AuthorizationOut],
     }
-    hints = get_type_hints(KeyRecord)
+    hints = KEY_TYPES  # not the annotations: sceau.core.model may be compiled
     members: dict[str, Any] = {}
     for name in KEY_VIEW:
         hint = hints[name]

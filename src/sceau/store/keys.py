@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sceau.core.model import Authorization, KeyRecord
+from sceau.core.model import AUTHORIZATION_TYPES, KEY_TYPES, Authorization, KeyRecord
 from sceau.errors import ConcurrentUpdate
 from sceau.store import driver
 from sceau.store.rows import Rows
@@ -39,8 +39,8 @@ __all__ = [
     "save_key",
 ]
 
-_RECORDS = Rows(keys, KeyRecord, skip=("authorizations",))
-_ENTRIES = Rows(authorizations, Authorization)
+_RECORDS = Rows(keys, KeyRecord, skip=("authorizations",), types=KEY_TYPES)
+_ENTRIES = Rows(authorizations, Authorization, types=AUTHORIZATION_TYPES)
 
 #: The columns of a key row: the record's fields but its authorizations, and ``name_lower``.
 KEY_COLUMNS = (*_RECORDS.columns, "name_lower")

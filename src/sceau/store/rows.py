@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
@@ -79,12 +79,15 @@ def _codec(hint: Any) -> Codec:
 class Rows(Generic[M]):
     """The rows of ``table`` as ``model`` instances (every field but ``skip`` a column).
 
-    ``what`` names a row in messages ("application app-1 changed meanwhile").
+    ``what`` names a row in messages ("application app-1 changed meanwhile"); ``types`` gives
+    each field's type instead of the model's annotations (``sceau.core.model.KEY_TYPES``).
     """
 
     def __init__(self, table: sa.Table, model: type[M], *, skip: Collection[str] = (),
-                 what: str = "") -> None:
-        hints = get_type_hints(model)
+                 what: str = "", types: Mapping[str, Any] | None = None) -> None:
+        # ``types``: the type of each field, for a model whose annotations cannot be read
+        # (a class compiled with mypyc: generic annotations are erased).
+        hints = get_type_hints(model) if types is None else types
         names = [f.name for f in dataclasses.fields(model) if f.name not in skip]
         codecs = {name: _codec(hints[name]) for name in names}
         self.table = table
