@@ -57,6 +57,17 @@ def _cases() -> dict[str, tuple[str, Callable[[], object]]]:
     def build() -> object:
         return audit.build_record(event, seq=42, head=head, kid="audit-1", sign=lambda _m: SIG)
 
+    # The driver on an in-memory SQLite database: one keyed read, as a request makes it.
+    import sqlalchemy as sa
+
+    from sceau.store import driver
+
+    conn = sa.create_engine("sqlite://").connect()
+    conn.exec_driver_sql("CREATE TABLE t (id BLOB PRIMARY KEY, a TEXT, b INTEGER)")
+    conn.exec_driver_sql("INSERT INTO t VALUES (x'01', 'v', 1)")
+    read = driver.Statement("bench_read", "SELECT id, a, b FROM t WHERE id = :id")
+    by_id = {"id": b"\x01"}
+
     return {
         "audit.build_record": ("audit", build),
         "audit.record_line": ("audit", lambda: audit.record_line(built)),
@@ -66,6 +77,7 @@ def _cases() -> dict[str, tuple[str, Callable[[], object]]]:
         "model.dataclasses.replace": ("model", lambda: dataclasses.replace(record, revision=3)),
         "policy.decide_use": ("policy", lambda: policy.decide_use(record, caller, NOW)),
         "policy.validate_principal": ("policy", lambda: policy.validate_principal("x@corp.com")),
+        "driver.run(keyed read)": ("driver", lambda: driver.run(conn, read, by_id).first()),
         "b64.b64u_encode(32 B)": ("b64", lambda: b64.b64u_encode(bytes(32))),
         "b64.b64u_decode(32 B)": ("b64", lambda: b64.b64u_decode(text32)),
         "envelope.seal_gcm(1 KiB)": ("envelope", lambda: envelope.seal_gcm(data_key, key_id,
