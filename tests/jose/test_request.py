@@ -426,7 +426,7 @@ def test_forbidden_header_refused_before_signature_work() -> None:
 
 def test_str_token_refused_not_crashing() -> None:
     with pytest.raises(TokenRefused):
-        verifier().verify(token().decode(), op=OP, now=NOW)  # type: ignore[arg-type]
+        verifier().verify(token().decode(), op=OP, now=NOW)
 
 
 def test_size_cap() -> None:

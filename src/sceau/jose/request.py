@@ -212,11 +212,15 @@ class RequestVerifier:
             self._jwe_keys[key.kid] = key
         self._jwe_algs = {kid: key.alg for kid, key in self._jwe_keys.items()}
 
-    def verify(self, token: bytes, *, op: str, now: int) -> VerifiedRequest:
-        """Verify ``token`` for the URL's ``op`` at time ``now``; raise :class:`TokenRefused`."""
+    def verify(self, token: object, *, op: str, now: int) -> VerifiedRequest:
+        """Verify ``token`` for the URL's ``op`` at time ``now``; raise :class:`TokenRefused`.
+
+        ``token`` is typed ``object``: anything but bytes is refused by :meth:`screen`, the
+        same way compiled (mypyc would raise ``TypeError`` at the call) or pure.
+        """
         return self.finish(self.screen(token), op=op, now=now)
 
-    def screen(self, token: bytes) -> Screened:
+    def screen(self, token: object) -> Screened:
         """The cheap checks: size, and for a JWE its whole structure and header.
 
         No key is used and nothing is looked up. Raises :class:`TokenRefused`; a JWE
