@@ -11,7 +11,7 @@ TEST_WORKERS ?= 3
 
 # The unit tests of the modules compiled with mypyc (pyproject.toml [tool.sceau.compiled]),
 # run once more on the pure Python sources by `make test` (`make test-pure` alone).
-PURE_TESTS ?= tests/core
+PURE_TESTS ?= tests/core tests/jose tests/store tests/service/test_e2e_crypto.py
 
 .PHONY: run test test-pure compile lint bench fuzz supply-chain system test-provider clean
 
