@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import fcntl
 import json
 import os
 import stat
@@ -668,3 +669,27 @@ def test_a_store_that_lost_committed_records_is_not_continued_after_a_failure(
     with engines.read.connect() as conn:
         assert chain_head(conn, "n1") is not None
         assert chain_head(conn, "n1")[0] == 1  # type: ignore[index]
+
+
+def test_sqlite_writers_of_one_file_take_turns(engines: Engines, keystore: Keystore,
+                                               writers: list[Writer]) -> None:
+    """Workers of one SQLite file commit in turn through `<database>.turn` (an flock),
+    so the next one wakes when the lock is free instead of sleeping in SQLite's busy
+    handler; a batch waits while another process holds the turn, then commits."""
+    if not engines.is_sqlite:
+        pytest.skip("PostgreSQL has row locks; no turn file")
+    writer = new_writer(engines, keystore, writers)
+    writer.start()
+    turn = Path(f"{engines.write.url.database}.turn")
+    assert stat.S_IMODE(turn.stat().st_mode) == 0o600
+    other = os.open(turn, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another worker's commit in progress
+        waiting = writer.submit(job(lambda tx: "done"))
+        with pytest.raises(concurrent.futures.TimeoutError):
+            waiting.result(timeout=0.5)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert waiting.result(timeout=10).value == "done"
+    finally:
+        os.close(other)
+    assert verify_store(engines, keystore).ok

@@ -37,6 +37,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
 import random
 import threading
@@ -46,6 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: SQLite's busy handler alone orders the writers
+    fcntl = None  # type: ignore[assignment]
 
 from sceau.core.audit import AuditEvent, ChainHead, build_checkpoint, build_record, record_line
 from sceau.core.verify import WitnessPoint
@@ -179,6 +185,25 @@ def outcome_for(error: SceauError | None) -> Outcome:
     return Outcome.DENIED if error.status < 500 else Outcome.ERROR
 
 
+def _open_turn_file(engines: Engines) -> int | None:
+    """SQLite only: the lock file through which the writers of one database take turns.
+
+    SQLite has one write lock per database file, and a writer that finds it taken waits in
+    SQLite's busy handler, which sleeps 1, 2, 5, 10 ms ... between tries: with several
+    workers each committing every few milliseconds, most of a second was spent asleep
+    while the lock was free. A blocking ``flock`` on ``<database>.turn`` wakes the next
+    writer as soon as the previous one committed. It orders the writers only: SQLite's
+    own lock still guards the data, and a process that does not take turns (a CLI
+    command) just meets the busy handler as before.
+    """
+    if fcntl is None or not engines.is_sqlite:
+        return None
+    database = engines.write.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.open(f"{database}.turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 class Writer:
     """This node's single writer: group commit, audit chain, checkpoints and node lease."""
 
@@ -226,6 +251,9 @@ class Writer:
         self._witness_error: str | None = None
         self._store_ok = True
         self._store_error: str | None = None
+        # SQLite: the writers of one database file (the workers of `serve --workers N`)
+        # take turns through a lock file (see _turn); None for PostgreSQL or without fcntl.
+        self._turn_fd: int | None = None
         self.on_batch: Callable[[int, float], None] | None = None
         self.maintenance: list[Callable[[sa.Connection, int], None]] = []
         # Run in each transaction that has jobs, before the first job (caches that follow
@@ -253,6 +281,7 @@ class Writer:
 
     def open(self) -> None:
         """Lease a node id and load this node's chain head. Raises ConfigError if taken."""
+        self._turn_fd = _open_turn_file(self._engines)
         now = int(self._clock())
         if self._requested_node:
             holder = self._take_lease(self._requested_node, now)
@@ -405,6 +434,9 @@ class Writer:
                 self._conn = None
             if self._witness is not None:
                 self._witness.close()
+            if self._turn_fd is not None:
+                os.close(self._turn_fd)
+                self._turn_fd = None
 
     # --- submission ------------------------------------------------------------------------
 
@@ -661,6 +693,9 @@ class Writer:
         """
         conn = self._connection()
         self._deferred = []
+        turn = self._turn_fd
+        if turn is not None:
+            fcntl.flock(turn, fcntl.LOCK_EX)
         try:
             with conn.begin() as transaction:
                 yield conn
@@ -676,6 +711,8 @@ class Writer:
             self._drop_connection()
             raise
         finally:
+            if turn is not None:
+                fcntl.flock(turn, fcntl.LOCK_UN)
             self._conn_used = time.monotonic()
 
     def _connection(self) -> sa.Connection:
