@@ -13,31 +13,45 @@ from __future__ import annotations
 
 import json
 import json.encoder
+from collections.abc import Callable
 from typing import Any
 
 import rfc8785
 
 _MAX_SAFE_INT = 2**53 - 1
-_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), check_circular=False
-)
 
 
 def _unencodable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-# The C encoder JSONEncoder.encode would build on every call, built once (same arguments:
-# no circular check, ASCII-or-not strings as JSON text, ':' and ',', sorted keys, no NaN).
-# Where the interpreter has no C encoder, JSONEncoder.encode is used.
 _MAKE_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODE: Any = (
-    _MAKE_C_ENCODER(
-        None, _unencodable, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-    if _MAKE_C_ENCODER is not None
-    else None
-)
+
+
+def compact_json_encoder(*, sort_keys: bool) -> Callable[[Any], bytes]:
+    """Compact UTF-8 JSON (``:`` and ``,``, no NaN, strings as JSON text), built once.
+
+    ``json.JSONEncoder.encode`` builds its C encoder on every call; this builds it once
+    with the same arguments (no circular check: the values are our own acyclic documents)
+    and falls back to the encoder where the interpreter has no C one. The canonical
+    subset's writer and the JOSE serializer share it, with and without sorted keys.
+    """
+    fallback = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=sort_keys,
+                                separators=(",", ":"), check_circular=False)
+    if _MAKE_C_ENCODER is None:
+        return lambda value: fallback.encode(value).encode("utf-8")
+    c_encode: Any = _MAKE_C_ENCODER(None, _unencodable, json.encoder.encode_basestring, None,
+                                    ":", ",", sort_keys, False, False)
+
+    def encode(value: Any) -> bytes:
+        if type(value) is dict or type(value) is list:
+            return "".join(c_encode(value, 0)).encode("utf-8")
+        return fallback.encode(value).encode("utf-8")
+
+    return encode
+
+
+_SORTED_COMPACT = compact_json_encoder(sort_keys=True)
 
 
 def _simple(value: Any, depth: int = 0) -> bool:
@@ -82,9 +96,7 @@ def in_jcs_subset(value: Any) -> bool:
 def simple_canonical_json(value: Any) -> bytes:
     """:func:`canonical_json` of a value the caller proved in the subset (:func:`in_jcs_subset`
     or by construction), without walking it again."""
-    if _C_ENCODE is not None and (type(value) is dict or type(value) is list):
-        return "".join(_C_ENCODE(value, 0)).encode("utf-8")
-    return _ENCODER.encode(value).encode("utf-8")
+    return _SORTED_COMPACT(value)
 
 
 def canonical_json(value: Any) -> bytes:

@@ -17,8 +17,6 @@ tests decrypt what this module produces with jwcrypto and check RFC 7518's KDF v
 
 from __future__ import annotations
 
-import json
-import json.encoder
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from sceau.core.b64 import b64u_encode
+from sceau.core.canonical import compact_json_encoder
 from sceau.core.jwk import public_jwk
 from sceau.jose.appkeys import EncKey
 from sceau.jose.guard import JWE_ENC
@@ -45,31 +44,12 @@ _IV_BYTES = 12
 _TAG_BYTES = 16
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _unencodable(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# The C encoder that _ENCODER.encode builds on every call, built once with the same
-# arguments (insertion order, ':' and ',', no NaN; no circular check: claims are our own
-# acyclic dicts). _ENCODER serves where the interpreter has no C encoder.
-_MAKE_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODE: Any = (
-    _MAKE_C_ENCODER(
-        None, _unencodable, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    if _MAKE_C_ENCODER is not None
-    else None
-)
+_COMPACT = compact_json_encoder(sort_keys=False)
 
 
 def compact_json(value: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (no whitespace, no NaN) as used for JOSE headers and claims."""
-    if _C_ENCODE is not None and type(value) is dict:
-        return "".join(_C_ENCODE(value, 0)).encode("utf-8")
-    return _ENCODER.encode(value).encode("utf-8")
+    return _COMPACT(value)
 
 
 def compact_jws(
